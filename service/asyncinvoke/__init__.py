@@ -1,0 +1,30 @@
+"""asyncinvoke: asynchronous function invocation on RabbitMQ."""
+
+from asyncinvoke.client import Client, InvokeManyError, UnknownFunctionError
+from asyncinvoke.errors import (
+    AsyncInvokeError,
+    BrokerUnavailable,
+    ConfigError,
+    InvalidMessage,
+    NonRetryableError,
+    PublishError,
+    UnroutableError,
+)
+from asyncinvoke.runners import Context
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncInvokeError",
+    "BrokerUnavailable",
+    "Client",
+    "ConfigError",
+    "Context",
+    "InvalidMessage",
+    "InvokeManyError",
+    "NonRetryableError",
+    "PublishError",
+    "UnknownFunctionError",
+    "UnroutableError",
+    "__version__",
+]

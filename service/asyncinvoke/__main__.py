@@ -1,0 +1,3 @@
+from asyncinvoke.cli import main
+
+main()

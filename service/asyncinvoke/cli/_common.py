@@ -1,0 +1,54 @@
+"""What every command shares: settings from env + flags, errors as one line."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import click
+
+from asyncinvoke import settings as settings_module
+from asyncinvoke.errors import AsyncInvokeError
+from asyncinvoke.observability import configure_logging
+
+T = TypeVar("T")
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    metavar="FILE",
+    help="Functions file (default: $ASYNCINVOKE_CONFIG or functions.toml).",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+def load_settings(**overrides: Any) -> settings_module.Settings:
+    settings = settings_module.from_env(tty=sys.stderr.isatty()).with_overrides(**overrides)
+    configure_logging(settings.log_format)
+    return settings
+
+
+def run(coroutine: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coroutine)
+
+
+def run_cli(group: click.Group) -> int:
+    """Run the command; an AsyncInvokeError is one line on stderr and exit status 1."""
+    try:
+        group.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 1
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except AsyncInvokeError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0

@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+from typing import Any
+
+import click
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from asyncinvoke import functions
+from asyncinvoke import topology as topo
+from asyncinvoke.broker import Broker
+from asyncinvoke.cli._common import config_option, json_option, load_settings, run
+from asyncinvoke.settings import Settings
+
+
+@click.group()
+def topology() -> None:
+    """Declare or show the exchanges and queues of the namespace."""
+
+
+@topology.command()
+@config_option
+def declare(config_path: str | None) -> None:
+    """Declare every exchange, queue and binding, idempotently."""
+    settings = load_settings(config_path=config_path)
+    functions_file = functions.load(settings.config_path)
+    names = topo.Names(settings.namespace)
+
+    async def go() -> None:
+        async with Broker(settings, name="asyncinvoke-topology") as broker:
+            await topo.declare(broker.publisher, names, functions_file.functions.values())
+
+    run(go())
+    click.echo(
+        f"declared namespace {settings.namespace!r}: {len(functions_file.functions)} function "
+        f"queue(s), the delay ladder, {names.failed}, {names.unrouted}, {names.dead}"
+    )
+
+
+async def _depths(settings: Settings, queues: list[str]) -> dict[str, int | None]:
+    async with Broker(settings, name="asyncinvoke-topology") as broker:
+        assert broker.connection is not None
+        return {queue: await topo.queue_depth(broker.connection, queue) for queue in queues}
+
+
+@topology.command()
+@config_option
+@json_option
+def show(config_path: str | None, as_json: bool) -> None:
+    """Show each function's queue, depth and effective policy, and the system queues."""
+    settings = load_settings(config_path=config_path)
+    functions_file = functions.load(settings.config_path)
+    names = topo.Names(settings.namespace)
+    specs = functions_file.functions
+    system = [names.failed, names.unrouted, names.dead]
+    ladder_queues = [names.level(level) for level in range(17)]
+    queues = [names.function_queue(name) for name in specs] + system + ladder_queues
+    depths = run(_depths(settings, queues))
+    if as_json:
+        document: dict[str, Any] = {
+            "namespace": settings.namespace,
+            "functions": {
+                name: {
+                    **spec.policy(),
+                    "queue": names.function_queue(name),
+                    "messages": depths[names.function_queue(name)],
+                }
+                for name, spec in specs.items()
+            },
+            "queues": {queue: depths[queue] for queue in system + ladder_queues},
+        }
+        click.echo(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
+        return
+    console = Console()
+    table = Table(title=f"functions in namespace {settings.namespace!r}")
+    for column in (
+        "function",
+        "runs",
+        "queue",
+        "ready",
+        "timeout",
+        "retries",
+        "max age",
+        "concurrency",
+        "backoff",
+        "on_success",
+        "on_failure",
+    ):
+        table.add_column(column)
+    for name, spec in specs.items():
+        policy = spec.policy()
+        depth = depths[names.function_queue(name)]
+        backoff = policy["backoff"]
+        table.add_row(
+            name,
+            str(policy["target"]),
+            names.function_queue(name),
+            "missing" if depth is None else str(depth),
+            f"{spec.timeout_s:g}s",
+            str(spec.max_retries),
+            f"{spec.max_event_age_s}s",
+            str(spec.concurrency),
+            f"{backoff['initial']:g}s*{backoff['multiplier']:g} max {backoff['max']:g}s"
+            f" ±{backoff['jitter']:.0%}",
+            str(policy["on_success"] or "-"),
+            str(policy["on_failure"]),
+        )
+    console.print(table)
+    waiting = sum(depths[queue] or 0 for queue in ladder_queues)
+    system_table = Table(title="system queues")
+    system_table.add_column("queue")
+    system_table.add_column("ready")
+    for queue in system:
+        depth = depths[queue]
+        system_table.add_row(queue, "missing" if depth is None else str(depth))
+    system_table.add_row(f"{names.ns}.delay.* (17 levels)", str(waiting))
+    console.print(system_table)

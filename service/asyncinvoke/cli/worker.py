@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import click
+
+from asyncinvoke import functions
+from asyncinvoke.cli._common import config_option, load_settings, run
+from asyncinvoke.worker import Worker
+
+
+@click.command()
+@config_option
+@click.option(
+    "--function",
+    "only",
+    multiple=True,
+    metavar="NAME",
+    help="Serve only this function (repeatable); default: all in the file.",
+)
+@click.option(
+    "--shutdown-grace",
+    type=float,
+    default=None,
+    metavar="S",
+    help="Seconds in-flight attempts may finish after SIGTERM (default 30).",
+)
+def worker(config_path: str | None, only: tuple[str, ...], shutdown_grace: float | None) -> None:
+    """Run a worker: consume the functions' queues and run their invocations."""
+    settings = load_settings(config_path=config_path, shutdown_grace_s=shutdown_grace)
+    functions_file = functions.load(settings.config_path)
+    run(Worker(settings, functions_file, only=list(only)).run())

@@ -1,0 +1,251 @@
+"""The wire contract (SPEC sections 4 and 5): envelopes and records.
+
+This is the only module that knows the wire keys. Times are integer
+milliseconds since the Unix epoch; AMQP float headers are 32-bit in common
+clients, so a time never travels as a float.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import orjson
+
+from asyncinvoke.errors import InvalidMessage
+
+VERSION = 1
+CONTENT_TYPE = "application/msgpack"
+ID_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,127}$")
+FUNCTION_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
+
+# Conditions of a record (SPEC section 5).
+SUCCESS = "Success"
+RETRIES_EXHAUSTED = "RetriesExhausted"
+NON_RETRYABLE = "NonRetryableError"
+EVENT_AGE_EXCEEDED = "EventAgeExceeded"
+INVALID_MESSAGE = "InvalidMessage"
+UNKNOWN_FUNCTION = "UnknownFunction"
+DELIVERY_LIMIT_EXCEEDED = "DeliveryLimitExceeded"
+CONDITIONS = (
+    SUCCESS,
+    RETRIES_EXHAUSTED,
+    NON_RETRYABLE,
+    EVENT_AGE_EXCEEDED,
+    INVALID_MESSAGE,
+    UNKNOWN_FUNCTION,
+    DELIVERY_LIMIT_EXCEEDED,
+)
+
+# functionError values of a record's responseContext.
+HANDLED = "HandledInvocationError"
+UNHANDLED = "UnhandledInvocationError"
+TIMEOUT = "TimeoutError"
+
+_PUBLIC_KEYS = frozenset(
+    {"v", "id", "fn", "payload", "created_at", "delay", "attempt", "task", "meta"}
+)
+_INTERNAL_KEYS = frozenset({"due_at"})  # added by the service, never by a producer
+_KNOWN_KEYS = _PUBLIC_KEYS | _INTERNAL_KEYS
+
+
+@dataclass(slots=True)
+class Envelope:
+    """One invocation as it travels (SPEC section 4)."""
+
+    id: str
+    fn: str
+    payload: Any
+    created_at: int
+    delay: int = 0
+    attempt: int = 0
+    task: bool | None = None
+    meta: dict[str, str] | None = None
+    due_at: int | None = None  # internal: start no earlier than this (ms)
+
+    def due_at_ms(self) -> int:
+        """When this invocation may start (ms since the epoch)."""
+        if self.due_at is not None:
+            return self.due_at
+        return self.created_at + self.delay * 1000
+
+    def to_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = {
+            "v": VERSION,
+            "id": self.id,
+            "fn": self.fn,
+            "payload": self.payload,
+            "created_at": self.created_at,
+        }
+        if self.delay:
+            wire["delay"] = self.delay
+        if self.attempt:
+            wire["attempt"] = self.attempt
+        if self.task is not None:
+            wire["task"] = self.task
+        if self.meta:
+            wire["meta"] = self.meta
+        if self.due_at is not None:
+            wire["due_at"] = self.due_at
+        return wire
+
+    def for_replay(self) -> dict[str, Any]:
+        """The envelope as a producer sent it: attempt count and internal keys dropped."""
+        wire = self.to_wire()
+        wire.pop("attempt", None)
+        wire.pop("due_at", None)
+        return wire
+
+
+def pack(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True, datetime=False)  # type: ignore[no-any-return]
+
+
+def unpack(body: bytes) -> Any:
+    return msgpack.unpackb(body, raw=False, strict_map_key=False)
+
+
+def encode(envelope: Envelope) -> bytes:
+    return pack(envelope.to_wire())
+
+
+def _int(data: dict[str, Any], key: str, default: int) -> int:
+    value = data.get(key, default)
+    if type(value) is not int:
+        raise InvalidMessage(
+            f"'{key}' must be an integer, got {type(value).__name__}", partial=data
+        )
+    return value
+
+
+def decode(
+    body: bytes,
+    *,
+    received_at_ms: int,
+    max_payload_bytes: int,
+    max_delay_s: int,
+) -> Envelope:
+    """Bytes → a valid Envelope, or InvalidMessage saying what is wrong."""
+    if len(body) > max_payload_bytes:
+        raise InvalidMessage(
+            f"message is {len(body)} bytes, over the limit of {max_payload_bytes} bytes "
+            "(raise ASYNCINVOKE_MAX_PAYLOAD_BYTES or send a reference to the data)"
+        )
+    try:
+        data = unpack(body)
+    except Exception as exc:
+        raise InvalidMessage(f"body is not msgpack: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidMessage(f"envelope must be a msgpack map, got {type(data).__name__}")
+    return from_wire(data, received_at_ms=received_at_ms, max_delay_s=max_delay_s)
+
+
+def from_wire(data: dict[str, Any], *, received_at_ms: int, max_delay_s: int) -> Envelope:
+    """Validate a decoded envelope map (SPEC section 4)."""
+    version = data.get("v")
+    if version != VERSION:
+        raise InvalidMessage(f"'v' must be {VERSION}, got {version!r}", partial=data)
+    missing = [key for key in ("id", "fn", "payload") if key not in data]
+    if missing:
+        raise InvalidMessage(f"missing required key(s): {', '.join(missing)}", partial=data)
+    unknown = data.keys() - _KNOWN_KEYS
+    if unknown:
+        names = ", ".join(sorted(map(str, unknown)))
+        raise InvalidMessage(f"unknown key(s): {names}", partial=data)
+    inv_id, fn = data["id"], data["fn"]
+    if not isinstance(inv_id, str) or not ID_RE.match(inv_id):
+        raise InvalidMessage(f"'id' must match {ID_RE.pattern}, got {inv_id!r}", partial=data)
+    if not isinstance(fn, str) or not FUNCTION_RE.match(fn):
+        raise InvalidMessage(f"'fn' must match {FUNCTION_RE.pattern}, got {fn!r}", partial=data)
+    created_at = _int(data, "created_at", received_at_ms)
+    delay = _int(data, "delay", 0)
+    if not 0 <= delay <= max_delay_s:
+        raise InvalidMessage(
+            f"'delay' must be between 0 and {max_delay_s} seconds, got {delay}", partial=data
+        )
+    attempt = _int(data, "attempt", 0)
+    if attempt < 0:
+        raise InvalidMessage(f"'attempt' must not be negative, got {attempt}", partial=data)
+    task = data.get("task")
+    if task is not None and not isinstance(task, bool):
+        raise InvalidMessage(f"'task' must be a boolean, got {type(task).__name__}", partial=data)
+    meta = data.get("meta")
+    if meta is not None and not (
+        isinstance(meta, dict)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items())
+    ):
+        raise InvalidMessage("'meta' must be a map of strings to strings", partial=data)
+    due_at = data.get("due_at")
+    if due_at is not None and type(due_at) is not int:
+        raise InvalidMessage("'due_at' must be an integer", partial=data)
+    return Envelope(
+        id=inv_id,
+        fn=fn,
+        payload=data["payload"],
+        created_at=created_at,
+        delay=delay,
+        attempt=attempt,
+        task=task,
+        meta=meta,
+        due_at=due_at,
+    )
+
+
+# -- records (SPEC section 5) ------------------------------------------------------------
+
+
+def error_payload(exc: BaseException) -> dict[str, Any]:
+    return {
+        "errorType": type(exc).__name__,
+        "errorMessage": str(exc),
+        "stackTrace": traceback.format_exception(exc),
+    }
+
+
+def record(
+    *,
+    request_id: str,
+    function: str,
+    condition: str,
+    attempts: int,
+    request_payload: Any,
+    status_code: int,
+    function_error: str,
+    response: Any,
+    invocation: Any,
+    now_ms: int,
+) -> dict[str, Any]:
+    """A destination record, shaped like FC / Lambda destination records."""
+    return {
+        "v": VERSION,
+        "timestamp": now_ms,
+        "requestContext": {
+            "requestId": request_id,
+            "functionName": function,
+            "condition": condition,
+            "approximateInvokeCount": attempts,
+        },
+        "requestPayload": request_payload,
+        "responseContext": {"statusCode": status_code, "functionError": function_error},
+        "responsePayload": response,
+        "invocation": invocation,
+    }
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, msgpack.Timestamp):
+        return value.to_unix_nano() // 1_000_000
+    if isinstance(value, msgpack.ExtType):
+        return {"extType": value.code, "data": base64.b64encode(value.data).decode("ascii")}
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+
+
+def to_json(value: Any) -> bytes:
+    """JSON for HTTP destinations and people: bytes base64-encoded, int keys as strings."""
+    return orjson.dumps(value, default=_json_default, option=orjson.OPT_NON_STR_KEYS)

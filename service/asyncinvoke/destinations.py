@@ -1,0 +1,133 @@
+"""Send a record to its destination, confirmed, falling back to the failure queue.
+
+A queue destination is published mandatory: a queue that does not exist is an
+error, and the record goes to ``{ns}.failed`` with the delivery error added. A
+function destination invokes that function with the record as its payload. An
+HTTP destination is retried (tenacity) within a bounded time, then falls back
+the same way. Whatever happens, a record ends somewhere durable before the
+delivery that produced it is acknowledged.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+from uuid import uuid4
+
+import aiohttp
+import tenacity
+
+from asyncinvoke import contract, dispatch
+from asyncinvoke.broker import Broker
+from asyncinvoke.contract import Envelope
+from asyncinvoke.errors import PublishError
+from asyncinvoke.functions import Destination
+from asyncinvoke.observability import get_logger
+from asyncinvoke.topology import Names
+
+HTTP_ATTEMPTS = 4
+HTTP_ATTEMPT_TIMEOUT_S = 10.0
+HTTP_TOTAL_S = 30.0
+
+log = get_logger(component="destinations")
+
+
+class HttpDeliveryError(Exception):
+    def __init__(self, url: str, detail: str):
+        super().__init__(f"POST {url}: {detail}")
+
+
+class Destinations:
+    def __init__(
+        self,
+        broker: Broker,
+        names: Names,
+        session: aiohttp.ClientSession,
+        *,
+        http_attempts: int = HTTP_ATTEMPTS,
+        http_wait_s: float = 0.5,
+    ):
+        self.broker = broker
+        self.names = names
+        self.session = session
+        self.http_attempts = http_attempts
+        self.http_wait_s = http_wait_s
+
+    async def send(self, record: dict[str, Any], destination: Destination | None) -> None:
+        """Deliver ``record``; None means the failure queue."""
+        if destination is None:
+            await self.to_failed(record)
+            return
+        try:
+            if destination.kind == "queue":
+                await self._publish_record(record, "", destination.target)
+            elif destination.kind == "function":
+                await self._to_function(record, destination.target)
+            else:
+                await self._to_http(record, destination.target)
+        except (PublishError, HttpDeliveryError) as exc:
+            log.warning(
+                "destination_failed",
+                destination=str(destination),
+                invocation_id=record["requestContext"]["requestId"],
+                error=str(exc),
+            )
+            await self.to_failed(
+                {**record, "deliveryError": {"destination": str(destination), "error": str(exc)}}
+            )
+
+    async def to_failed(self, record: dict[str, Any]) -> None:
+        await self._publish_record(
+            record, self.names.failed, record["requestContext"]["functionName"]
+        )
+
+    async def _publish_record(self, record: dict[str, Any], exchange: str, key: str) -> None:
+        context = record["requestContext"]
+        await self.broker.publish(
+            exchange,
+            key,
+            contract.pack(record),
+            message_id=context["requestId"],
+            headers={"x-function": context["functionName"], "x-condition": context["condition"]},
+        )
+
+    async def _to_function(self, record: dict[str, Any], function: str) -> None:
+        context = record["requestContext"]
+        envelope = Envelope(
+            id=f"{context['requestId'][:100]}_{uuid4().hex[:16]}",
+            fn=function,
+            payload=record,
+            created_at=int(time.time() * 1000),
+            meta={"source": context["requestId"], "condition": context["condition"]},
+        )
+        await dispatch.send(self.broker, self.names, envelope, envelope.created_at)
+
+    async def _to_http(self, record: dict[str, Any], url: str) -> None:
+        body = contract.to_json(record)
+        headers = {
+            "content-type": "application/json",
+            "x-fc-request-id": record["requestContext"]["requestId"],
+            "x-asyncinvoke-condition": record["requestContext"]["condition"],
+        }
+        retrying = tenacity.AsyncRetrying(
+            stop=tenacity.stop_after_attempt(self.http_attempts)
+            | tenacity.stop_after_delay(HTTP_TOTAL_S),
+            wait=tenacity.wait_exponential(multiplier=self.http_wait_s, max=5.0),
+            retry=tenacity.retry_if_exception_type(HttpDeliveryError),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                await self._post_once(url, body, headers)
+
+    async def _post_once(self, url: str, body: bytes, headers: dict[str, str]) -> None:
+        timeout = aiohttp.ClientTimeout(total=HTTP_ATTEMPT_TIMEOUT_S)
+        try:
+            async with self.session.post(
+                url, data=body, headers=headers, timeout=timeout
+            ) as response:
+                if not 200 <= response.status < 300:
+                    detail = (await response.read())[:300].decode("utf-8", errors="replace")
+                    raise HttpDeliveryError(url, f"status {response.status} {detail}".strip())
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise HttpDeliveryError(url, str(exc) or type(exc).__name__) from None

@@ -1,0 +1,73 @@
+"""Every error asyncinvoke raises on purpose.
+
+    AsyncInvokeError
+    ├── ConfigError            the functions file or a setting is wrong (names file, function, key)
+    ├── InvalidMessage         an envelope cannot be decoded or breaks the contract
+    ├── PublishError           the broker refused, returned or did not confirm a publish
+    │   └── UnroutableError    no queue is bound for the routing key
+    ├── BrokerUnavailable      no connection to the broker could be made
+    └── NonRetryableError      raised by a handler: fail now, do not retry
+
+Each error carries the thing it is about, so a message can name it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class AsyncInvokeError(Exception):
+    """Base of every error raised by asyncinvoke."""
+
+
+class ConfigError(AsyncInvokeError):
+    """The functions file or a setting is wrong."""
+
+    def __init__(self, message: str, *, path: str = "", function: str = "", key: str = ""):
+        where = ": ".join(
+            part
+            for part in (
+                path,
+                f"function {function!r}" if function else "",
+                f"key {key!r}" if key else "",
+            )
+            if part
+        )
+        super().__init__(f"{where}: {message}" if where else message)
+        self.path = path
+        self.function = function
+        self.key = key
+
+
+class InvalidMessage(AsyncInvokeError):
+    """An envelope that cannot be decoded or breaks the AMQP contract.
+
+    ``partial`` holds what could be decoded (a dict) so the failure record keeps
+    as much of the original as possible; ``reason`` says what is wrong.
+    """
+
+    def __init__(self, reason: str, *, partial: dict[str, Any] | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.partial = partial
+
+
+class PublishError(AsyncInvokeError):
+    """The broker did not confirm a publish."""
+
+    def __init__(self, message: str, *, exchange: str = "", routing_key: str = ""):
+        super().__init__(message)
+        self.exchange = exchange
+        self.routing_key = routing_key
+
+
+class UnroutableError(PublishError):
+    """The broker returned a mandatory publish: nothing is bound for it."""
+
+
+class BrokerUnavailable(AsyncInvokeError):
+    """No connection to the broker could be made."""
+
+
+class NonRetryableError(AsyncInvokeError):
+    """Raise from a handler to end the invocation now, without retries."""

@@ -1,0 +1,309 @@
+"""The functions file (TOML) → frozen ``FunctionSpec`` values, validated at start.
+
+Every message names the file, the function and the key, so a bad file is fixed
+in one reading. Loading a handler's module is separate (``load_handler``): only
+handlers configured here ever run, never anything a message names.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import re
+import sys
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from asyncinvoke.errors import ConfigError
+
+FUNCTION_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
+QUEUE_NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,255}$")
+HANDLER_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+DEFAULT_TIMEOUT_S = 60.0
+DEFAULT_MAX_RETRIES = 3
+DEFAULT_MAX_EVENT_AGE_S = 86400
+DEFAULT_CONCURRENCY = 16
+DEFAULT_DELIVERY_LIMIT = 5
+MAX_RETRIES_LIMIT = 8
+MAX_EVENT_AGE_LIMIT_S = 604800
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    initial: float = 1.0
+    multiplier: float = 2.0
+    max: float = 300.0
+    jitter: float = 0.2
+
+
+DEFAULT_BACKOFF = Backoff()
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """Where a record goes: ``queue:NAME``, ``function:NAME`` or an HTTP(S) URL."""
+
+    kind: str  # "queue" | "function" | "http"
+    target: str
+
+    def __str__(self) -> str:
+        return self.target if self.kind == "http" else f"{self.kind}:{self.target}"
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionSpec:
+    name: str
+    handler: str | None = None
+    url: str | None = None
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    max_retries: int = DEFAULT_MAX_RETRIES
+    max_event_age_s: int = DEFAULT_MAX_EVENT_AGE_S
+    concurrency: int = DEFAULT_CONCURRENCY
+    backoff: Backoff = DEFAULT_BACKOFF
+    task_mode: bool = False
+    on_success: Destination | None = None
+    on_failure: Destination | None = None  # None: the failure queue {ns}.failed
+    delivery_limit: int = DEFAULT_DELIVERY_LIMIT
+
+    def policy(self) -> dict[str, Any]:
+        """The effective policy, as ``topology show`` prints it."""
+        return {
+            "kind": "handler" if self.handler else "http",
+            "target": self.handler or self.url,
+            "timeout": self.timeout_s,
+            "max_retries": self.max_retries,
+            "max_event_age": self.max_event_age_s,
+            "concurrency": self.concurrency,
+            "backoff": {
+                "initial": self.backoff.initial,
+                "multiplier": self.backoff.multiplier,
+                "max": self.backoff.max,
+                "jitter": self.backoff.jitter,
+            },
+            "task_mode": self.task_mode,
+            "on_success": str(self.on_success) if self.on_success else None,
+            "on_failure": str(self.on_failure) if self.on_failure else "(failure queue)",
+            "delivery_limit": self.delivery_limit,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionsFile:
+    path: Path
+    functions: Mapping[str, FunctionSpec] = field(default_factory=dict)
+
+
+_KEYS = {
+    "handler",
+    "url",
+    "timeout",
+    "max_retries",
+    "max_event_age",
+    "concurrency",
+    "backoff",
+    "task_mode",
+    "on_success",
+    "on_failure",
+    "delivery_limit",
+}
+_DEFAULT_KEYS = _KEYS - {"handler", "url"}
+_BACKOFF_KEYS = {"initial", "multiplier", "max", "jitter"}
+
+
+class _Reader:
+    """Validates one table of the file, naming path, function and key on error."""
+
+    def __init__(self, path: str, function: str, table: Mapping[str, Any]):
+        self.path = path
+        self.function = function
+        self.table = table
+
+    def error(self, key: str, message: str) -> ConfigError:
+        return ConfigError(message, path=self.path, function=self.function, key=key)
+
+    def number(self, key: str, default: float, low: float, high: float) -> float:
+        value = self.table.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.error(key, f"must be a number, got {value!r}")
+        if not math.isfinite(value) or not low <= value <= high:
+            raise self.error(key, f"must be between {low:g} and {high:g}, got {value!r}")
+        return float(value)
+
+    def integer(self, key: str, default: int, low: int, high: int) -> int:
+        value = self.table.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(key, f"must be an integer, got {value!r}")
+        if not low <= value <= high:
+            raise self.error(key, f"must be between {low} and {high}, got {value!r}")
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.table.get(key, default)
+        if not isinstance(value, bool):
+            raise self.error(key, f"must be true or false, got {value!r}")
+        return value
+
+    def backoff(self, default: Backoff) -> Backoff:
+        raw = self.table.get("backoff")
+        if raw is None:
+            return default
+        if not isinstance(raw, dict):
+            raise self.error("backoff", "must be a table like { initial = 1.0, multiplier = 2.0 }")
+        unknown = set(raw) - _BACKOFF_KEYS
+        if unknown:
+            raise self.error(
+                "backoff", f"unknown key(s) {sorted(unknown)}; known: {sorted(_BACKOFF_KEYS)}"
+            )
+        sub = _Reader(self.path, self.function, raw)
+        try:
+            backoff = Backoff(
+                initial=sub.number("initial", default.initial, 0.0, 3600.0),
+                multiplier=sub.number("multiplier", default.multiplier, 1.0, 100.0),
+                max=sub.number("max", default.max, 0.0, 86400.0),
+                jitter=sub.number("jitter", default.jitter, 0.0, 1.0),
+            )
+        except ConfigError as exc:
+            raise self.error("backoff", str(exc).rsplit(": ", 1)[-1]) from None
+        return backoff
+
+    def destination(self, key: str) -> Destination | None:
+        raw = self.table.get(key)
+        if raw is None:
+            return None
+        if not isinstance(raw, str):
+            raise self.error(key, f"must be a string, got {raw!r}")
+        try:
+            return parse_destination(raw)
+        except ValueError as exc:
+            raise self.error(key, str(exc)) from None
+
+
+def parse_destination(raw: str) -> Destination:
+    """``queue:NAME`` | ``function:NAME`` | ``http(s)://URL``, or ValueError saying the forms."""
+    if raw.startswith(("http://", "https://")):
+        return Destination("http", raw)
+    kind, sep, target = raw.partition(":")
+    if sep and kind == "queue" and QUEUE_NAME_RE.match(target):
+        return Destination("queue", target)
+    if sep and kind == "function" and FUNCTION_NAME_RE.match(target):
+        return Destination("function", target)
+    raise ValueError(
+        f"{raw!r} is not a destination; use queue:NAME, function:NAME or an http(s):// URL"
+    )
+
+
+def _spec(
+    path: str,
+    name: str,
+    table: Mapping[str, Any],
+    defaults: FunctionSpec,
+    *,
+    is_defaults: bool = False,
+) -> FunctionSpec:
+    reader = _Reader(path, name, table)
+    known = _DEFAULT_KEYS if is_defaults else _KEYS
+    unknown = set(table) - known
+    if unknown:
+        key = sorted(unknown)[0]
+        raise reader.error(key, f"unknown key; known keys: {', '.join(sorted(known))}")
+    handler, url = table.get("handler"), table.get("url")
+    if not is_defaults and (handler is None) == (url is None):
+        raise reader.error("handler", "a function needs exactly one of 'handler' or 'url'")
+    if handler is not None and (not isinstance(handler, str) or not HANDLER_RE.match(handler)):
+        raise reader.error("handler", f"must look like 'package.module:callable', got {handler!r}")
+    if url is not None and (
+        not isinstance(url, str) or not url.startswith(("http://", "https://"))
+    ):
+        raise reader.error("url", f"must be an http:// or https:// URL, got {url!r}")
+    return FunctionSpec(
+        name=name,
+        handler=handler,
+        url=url,
+        timeout_s=reader.number("timeout", defaults.timeout_s, 0.001, 86400.0),
+        max_retries=reader.integer("max_retries", defaults.max_retries, 0, MAX_RETRIES_LIMIT),
+        max_event_age_s=reader.integer(
+            "max_event_age", defaults.max_event_age_s, 1, MAX_EVENT_AGE_LIMIT_S
+        ),
+        concurrency=reader.integer("concurrency", defaults.concurrency, 1, 10000),
+        backoff=reader.backoff(defaults.backoff),
+        task_mode=reader.boolean("task_mode", defaults.task_mode),
+        on_success=reader.destination("on_success") or defaults.on_success,
+        on_failure=reader.destination("on_failure") or defaults.on_failure,
+        delivery_limit=reader.integer("delivery_limit", defaults.delivery_limit, 1, 1000),
+    )
+
+
+def parse(text: str, path: str = "<string>") -> FunctionsFile:
+    """Parse and validate the functions file's text."""
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", path=path) from None
+    unknown = set(document) - {"defaults", "functions"}
+    if unknown:
+        raise ConfigError(
+            f"unknown table(s) {sorted(unknown)}; use [defaults] and [functions.NAME]", path=path
+        )
+    raw_defaults = document.get("defaults", {})
+    if not isinstance(raw_defaults, dict):
+        raise ConfigError("[defaults] must be a table", path=path)
+    defaults = _spec(path, "[defaults]", raw_defaults, FunctionSpec(""), is_defaults=True)
+    raw_functions = document.get("functions", {})
+    if not isinstance(raw_functions, dict) or not raw_functions:
+        raise ConfigError("no functions: add at least one [functions.NAME] table", path=path)
+    specs: dict[str, FunctionSpec] = {}
+    for name, table in raw_functions.items():
+        if not FUNCTION_NAME_RE.match(name):
+            raise ConfigError(
+                f"bad function name; names match {FUNCTION_NAME_RE.pattern}",
+                path=path,
+                function=name,
+            )
+        if not isinstance(table, dict):
+            raise ConfigError("must be a table", path=path, function=name)
+        specs[name] = _spec(path, name, table, defaults)
+    return FunctionsFile(path=Path(path), functions=specs)
+
+
+def load(path: str | Path) -> FunctionsFile:
+    """Read and validate the functions file at ``path``."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            "file not found; pass --config or set ASYNCINVOKE_CONFIG", path=str(file)
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", path=str(file)) from None
+    return parse(text, str(file))
+
+
+def load_handler(spec: FunctionSpec, config_dir: Path | None = None) -> Callable[..., Any]:
+    """Import the configured handler. The config file's folder is importable too."""
+    assert spec.handler is not None
+    if config_dir is not None and str(config_dir) not in sys.path:
+        sys.path.insert(0, str(config_dir))
+    module_name, _, attr_path = spec.handler.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(
+            f"cannot import module {module_name!r}: {exc}", function=spec.name, key="handler"
+        ) from None
+    for attr in attr_path.split("."):
+        try:
+            target = getattr(target, attr)
+        except AttributeError:
+            raise ConfigError(
+                f"module {module_name!r} has no attribute {attr_path!r}",
+                function=spec.name,
+                key="handler",
+            ) from None
+    if not callable(target):
+        raise ConfigError(f"{spec.handler!r} is not callable", function=spec.name, key="handler")
+    return target  # type: ignore[no-any-return]

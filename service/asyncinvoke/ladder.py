@@ -1,0 +1,63 @@
+"""The delay ladder: whole seconds of delay ↔ routing keys and bindings.
+
+Level L (0..16) is a topic exchange and a quorum queue whose fixed TTL is 2^L s.
+A delayed message's routing key spells the delay's 17 bits, most significant
+first, then the function name: ``0.0.0.0.0.0.0.0.0.0.0.0.0.1.0.1.1.resize`` is
+11 s. The message enters at the top level's exchange; at each level a binding on
+its bit either parks it in that level's queue (bit 1) or passes it down to the
+next level's exchange (bit 0). A queue dead-letters expired messages to the next
+level's exchange with the routing key unchanged, and level 0 hands over to the
+deliver exchange, which routes on the function name. A delay therefore waits
+exactly the sum of its set bits, each level holding one fixed TTL so expiry
+stays in FIFO order (a per-message TTL would wait behind a longer one).
+"""
+
+from __future__ import annotations
+
+LEVELS = 17
+MAX_DELAY_S = 2**LEVELS - 1  # 131071 s, the ladder's reach
+
+
+def routing_key(delay_s: int, function: str) -> str:
+    """The routing key that makes ``function``'s message wait ``delay_s`` seconds."""
+    if not 0 <= delay_s <= MAX_DELAY_S:
+        raise ValueError(f"delay {delay_s} s is outside the ladder's reach 0..{MAX_DELAY_S}")
+    bits = format(delay_s, f"0{LEVELS}b")
+    return ".".join(bits) + "." + function
+
+
+def delay_of(key: str) -> int:
+    """The delay in seconds that a ladder routing key spells (inverse of routing_key)."""
+    return int("".join(key.split(".")[:LEVELS]), 2)
+
+
+def function_of(key: str) -> str:
+    return key.split(".", LEVELS)[LEVELS]
+
+
+def _bit_pattern(level: int, bit: str) -> str:
+    """Topic pattern matching keys whose bit for ``level`` is ``bit``."""
+    position = LEVELS - 1 - level  # the most significant bit comes first
+    return ".".join(["*"] * position + [bit]) + ".#"
+
+
+def park_pattern(level: int) -> str:
+    """Binding from level's exchange to its queue: this bit is set."""
+    return _bit_pattern(level, "1")
+
+
+def pass_pattern(level: int) -> str:
+    """Binding from level's exchange to the next level down: this bit is clear."""
+    return _bit_pattern(level, "0")
+
+
+def deliver_pattern(function: str) -> str:
+    """Binding from the deliver exchange to a function's queue."""
+    return "#." + function
+
+
+def split_ms(remaining_ms: int) -> tuple[int, int]:
+    """Whole seconds for the ladder and the sub-second rest, never rounding up."""
+    if remaining_ms <= 0:
+        return 0, 0
+    return divmod(remaining_ms, 1000)

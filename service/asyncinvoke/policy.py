@@ -1,0 +1,136 @@
+"""Pure decisions over an invocation, its function's policy and the clock.
+
+``admit`` decides what to do with a delivered invocation before it runs;
+``settle`` decides what follows an attempt. Neither does I/O: the worker carries
+out what they return.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from asyncinvoke import contract
+from asyncinvoke.contract import Envelope
+from asyncinvoke.functions import Backoff, FunctionSpec
+
+# A remainder at least this long goes back into the ladder instead of waiting in the
+# worker: the ladder's bottom level is 1 s, so a worker never holds a message longer.
+HOLD_LIMIT_MS = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one attempt produced."""
+
+    ok: bool
+    result: Any = None
+    error: dict[str, Any] | None = None  # {"errorType", "errorMessage", "stackTrace"}
+    function_error: str = ""  # "" | HANDLED | UNHANDLED | TIMEOUT
+    status_code: int = 200
+    retryable: bool = True
+    duration_ms: float = 0.0
+
+
+# -- admission ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """Start it now."""
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """Due in less than a second: wait ``ms`` in the worker, then run."""
+
+    ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Due later: send it into the ladder for ``delay_s`` whole seconds."""
+
+    delay_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class Expire:
+    """Older than the function's max_event_age: do not start it."""
+
+    age_ms: int
+
+
+RUN = Run()
+Admission = Run | Hold | Forward | Expire
+
+
+def admit(envelope: Envelope, spec: FunctionSpec, now_ms: int) -> Admission:
+    remaining_ms = envelope.due_at_ms() - now_ms
+    if remaining_ms >= HOLD_LIMIT_MS:
+        return Forward(remaining_ms // 1000)
+    age_ms = max(now_ms, envelope.due_at_ms()) - envelope.created_at
+    if age_ms > spec.max_event_age_s * 1000:
+        return Expire(age_ms)
+    if remaining_ms > 0:
+        return Hold(remaining_ms)
+    return RUN
+
+
+# -- settlement ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """It succeeded."""
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Try again, not before ``due_at`` (ms)."""
+
+    due_at: int
+    backoff_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class GiveUp:
+    """No more attempts; the record carries ``condition``."""
+
+    condition: str
+
+
+DONE = Done()
+Settlement = Done | Retry | GiveUp
+
+
+def backoff_ms(retry_index: int, backoff: Backoff, rng: random.Random | None = None) -> int:
+    """The wait before retry number ``retry_index`` (0 for the first retry), in ms.
+
+    ``initial * multiplier**retry_index`` capped at ``max``, then spread by ±jitter
+    (and capped again, so ``max`` is a hard bound).
+    """
+    base = min(backoff.max, backoff.initial * backoff.multiplier**retry_index)
+    spread = (rng or random).uniform(1.0 - backoff.jitter, 1.0 + backoff.jitter)
+    return round(min(backoff.max, base * spread) * 1000)
+
+
+def settle(
+    outcome: Outcome,
+    envelope: Envelope,
+    spec: FunctionSpec,
+    now_ms: int,
+    rng: random.Random | None = None,
+) -> Settlement:
+    if outcome.ok:
+        return DONE
+    if not outcome.retryable:
+        return GiveUp(contract.NON_RETRYABLE)
+    if envelope.attempt >= spec.max_retries:
+        return GiveUp(contract.RETRIES_EXHAUSTED)
+    wait_ms = backoff_ms(envelope.attempt, spec.backoff, rng)
+    due_at = now_ms + wait_ms
+    if due_at - envelope.created_at > spec.max_event_age_s * 1000:
+        return GiveUp(contract.EVENT_AGE_EXCEEDED)
+    return Retry(due_at=due_at, backoff_ms=wait_ms)

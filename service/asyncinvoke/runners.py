@@ -1,0 +1,180 @@
+"""Run one attempt of a function under its timeout → ``policy.Outcome``.
+
+Python handlers: async ones run on the event loop and are cancelled at their
+timeout; sync ones run in a thread pool. A thread cannot be interrupted, so a
+sync handler that overruns is reported as a timeout while its thread finishes
+in the background (its result is discarded). HTTP functions get the event
+POSTed; 2xx is success, anything else a retryable failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import aiohttp
+import orjson
+
+from asyncinvoke import contract
+from asyncinvoke.contract import Envelope
+from asyncinvoke.errors import NonRetryableError
+from asyncinvoke.functions import FunctionSpec
+from asyncinvoke.observability import get_logger
+from asyncinvoke.policy import Outcome
+
+
+@dataclass(slots=True)
+class Context:
+    """What a handler knows about its invocation (its second argument)."""
+
+    invocation_id: str
+    function: str
+    attempt: int  # 0 for the first attempt
+    deadline: float  # time.time() by which the attempt must end
+    meta: dict[str, str] = field(default_factory=dict)
+    logger: Any = None
+
+    @property
+    def request_id(self) -> str:
+        return self.invocation_id
+
+    def remaining_s(self) -> float:
+        return max(0.0, self.deadline - time.time())
+
+
+class Runner(Protocol):
+    async def run(self, envelope: Envelope, context: Context) -> Outcome: ...
+
+
+def make_context(envelope: Envelope, spec: FunctionSpec) -> Context:
+    return Context(
+        invocation_id=envelope.id,
+        function=envelope.fn,
+        attempt=envelope.attempt,
+        deadline=time.time() + spec.timeout_s,
+        meta=envelope.meta or {},
+        logger=get_logger(invocation_id=envelope.id, function=envelope.fn),
+    )
+
+
+def _timeout_outcome(spec: FunctionSpec, started: float) -> Outcome:
+    return Outcome(
+        ok=False,
+        error={
+            "errorType": "TimeoutError",
+            "errorMessage": f"attempt exceeded the function's timeout of {spec.timeout_s:g} s",
+            "stackTrace": [],
+        },
+        function_error=contract.TIMEOUT,
+        status_code=504,
+        duration_ms=(time.perf_counter() - started) * 1000,
+    )
+
+
+def _error_outcome(exc: BaseException, started: float) -> Outcome:
+    non_retryable = isinstance(exc, NonRetryableError)
+    return Outcome(
+        ok=False,
+        error=contract.error_payload(exc),
+        function_error=contract.HANDLED if non_retryable else contract.UNHANDLED,
+        status_code=500,
+        retryable=not non_retryable,
+        duration_ms=(time.perf_counter() - started) * 1000,
+    )
+
+
+class PythonRunner:
+    def __init__(self, spec: FunctionSpec, handler: Callable[..., Any], executor: Executor):
+        self.spec = spec
+        self.handler = handler
+        self.executor = executor
+        self.is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+            getattr(handler, "__call__", None)  # noqa: B004 - async callable objects
+        )
+
+    async def run(self, envelope: Envelope, context: Context) -> Outcome:
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.spec.timeout_s):
+                if self.is_async:
+                    result = await self.handler(envelope.payload, context)
+                else:
+                    loop = asyncio.get_running_loop()
+                    result = await loop.run_in_executor(
+                        self.executor, self.handler, envelope.payload, context
+                    )
+        except TimeoutError:
+            return _timeout_outcome(self.spec, started)
+        except Exception as exc:
+            return _error_outcome(exc, started)
+        return Outcome(ok=True, result=result, duration_ms=(time.perf_counter() - started) * 1000)
+
+
+def _response_result(body: bytes, content_type: str) -> Any:
+    if content_type == "application/json" and body:
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return body
+    if content_type.startswith("text/"):
+        return body.decode("utf-8", errors="replace")
+    return body
+
+
+class HttpRunner:
+    """An HTTP function: POST the event, 2xx is success and the body is the result."""
+
+    def __init__(self, spec: FunctionSpec, session: aiohttp.ClientSession):
+        assert spec.url is not None
+        self.spec = spec
+        self.url = spec.url
+        self.session = session
+
+    async def run(self, envelope: Envelope, context: Context) -> Outcome:
+        started = time.perf_counter()
+        payload = envelope.payload
+        if isinstance(payload, bytes):
+            body, content_type = payload, "application/octet-stream"
+        else:
+            body, content_type = contract.to_json(payload), "application/json"
+        headers = {
+            "content-type": content_type,
+            "x-fc-request-id": envelope.id,
+            "x-asyncinvoke-attempt": str(envelope.attempt),
+        }
+        try:
+            async with (
+                asyncio.timeout(self.spec.timeout_s),
+                self.session.post(self.url, data=body, headers=headers) as response,
+            ):
+                response_body = await response.read()
+                status = response.status
+                response_type = response.content_type
+        except TimeoutError:
+            return _timeout_outcome(self.spec, started)
+        except aiohttp.ClientError as exc:
+            return _error_outcome(exc, started)
+        duration_ms = (time.perf_counter() - started) * 1000
+        if 200 <= status < 300:
+            return Outcome(
+                ok=True,
+                result=_response_result(response_body, response_type),
+                status_code=status,
+                duration_ms=duration_ms,
+            )
+        return Outcome(
+            ok=False,
+            error={
+                "errorType": f"HTTP{status}",
+                "errorMessage": response_body[:2000].decode("utf-8", errors="replace"),
+                "stackTrace": [],
+            },
+            function_error=contract.HANDLED,
+            status_code=status,
+            duration_ms=duration_ms,
+        )

@@ -1,0 +1,104 @@
+"""Environment and flags → one frozen ``Settings``, built once at start."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from asyncinvoke.errors import ConfigError
+
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+DEFAULT_NAMESPACE = "asyncinvoke"
+DEFAULT_CONFIG = "functions.toml"
+DEFAULT_TASK_STORE = "sqlite:///./asyncinvoke-tasks.db"
+DEFAULT_MAX_PAYLOAD_BYTES = 256 * 1024
+DEFAULT_MAX_DELAY_S = 3600
+DEFAULT_SHUTDOWN_GRACE_S = 30.0
+DEFAULT_PUBLISH_TIMEOUT_S = 30.0
+
+NAMESPACE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    amqp_url: str = DEFAULT_AMQP_URL
+    namespace: str = DEFAULT_NAMESPACE
+    config_path: str = DEFAULT_CONFIG
+    task_store: str = DEFAULT_TASK_STORE
+    log_format: str = "json"
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    max_delay_s: int = DEFAULT_MAX_DELAY_S
+    shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S
+    publish_timeout_s: float = DEFAULT_PUBLISH_TIMEOUT_S
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        """Flags override the environment: apply those that were given."""
+        given = {key: value for key, value in overrides.items() if value is not None}
+        return replace(self, **given) if given else self
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={value} is out of range {low}..{high}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if value < 0:
+        raise ConfigError(f"{name}={value} must not be negative")
+    return value
+
+
+def from_env(env: Mapping[str, str] | None = None, *, tty: bool = False) -> Settings:
+    """Read ``ASYNCINVOKE_*`` variables; anything absent keeps its default."""
+    env = os.environ if env is None else env
+    from asyncinvoke.ladder import MAX_DELAY_S as LADDER_REACH_S
+
+    namespace = env.get("ASYNCINVOKE_NAMESPACE") or DEFAULT_NAMESPACE
+    if not NAMESPACE_RE.match(namespace):
+        raise ConfigError(f"ASYNCINVOKE_NAMESPACE={namespace!r} must match {NAMESPACE_RE.pattern}")
+    log_format = env.get("ASYNCINVOKE_LOG_FORMAT") or ("console" if tty else "json")
+    if log_format not in ("json", "console"):
+        raise ConfigError(f"ASYNCINVOKE_LOG_FORMAT={log_format!r}: use 'json' or 'console'")
+    return Settings(
+        amqp_url=env.get("ASYNCINVOKE_AMQP_URL") or DEFAULT_AMQP_URL,
+        namespace=namespace,
+        config_path=env.get("ASYNCINVOKE_CONFIG") or DEFAULT_CONFIG,
+        task_store=env.get("ASYNCINVOKE_TASK_STORE") or DEFAULT_TASK_STORE,
+        log_format=log_format,
+        max_payload_bytes=_int(
+            env, "ASYNCINVOKE_MAX_PAYLOAD_BYTES", DEFAULT_MAX_PAYLOAD_BYTES, 1, 64 * 1024 * 1024
+        ),
+        max_delay_s=_int(env, "ASYNCINVOKE_MAX_DELAY", DEFAULT_MAX_DELAY_S, 0, LADDER_REACH_S),
+        shutdown_grace_s=_float(env, "ASYNCINVOKE_SHUTDOWN_GRACE", DEFAULT_SHUTDOWN_GRACE_S),
+    )
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced, for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
