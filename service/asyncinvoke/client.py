@@ -8,6 +8,7 @@ in a function name is an exception here rather than a failure record later.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
 from collections.abc import Iterable, Mapping
@@ -81,13 +82,17 @@ class Client:
         function: str,
         payload: Any = None,
         *,
-        delay: int = 0,
+        delay: float = 0,
         id: str | None = None,
         task: bool | None = None,
         meta: Mapping[str, str] | None = None,
         now_ms: int | None = None,
     ) -> tuple[Envelope, bytes]:
-        """Build and validate one envelope; InvalidMessage says what is wrong."""
+        """Build and validate one envelope; InvalidMessage says what is wrong.
+
+        ``delay`` is in seconds and may have a fraction: the wire's ``delay`` is whole
+        seconds, so a fractional delay travels as the service's own due time (ms).
+        """
         created_at = now_ms if now_ms is not None else time.time_ns() // 1_000_000
         wire: dict[str, Any] = {
             "v": contract.VERSION,
@@ -97,7 +102,14 @@ class Client:
             "created_at": created_at,
         }
         if delay:
-            wire["delay"] = delay
+            if not isinstance(delay, int | float) or isinstance(delay, bool) or delay < 0:
+                raise InvalidMessage(
+                    f"delay must be between 0 and {self.settings.max_delay_s} seconds, "
+                    f"got {delay!r}"
+                )
+            wire["delay"] = math.ceil(delay)
+            if delay != int(delay):
+                wire["due_at"] = created_at + round(delay * 1000)
         if task is not None:
             wire["task"] = task
         if meta:
@@ -132,7 +144,7 @@ class Client:
         function: str,
         payload: Any = None,
         *,
-        delay: int = 0,
+        delay: float = 0,
         id: str | None = None,
         task: bool | None = None,
         meta: Mapping[str, str] | None = None,
@@ -147,7 +159,7 @@ class Client:
         self,
         invocations: Iterable[tuple[str, Any]],
         *,
-        delay: int = 0,
+        delay: float = 0,
         window: int = DEFAULT_WINDOW,
     ) -> list[str]:
         """Hand over many invocations with up to ``window`` publishes in flight.

@@ -1,0 +1,39 @@
+# `make run` and `make test` do all the set-up on a fresh machine.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+CONFIG ?= examples/functions.toml
+
+.PHONY: install broker run test lint unit bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+install: $(BIN)/.installed
+
+broker:
+	bash rabbitmq/ensure-broker.sh
+
+run: install broker
+	$(BIN)/asyncinvoke topology declare --config $(CONFIG)
+	$(BIN)/asyncinvoke worker --config $(CONFIG)
+
+lint: install
+	$(BIN)/ruff check service tests examples
+	$(BIN)/mypy
+
+test: install broker lint
+	$(BIN)/pytest -q -p no:cacheprovider
+
+unit: install
+	$(BIN)/pytest -q tests/unit
+
+bench: install broker
+	$(BIN)/pip install -q -e '.[test,peers]'
+	$(BIN)/python -m tests.bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,75 @@
+"""Handlers the tests configure. Module state is per process: in-process tests read
+``CALLS`` directly; subprocess tests observe through destinations instead."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections import defaultdict
+from typing import Any
+
+from asyncinvoke import Context, NonRetryableError
+
+CALLS: dict[str, list[tuple[str, int, float]]] = defaultdict(list)  # fn -> (id, attempt, t)
+
+
+def _note(context: Context) -> None:
+    CALLS[context.function].append((context.invocation_id, context.attempt, time.time()))
+
+
+async def noop(event: Any, context: Context) -> None:
+    return None
+
+
+async def echo(event: Any, context: Context) -> Any:
+    _note(context)
+    return event
+
+
+def sync_echo(event: Any, context: Context) -> Any:
+    _note(context)
+    return event
+
+
+async def started_at(event: Any, context: Context) -> int:
+    """Returns the start time in ms, so a test can measure delay lateness."""
+    _note(context)
+    return time.time_ns() // 1_000_000
+
+
+async def fail_until(event: Any, context: Context) -> str:
+    """Fails while attempt < event["fail_times"]."""
+    _note(context)
+    if context.attempt < int(event["fail_times"]):
+        raise RuntimeError(f"planned failure on attempt {context.attempt}")
+    return f"ok on attempt {context.attempt}"
+
+
+async def always_fail(event: Any, context: Context) -> None:
+    _note(context)
+    raise ValueError("always fails")
+
+
+async def refuse(event: Any, context: Context) -> None:
+    _note(context)
+    raise NonRetryableError("refused: will not get better")
+
+
+async def sleep(event: Any, context: Context) -> str:
+    _note(context)
+    await asyncio.sleep(float(event["seconds"]))
+    return "slept"
+
+
+def sync_sleep(event: Any, context: Context) -> str:
+    _note(context)
+    time.sleep(float(event["seconds"]))
+    return "slept"
+
+
+async def die_if_poison(event: Any, context: Context) -> str:
+    """Kills the whole worker process for a poison event, like a segfault would."""
+    if isinstance(event, dict) and event.get("poison"):
+        os._exit(1)
+    return "fine"
