@@ -15,13 +15,19 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 from uuid import uuid4
 
+import aio_pika
+
 from asyncinvoke import contract, dispatch, topology
 from asyncinvoke.broker import Broker
 from asyncinvoke.contract import Envelope
 from asyncinvoke.errors import AsyncInvokeError, InvalidMessage
 from asyncinvoke.settings import Settings, from_env
+from asyncinvoke.tasks.states import Status
+from asyncinvoke.tasks.store import TaskExists, TaskStore
+from asyncinvoke.tasks.tracker import TaskTracker
 
 DEFAULT_WINDOW = 1000  # publishes in flight in invoke_many
+DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 
 
 class UnknownFunctionError(AsyncInvokeError):
@@ -31,6 +37,36 @@ class UnknownFunctionError(AsyncInvokeError):
             f"whose functions file has it, or run 'asyncinvoke topology declare'"
         )
         self.function = function
+
+
+class FunctionError(AsyncInvokeError):
+    """A synchronous call's function failed; ``error`` is its errorType/errorMessage map."""
+
+    def __init__(self, function: str, error: dict[str, Any], function_error: str, status: int):
+        super().__init__(f"{function}: {error.get('errorType')}: {error.get('errorMessage')}")
+        self.function = function
+        self.error = error
+        self.function_error = function_error
+        self.status_code = status
+
+
+class CallTimeout(AsyncInvokeError):
+    def __init__(self, function: str, invocation_id: str, timeout: float):
+        super().__init__(
+            f"{function}: no reply for invocation {invocation_id} within {timeout:g} s "
+            "(is a worker serving it?)"
+        )
+        self.function = function
+        self.invocation_id = invocation_id
+
+
+class TaskExistsError(AsyncInvokeError):
+    def __init__(self, task_id: str, status: str):
+        super().__init__(
+            f"task {task_id!r} already exists ({status}): in task mode an id is used once; "
+            "leave --id out for a generated one"
+        )
+        self.task_id = task_id
 
 
 class InvokeManyError(AsyncInvokeError):
@@ -63,11 +99,16 @@ class Client:
         self.names = topology.Names(self.settings.namespace)
         self.broker = Broker(self.settings, name=f"asyncinvoke-client-{os.getpid()}")
         self._known_functions: set[str] = set()
+        self._replies: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._reply_consumer: str | None = None
+        self._tracker: TaskTracker | None = None
 
     async def connect(self) -> None:
         await self.broker.connect()
 
     async def close(self) -> None:
+        if self._tracker is not None:
+            await self._tracker.close()
         await self.broker.close()
 
     async def __aenter__(self) -> Client:
@@ -149,11 +190,118 @@ class Client:
         task: bool | None = None,
         meta: Mapping[str, str] | None = None,
     ) -> str:
-        """Hand over one invocation; returns its id once the broker confirmed it."""
+        """Hand over one invocation; returns its id once the broker confirmed it.
+
+        With ``task=True`` the task is recorded (Enqueued) before it is published, and an
+        id that already exists is refused with TaskExistsError.
+        """
         envelope, body = self.envelope(function, payload, delay=delay, id=id, task=task, meta=meta)
         await self.ensure_function(function)
-        await dispatch.send(self.broker, self.names, envelope, envelope.created_at, body)
+        if task:
+            await self._create_task(envelope)
+        try:
+            await dispatch.send(self.broker, self.names, envelope, envelope.created_at, body)
+        except AsyncInvokeError as exc:
+            if task:
+                await self._not_accepted(envelope, exc)
+            raise
         return envelope.id
+
+    async def tasks(self) -> TaskStore:
+        """The task store (ASYNCINVOKE_TASK_STORE), opened on first use."""
+        if self._tracker is None:
+            self._tracker = TaskTracker(self.settings.task_store)
+        return await self._tracker.store()
+
+    async def _create_task(self, envelope: Envelope) -> None:
+        store = await self.tasks()
+        try:
+            await store.create(
+                envelope.id,
+                envelope.fn,
+                contract.pack(envelope.payload),
+                envelope.created_at,
+                "accepted" if not envelope.delay else f"accepted, due in {envelope.delay} s",
+            )
+        except TaskExists:
+            existing = await store.get(envelope.id)
+            raise TaskExistsError(
+                envelope.id, existing.status.value if existing else "unknown"
+            ) from None
+
+    async def _not_accepted(self, envelope: Envelope, exc: Exception) -> None:
+        store = await self.tasks()
+        await store.transition(
+            envelope.id,
+            Status.FAILED,
+            time.time_ns() // 1_000_000,
+            f"not accepted by the broker: {exc}",
+            error=str(exc),
+        )
+
+    async def call(
+        self,
+        function: str,
+        payload: Any = None,
+        *,
+        timeout: float = 30.0,
+        id: str | None = None,
+        meta: Mapping[str, str] | None = None,
+    ) -> Any:
+        """Run ``function`` synchronously, through RabbitMQ, and return its result.
+
+        One attempt, no retries. A function error raises FunctionError; no reply within
+        ``timeout`` seconds raises CallTimeout.
+        """
+        envelope, _ = self.envelope(function, payload, id=id, meta=meta)
+        envelope.reply_by = envelope.created_at + round(timeout * 1000)
+        await self.ensure_function(function)
+        await self._ensure_reply_consumer()
+        correlation_id = uuid4().hex
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._replies[correlation_id] = future
+        try:
+            await self.broker.publish(
+                self.names.invoke,
+                function,
+                contract.encode(envelope),
+                message_id=envelope.id,
+                reply_to=DIRECT_REPLY_TO,
+                correlation_id=correlation_id,
+            )
+            try:
+                async with asyncio.timeout(timeout):
+                    reply = await future
+            except TimeoutError:
+                raise CallTimeout(function, envelope.id, timeout) from None
+        finally:
+            self._replies.pop(correlation_id, None)
+        if not reply.get("ok"):
+            raise FunctionError(
+                function,
+                reply.get("error") or {},
+                str(reply.get("functionError") or ""),
+                int(reply.get("statusCode") or 500),
+            )
+        return reply.get("result")
+
+    async def _ensure_reply_consumer(self) -> None:
+        """Direct reply-to: consume the pseudo-queue on the channel that publishes."""
+        if self._reply_consumer is not None:
+            return
+        queue = await self.broker.publisher.get_queue(DIRECT_REPLY_TO, ensure=False)
+        self._reply_consumer = await queue.consume(self._on_reply, no_ack=True)
+
+    async def _on_reply(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        future = self._replies.get(message.correlation_id or "")
+        if future is None or future.done():
+            return  # a reply for a call that timed out
+        try:
+            reply = contract.unpack(message.body)
+        except Exception as exc:
+            future.set_exception(AsyncInvokeError(f"undecodable reply: {exc}"))
+            return
+        future.set_result(reply)
 
     async def invoke_many(
         self,

@@ -49,7 +49,9 @@ TIMEOUT = "TimeoutError"
 _PUBLIC_KEYS = frozenset(
     {"v", "id", "fn", "payload", "created_at", "delay", "attempt", "task", "meta"}
 )
-_INTERNAL_KEYS = frozenset({"due_at"})  # added by the service, never by a producer
+# Added by the service, never by a producer: a due time (ms), and for a synchronous call
+# the time (ms) after which its caller no longer waits for the reply.
+_INTERNAL_KEYS = frozenset({"due_at", "reply_by"})
 _KNOWN_KEYS = _PUBLIC_KEYS | _INTERNAL_KEYS
 
 
@@ -66,6 +68,7 @@ class Envelope:
     task: bool | None = None
     meta: dict[str, str] | None = None
     due_at: int | None = None  # internal: start no earlier than this (ms)
+    reply_by: int | None = None  # internal: a sync caller waits until then (ms)
 
     def due_at_ms(self) -> int:
         """When this invocation may start (ms since the epoch)."""
@@ -91,6 +94,8 @@ class Envelope:
             wire["meta"] = self.meta
         if self.due_at is not None:
             wire["due_at"] = self.due_at
+        if self.reply_by is not None:
+            wire["reply_by"] = self.reply_by
         return wire
 
     def for_replay(self) -> dict[str, Any]:
@@ -98,6 +103,7 @@ class Envelope:
         wire = self.to_wire()
         wire.pop("attempt", None)
         wire.pop("due_at", None)
+        wire.pop("reply_by", None)
         return wire
 
 
@@ -182,6 +188,9 @@ def from_wire(data: dict[str, Any], *, received_at_ms: int, max_delay_s: int) ->
     due_at = data.get("due_at")
     if due_at is not None and type(due_at) is not int:
         raise InvalidMessage("'due_at' must be an integer", partial=data)
+    reply_by = data.get("reply_by")
+    if reply_by is not None and type(reply_by) is not int:
+        raise InvalidMessage("'reply_by' must be an integer", partial=data)
     return Envelope(
         id=inv_id,
         fn=fn,
@@ -192,6 +201,27 @@ def from_wire(data: dict[str, Any], *, received_at_ms: int, max_delay_s: int) ->
         task=task,
         meta=meta,
         due_at=due_at,
+        reply_by=reply_by,
+    )
+
+
+# -- synchronous replies -----------------------------------------------------------------
+# A synchronous call is an envelope published with AMQP reply_to (direct reply-to) and a
+# correlation_id; the worker that runs it answers with one reply map and no retries.
+
+
+def reply(
+    *, ok: bool, result: Any, error: dict[str, Any] | None, function_error: str, status_code: int
+) -> bytes:
+    return pack(
+        {
+            "v": VERSION,
+            "ok": ok,
+            "result": result if ok else None,
+            "error": None if ok else error,
+            "functionError": function_error,
+            "statusCode": status_code,
+        }
     )
 
 

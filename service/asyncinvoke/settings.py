@@ -19,6 +19,8 @@ DEFAULT_MAX_PAYLOAD_BYTES = 256 * 1024
 DEFAULT_MAX_DELAY_S = 3600
 DEFAULT_SHUTDOWN_GRACE_S = 30.0
 DEFAULT_PUBLISH_TIMEOUT_S = 30.0
+DEFAULT_TASK_RETENTION_S = 7 * 86400
+DEFAULT_TASK_RESULT_MAX_BYTES = 64 * 1024
 
 NAMESPACE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
 
@@ -34,6 +36,8 @@ class Settings:
     max_delay_s: int = DEFAULT_MAX_DELAY_S
     shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S
     publish_timeout_s: float = DEFAULT_PUBLISH_TIMEOUT_S
+    task_retention_s: float = DEFAULT_TASK_RETENTION_S
+    task_result_max_bytes: int = DEFAULT_TASK_RESULT_MAX_BYTES
 
     def with_overrides(self, **overrides: Any) -> Settings:
         """Flags override the environment: apply those that were given."""
@@ -89,6 +93,11 @@ def from_env(env: Mapping[str, str] | None = None, *, tty: bool = False) -> Sett
         ),
         max_delay_s=_int(env, "ASYNCINVOKE_MAX_DELAY", DEFAULT_MAX_DELAY_S, 0, LADDER_REACH_S),
         shutdown_grace_s=_float(env, "ASYNCINVOKE_SHUTDOWN_GRACE", DEFAULT_SHUTDOWN_GRACE_S),
+        task_retention_s=_float(env, "ASYNCINVOKE_TASK_RETENTION", DEFAULT_TASK_RETENTION_S),
+        task_result_max_bytes=_int(
+            env, "ASYNCINVOKE_TASK_RESULT_MAX_BYTES", DEFAULT_TASK_RESULT_MAX_BYTES,
+            0, 64 * 1024 * 1024,
+        ),
     )
 
 

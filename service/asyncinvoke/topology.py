@@ -52,6 +52,11 @@ class Names:
         return f"{self.ns}.dead"
 
     @property
+    def control(self) -> str:
+        """Fanout to every worker: task stop requests."""
+        return f"{self.ns}.control"
+
+    @property
     def deliver(self) -> str:
         return f"{self.ns}.delay.deliver"
 
@@ -113,6 +118,7 @@ def core_plan(names: Names) -> Plan:
         ExchangeDecl(names.unrouted, FANOUT),
         ExchangeDecl(names.dead, FANOUT),
         ExchangeDecl(names.failed, TOPIC),
+        ExchangeDecl(names.control, FANOUT),
         ExchangeDecl(names.invoke, DIRECT, {"alternate-exchange": names.unrouted}),
         ExchangeDecl(names.deliver, TOPIC, {"alternate-exchange": names.unrouted}),
     ]

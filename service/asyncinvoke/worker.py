@@ -1,10 +1,7 @@
-"""The worker: wiring only. One invocation's path:
-
-    delivery → contract.decode → policy.admit → runners.run → policy.settle
-             → destinations / dispatch (each publish confirmed) → ack, only now
-
-A delivery is acknowledged only after everything that follows from it was
-confirmed by the broker, so a crash anywhere loses nothing (it may run twice).
+"""The worker: wiring only. It consumes each function's queue (prefetch = the
+function's concurrency) and hands every delivery to ``pipeline.Pipeline``; it
+also serves the system queues (unrouted → UnknownFunction, dead → poison
+messages), the stop broadcasts of task mode, and graceful shutdown.
 """
 
 from __future__ import annotations
@@ -13,41 +10,30 @@ import asyncio
 import contextlib
 import os
 import signal
-import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import aio_pika
 import aiohttp
 import aiormq
 
-from asyncinvoke import contract, dispatch, policy, records, topology
+from asyncinvoke import contract, records, topology
 from asyncinvoke.broker import Broker
-from asyncinvoke.contract import Envelope
 from asyncinvoke.destinations import Destinations
 from asyncinvoke.errors import AsyncInvokeError, InvalidMessage
-from asyncinvoke.functions import FunctionsFile, FunctionSpec, load_handler
+from asyncinvoke.functions import FunctionsFile, load_handler
 from asyncinvoke.observability import get_logger
-from asyncinvoke.runners import HttpRunner, PythonRunner, Runner, make_context
+from asyncinvoke.pipeline import Function, Message, Pipeline, ack, now_ms
+from asyncinvoke.runners import HttpRunner, PythonRunner, Runner
 from asyncinvoke.settings import Settings
+from asyncinvoke.tasks.tracker import TaskTracker
 
 SYSTEM_PREFETCH = 32
 SETTLE_RETRY_PAUSE_S = 1.0
 MAX_THREADS = 256
+PURGE_EVERY_S = 600.0
 
 log = get_logger(component="worker")
-Message = aio_pika.abc.AbstractIncomingMessage
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-@dataclass(slots=True)
-class Function:
-    spec: FunctionSpec
-    runner: Runner
 
 
 class Worker:
@@ -73,12 +59,16 @@ class Worker:
         self.specs = specs
         self.config_dir = functions_file.path.parent.resolve()
         self.broker = Broker(settings, name=f"asyncinvoke-worker-{os.getpid()}")
+        self.tracker = TaskTracker(
+            settings.task_store, result_max_bytes=settings.task_result_max_bytes
+        )
         self.functions: dict[str, Function] = {}
         self.in_flight: set[asyncio.Task[Any]] = set()
+        self.pipeline: Pipeline | None = None
         self._consumers: list[tuple[aio_pika.abc.AbstractQueue, str]] = []
         self._session: aiohttp.ClientSession | None = None
         self._executor: ThreadPoolExecutor | None = None
-        self.destinations: Destinations | None = None
+        self._background: list[asyncio.Task[None]] = []
         self.stopping = False
 
     # -- start and stop ----------------------------------------------------------------
@@ -96,7 +86,8 @@ class Worker:
         self._executor = ThreadPoolExecutor(
             max_workers=max(1, min(MAX_THREADS, threads)), thread_name_prefix="handler"
         )
-        self.destinations = Destinations(self.broker, self.names, self._session)
+        destinations = Destinations(self.broker, self.names, self._session)
+        self.pipeline = Pipeline(self.settings, self.names, self.broker, destinations, self.tracker)
         for name, spec in self.specs.items():
             runner: Runner
             if spec.handler:
@@ -104,6 +95,10 @@ class Worker:
             else:
                 runner = HttpRunner(spec, self._session)
             self.functions[name] = Function(spec, runner)
+        if any(spec.task_mode for spec in self.specs.values()):
+            await self.tracker.store()  # a bad ASYNCINVOKE_TASK_STORE fails at start
+            self._background.append(asyncio.create_task(self._purge_loop()))
+        await self._consume_control()
         for name, function in self.functions.items():
             await self._consume(
                 self.names.function_queue(name),
@@ -125,6 +120,16 @@ class Worker:
         tag = await queue.consume(callback, no_ack=False)
         self._consumers.append((queue, tag))
 
+    async def _consume_control(self) -> None:
+        """Each worker's own queue on the control exchange: task stop broadcasts."""
+        channel = await self.broker.channel(prefetch=SYSTEM_PREFETCH)
+        queue = await channel.declare_queue(
+            exclusive=True, auto_delete=True, arguments={"x-queue-type": "classic"}
+        )
+        await queue.bind(self.names.control)
+        tag = await queue.consume(self._on_control, no_ack=True)
+        self._consumers.append((queue, tag))
+
     async def stop(self) -> None:
         """Stop consuming; in-flight attempts finish within the grace period; return the rest."""
         if self.stopping:
@@ -134,6 +139,8 @@ class Worker:
         for queue, tag in self._consumers:
             with contextlib.suppress(Exception):
                 await queue.cancel(tag)
+        for task in self._background:
+            task.cancel()
         if self.in_flight:
             _, pending = await asyncio.wait(
                 set(self.in_flight), timeout=self.settings.shutdown_grace_s
@@ -145,6 +152,7 @@ class Worker:
                 log.warning("returned_to_queue", count=len(pending))
         # Closing the connection returns every unacknowledged delivery to its queue.
         await self.broker.close()
+        await self.tracker.close()
         if self._session is not None:
             await self._session.close()
         if self._executor is not None:
@@ -163,15 +171,30 @@ class Worker:
         finally:
             await self.stop()
 
-    # -- one delivery ------------------------------------------------------------------
+    async def _purge_loop(self) -> None:
+        retention_ms = round(self.settings.task_retention_s * 1000)
+        while True:
+            try:
+                store = await self.tracker.store()
+                purged = await store.purge(now_ms() - retention_ms)
+                if purged:
+                    log.info("tasks_purged", count=purged)
+            except Exception as exc:
+                log.warning("task_purge_failed", error=str(exc))
+            await asyncio.sleep(PURGE_EVERY_S)
+
+    # -- deliveries --------------------------------------------------------------------
 
     def _make_callback(self, function: Function) -> Any:
+        pipeline = self.pipeline
+        assert pipeline is not None
+
         async def on_message(message: Message) -> None:
             task = asyncio.current_task()
             assert task is not None
             self.in_flight.add(task)
             try:
-                await self._handle(message, function)
+                await pipeline.handle(message, function)
             except asyncio.CancelledError:
                 # Shutdown: leave it unacknowledged; closing the channel requeues it.
                 raise
@@ -181,125 +204,6 @@ class Worker:
                 self.in_flight.discard(task)
 
         return on_message
-
-    async def _handle(self, message: Message, function: Function) -> None:
-        spec = function.spec
-        received = now_ms()
-        try:
-            envelope = contract.decode(
-                message.body,
-                received_at_ms=received,
-                max_payload_bytes=self.settings.max_payload_bytes,
-                max_delay_s=self.settings.max_delay_s,
-            )
-            if envelope.fn != spec.name:
-                raise InvalidMessage(
-                    f"envelope names function {envelope.fn!r} but arrived on the queue of "
-                    f"{spec.name!r}; publish with routing key = fn",
-                    partial=envelope.to_wire(),
-                )
-        except InvalidMessage as exc:
-            await self._reject_invalid(message, exc, spec.name, spec)
-            return
-        decision = policy.admit(envelope, spec, received)
-        if type(decision) is policy.Forward:
-            envelope.due_at = envelope.due_at_ms()
-            await dispatch.send(self.broker, self.names, envelope, received)
-            await _ack(message)
-            log.info(
-                "forwarded",
-                invocation_id=envelope.id,
-                function=spec.name,
-                delay_s=decision.delay_s,
-            )
-            return
-        if type(decision) is policy.Expire:
-            record = records.expired(envelope, decision.age_ms, spec.max_event_age_s, received)
-            await self._send(record, spec.on_failure)
-            await _ack(message)
-            log.info(
-                "attempt",
-                invocation_id=envelope.id,
-                function=spec.name,
-                attempt=envelope.attempt,
-                outcome=contract.EVENT_AGE_EXCEEDED,
-            )
-            return
-        if type(decision) is policy.Hold:
-            await asyncio.sleep(decision.ms / 1000)
-        outcome = await function.runner.run(envelope, make_context(envelope, spec))
-        finished = now_ms()
-        settlement = policy.settle(outcome, envelope, spec, finished)
-        if type(settlement) is policy.Done:
-            if spec.on_success is not None:
-                await self._send(
-                    records.of_outcome(envelope, outcome, contract.SUCCESS, finished),
-                    spec.on_success,
-                )
-            result = "success"
-        elif type(settlement) is policy.Retry:
-            retry = Envelope(
-                id=envelope.id,
-                fn=envelope.fn,
-                payload=envelope.payload,
-                created_at=envelope.created_at,
-                delay=envelope.delay,
-                attempt=envelope.attempt + 1,
-                task=envelope.task,
-                meta=envelope.meta,
-                due_at=settlement.due_at,
-            )
-            await dispatch.send(self.broker, self.names, retry, finished)
-            result = "retry"
-        else:
-            assert type(settlement) is policy.GiveUp
-            await self._send(
-                records.of_outcome(envelope, outcome, settlement.condition, finished),
-                spec.on_failure,
-            )
-            result = settlement.condition
-        await _ack(message)
-        if outcome.ok:
-            log.info(
-                "attempt",
-                invocation_id=envelope.id,
-                function=spec.name,
-                attempt=envelope.attempt,
-                outcome=result,
-                duration_ms=round(outcome.duration_ms, 3),
-            )
-        else:
-            error = outcome.error or {}
-            log.info(
-                "attempt",
-                invocation_id=envelope.id,
-                function=spec.name,
-                attempt=envelope.attempt,
-                outcome=result,
-                duration_ms=round(outcome.duration_ms, 3),
-                error_type=error.get("errorType"),
-                error=str(error.get("errorMessage"))[:500],
-            )
-
-    async def _send(self, record: dict[str, Any], destination: Any) -> None:
-        assert self.destinations is not None
-        await self.destinations.send(record, destination)
-
-    async def _reject_invalid(
-        self, message: Message, exc: InvalidMessage, function: str, spec: FunctionSpec | None
-    ) -> None:
-        record = records.invalid(
-            message.body, exc, function=function, message_id=message.message_id, now_ms=now_ms()
-        )
-        assert self.destinations is not None
-        await self.destinations.to_failed(record)
-        await _ack(message)
-        log.warning(
-            "invalid_message",
-            function=function,
-            invocation_id=record["requestContext"]["requestId"],
-            reason=exc.reason,
-        )
 
     async def _settle_failed(self, message: Message, exc: Exception) -> None:
         """What follows from a delivery could not be confirmed: return it, to try again."""
@@ -313,47 +217,49 @@ class Worker:
         with contextlib.suppress(aiormq.exceptions.AMQPError, RuntimeError):
             await message.nack(requeue=True)
 
-    # -- system queues -----------------------------------------------------------------
-
-    def _decode_system(self, message: Message) -> Envelope:
-        return contract.decode(
-            message.body,
-            received_at_ms=now_ms(),
-            max_payload_bytes=self.settings.max_payload_bytes,
-            max_delay_s=self.settings.max_delay_s,
-        )
+    async def _on_control(self, message: Message) -> None:
+        try:
+            command = contract.unpack(message.body)
+        except Exception:
+            log.warning("control_message_ignored", reason="not msgpack")
+            return
+        task_id = command.get("stop") if isinstance(command, dict) else None
+        if isinstance(task_id, str) and self.pipeline is not None and self.pipeline.stop(task_id):
+            log.info("task_stop_requested", invocation_id=task_id)
 
     async def _on_unrouted(self, message: Message) -> None:
         """An invocation no function queue took: an UnknownFunction record."""
+        assert self.pipeline is not None
         try:
             try:
-                envelope = self._decode_system(message)
+                envelope = self.pipeline.decode(message, now_ms())
             except InvalidMessage as exc:
-                await self._reject_invalid(message, exc, message.routing_key or "", None)
+                await self.pipeline.reject_invalid(message, exc, message.routing_key or "")
                 return
-            assert self.destinations is not None
-            await self.destinations.to_failed(records.unknown_function(envelope, now_ms()))
-            await _ack(message)
+            record = records.unknown_function(envelope, now_ms())
+            await self.pipeline.destinations.to_failed(record)
+            await ack(message)
             log.warning("unknown_function", invocation_id=envelope.id, function=envelope.fn)
         except Exception as exc:
             await self._settle_failed(message, exc)
 
     async def _on_dead(self, message: Message) -> None:
         """A delivery the broker dead-lettered after its delivery limit: a poison message."""
+        assert self.pipeline is not None
         try:
             try:
-                envelope = self._decode_system(message)
+                envelope = self.pipeline.decode(message, now_ms())
             except InvalidMessage as exc:
-                await self._reject_invalid(message, exc, "", None)
+                await self.pipeline.reject_invalid(message, exc, "")
                 return
             count = message.headers.get("x-delivery-count")
             deliveries = int(count) + 1 if isinstance(count, int) else None
             spec = self.all_specs.get(envelope.fn)
-            await self._send(
+            await self.pipeline.destinations.send(
                 records.delivery_limit(envelope, deliveries, now_ms()),
                 spec.on_failure if spec else None,
             )
-            await _ack(message)
+            await ack(message)
             log.error(
                 "attempt",
                 invocation_id=envelope.id,
@@ -363,12 +269,3 @@ class Worker:
             )
         except Exception as exc:
             await self._settle_failed(message, exc)
-
-
-async def _ack(message: Message) -> None:
-    try:
-        await message.ack()
-    except (aiormq.exceptions.AMQPError, RuntimeError) as exc:
-        # The channel was lost after the follow-up was confirmed: the broker redelivers
-        # this message, which may run again (at least once, never lost).
-        log.warning("ack_failed", message_id=message.message_id, error=str(exc))

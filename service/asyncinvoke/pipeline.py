@@ -1,0 +1,342 @@
+"""One delivery's path, from bytes to acknowledgement:
+
+    contract.decode → policy.admit → (task mode: claim) → runners.run → policy.settle
+      → destinations / dispatch, each publish confirmed → ack, only now
+
+Nothing here decides: ``policy`` decides, this module carries it out, in order,
+so that a crash at any point leaves the delivery unacknowledged (it runs again)
+rather than lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+import aio_pika
+import aiormq
+
+from asyncinvoke import contract, dispatch, policy, records
+from asyncinvoke.broker import Broker
+from asyncinvoke.contract import Envelope
+from asyncinvoke.destinations import Destinations
+from asyncinvoke.errors import InvalidMessage
+from asyncinvoke.functions import FunctionSpec
+from asyncinvoke.observability import get_logger
+from asyncinvoke.runners import Runner, make_context
+from asyncinvoke.settings import Settings
+from asyncinvoke.tasks.store import Claim
+from asyncinvoke.tasks.tracker import TaskTracker
+from asyncinvoke.topology import Names
+
+Message = aio_pika.abc.AbstractIncomingMessage
+log = get_logger(component="worker")
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(slots=True)
+class Function:
+    spec: FunctionSpec
+    runner: Runner
+
+
+class Pipeline:
+    def __init__(
+        self,
+        settings: Settings,
+        names: Names,
+        broker: Broker,
+        destinations: Destinations,
+        tracker: TaskTracker,
+    ):
+        self.settings = settings
+        self.names = names
+        self.broker = broker
+        self.destinations = destinations
+        self.tracker = tracker
+        # Task-mode attempts running here, by invocation id, so a stop can cancel them.
+        self.running: dict[str, asyncio.Task[policy.Outcome]] = {}
+        self.stop_requested: set[str] = set()
+
+    def decode(self, message: Message, received_ms: int) -> Envelope:
+        return contract.decode(
+            message.body,
+            received_at_ms=received_ms,
+            max_payload_bytes=self.settings.max_payload_bytes,
+            max_delay_s=self.settings.max_delay_s,
+        )
+
+    async def handle(self, message: Message, function: Function) -> None:
+        spec = function.spec
+        received = now_ms()
+        try:
+            envelope = self.decode(message, received)
+            if envelope.fn != spec.name:
+                raise InvalidMessage(
+                    f"envelope names function {envelope.fn!r} but arrived on the queue of "
+                    f"{spec.name!r}; publish with routing key = fn",
+                    partial=envelope.to_wire(),
+                )
+        except InvalidMessage as exc:
+            await self.reject_invalid(message, exc, spec.name, spec.task_mode)
+            return
+        if message.reply_to:
+            await self._call(message, envelope, function)
+            return
+        task_mode = spec.task_mode if envelope.task is None else envelope.task
+        decision = policy.admit(envelope, spec, received)
+        if type(decision) is policy.Forward:
+            envelope.due_at = envelope.due_at_ms()
+            await dispatch.send(self.broker, self.names, envelope, received)
+            await ack(message)
+            log.info(
+                "forwarded", invocation_id=envelope.id, function=spec.name, delay_s=decision.delay_s
+            )
+            return
+        if type(decision) is policy.Expire:
+            record = records.expired(envelope, decision.age_ms, spec.max_event_age_s, received)
+            if task_mode:
+                await self.tracker.expired(
+                    envelope, received, record["responsePayload"]["errorMessage"]
+                )
+            await self.destinations.send(record, spec.on_failure)
+            await ack(message)
+            self._log_attempt(envelope, contract.EVENT_AGE_EXCEEDED)
+            return
+        if type(decision) is policy.Hold:
+            if task_mode:
+                await self.tracker.dequeued(envelope, received, f"due in {decision.ms} ms")
+            await asyncio.sleep(decision.ms / 1000)
+        if task_mode:
+            if not await self._claim(message, envelope, spec):
+                return
+            outcome = await self._run_stoppable(envelope, function)
+            if outcome is None:  # stopped by request while running
+                await self.tracker.stopped(envelope, now_ms(), "stopped while running")
+                await ack(message)
+                self._log_attempt(envelope, "stopped")
+                return
+        else:
+            outcome = await function.runner.run(envelope, make_context(envelope, spec))
+        if outcome.ok and outcome.result is not None and (task_mode or spec.on_success):
+            outcome = _checked_result(outcome)
+        finished = now_ms()
+        settlement = policy.settle(outcome, envelope, spec, finished)
+        if task_mode:
+            task = await self.tracker.settled(envelope, outcome, settlement, finished)
+            if task is not None and task.status == "Stopped":
+                await ack(message)
+                self._log_attempt(envelope, "stopped", outcome)
+                return
+        await self._follow_up(envelope, spec, outcome, settlement, finished)
+        await ack(message)
+        result = (
+            settlement.condition
+            if type(settlement) is policy.GiveUp
+            else ("success" if type(settlement) is policy.Done else "retry")
+        )
+        self._log_attempt(envelope, result, outcome)
+
+    async def _follow_up(
+        self,
+        envelope: Envelope,
+        spec: FunctionSpec,
+        outcome: policy.Outcome,
+        settlement: policy.Settlement,
+        finished: int,
+    ) -> None:
+        """Publish what follows an attempt (record or retry) and wait for its confirm."""
+        if type(settlement) is policy.Done:
+            if spec.on_success is not None:
+                await self.destinations.send(
+                    records.of_outcome(envelope, outcome, contract.SUCCESS, finished),
+                    spec.on_success,
+                )
+        elif type(settlement) is policy.Retry:
+            retry = replace(envelope, attempt=envelope.attempt + 1, due_at=settlement.due_at)
+            await dispatch.send(self.broker, self.names, retry, finished)
+        else:
+            assert type(settlement) is policy.GiveUp
+            await self.destinations.send(
+                records.of_outcome(envelope, outcome, settlement.condition, finished),
+                spec.on_failure,
+            )
+
+    async def _claim(self, message: Message, envelope: Envelope, spec: FunctionSpec) -> bool:
+        """Claim the task; False when this delivery must not run (and was settled)."""
+        claimed = await self.tracker.claim(envelope, spec, now_ms())
+        if claimed.claim is Claim.CLAIMED:
+            return True
+        if claimed.claim is Claim.BUSY and claimed.task is not None:
+            # Another worker runs it now. Come back when its claim runs out: by then it
+            # has finished (and this copy is acknowledged) or died (and this copy runs).
+            lease_until = claimed.task.lease_until or now_ms()
+            later = replace(envelope, due_at=lease_until + 1000)
+            await dispatch.send(self.broker, self.names, later, now_ms())
+            await ack(message)
+            self._log_attempt(envelope, "deferred_duplicate")
+            return False
+        await ack(message)
+        status = claimed.task.status if claimed.task is not None else "missing"
+        self._log_attempt(envelope, f"not_run_task_{status}")
+        return False
+
+    async def _run_stoppable(self, envelope: Envelope, function: Function) -> policy.Outcome | None:
+        """Run in a task of its own, so ``stop`` can cancel it; None if it was stopped."""
+        attempt = asyncio.create_task(
+            function.runner.run(envelope, make_context(envelope, function.spec))
+        )
+        self.running[envelope.id] = attempt
+        try:
+            return await attempt
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if envelope.id in self.stop_requested and not (current and current.cancelling()):
+                return None
+            raise
+        finally:
+            self.running.pop(envelope.id, None)
+            self.stop_requested.discard(envelope.id)
+
+    def stop(self, task_id: str) -> bool:
+        """Cancel a task-mode attempt running here; whether it was here."""
+        attempt = self.running.get(task_id)
+        if attempt is None:
+            return False
+        self.stop_requested.add(task_id)
+        attempt.cancel()
+        return True
+
+    async def _call(self, message: Message, envelope: Envelope, function: Function) -> None:
+        """A synchronous call: run once, answer the caller, no retries, no destinations."""
+        if envelope.reply_by is not None and now_ms() > envelope.reply_by:
+            await ack(message)  # its caller has given up: running it would answer no one
+            self._log_attempt(envelope, "caller_gone", sync=True)
+            return
+        outcome = await function.runner.run(envelope, make_context(envelope, function.spec))
+        try:
+            body = contract.reply(
+                ok=outcome.ok,
+                result=outcome.result,
+                error=outcome.error,
+                function_error=outcome.function_error,
+                status_code=outcome.status_code,
+            )
+        except (TypeError, ValueError) as exc:
+            body = contract.reply(
+                ok=False,
+                result=None,
+                error={
+                    "errorType": "ResultNotSerializable",
+                    "errorMessage": str(exc),
+                    "stackTrace": [],
+                },
+                function_error=contract.UNHANDLED,
+                status_code=500,
+            )
+        assert message.reply_to is not None
+        # The caller may have given up (its reply queue is gone): not mandatory, not an error.
+        await self.broker.publish(
+            "", message.reply_to, body, mandatory=False, correlation_id=message.correlation_id
+        )
+        await ack(message)
+        self._log_attempt(envelope, "success" if outcome.ok else "error", outcome, sync=True)
+
+    async def reject_invalid(
+        self, message: Message, exc: InvalidMessage, function: str, task_mode: bool = False
+    ) -> None:
+        received = now_ms()
+        record = records.invalid(
+            message.body, exc, function=function, message_id=message.message_id, now_ms=received
+        )
+        context = record["requestContext"]
+        partial = exc.partial or {}
+        if (task_mode or partial.get("task") is True) and context["requestId"] == partial.get("id"):
+            await self.tracker.invalid(
+                context["requestId"], context["functionName"], received, exc.reason
+            )
+        await self.destinations.to_failed(record)
+        await ack(message)
+        log.warning(
+            "invalid_message",
+            function=function,
+            invocation_id=context["requestId"],
+            reason=exc.reason,
+        )
+
+    def _log_attempt(
+        self,
+        envelope: Envelope,
+        result: str,
+        outcome: policy.Outcome | None = None,
+        **extra: Any,
+    ) -> None:
+        if outcome is None:
+            log.info(
+                "attempt",
+                invocation_id=envelope.id,
+                function=envelope.fn,
+                attempt=envelope.attempt,
+                outcome=result,
+                **extra,
+            )
+        elif outcome.ok:
+            log.info(
+                "attempt",
+                invocation_id=envelope.id,
+                function=envelope.fn,
+                attempt=envelope.attempt,
+                outcome=result,
+                duration_ms=round(outcome.duration_ms, 3),
+                **extra,
+            )
+        else:
+            error = outcome.error or {}
+            log.info(
+                "attempt",
+                invocation_id=envelope.id,
+                function=envelope.fn,
+                attempt=envelope.attempt,
+                outcome=result,
+                duration_ms=round(outcome.duration_ms, 3),
+                error_type=error.get("errorType"),
+                error=str(error.get("errorMessage"))[:500],
+                **extra,
+            )
+
+
+def _checked_result(outcome: policy.Outcome) -> policy.Outcome:
+    """A result that msgpack cannot carry fails the attempt for good (retrying won't help)."""
+    try:
+        contract.pack(outcome.result)
+    except (TypeError, ValueError) as exc:
+        return replace(
+            outcome,
+            ok=False,
+            result=None,
+            error={
+                "errorType": "ResultNotSerializable",
+                "errorMessage": f"the handler returned {type(outcome.result).__name__}, which "
+                f"msgpack cannot encode ({exc}); return None, bool, numbers, str, bytes, "
+                "lists and dicts",
+                "stackTrace": [],
+            },
+            function_error=contract.UNHANDLED,
+            status_code=500,
+            retryable=False,
+        )
+    return outcome
+
+
+async def ack(message: Message) -> None:
+    try:
+        await message.ack()
+    except (aiormq.exceptions.AMQPError, RuntimeError) as exc:
+        # The channel was lost after the follow-up was confirmed: the broker redelivers
+        # this message, which may run again (at least once, never lost).
+        log.warning("ack_failed", message_id=message.message_id, error=str(exc))

@@ -1,0 +1,55 @@
+"""Task states and the transitions between them (SPEC section 6). Pure.
+
+    Enqueued ─► Dequeued ─► Running ─► Succeeded
+        │           │          ├─────► Failed
+        │           │          ├─────► Retrying ─► Dequeued / Running ...
+        │           │          └─────► Stopping ─► Stopped
+        └───────────┴──(stop before start)──────► Stopped
+    (not started in time: Expired; broke the contract: Invalid)
+
+A terminal state is never left.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Status(StrEnum):
+    ENQUEUED = "Enqueued"
+    DEQUEUED = "Dequeued"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    RETRYING = "Retrying"
+    STOPPING = "Stopping"
+    STOPPED = "Stopped"
+    EXPIRED = "Expired"
+    INVALID = "Invalid"
+
+
+TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.STOPPED, Status.EXPIRED,
+                      Status.INVALID})
+# Not started yet: a stop makes these Stopped at once.
+WAITING = frozenset({Status.ENQUEUED, Status.DEQUEUED, Status.RETRYING})
+
+_ALLOWED: dict[Status, frozenset[Status]] = {
+    Status.ENQUEUED: frozenset({Status.DEQUEUED, Status.RUNNING, Status.STOPPED,
+                                Status.EXPIRED, Status.INVALID, Status.FAILED}),
+    Status.DEQUEUED: frozenset({Status.RUNNING, Status.STOPPED, Status.EXPIRED,
+                                Status.INVALID, Status.FAILED}),
+    Status.RETRYING: frozenset({Status.DEQUEUED, Status.RUNNING, Status.STOPPED,
+                                Status.EXPIRED, Status.FAILED}),
+    Status.RUNNING: frozenset({Status.SUCCEEDED, Status.FAILED, Status.RETRYING,
+                               Status.STOPPING, Status.STOPPED}),
+    Status.STOPPING: frozenset({Status.STOPPED}),
+}
+
+
+def can_transition(current: Status, target: Status) -> bool:
+    """Whether ``current`` may become ``target``. Terminal states go nowhere."""
+    return target in _ALLOWED.get(current, frozenset())
+
+
+def is_terminal(status: Status) -> bool:
+    return status in TERMINAL
