@@ -60,6 +60,10 @@ class Broker:
         await self.close()
 
     @property
+    def is_connected(self) -> bool:
+        return self.connection is not None and self.connection.connected.is_set()
+
+    @property
     def publisher(self) -> aio_pika.abc.AbstractChannel:
         if self._publisher is None:
             raise BrokerUnavailable("not connected: call connect() first")

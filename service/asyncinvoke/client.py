@@ -23,7 +23,7 @@ from asyncinvoke.contract import Envelope
 from asyncinvoke.errors import AsyncInvokeError, InvalidMessage
 from asyncinvoke.settings import Settings, from_env
 from asyncinvoke.tasks.states import Status
-from asyncinvoke.tasks.store import TaskExists, TaskStore
+from asyncinvoke.tasks.store import Task, TaskExists, TaskStore
 from asyncinvoke.tasks.tracker import TaskTracker
 
 DEFAULT_WINDOW = 1000  # publishes in flight in invoke_many
@@ -212,6 +212,20 @@ class Client:
         if self._tracker is None:
             self._tracker = TaskTracker(self.settings.task_store)
         return await self._tracker.store()
+
+    async def stop_task(self, task_id: str) -> Task:
+        """Stop a task: one not started never starts; a running one is cancelled.
+
+        Raises TaskNotFound, or TaskFinished for a task that already ended.
+        """
+        store = await self.tasks()
+        task = await store.request_stop(task_id, time.time_ns() // 1_000_000)
+        if task.status is Status.STOPPING:
+            # Every worker hears it; the one running the task cancels it.
+            await self.broker.publish(
+                self.names.control, "", contract.pack({"stop": task_id}), mandatory=False
+            )
+        return task
 
     async def _create_task(self, envelope: Envelope) -> None:
         store = await self.tasks()

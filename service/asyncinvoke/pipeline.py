@@ -24,6 +24,7 @@ from asyncinvoke.contract import Envelope
 from asyncinvoke.destinations import Destinations
 from asyncinvoke.errors import InvalidMessage
 from asyncinvoke.functions import FunctionSpec
+from asyncinvoke.metrics import Metrics
 from asyncinvoke.observability import get_logger
 from asyncinvoke.runners import Runner, make_context
 from asyncinvoke.settings import Settings
@@ -53,12 +54,14 @@ class Pipeline:
         broker: Broker,
         destinations: Destinations,
         tracker: TaskTracker,
+        metrics: Metrics,
     ):
         self.settings = settings
         self.names = names
         self.broker = broker
         self.destinations = destinations
         self.tracker = tracker
+        self.metrics = metrics
         # Task-mode attempts running here, by invocation id, so a stop can cancel them.
         self.running: dict[str, asyncio.Task[policy.Outcome]] = {}
         self.stop_requested: set[str] = set()
@@ -112,6 +115,8 @@ class Pipeline:
             if task_mode:
                 await self.tracker.dequeued(envelope, received, f"due in {decision.ms} ms")
             await asyncio.sleep(decision.ms / 1000)
+        if envelope.due_at is not None or envelope.delay:
+            self.metrics.delay_lateness.observe(max(0, now_ms() - envelope.due_at_ms()) / 1000)
         if task_mode:
             if not await self._claim(message, envelope, spec):
                 return
@@ -276,6 +281,7 @@ class Pipeline:
         outcome: policy.Outcome | None = None,
         **extra: Any,
     ) -> None:
+        self._observe(envelope.fn, result, outcome)
         if outcome is None:
             log.info(
                 "attempt",
@@ -308,6 +314,19 @@ class Pipeline:
                 error=str(error.get("errorMessage"))[:500],
                 **extra,
             )
+
+    def _observe(self, function: str, result: str, outcome: policy.Outcome | None) -> None:
+        metrics = self.metrics
+        metrics.invocations.labels(function, result).inc()
+        if outcome is not None:
+            metrics.attempt_duration.labels(function).observe(outcome.duration_ms / 1000)
+        if result == "retry":
+            metrics.retries.labels(function).inc()
+        elif result in FAILURE_CONDITIONS:
+            metrics.failure_records.labels(function, result).inc()
+
+
+FAILURE_CONDITIONS = frozenset(contract.CONDITIONS) - {contract.SUCCESS}
 
 
 def _checked_result(outcome: policy.Outcome) -> policy.Outcome:

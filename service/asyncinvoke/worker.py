@@ -16,16 +16,19 @@ from typing import Any
 import aio_pika
 import aiohttp
 import aiormq
+from aiohttp import web
 
 from asyncinvoke import contract, records, topology
 from asyncinvoke.broker import Broker
 from asyncinvoke.destinations import Destinations
 from asyncinvoke.errors import AsyncInvokeError, InvalidMessage
 from asyncinvoke.functions import FunctionsFile, load_handler
+from asyncinvoke.metrics import Metrics, serve_health
 from asyncinvoke.observability import get_logger
 from asyncinvoke.pipeline import Function, Message, Pipeline, ack, now_ms
 from asyncinvoke.runners import HttpRunner, PythonRunner, Runner
 from asyncinvoke.settings import Settings
+from asyncinvoke.systemd import Notifier
 from asyncinvoke.tasks.tracker import TaskTracker
 
 SYSTEM_PREFETCH = 32
@@ -43,8 +46,16 @@ class Worker:
         functions_file: FunctionsFile,
         *,
         only: list[str] | None = None,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
+        notifier: Notifier | None = None,
     ):
         self.settings = settings
+        self.metrics = Metrics()
+        self.metrics_port = metrics_port
+        self.metrics_host = metrics_host
+        self.notifier = notifier or Notifier()
+        self._health: web.AppRunner | None = None
         self.names = topology.Names(settings.namespace)
         specs = dict(functions_file.functions)
         if only:
@@ -87,7 +98,10 @@ class Worker:
             max_workers=max(1, min(MAX_THREADS, threads)), thread_name_prefix="handler"
         )
         destinations = Destinations(self.broker, self.names, self._session)
-        self.pipeline = Pipeline(self.settings, self.names, self.broker, destinations, self.tracker)
+        self.pipeline = Pipeline(
+            self.settings, self.names, self.broker, destinations, self.tracker, self.metrics
+        )
+        self.metrics.broker_connected.set_function(lambda: float(self.broker.is_connected))
         for name, spec in self.specs.items():
             runner: Runner
             if spec.handler:
@@ -107,12 +121,27 @@ class Worker:
             )
         await self._consume(self.names.unrouted, SYSTEM_PREFETCH, self._on_unrouted)
         await self._consume(self.names.dead, SYSTEM_PREFETCH, self._on_dead)
+        if self.metrics_port is not None:
+            self._health = await serve_health(
+                self.metrics, self.ready, self.metrics_host, self.metrics_port
+            )
+        self.notifier.notify("READY=1", f"STATUS={self.status()}")
+        self._background.append(asyncio.create_task(self.notifier.watchdog(self.status)))
         log.info(
             "worker_started",
             namespace=self.names.ns,
             functions=sorted(self.functions),
             pid=os.getpid(),
+            metrics_port=self.metrics_port,
         )
+
+    def ready(self) -> bool:
+        """Consuming and connected: what /readyz reports."""
+        return bool(self._consumers) and not self.stopping and self.broker.is_connected
+
+    def status(self) -> str:
+        state = "connected" if self.broker.is_connected else "reconnecting to RabbitMQ"
+        return f"{state}; {len(self.in_flight)} in flight; functions: {', '.join(self.functions)}"
 
     async def _consume(self, queue_name: str, prefetch: int, callback: Any) -> None:
         channel = await self.broker.channel(prefetch=prefetch)
@@ -135,6 +164,7 @@ class Worker:
         if self.stopping:
             return
         self.stopping = True
+        self.notifier.notify("STOPPING=1", f"STATUS=stopping; {len(self.in_flight)} in flight")
         log.info("worker_stopping", in_flight=len(self.in_flight))
         for queue, tag in self._consumers:
             with contextlib.suppress(Exception):
@@ -153,6 +183,8 @@ class Worker:
         # Closing the connection returns every unacknowledged delivery to its queue.
         await self.broker.close()
         await self.tracker.close()
+        if self._health is not None:
+            await self._health.cleanup()
         if self._session is not None:
             await self._session.close()
         if self._executor is not None:
@@ -188,11 +220,13 @@ class Worker:
     def _make_callback(self, function: Function) -> Any:
         pipeline = self.pipeline
         assert pipeline is not None
+        in_flight = self.metrics.in_flight.labels(function.spec.name)
 
         async def on_message(message: Message) -> None:
             task = asyncio.current_task()
             assert task is not None
             self.in_flight.add(task)
+            in_flight.inc()
             try:
                 await pipeline.handle(message, function)
             except asyncio.CancelledError:
@@ -202,6 +236,7 @@ class Worker:
                 await self._settle_failed(message, exc)
             finally:
                 self.in_flight.discard(task)
+                in_flight.dec()
 
         return on_message
 
@@ -239,6 +274,7 @@ class Worker:
             record = records.unknown_function(envelope, now_ms())
             await self.pipeline.destinations.to_failed(record)
             await ack(message)
+            self.metrics.failure_records.labels(envelope.fn, contract.UNKNOWN_FUNCTION).inc()
             log.warning("unknown_function", invocation_id=envelope.id, function=envelope.fn)
         except Exception as exc:
             await self._settle_failed(message, exc)
@@ -260,6 +296,7 @@ class Worker:
                 spec.on_failure if spec else None,
             )
             await ack(message)
+            self.metrics.failure_records.labels(envelope.fn, contract.DELIVERY_LIMIT_EXCEEDED).inc()
             log.error(
                 "attempt",
                 invocation_id=envelope.id,

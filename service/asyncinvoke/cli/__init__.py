@@ -9,6 +9,7 @@ import click
 
 from asyncinvoke.cli._common import run_cli
 from asyncinvoke.cli.invoke import invoke
+from asyncinvoke.cli.task import task
 from asyncinvoke.cli.topology import topology
 from asyncinvoke.cli.worker import worker
 
@@ -26,6 +27,7 @@ def cli() -> None:
 cli.add_command(worker)
 cli.add_command(topology)
 cli.add_command(invoke)
+cli.add_command(task)
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ from typing import Any
 import click
 import orjson
 
+from asyncinvoke import contract
 from asyncinvoke.cli._common import load_settings, run
 from asyncinvoke.client import Client
 
@@ -42,19 +43,47 @@ def _payload(payload: str | None, payload_file: str | None) -> Any:
     help="Start no earlier than S seconds from now (0..3600).",
 )
 @click.option("--id", "invocation_id", metavar="ID", help="Invocation id (default: generated).")
+@click.option("--task", is_flag=True, help="Task mode: record its status; the id is used once.")
+@click.option("--sync", is_flag=True, help="Wait for the result and print it (one attempt).")
+@click.option(
+    "--timeout",
+    type=float,
+    default=60.0,
+    show_default=True,
+    metavar="S",
+    help="With --sync: seconds to wait for the result.",
+)
 def invoke(
     function: str,
     payload: str | None,
     payload_file: str | None,
     delay: int,
     invocation_id: str | None,
+    task: bool,
+    sync: bool,
+    timeout: float,
 ) -> None:
-    """Invoke FUNCTION asynchronously; prints the invocation id once the broker has it."""
+    """Invoke FUNCTION; prints the invocation id once the broker has it.
+
+    With --sync, runs it now and prints its result (JSON, or the text/bytes as they are).
+    """
+    if sync and (delay or task):
+        raise click.UsageError("--sync runs now and is not tracked: drop --delay and --task")
     settings = load_settings()
     event = _payload(payload, payload_file)
 
-    async def go() -> str:
+    async def go() -> Any:
         async with Client(settings=settings) as client:
-            return await client.invoke(function, event, delay=delay, id=invocation_id)
+            if sync:
+                return await client.call(function, event, timeout=timeout, id=invocation_id)
+            return await client.invoke(
+                function, event, delay=delay, id=invocation_id, task=task or None
+            )
 
-    click.echo(run(go()))
+    result = run(go())
+    if not sync or isinstance(result, str):
+        click.echo(result)
+    elif isinstance(result, bytes):
+        click.echo(result, nl=False)
+    else:
+        click.echo(contract.to_json(result).decode())

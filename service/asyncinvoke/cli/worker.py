@@ -23,8 +23,35 @@ from asyncinvoke.worker import Worker
     metavar="S",
     help="Seconds in-flight attempts may finish after SIGTERM (default 30).",
 )
-def worker(config_path: str | None, only: tuple[str, ...], shutdown_grace: float | None) -> None:
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    metavar="P",
+    help="Serve /metrics, /healthz and /readyz on this port.",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    metavar="H",
+    help="Address for --metrics-port (0.0.0.0 in a container).",
+)
+def worker(
+    config_path: str | None,
+    only: tuple[str, ...],
+    shutdown_grace: float | None,
+    metrics_port: int | None,
+    metrics_host: str,
+) -> None:
     """Run a worker: consume the functions' queues and run their invocations."""
     settings = load_settings(config_path=config_path, shutdown_grace_s=shutdown_grace)
     functions_file = functions.load(settings.config_path)
-    run(Worker(settings, functions_file, only=list(only)).run())
+    worker = Worker(
+        settings,
+        functions_file,
+        only=list(only),
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
+    )
+    run(worker.run())

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import orjson
 
 from asyncinvoke.contract import pack
+from asyncinvoke.errors import AsyncInvokeError
 from asyncinvoke.tasks.states import TERMINAL, WAITING, Status, can_transition
 
 DEFAULT_RESULT_MAX_BYTES = 64 * 1024
@@ -74,19 +75,19 @@ class Page:
     next_token: str | None
 
 
-class TaskExists(Exception):
+class TaskExists(AsyncInvokeError):
     def __init__(self, task_id: str):
         super().__init__(f"task {task_id!r} already exists: a task id is used once")
         self.task_id = task_id
 
 
-class TaskNotFound(Exception):
+class TaskNotFound(AsyncInvokeError):
     def __init__(self, task_id: str):
         super().__init__(f"no task {task_id!r}")
         self.task_id = task_id
 
 
-class TaskFinished(Exception):
+class TaskFinished(AsyncInvokeError):
     def __init__(self, task: Task):
         super().__init__(f"task {task.id!r} already ended as {task.status.value}")
         self.task = task
@@ -281,8 +282,9 @@ def encode_page_token(task: Task) -> str:
 
 
 def decode_page_token(token: str) -> tuple[int, str]:
+    padded = token + "=" * (-len(token) % 4)
     try:
-        created_at, task_id = orjson.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        created_at, task_id = orjson.loads(base64.urlsafe_b64decode(padded))
     except (ValueError, TypeError):
         raise ValueError(f"next_token {token!r} is not one this store handed out") from None
     if not isinstance(created_at, int) or not isinstance(task_id, str):

@@ -1,0 +1,100 @@
+"""Prometheus metrics, and the small HTTP server that exposes them with health checks.
+
+Each Worker (and gateway) owns a ``Metrics`` with its own registry, so several can
+live in one process (``serve``, tests) without clashing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+ATTEMPT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+LATENESS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.invocations = Counter(
+            "asyncinvoke_invocations",
+            "Attempts and settlements by function and outcome.",
+            ["function", "outcome"],
+            registry=self.registry,
+        )
+        self.attempt_duration = Histogram(
+            "asyncinvoke_attempt_duration_seconds",
+            "How long one attempt ran.",
+            ["function"],
+            buckets=ATTEMPT_BUCKETS,
+            registry=self.registry,
+        )
+        self.retries = Counter(
+            "asyncinvoke_retries",
+            "Retries scheduled into the delay ladder.",
+            ["function"],
+            registry=self.registry,
+        )
+        self.failure_records = Counter(
+            "asyncinvoke_failure_records",
+            "Failure records sent, by condition.",
+            ["function", "condition"],
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "asyncinvoke_in_flight",
+            "Deliveries being handled now.",
+            ["function"],
+            registry=self.registry,
+        )
+        self.delay_lateness = Histogram(
+            "asyncinvoke_delay_lateness_seconds",
+            "How late a delayed invocation or retry started after its due time.",
+            buckets=LATENESS_BUCKETS,
+            registry=self.registry,
+        )
+        self.broker_connected = Gauge(
+            "asyncinvoke_broker_connected",
+            "1 while the connection to RabbitMQ is up.",
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def health_routes(metrics: Metrics, ready: Callable[[], bool]) -> list[web.RouteDef]:
+    """/metrics, /healthz (the process answers) and /readyz (it can do its work)."""
+
+    async def metrics_view(_: web.Request) -> web.Response:
+        response = web.Response(body=metrics.render())
+        response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+        return response
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        if ready():
+            return web.json_response({"status": "ready"})
+        return web.json_response({"status": "not ready"}, status=503)
+
+    return [
+        web.get("/metrics", metrics_view),
+        web.get("/healthz", healthz),
+        web.get("/readyz", readyz),
+    ]
+
+
+async def serve_health(
+    metrics: Metrics, ready: Callable[[], bool], host: str, port: int
+) -> web.AppRunner:
+    app = web.Application()
+    app.add_routes(health_routes(metrics, ready))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner
