@@ -22,6 +22,7 @@ from asyncinvoke.errors import BrokerUnavailable, PublishError, UnroutableError
 from asyncinvoke.settings import Settings, redact_url
 
 PERSISTENT = 2
+RECONNECT_INTERVAL_S = 2.0  # between attempts while the broker is away
 
 
 class Broker:
@@ -37,7 +38,9 @@ class Broker:
         if url.startswith("amqps://"):
             kwargs["ssl_context"] = ssl.create_default_context()
         try:
-            self.connection = await aio_pika.connect_robust(url, timeout=10, **kwargs)
+            self.connection = await aio_pika.connect_robust(
+                url, timeout=10, reconnect_interval=RECONNECT_INTERVAL_S, **kwargs
+            )
         except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as exc:
             raise BrokerUnavailable(
                 f"cannot connect to RabbitMQ at {redact_url(url)}: {exc or type(exc).__name__}; "

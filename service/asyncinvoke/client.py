@@ -303,7 +303,8 @@ class Client:
         """Direct reply-to: consume the pseudo-queue on the channel that publishes."""
         if self._reply_consumer is not None:
             return
-        queue = await self.broker.publisher.get_queue(DIRECT_REPLY_TO, ensure=False)
+        # Declared passively so that aio-pika restores the consumer after a reconnect.
+        queue = await self.broker.publisher.declare_queue(DIRECT_REPLY_TO, passive=True)
         self._reply_consumer = await queue.consume(self._on_reply, no_ack=True)
 
     async def _on_reply(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:

@@ -267,6 +267,9 @@ class Pipeline:
             )
         await self.destinations.to_failed(record)
         await ack(message)
+        self.metrics.failure_records.labels(
+            context["functionName"], contract.INVALID_MESSAGE
+        ).inc()
         log.warning(
             "invalid_message",
             function=function,

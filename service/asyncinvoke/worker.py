@@ -145,7 +145,9 @@ class Worker:
 
     async def _consume(self, queue_name: str, prefetch: int, callback: Any) -> None:
         channel = await self.broker.channel(prefetch=prefetch)
-        queue = await channel.get_queue(queue_name, ensure=False)
+        # Declared (passively) rather than merely named: only declared queues have their
+        # consumers restored by aio-pika after a reconnect.
+        queue = await channel.declare_queue(queue_name, passive=True)
         tag = await queue.consume(callback, no_ack=False)
         self._consumers.append((queue, tag))
 

@@ -1,0 +1,126 @@
+"""Running as a service: sd_notify to systemd, and Prometheus metrics that add up."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+
+import aio_pika
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from asyncinvoke import Client
+from asyncinvoke.worker import Worker
+from tests.conftest import Namespace, WorkerProcess, collect
+
+
+async def test_the_worker_tells_systemd_ready_watchdog_and_stopping_in_order(
+    namespace: Namespace, tmp_path: Path
+) -> None:
+    functions_file = namespace.functions("""
+        [functions.echo]
+        handler = "tests.support.handlers:echo"
+    """)
+    address = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(address)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    received: list[str] = []
+
+    async def until(line: str) -> None:
+        async with asyncio.timeout(20):
+            while not any(line in message for message in received):
+                received.append((await loop.sock_recv(sock, 4096)).decode())
+
+    worker = WorkerProcess(
+        namespace, functions_file.path, NOTIFY_SOCKET=address, WATCHDOG_USEC="200000"
+    )
+    try:
+        await worker.start()
+        await until("READY=1")
+        await until("WATCHDOG=1")
+        assert worker.process is not None
+        worker.process.terminate()
+        await until("STOPPING=1")
+        assert await worker.wait_exit(timeout=20) == 0
+    finally:
+        await worker.kill()
+        sock.close()
+    order = [
+        next(i for i, message in enumerate(received) if key in message)
+        for key in ("READY=1", "WATCHDOG=1", "STOPPING=1")
+    ]
+    assert order == sorted(order)
+    assert any("STATUS=" in message and "in flight" in message for message in received)
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    values = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            values[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return values
+
+
+async def test_metrics_agree_with_what_was_sent(namespace: Namespace, amqp) -> None:
+    functions_file = namespace.functions("""
+        [functions.echo]
+        handler = "tests.support.handlers:echo"
+
+        [functions.broken]
+        handler = "tests.support.handlers:always_fail"
+        max_retries = 1
+        backoff = { initial = 0.05, multiplier = 1.0, max = 0.05, jitter = 0.0 }
+    """)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    worker = Worker(namespace.settings, functions_file, metrics_port=port)
+    await worker.start()
+    try:
+        async with Client(settings=namespace.settings) as client:
+            await client.invoke_many([("echo", {"i": i}) for i in range(20)])
+            await client.invoke_many([("broken", None) for _ in range(3)])
+            await client.invoke("echo", None, delay=1)
+        channel = await amqp.channel()
+        exchange = await channel.get_exchange(namespace.names.invoke)
+        for _ in range(2):
+            await exchange.publish(aio_pika.Message(b"\xc1garbage"), routing_key="echo")
+        failed = await collect(amqp, namespace.names.failed, 5, 30)  # 3 exhausted + 2 invalid
+        async with aiohttp.ClientSession() as session:
+            async with asyncio.timeout(10):
+                while True:
+                    async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+                        assert response.status == 200
+                        samples = _samples(await response.text())
+                    if samples.get(
+                        ("asyncinvoke_invocations_total", (("function", "echo"),
+                                                           ("outcome", "success")))
+                    ) == 21:
+                        break
+                    await asyncio.sleep(0.05)
+            async with session.get(f"http://127.0.0.1:{port}/readyz") as response:
+                assert response.status == 200
+    finally:
+        await worker.stop()
+    assert len(failed) == 5
+
+    def value(name: str, **labels: str) -> float:
+        return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    assert value("asyncinvoke_invocations_total", function="broken", outcome="retry") == 3
+    assert value("asyncinvoke_invocations_total", function="broken",
+                 outcome="RetriesExhausted") == 3
+    assert value("asyncinvoke_retries_total", function="broken") == 3
+    assert value("asyncinvoke_failure_records_total", function="broken",
+                 condition="RetriesExhausted") == 3
+    assert value("asyncinvoke_failure_records_total", function="echo",
+                 condition="InvalidMessage") == 2
+    assert value("asyncinvoke_attempt_duration_seconds_count", function="echo") == 21
+    assert value("asyncinvoke_attempt_duration_seconds_count", function="broken") == 6
+    # The delayed invocation and the three retries each started after their due time.
+    assert value("asyncinvoke_delay_lateness_seconds_count") == 4
+    assert value("asyncinvoke_broker_connected") == 1
+    assert value("asyncinvoke_in_flight", function="echo") == 0

@@ -1,0 +1,105 @@
+"""The broker drops every connection, twice, during 5,000 invocations: all of them run,
+the worker never exits, and /readyz says not-ready in between."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import socket
+import subprocess
+
+import aio_pika
+import aiohttp
+import pytest
+
+from asyncinvoke import Client, contract
+from tests.conftest import AMQP_URL, Namespace, WorkerProcess, declare_queue
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("rabbitmqctl") is None, reason="needs rabbitmqctl on this host"
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def _drop_all_connections() -> None:
+    result = await asyncio.to_thread(
+        subprocess.run,
+        ["rabbitmqctl", "-q", "close_all_connections", "asyncinvoke test: broker drop"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+async def _ready(session: aiohttp.ClientSession, port: int) -> bool:
+    try:
+        async with session.get(f"http://127.0.0.1:{port}/readyz") as response:
+            return response.status == 200
+    except aiohttp.ClientError:
+        return False
+
+
+async def test_all_invocations_run_through_two_connection_drops(
+    namespace: Namespace, amqp
+) -> None:
+    results = namespace.queue_name("results")
+    functions_file = namespace.functions(f"""
+        [functions.work]
+        handler = "tests.support.handlers:sleep"
+        concurrency = 50
+        on_success = "queue:{results}"
+    """)
+    await declare_queue(amqp, results)
+    port = _free_port()
+    worker = WorkerProcess(namespace, functions_file.path, "--metrics-port", str(port))
+    await worker.start()
+    ran: set[str] = set()
+    progress = asyncio.Event()
+    # The test's own connections are dropped too: a robust one keeps collecting.
+    collector = await aio_pika.connect_robust(AMQP_URL, reconnect_interval=1)
+    try:
+        async with Client(settings=namespace.settings) as client:
+            ids = await client.invoke_many([("work", {"seconds": 0.002}) for _ in range(5000)])
+        channel = await collector.channel()
+        await channel.set_qos(prefetch_count=1000)
+        queue = await channel.declare_queue(results, passive=True)
+
+        async def on_result(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            ran.add(contract.unpack(message.body)["requestContext"]["requestId"])
+            progress.set()
+            # An ack on a dropped channel fails: the record comes again; a set counts it once.
+            with contextlib.suppress(Exception):
+                await message.ack()
+
+        await queue.consume(on_result)
+        async with aiohttp.ClientSession() as session:
+            for threshold in (1000, 3000):
+                async with asyncio.timeout(60):
+                    while len(ran) < threshold:
+                        progress.clear()
+                        await progress.wait()
+                assert len(ran) < len(ids), "the drop came too late to prove anything"
+                await _drop_all_connections()
+                seen_not_ready = False
+                async with asyncio.timeout(30):
+                    while await _ready(session, port):
+                        await asyncio.sleep(0.05)
+                    seen_not_ready = True
+                    while not await _ready(session, port):
+                        await asyncio.sleep(0.1)
+                assert seen_not_ready
+                assert worker.process is not None and worker.process.returncode is None
+        async with asyncio.timeout(120):
+            while len(ran) < len(ids):
+                progress.clear()
+                await progress.wait()
+        assert ran == set(ids)
+        assert worker.process is not None and worker.process.returncode is None
+    finally:
+        await collector.close()
+        await worker.kill()
