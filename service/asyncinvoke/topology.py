@@ -207,6 +207,49 @@ async def declare(
     await apply(channel, functions_plan(names, specs))
 
 
+def definitions(names: Names, specs: Iterable[FunctionSpec], vhost: str = "/") -> dict[str, Any]:
+    """The namespace as a RabbitMQ definitions document, for ``load_definitions`` at boot."""
+    plans = [core_plan(names), functions_plan(names, specs)]
+    return {
+        "exchanges": [
+            {
+                "name": exchange.name,
+                "vhost": vhost,
+                "type": exchange.type,
+                "durable": True,
+                "auto_delete": False,
+                "internal": False,
+                "arguments": exchange.arguments,
+            }
+            for plan in plans
+            for exchange in plan.exchanges
+        ],
+        "queues": [
+            {
+                "name": queue.name,
+                "vhost": vhost,
+                "durable": True,
+                "auto_delete": False,
+                "arguments": queue.arguments,
+            }
+            for plan in plans
+            for queue in plan.queues
+        ],
+        "bindings": [
+            {
+                "source": binding.source,
+                "vhost": vhost,
+                "destination": binding.destination,
+                "destination_type": "exchange" if binding.to_exchange else "queue",
+                "routing_key": binding.routing_key,
+                "arguments": {},
+            }
+            for plan in plans
+            for binding in plan.bindings
+        ],
+    }
+
+
 async def delete(connection: aio_pika.abc.AbstractConnection, plan: Plan) -> None:
     """Remove what a plan declares (tests and ``topology delete``); missing parts are fine."""
     for queue in plan.queues:

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import socket
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import aio_pika
 import aiohttp
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from asyncinvoke import Client
+from asyncinvoke import Client, topology
 from asyncinvoke.worker import Worker
-from tests.conftest import Namespace, WorkerProcess, collect
+from tests.conftest import AMQP_URL, Namespace, WorkerProcess, collect, running_worker
+from tests.support import handlers
 
 
 async def test_the_worker_tells_systemd_ready_watchdog_and_stopping_in_order(
@@ -124,3 +131,60 @@ async def test_metrics_agree_with_what_was_sent(namespace: Namespace, amqp) -> N
     assert value("asyncinvoke_delay_lateness_seconds_count") == 4
     assert value("asyncinvoke_broker_connected") == 1
     assert value("asyncinvoke_in_flight", function="echo") == 0
+
+
+async def test_exported_definitions_load_into_the_broker_as_declare_would_make_them(
+    namespace: Namespace, tmp_path: Path
+) -> None:
+    functions_file = namespace.functions("""
+        [functions.echo]
+        handler = "tests.support.handlers:echo"
+        delivery_limit = 7
+    """)
+    definitions = tmp_path / "definitions.json"
+    env = namespace.env()
+    exported = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "asyncinvoke", "topology", "export", "--config",
+         str(functions_file.path), str(definitions)],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert exported.returncode == 0, exported.stderr
+    if shutil.which("rabbitmqctl") is None:
+        pytest.skip("rabbitmqctl is not on this host: the import cannot be tried")
+    # The broker's CLI runs as another user: give it a readable copy outside tmp_path.
+    handle, readable = tempfile.mkstemp(prefix="asyncinvoke-defs-", suffix=".json", dir="/tmp")
+    os.close(handle)
+    try:
+        shutil.copyfile(definitions, readable)
+        os.chmod(readable, 0o644)
+        imported = await asyncio.to_thread(
+            subprocess.run, ["rabbitmqctl", "import_definitions", readable],
+            capture_output=True, text=True, timeout=60,
+        )
+    finally:
+        os.unlink(readable)
+    assert imported.returncode == 0, imported.stderr
+    async with asyncio.timeout(30):  # the import runs asynchronously in the broker
+        while True:
+            connection = await aio_pika.connect(AMQP_URL)
+            try:
+                depth = await topology.queue_depth(
+                    connection, namespace.names.function_queue("echo")
+                )
+            finally:
+                await connection.close()
+            if depth is not None:
+                break
+            await asyncio.sleep(0.2)
+    # Declaring over the imported topology clashes nowhere (same arguments everywhere),
+    # and the imported topology routes: an invocation runs.
+    handlers.CALLS["echo"].clear()
+    async with running_worker(namespace, functions_file), Client(
+        settings=namespace.settings
+    ) as client:
+        inv_id = await client.invoke("echo", {"via": "definitions"})
+        async with asyncio.timeout(10):
+            while not handlers.CALLS["echo"]:
+                await asyncio.sleep(0.01)
+    assert handlers.CALLS["echo"][0][0] == inv_id

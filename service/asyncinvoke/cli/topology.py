@@ -38,6 +38,24 @@ def declare(config_path: str | None) -> None:
     )
 
 
+@topology.command()
+@config_option
+@click.option("--vhost", default="/", show_default=True, help="Virtual host of the definitions.")
+@click.argument("output", type=click.File("wb"), default="-")
+def export(config_path: str | None, vhost: str, output: Any) -> None:
+    """Write the topology as a RabbitMQ definitions file (OUTPUT, default stdout).
+
+    Load it at boot with `load_definitions = /path/definitions.json` in rabbitmq.conf,
+    or once with `rabbitmqctl import_definitions FILE`.
+    """
+    settings = load_settings(config_path=config_path)
+    functions_file = functions.load(settings.config_path)
+    document = topo.definitions(
+        topo.Names(settings.namespace), functions_file.functions.values(), vhost
+    )
+    output.write(orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n")
+
+
 async def _depths(settings: Settings, queues: list[str]) -> dict[str, int | None]:
     async with Broker(settings, name="asyncinvoke-topology") as broker:
         assert broker.connection is not None

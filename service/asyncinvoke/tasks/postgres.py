@@ -1,0 +1,303 @@
+"""The PostgreSQL task store: for workers on several hosts sharing one database.
+
+Every change is a compare-and-set on the row's version (read, decide, UPDATE ... WHERE
+version = the one read); a worker that loses the race reads again and decides anew. That
+takes two round trips and holds no row lock across them, where SELECT ... FOR UPDATE would
+need four (BEGIN, SELECT, UPDATE, COMMIT).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import asyncpg
+
+from asyncinvoke.errors import ConfigError
+from asyncinvoke.tasks.states import TERMINAL, Status
+from asyncinvoke.tasks.store import (
+    DEFAULT_RESULT_MAX_BYTES,
+    ENQUEUED_OVER_AMQP,
+    ClaimResult,
+    Page,
+    Task,
+    TaskExists,
+    TaskNotFound,
+    check_limit,
+    decide_claim,
+    decide_stop,
+    decide_transition,
+    decode_events,
+    decode_page_token,
+    encode_events,
+    encode_page_token,
+    new_task,
+)
+
+R = TypeVar("R")
+
+DEFAULT_SCHEMA = "public"
+POOL_MAX_SIZE = 10
+TABLE = "asyncinvoke_tasks"
+# Serialises schema creation: concurrent CREATE TABLE IF NOT EXISTS can still collide.
+_SCHEMA_LOCK_KEY = 0x61_73_79_6E_63_69_6E_76  # "asyncinv"
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_COLUMNS = (
+    "id, function, status, created_at, updated_at, attempts, started_at, ended_at, payload, "
+    "result, result_truncated, error, lease_until, events, version"
+)
+_TERMINAL = sorted(status.value for status in TERMINAL)
+
+
+class PostgresTaskStore:
+    """TaskStore on PostgreSQL at ``dsn``; its table lives in ``schema`` (created if missing).
+
+    Ids compare bytewise (COLLATE "C"), as in SQLite, whatever the database's collation:
+    prefixes and the order pages follow do not depend on the locale.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        result_max_bytes: int = DEFAULT_RESULT_MAX_BYTES,
+        schema: str = DEFAULT_SCHEMA,
+    ):
+        if not _SCHEMA_NAME.match(schema):
+            raise ConfigError(f"schema {schema!r} is not a plain lower-case SQL name",
+                              key="ASYNCINVOKE_TASK_STORE")
+        self.dsn = dsn
+        self.result_max_bytes = result_max_bytes
+        self.schema = schema
+        self._table = f'"{schema}".{TABLE}'
+        self._pool: asyncpg.Pool | None = None
+
+    async def open(self) -> None:
+        pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=POOL_MAX_SIZE)
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK_KEY)
+                # CREATE SCHEMA wants the database's CREATE privilege even when the schema
+                # exists, which a store in "public" should not need.
+                exists = await conn.fetchval(
+                    "SELECT 1 FROM pg_namespace WHERE nspname = $1", self.schema
+                )
+                if not exists:
+                    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+                await conn.execute(self._ddl())
+        except BaseException:
+            await pool.close()
+            raise
+        self._pool = pool
+
+    def _ddl(self) -> str:
+        return f"""
+        CREATE TABLE IF NOT EXISTS {self._table} (
+            id TEXT COLLATE "C" PRIMARY KEY,
+            function TEXT NOT NULL,
+            status TEXT NOT NULL,
+            created_at BIGINT NOT NULL,
+            updated_at BIGINT NOT NULL,
+            attempts INTEGER NOT NULL,
+            started_at BIGINT,
+            ended_at BIGINT,
+            payload BYTEA,
+            result BYTEA,
+            result_truncated BOOLEAN NOT NULL,
+            error TEXT,
+            lease_until BIGINT,
+            events JSONB NOT NULL,
+            version BIGINT NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS {TABLE}_function_created
+            ON {self._table} (function, created_at, id);
+        CREATE INDEX IF NOT EXISTS {TABLE}_created ON {self._table} (created_at, id);
+        CREATE INDEX IF NOT EXISTS {TABLE}_status ON {self._table} (status);
+        CREATE INDEX IF NOT EXISTS {TABLE}_ended ON {self._table} (ended_at);
+        """
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError(f"task store in schema {self.schema!r} is not open")
+        return self._pool
+
+    async def _insert(self, task: Task) -> bool:
+        """Insert ``task``; False if its id is taken."""
+        status = await self.pool.execute(
+            f"INSERT INTO {self._table} ({_COLUMNS}) VALUES "
+            "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 0) "
+            "ON CONFLICT (id) DO NOTHING",
+            *_row_of(task),
+        )
+        return bool(status == "INSERT 0 1")
+
+    async def create(
+        self, task_id: str, function: str, payload: bytes | None, now_ms: int, detail: str = ""
+    ) -> Task:
+        task = new_task(task_id, function, payload, now_ms, detail)
+        if not await self._insert(task):
+            raise TaskExists(task_id)
+        return task
+
+    async def ensure(
+        self, task_id: str, function: str, payload: bytes | None, now_ms: int
+    ) -> Task:
+        task = new_task(task_id, function, payload, now_ms, ENQUEUED_OVER_AMQP)
+        while True:  # again if it was purged between the two statements
+            if await self._insert(task):
+                return task
+            found = await self.get(task_id)
+            if found is not None:
+                return found
+
+    async def claim(
+        self, task_id: str, attempt: int, now_ms: int, lease_ms: int
+    ) -> ClaimResult:
+        return await self._change(
+            task_id,
+            lambda task: decide_claim(task, attempt, now_ms, lease_ms),
+            lambda outcome: outcome.task,
+        )
+
+    async def transition(
+        self,
+        task_id: str,
+        target: Status,
+        now_ms: int,
+        detail: str = "",
+        *,
+        result: Any = None,
+        error: str | None = None,
+    ) -> Task | None:
+        def decide(task: Task) -> Task | None:
+            return decide_transition(task, target, now_ms, detail, result=result, error=error,
+                                     result_max_bytes=self.result_max_bytes)
+
+        return await self._change(task_id, decide, lambda after: after)
+
+    async def request_stop(self, task_id: str, now_ms: int) -> Task:
+        return await self._change(
+            task_id, lambda task: decide_stop(task, now_ms), lambda after: after
+        )
+
+    async def _change(
+        self,
+        task_id: str,
+        decide: Callable[[Task], R],
+        after_of: Callable[[R], Task | None],
+    ) -> R:
+        """Read the task, let ``decide`` answer, and write the task the answer holds if it
+        changed, unless another writer came first: then read and decide again."""
+        async with self.pool.acquire() as conn:
+            while True:
+                row = await conn.fetchrow(
+                    f"SELECT {_COLUMNS} FROM {self._table} WHERE id = $1", task_id
+                )
+                if row is None:
+                    raise TaskNotFound(task_id)
+                task = _task_of(row)
+                answer = decide(task)
+                after = after_of(answer)
+                if after is None or after == task:
+                    return answer
+                status = await conn.execute(
+                    f"UPDATE {self._table} SET status = $1, updated_at = $2, attempts = $3, "
+                    "started_at = $4, ended_at = $5, result = $6, result_truncated = $7, "
+                    "error = $8, lease_until = $9, events = $10, version = version + 1 "
+                    "WHERE id = $11 AND version = $12",
+                    *_changes_of(after), task_id, row["version"],
+                )
+                if status == "UPDATE 1":
+                    return answer
+
+    async def get(self, task_id: str) -> Task | None:
+        row = await self.pool.fetchrow(
+            f"SELECT {_COLUMNS} FROM {self._table} WHERE id = $1", task_id
+        )
+        return None if row is None else _task_of(row)
+
+    async def list(
+        self,
+        *,
+        function: str | None = None,
+        status: Status | None = None,
+        prefix: str | None = None,
+        started_from: int | None = None,
+        started_to: int | None = None,
+        limit: int = 20,
+        next_token: str | None = None,
+        newest_first: bool = True,
+    ) -> Page:
+        check_limit(limit)
+        conditions: list[str] = []
+        params: list[Any] = []
+
+        def bind(value: Any) -> str:
+            params.append(value)
+            return f"${len(params)}"
+
+        if function is not None:
+            conditions.append(f"function = {bind(function)}")
+        if status is not None:
+            conditions.append(f"status = {bind(status.value)}")
+        if prefix is not None:
+            conditions.append(f"starts_with(id, {bind(prefix)})")
+        if started_from is not None:
+            conditions.append(f"started_at >= {bind(started_from)}")
+        if started_to is not None:
+            conditions.append(f"started_at <= {bind(started_to)}")
+        direction, after = ("DESC", "<") if newest_first else ("ASC", ">")
+        if next_token is not None:
+            created_at, last_id = decode_page_token(next_token)
+            conditions.append(f"(created_at, id) {after} ({bind(created_at)}, {bind(last_id)})")
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        rows = await self.pool.fetch(
+            f"SELECT {_COLUMNS} FROM {self._table} {where} "
+            f"ORDER BY created_at {direction}, id {direction} "
+            f"LIMIT {bind(limit + 1)}",
+            *params,
+        )
+        tasks = [_task_of(row) for row in rows]
+        if len(tasks) <= limit:
+            return Page(tasks, None)
+        return Page(tasks[:limit], encode_page_token(tasks[limit - 1]))
+
+    async def purge(self, older_than_ms: int) -> int:
+        status = await self.pool.execute(
+            f"DELETE FROM {self._table} WHERE status = ANY($1::text[]) AND ended_at < $2",
+            _TERMINAL, older_than_ms,
+        )
+        return int(status.split()[-1])
+
+
+def _row_of(task: Task) -> tuple[Any, ...]:
+    return (
+        task.id, task.function, task.status.value, task.created_at, task.updated_at,
+        task.attempts, task.started_at, task.ended_at, task.payload, task.result,
+        task.result_truncated, task.error, task.lease_until, encode_events(task.events),
+    )
+
+
+def _changes_of(task: Task) -> tuple[Any, ...]:
+    """The values the UPDATE in _change sets, in its order."""
+    return (
+        task.status.value, task.updated_at, task.attempts, task.started_at, task.ended_at,
+        task.result, task.result_truncated, task.error, task.lease_until,
+        encode_events(task.events),
+    )
+
+
+def _task_of(row: asyncpg.Record) -> Task:
+    return Task(
+        id=row[0], function=row[1], status=Status(row[2]), created_at=row[3],
+        updated_at=row[4], attempts=row[5], started_at=row[6], ended_at=row[7],
+        payload=row[8], result=row[9], result_truncated=row[10], error=row[11],
+        lease_until=row[12], events=decode_events(row[13]),
+    )

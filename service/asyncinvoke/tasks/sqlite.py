@@ -1,0 +1,418 @@
+"""The SQLite task store: the default, for one host with several worker processes.
+
+All SQLite work of a store happens on one thread, fed by a queue. The thread runs whatever
+is queued in one transaction and only then hands each caller its own result (group commit):
+one commit per batch instead of one per statement is what lets a single worker write
+thousands of task changes a second. WAL with synchronous=NORMAL keeps every commit across a
+process crash (not across a power cut), which is the failure a worker has to survive.
+
+Processes share the file safely: a batch begins with BEGIN IMMEDIATE (the file's write lock,
+waited for up to busy_timeout), and every change is a compare-and-set on the row's version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from asyncinvoke.errors import ConfigError
+from asyncinvoke.tasks.states import TERMINAL, Status
+from asyncinvoke.tasks.store import (
+    DEFAULT_RESULT_MAX_BYTES,
+    ENQUEUED_OVER_AMQP,
+    ClaimResult,
+    Page,
+    Task,
+    TaskExists,
+    TaskNotFound,
+    check_limit,
+    decide_claim,
+    decide_stop,
+    decide_transition,
+    decode_events,
+    decode_page_token,
+    encode_events,
+    encode_page_token,
+    new_task,
+)
+
+R = TypeVar("R")
+Operation = Callable[[sqlite3.Connection], Any]
+
+# Another process may hold the write lock for one batch; waiting this long for it means
+# something is stuck, not busy.
+BUSY_TIMEOUT_MS = 30_000
+# Caps the time one commit keeps the callers of a batch waiting.
+MAX_BATCH = 1000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY,
+    function TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    attempts INTEGER NOT NULL,
+    started_at INTEGER,
+    ended_at INTEGER,
+    payload BLOB,
+    result BLOB,
+    result_truncated INTEGER NOT NULL,
+    error TEXT,
+    lease_until INTEGER,
+    events TEXT NOT NULL,
+    version INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tasks_function_created ON tasks (function, created_at, id);
+CREATE INDEX IF NOT EXISTS tasks_created ON tasks (created_at, id);
+CREATE INDEX IF NOT EXISTS tasks_status ON tasks (status);
+CREATE INDEX IF NOT EXISTS tasks_ended ON tasks (ended_at);
+"""
+_COLUMNS = (
+    "id, function, status, created_at, updated_at, attempts, started_at, ended_at, payload, "
+    "result, result_truncated, error, lease_until, events, version"
+)
+_INSERT = (
+    f"INSERT INTO tasks ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0) "
+    "ON CONFLICT (id) DO NOTHING"
+)
+_SELECT = f"SELECT {_COLUMNS} FROM tasks WHERE id = ?"
+_UPDATE = (
+    "UPDATE tasks SET status = ?, updated_at = ?, attempts = ?, started_at = ?, ended_at = ?, "
+    "result = ?, result_truncated = ?, error = ?, lease_until = ?, events = ?, "
+    "version = version + 1 WHERE id = ? AND version = ?"
+)
+_TERMINAL = tuple(sorted(status.value for status in TERMINAL))
+_PURGE = (
+    f"DELETE FROM tasks WHERE status IN ({', '.join('?' * len(_TERMINAL))}) AND ended_at < ?"
+)
+
+
+class SqliteTaskStore:
+    """TaskStore on one SQLite file (``path``), shared by the processes of one host."""
+
+    def __init__(self, path: str, *, result_max_bytes: int = DEFAULT_RESULT_MAX_BYTES):
+        self.path = path
+        self.result_max_bytes = result_max_bytes
+        self._thread: _SqliteThread | None = None
+
+    async def open(self) -> None:
+        thread = _SqliteThread(self.path)
+        await thread.start()
+        self._thread = thread
+
+    async def close(self) -> None:
+        if self._thread is not None:
+            thread, self._thread = self._thread, None
+            await thread.stop()
+
+    async def _run(self, operation: Callable[[sqlite3.Connection], R]) -> R:
+        if self._thread is None:
+            raise RuntimeError(f"task store {self.path!r} is not open")
+        result: R = await self._thread.run(operation)
+        return result
+
+    async def create(
+        self, task_id: str, function: str, payload: bytes | None, now_ms: int, detail: str = ""
+    ) -> Task:
+        task = new_task(task_id, function, payload, now_ms, detail)
+
+        def insert(conn: sqlite3.Connection) -> Task:
+            if not _insert(conn, task):
+                raise TaskExists(task_id)
+            return task
+
+        return await self._run(insert)
+
+    async def ensure(
+        self, task_id: str, function: str, payload: bytes | None, now_ms: int
+    ) -> Task:
+        task = new_task(task_id, function, payload, now_ms, ENQUEUED_OVER_AMQP)
+
+        def insert_or_read(conn: sqlite3.Connection) -> Task:
+            if _insert(conn, task):
+                return task
+            return _read(conn, task_id)[0]
+
+        return await self._run(insert_or_read)
+
+    async def claim(
+        self, task_id: str, attempt: int, now_ms: int, lease_ms: int
+    ) -> ClaimResult:
+        return await self._run(lambda conn: _change(
+            conn, task_id, lambda task: decide_claim(task, attempt, now_ms, lease_ms),
+            lambda outcome: outcome.task,
+        ))
+
+    async def transition(
+        self,
+        task_id: str,
+        target: Status,
+        now_ms: int,
+        detail: str = "",
+        *,
+        result: Any = None,
+        error: str | None = None,
+    ) -> Task | None:
+        def decide(task: Task) -> Task | None:
+            return decide_transition(task, target, now_ms, detail, result=result, error=error,
+                                     result_max_bytes=self.result_max_bytes)
+
+        return await self._run(lambda conn: _change(conn, task_id, decide, lambda after: after))
+
+    async def request_stop(self, task_id: str, now_ms: int) -> Task:
+        return await self._run(lambda conn: _change(
+            conn, task_id, lambda task: decide_stop(task, now_ms), lambda after: after
+        ))
+
+    async def get(self, task_id: str) -> Task | None:
+        def read(conn: sqlite3.Connection) -> Task | None:
+            row = conn.execute(_SELECT, (task_id,)).fetchone()
+            return None if row is None else _task_of(row)
+
+        return await self._run(read)
+
+    async def list(
+        self,
+        *,
+        function: str | None = None,
+        status: Status | None = None,
+        prefix: str | None = None,
+        started_from: int | None = None,
+        started_to: int | None = None,
+        limit: int = 20,
+        next_token: str | None = None,
+        newest_first: bool = True,
+    ) -> Page:
+        check_limit(limit)
+        conditions: list[str] = []
+        params: list[Any] = []
+        for condition, values in (
+            ("function = ?", (function,)),
+            ("status = ?", (None if status is None else status.value,)),
+            ("substr(id, 1, ?) = ?", (None if prefix is None else len(prefix), prefix)),
+            ("started_at >= ?", (started_from,)),
+            ("started_at <= ?", (started_to,)),
+        ):
+            if values[-1] is not None:
+                conditions.append(condition)
+                params.extend(values)
+        direction, after = ("DESC", "<") if newest_first else ("ASC", ">")
+        if next_token is not None:
+            conditions.append(f"(created_at, id) {after} (?, ?)")
+            params.extend(decode_page_token(next_token))
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        sql = (
+            f"SELECT {_COLUMNS} FROM tasks {where} "
+            f"ORDER BY created_at {direction}, id {direction} LIMIT ?"
+        )
+        params.append(limit + 1)
+
+        def read(conn: sqlite3.Connection) -> list[Task]:
+            return [_task_of(row) for row in conn.execute(sql, params)]
+
+        tasks = await self._run(read)
+        if len(tasks) <= limit:
+            return Page(tasks, None)
+        return Page(tasks[:limit], encode_page_token(tasks[limit - 1]))
+
+    async def purge(self, older_than_ms: int) -> int:
+        def delete(conn: sqlite3.Connection) -> int:
+            return conn.execute(_PURGE, (*_TERMINAL, older_than_ms)).rowcount
+
+        return await self._run(delete)
+
+
+def _row_of(task: Task) -> tuple[Any, ...]:
+    return (
+        task.id, task.function, task.status.value, task.created_at, task.updated_at,
+        task.attempts, task.started_at, task.ended_at, task.payload, task.result,
+        int(task.result_truncated), task.error, task.lease_until, encode_events(task.events),
+    )
+
+
+def _changes_of(task: Task) -> tuple[Any, ...]:
+    """The values _UPDATE sets, in its order."""
+    return (
+        task.status.value, task.updated_at, task.attempts, task.started_at, task.ended_at,
+        task.result, int(task.result_truncated), task.error, task.lease_until,
+        encode_events(task.events),
+    )
+
+
+def _task_of(row: tuple[Any, ...]) -> Task:
+    return Task(
+        id=row[0], function=row[1], status=Status(row[2]), created_at=row[3],
+        updated_at=row[4], attempts=row[5], started_at=row[6], ended_at=row[7],
+        payload=row[8], result=row[9], result_truncated=bool(row[10]), error=row[11],
+        lease_until=row[12], events=decode_events(row[13]),
+    )
+
+
+def _insert(conn: sqlite3.Connection, task: Task) -> bool:
+    """Insert ``task``; False if its id is taken."""
+    return conn.execute(_INSERT, _row_of(task)).rowcount == 1
+
+
+def _read(conn: sqlite3.Connection, task_id: str) -> tuple[Task, int]:
+    row = conn.execute(_SELECT, (task_id,)).fetchone()
+    if row is None:
+        raise TaskNotFound(task_id)
+    return _task_of(row), row[14]
+
+
+def _change(
+    conn: sqlite3.Connection,
+    task_id: str,
+    decide: Callable[[Task], R],
+    after_of: Callable[[R], Task | None],
+) -> R:
+    """Read the task, let ``decide`` answer, and write the task the answer holds if it changed.
+
+    The write is a compare-and-set on the version read; inside the batch's transaction no
+    other process can write in between, so a lost race only shows up as a retry here.
+    """
+    while True:
+        task, version = _read(conn, task_id)
+        answer = decide(task)
+        after = after_of(answer)
+        if after is None or after == task:
+            return answer
+        cursor = conn.execute(_UPDATE, (*_changes_of(after), task_id, version))
+        if cursor.rowcount == 1:
+            return answer
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    operation: Operation
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+
+
+class _SqliteThread:
+    """One connection on one thread; queued calls run in batches, one commit per batch."""
+
+    def __init__(self, path: str):
+        self._path = path
+        self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[Any] = loop.create_future()
+        self._thread = threading.Thread(
+            target=self._main, args=(ready, loop), name=f"sqlite-tasks {self._path}", daemon=True
+        )
+        self._thread.start()
+        await ready
+
+    async def run(self, operation: Operation) -> Any:
+        if self._stopping:
+            raise RuntimeError(f"task store {self._path!r} is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._calls.put(_Call(operation, future, loop))
+        return await future
+
+    async def stop(self) -> None:
+        """Finish what is queued, then close the connection."""
+        self._stopping = True
+        self._calls.put(None)
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+
+    def _main(self, ready: asyncio.Future[Any], loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            conn = _connect(self._path)
+        except Exception as exc:
+            _deliver(loop, [(ready, False, exc)])
+            return
+        _deliver(loop, [(ready, True, None)])
+        try:
+            running = True
+            while running:
+                batch: list[_Call] = []
+                call = self._calls.get()
+                while call is not None:
+                    batch.append(call)
+                    if len(batch) >= MAX_BATCH:
+                        break
+                    try:
+                        call = self._calls.get_nowait()
+                    except queue.Empty:
+                        break
+                running = call is not None
+                if batch:
+                    self._run_batch(conn, batch)
+        finally:
+            conn.close()
+
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Call]) -> None:
+        outcomes: list[tuple[asyncio.Future[Any], bool, Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            # Each call writes with a single statement, so one that fails leaves nothing
+            # half done and the others in the batch still commit.
+            for call in batch:
+                try:
+                    outcomes.append((call.future, True, call.operation(conn)))
+                except Exception as exc:
+                    if not conn.in_transaction:  # SQLite rolled the whole batch back
+                        raise
+                    outcomes.append((call.future, False, exc))
+            conn.execute("COMMIT")
+        except Exception as exc:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            outcomes = [(call.future, False, exc) for call in batch]
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
+        for call, outcome in zip(batch, outcomes, strict=True):
+            by_loop.setdefault(call.loop, []).append(outcome)
+        for loop, settled in by_loop.items():
+            _deliver(loop, settled)
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    try:
+        # Autocommit mode: the thread opens and commits the batch transactions itself.
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise ConfigError(f"cannot open the task store: {exc}", path=path,
+                          key="ASYNCINVOKE_TASK_STORE") from exc
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.executescript(_SCHEMA)
+    except sqlite3.Error as exc:
+        conn.close()
+        raise ConfigError(f"cannot set up the task store: {exc}", path=path,
+                          key="ASYNCINVOKE_TASK_STORE") from exc
+    return conn
+
+
+def _deliver(
+    loop: asyncio.AbstractEventLoop, outcomes: list[tuple[asyncio.Future[Any], bool, Any]]
+) -> None:
+    # The loop may be gone when a caller's process is shutting down; nobody waits then.
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(_settle, outcomes)
+
+
+def _settle(outcomes: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for future, ok, value in outcomes:
+        if future.done():  # the caller stopped waiting (cancelled)
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
