@@ -63,7 +63,7 @@ class Pipeline:
         self.tracker = tracker
         self.metrics = metrics
         # Task-mode attempts running here, by invocation id, so a stop can cancel them.
-        self.running: dict[str, asyncio.Task[policy.Outcome]] = {}
+        self.running: dict[str, tuple[asyncio.Task[policy.Outcome], bool]] = {}
         self.stop_requested: set[str] = set()
 
     def decode(self, message: Message, received_ms: int) -> Envelope:
@@ -196,7 +196,7 @@ class Pipeline:
         attempt = asyncio.create_task(
             function.runner.run(envelope, make_context(envelope, function.spec))
         )
-        self.running[envelope.id] = attempt
+        self.running[envelope.id] = (attempt, function.runner.cancellable)
         try:
             return await attempt
         except asyncio.CancelledError:
@@ -209,12 +209,18 @@ class Pipeline:
             self.stop_requested.discard(envelope.id)
 
     def stop(self, task_id: str) -> bool:
-        """Cancel a task-mode attempt running here; whether it was here."""
-        attempt = self.running.get(task_id)
-        if attempt is None:
+        """Cancel a task-mode attempt running here; whether it was here.
+
+        A sync handler's thread cannot be interrupted: it runs to its end, and as its
+        task is Stopping by then, its result is discarded (``TaskTracker.settled``).
+        """
+        running = self.running.get(task_id)
+        if running is None:
             return False
-        self.stop_requested.add(task_id)
-        attempt.cancel()
+        attempt, cancellable = running
+        if cancellable:
+            self.stop_requested.add(task_id)
+            attempt.cancel()
         return True
 
     async def _call(self, message: Message, envelope: Envelope, function: Function) -> None:

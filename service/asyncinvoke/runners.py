@@ -48,6 +48,8 @@ class Context:
 
 
 class Runner(Protocol):
+    cancellable: bool  # whether cancelling run() stops the function (not a sync thread)
+
     async def run(self, envelope: Envelope, context: Context) -> Outcome: ...
 
 
@@ -96,6 +98,7 @@ class PythonRunner:
         self.is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
             getattr(handler, "__call__", None)  # noqa: B004 - async callable objects
         )
+        self.cancellable = self.is_async
 
     async def run(self, envelope: Envelope, context: Context) -> Outcome:
         started = time.perf_counter()
@@ -134,6 +137,7 @@ class HttpRunner:
         self.spec = spec
         self.url = spec.url
         self.session = session
+        self.cancellable = True
 
     async def run(self, envelope: Envelope, context: Context) -> Outcome:
         started = time.perf_counter()
