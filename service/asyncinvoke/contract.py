@@ -20,6 +20,8 @@ from asyncinvoke.errors import InvalidMessage
 
 VERSION = 1
 CONTENT_TYPE = "application/msgpack"
+# How far a producer's clock may run ahead of ours before its created_at is refused.
+MAX_CLOCK_SKEW_MS = 300_000
 ID_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,127}$")
 FUNCTION_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
 
@@ -153,7 +155,7 @@ def decode(
 def from_wire(data: dict[str, Any], *, received_at_ms: int, max_delay_s: int) -> Envelope:
     """Validate a decoded envelope map (SPEC section 4)."""
     version = data.get("v")
-    if version != VERSION:
+    if type(version) is not int or version != VERSION:
         raise InvalidMessage(f"'v' must be {VERSION}, got {version!r}", partial=data)
     missing = [key for key in ("id", "fn", "payload") if key not in data]
     if missing:
@@ -163,11 +165,17 @@ def from_wire(data: dict[str, Any], *, received_at_ms: int, max_delay_s: int) ->
         names = ", ".join(sorted(map(str, unknown)))
         raise InvalidMessage(f"unknown key(s): {names}", partial=data)
     inv_id, fn = data["id"], data["fn"]
-    if not isinstance(inv_id, str) or not ID_RE.match(inv_id):
+    if not isinstance(inv_id, str) or not ID_RE.fullmatch(inv_id):
         raise InvalidMessage(f"'id' must match {ID_RE.pattern}, got {inv_id!r}", partial=data)
-    if not isinstance(fn, str) or not FUNCTION_RE.match(fn):
+    if not isinstance(fn, str) or not FUNCTION_RE.fullmatch(fn):
         raise InvalidMessage(f"'fn' must match {FUNCTION_RE.pattern}, got {fn!r}", partial=data)
     created_at = _int(data, "created_at", received_at_ms)
+    if created_at > received_at_ms + MAX_CLOCK_SKEW_MS:
+        raise InvalidMessage(
+            f"'created_at' is {(created_at - received_at_ms) / 1000:.0f} s in the future; "
+            "send the acceptance time in ms since the epoch (or leave it out)",
+            partial=data,
+        )
     delay = _int(data, "delay", 0)
     if not 0 <= delay <= max_delay_s:
         raise InvalidMessage(

@@ -18,8 +18,11 @@ from asyncinvoke.topology import Names
 
 
 def ladder_seconds(envelope: Envelope, now_ms: int) -> int:
-    """Whole seconds this invocation should wait in the ladder from now."""
-    return ladder.split_ms(envelope.due_at_ms() - now_ms)[0]
+    """Whole seconds this invocation should wait in the ladder from now.
+
+    Capped at the ladder's reach: anything due later comes out and goes round again.
+    """
+    return min(ladder.split_ms(envelope.due_at_ms() - now_ms)[0], ladder.MAX_DELAY_S)
 
 
 async def send(

@@ -158,17 +158,14 @@ class _Reader:
             raise self.error(
                 "backoff", f"unknown key(s) {sorted(unknown)}; known: {sorted(_BACKOFF_KEYS)}"
             )
-        sub = _Reader(self.path, self.function, raw)
-        try:
-            backoff = Backoff(
-                initial=sub.number("initial", default.initial, 0.0, 3600.0),
-                multiplier=sub.number("multiplier", default.multiplier, 1.0, 100.0),
-                max=sub.number("max", default.max, 0.0, 86400.0),
-                jitter=sub.number("jitter", default.jitter, 0.0, 1.0),
-            )
-        except ConfigError as exc:
-            raise self.error("backoff", str(exc).rsplit(": ", 1)[-1]) from None
-        return backoff
+        # Errors name the nested key: "key 'backoff.jitter': must be between 0 and 1".
+        sub = _Reader(self.path, self.function, {f"backoff.{k}": v for k, v in raw.items()})
+        return Backoff(
+            initial=sub.number("backoff.initial", default.initial, 0.0, 3600.0),
+            multiplier=sub.number("backoff.multiplier", default.multiplier, 1.0, 100.0),
+            max=sub.number("backoff.max", default.max, 0.0, 86400.0),
+            jitter=sub.number("backoff.jitter", default.jitter, 0.0, 1.0),
+        )
 
     def destination(self, key: str) -> Destination | None:
         raw = self.table.get(key)
@@ -187,9 +184,9 @@ def parse_destination(raw: str) -> Destination:
     if raw.startswith(("http://", "https://")):
         return Destination("http", raw)
     kind, sep, target = raw.partition(":")
-    if sep and kind == "queue" and QUEUE_NAME_RE.match(target):
+    if sep and kind == "queue" and QUEUE_NAME_RE.fullmatch(target):
         return Destination("queue", target)
-    if sep and kind == "function" and FUNCTION_NAME_RE.match(target):
+    if sep and kind == "function" and FUNCTION_NAME_RE.fullmatch(target):
         return Destination("function", target)
     raise ValueError(
         f"{raw!r} is not a destination; use queue:NAME, function:NAME or an http(s):// URL"
@@ -213,7 +210,7 @@ def _spec(
     handler, url = table.get("handler"), table.get("url")
     if not is_defaults and (handler is None) == (url is None):
         raise reader.error("handler", "a function needs exactly one of 'handler' or 'url'")
-    if handler is not None and (not isinstance(handler, str) or not HANDLER_RE.match(handler)):
+    if handler is not None and (not isinstance(handler, str) or not HANDLER_RE.fullmatch(handler)):
         raise reader.error("handler", f"must look like 'package.module:callable', got {handler!r}")
     if url is not None and (
         not isinstance(url, str) or not url.startswith(("http://", "https://"))
@@ -257,7 +254,7 @@ def parse(text: str, path: str = "<string>") -> FunctionsFile:
         raise ConfigError("no functions: add at least one [functions.NAME] table", path=path)
     specs: dict[str, FunctionSpec] = {}
     for name, table in raw_functions.items():
-        if not FUNCTION_NAME_RE.match(name):
+        if not FUNCTION_NAME_RE.fullmatch(name):
             raise ConfigError(
                 f"bad function name; names match {FUNCTION_NAME_RE.pattern}",
                 path=path,
@@ -291,9 +288,11 @@ def load_handler(spec: FunctionSpec, config_dir: Path | None = None) -> Callable
     module_name, _, attr_path = spec.handler.partition(":")
     try:
         target: Any = importlib.import_module(module_name)
-    except ImportError as exc:
+    except Exception as exc:  # a SyntaxError or anything the module raises at import
         raise ConfigError(
-            f"cannot import module {module_name!r}: {exc}", function=spec.name, key="handler"
+            f"cannot import module {module_name!r}: {type(exc).__name__}: {exc}",
+            function=spec.name,
+            key="handler",
         ) from None
     for attr in attr_path.split("."):
         try:

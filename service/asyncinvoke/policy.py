@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from asyncinvoke import contract
+from asyncinvoke import contract, ladder
 from asyncinvoke.contract import Envelope
 from asyncinvoke.functions import Backoff, FunctionSpec
 
@@ -69,7 +69,7 @@ Admission = Run | Hold | Forward | Expire
 def admit(envelope: Envelope, spec: FunctionSpec, now_ms: int) -> Admission:
     remaining_ms = envelope.due_at_ms() - now_ms
     if remaining_ms >= HOLD_LIMIT_MS:
-        return Forward(remaining_ms // 1000)
+        return Forward(min(remaining_ms // 1000, ladder.MAX_DELAY_S))
     age_ms = max(now_ms, envelope.due_at_ms()) - envelope.created_at
     if age_ms > spec.max_event_age_s * 1000:
         return Expire(age_ms)

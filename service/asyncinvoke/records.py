@@ -100,10 +100,10 @@ def invalid(
     """A message that breaks the contract. The original is kept whole, for replay."""
     partial = exc.partial or {}
     request_id = partial.get("id")
-    if not (isinstance(request_id, str) and contract.ID_RE.match(request_id)):
+    if not (isinstance(request_id, str) and contract.ID_RE.fullmatch(request_id)):
         request_id = message_id or f"invalid_{uuid4().hex}"
     fn = partial.get("fn")
-    if not (isinstance(fn, str) and contract.FUNCTION_RE.match(fn)):
+    if not (isinstance(fn, str) and contract.FUNCTION_RE.fullmatch(fn)):
         fn = function
     return contract.record(
         request_id=request_id,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -66,8 +67,8 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r} is not a number") from None
-    if value < 0:
-        raise ConfigError(f"{name}={value} must not be negative")
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{name}={raw!r} must be a finite number, not negative")
     return value
 
 
@@ -77,7 +78,7 @@ def from_env(env: Mapping[str, str] | None = None, *, tty: bool = False) -> Sett
     from asyncinvoke.ladder import MAX_DELAY_S as LADDER_REACH_S
 
     namespace = env.get("ASYNCINVOKE_NAMESPACE") or DEFAULT_NAMESPACE
-    if not NAMESPACE_RE.match(namespace):
+    if not NAMESPACE_RE.fullmatch(namespace):
         raise ConfigError(f"ASYNCINVOKE_NAMESPACE={namespace!r} must match {NAMESPACE_RE.pattern}")
     log_format = env.get("ASYNCINVOKE_LOG_FORMAT") or ("console" if tty else "json")
     if log_format not in ("json", "console"):
@@ -107,6 +108,8 @@ def redact_url(url: str) -> str:
     if parts.password is None:
         return url
     host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
     if parts.port:
         host = f"{host}:{parts.port}"
     user = parts.username or ""

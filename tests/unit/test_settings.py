@@ -1,0 +1,179 @@
+"""Settings from the environment, flags over them, and URLs with their password hidden."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from asyncinvoke import ladder
+from asyncinvoke.errors import ConfigError
+from asyncinvoke.settings import Settings, from_env, redact_url
+
+
+def test_an_empty_environment_gives_the_documented_defaults() -> None:
+    settings = from_env({})
+    assert settings == Settings()
+    assert settings.amqp_url == "amqp://guest:guest@127.0.0.1:5672/"
+    assert settings.namespace == "asyncinvoke"
+    assert settings.config_path == "functions.toml"
+    assert settings.task_store == "sqlite:///./asyncinvoke-tasks.db"
+    assert settings.log_format == "json"
+    assert settings.max_payload_bytes == 256 * 1024
+    assert settings.max_delay_s == 3600
+
+
+def test_logs_are_for_people_on_a_terminal() -> None:
+    assert from_env({}, tty=True).log_format == "console"
+
+
+def test_an_explicit_log_format_wins_over_the_terminal() -> None:
+    assert from_env({"ASYNCINVOKE_LOG_FORMAT": "json"}, tty=True).log_format == "json"
+
+
+def test_every_variable_is_read() -> None:
+    settings = from_env(
+        {
+            "ASYNCINVOKE_AMQP_URL": "amqps://u:p@broker.example:5671/prod",
+            "ASYNCINVOKE_NAMESPACE": "billing.v2",
+            "ASYNCINVOKE_CONFIG": "/etc/asyncinvoke/functions.toml",
+            "ASYNCINVOKE_TASK_STORE": "postgresql://db/tasks",
+            "ASYNCINVOKE_LOG_FORMAT": "console",
+            "ASYNCINVOKE_MAX_PAYLOAD_BYTES": "1048576",
+            "ASYNCINVOKE_MAX_DELAY": "131071",
+            "ASYNCINVOKE_SHUTDOWN_GRACE": "2.5",
+            "ASYNCINVOKE_TASK_RETENTION": "3600",
+            "ASYNCINVOKE_TASK_RESULT_MAX_BYTES": "0",
+        }
+    )
+    assert settings == Settings(
+        amqp_url="amqps://u:p@broker.example:5671/prod",
+        namespace="billing.v2",
+        config_path="/etc/asyncinvoke/functions.toml",
+        task_store="postgresql://db/tasks",
+        log_format="console",
+        max_payload_bytes=1048576,
+        max_delay_s=131071,
+        shutdown_grace_s=2.5,
+        task_retention_s=3600.0,
+        task_result_max_bytes=0,
+    )
+
+
+def test_an_empty_variable_keeps_the_default() -> None:
+    env = {
+        name: ""
+        for name in (
+            "ASYNCINVOKE_AMQP_URL",
+            "ASYNCINVOKE_NAMESPACE",
+            "ASYNCINVOKE_MAX_PAYLOAD_BYTES",
+            "ASYNCINVOKE_MAX_DELAY",
+            "ASYNCINVOKE_SHUTDOWN_GRACE",
+            "ASYNCINVOKE_TASK_RETENTION",
+            "ASYNCINVOKE_TASK_RESULT_MAX_BYTES",
+        )
+    }
+    assert from_env(env) == Settings()
+
+
+def test_without_a_mapping_the_process_environment_is_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ASYNCINVOKE_NAMESPACE", "from_process")
+    assert from_env().namespace == "from_process"
+
+
+def test_the_longest_delay_is_what_the_ladder_reaches() -> None:
+    reach = str(ladder.MAX_DELAY_S)
+    assert from_env({"ASYNCINVOKE_MAX_DELAY": reach}).max_delay_s == ladder.MAX_DELAY_S
+    with pytest.raises(ConfigError, match=reach):
+        from_env({"ASYNCINVOKE_MAX_DELAY": str(ladder.MAX_DELAY_S + 1)})
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("ASYNCINVOKE_MAX_PAYLOAD_BYTES", "lots"),
+        ("ASYNCINVOKE_MAX_PAYLOAD_BYTES", "0"),
+        ("ASYNCINVOKE_MAX_PAYLOAD_BYTES", str(64 * 1024 * 1024 + 1)),
+        ("ASYNCINVOKE_MAX_PAYLOAD_BYTES", "1.5"),
+        ("ASYNCINVOKE_MAX_DELAY", "-1"),
+        ("ASYNCINVOKE_MAX_DELAY", "1h"),
+        ("ASYNCINVOKE_SHUTDOWN_GRACE", "soon"),
+        ("ASYNCINVOKE_SHUTDOWN_GRACE", "-1"),
+        ("ASYNCINVOKE_TASK_RETENTION", "a week"),
+        ("ASYNCINVOKE_TASK_RETENTION", "-5"),
+        ("ASYNCINVOKE_TASK_RESULT_MAX_BYTES", "-1"),
+        ("ASYNCINVOKE_TASK_RESULT_MAX_BYTES", str(64 * 1024 * 1024 + 1)),
+        ("ASYNCINVOKE_NAMESPACE", "has space"),
+        ("ASYNCINVOKE_NAMESPACE", "9starts_with_a_digit"),
+        ("ASYNCINVOKE_NAMESPACE", "slash/name"),
+        ("ASYNCINVOKE_NAMESPACE", "n" * 65),
+        ("ASYNCINVOKE_LOG_FORMAT", "xml"),
+        pytest.param(
+            "ASYNCINVOKE_SHUTDOWN_GRACE",
+            "nan",
+        ),
+        pytest.param(
+            "ASYNCINVOKE_TASK_RETENTION",
+            "nan",
+        ),
+        pytest.param(
+            "ASYNCINVOKE_NAMESPACE",
+            "asyncinvoke\n",
+        ),
+    ],
+)
+def test_a_bad_value_names_the_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        from_env({name: value})
+    assert name in str(info.value)
+
+
+def test_flags_override_only_what_was_given() -> None:
+    base = from_env({"ASYNCINVOKE_NAMESPACE": "env_ns"})
+    changed = base.with_overrides(namespace=None, config_path="flag.toml")
+    assert changed.namespace == "env_ns"
+    assert changed.config_path == "flag.toml"
+
+
+def test_no_flags_leave_the_settings_as_they_are() -> None:
+    base = from_env({})
+    assert base.with_overrides(namespace=None, config_path=None) is base
+
+
+# -- passwords never show -----------------------------------------------------------------
+
+PASSWORDS = st.text(
+    alphabet=st.sampled_from(
+        "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=:%@"
+    ),
+    min_size=1,
+    max_size=40,
+)
+
+
+@given(password=PASSWORDS)
+def test_redact_url_replaces_the_password_and_keeps_the_rest(password: str) -> None:
+    url = f"amqps://svc-user:{password}@broker.example:5671/vhost?heartbeat=30"
+    assert redact_url(url) == "amqps://svc-user:***@broker.example:5671/vhost?heartbeat=30"
+
+
+def test_redact_url_hides_the_default_password() -> None:
+    redacted = redact_url("amqp://guest:guest@127.0.0.1:5672/")
+    assert redacted == "amqp://guest:***@127.0.0.1:5672/"
+
+
+def test_redact_url_hides_an_empty_password() -> None:
+    assert redact_url("amqp://user:@host/") == "amqp://user:***@host/"
+
+
+@pytest.mark.parametrize(
+    "url", ["amqp://127.0.0.1:5672/", "amqp://user@host/vh", "sqlite:///./tasks.db"]
+)
+def test_a_url_without_a_password_is_left_alone(url: str) -> None:
+    assert redact_url(url) == url
+
+
+def test_redact_url_keeps_an_ipv6_host_in_brackets() -> None:
+    assert redact_url("amqp://u:secret@[::1]:5672/") == "amqp://u:***@[::1]:5672/"
