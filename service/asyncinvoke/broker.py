@@ -19,9 +19,11 @@ from pamqp import commands as spec
 
 from asyncinvoke import contract
 from asyncinvoke.errors import BrokerUnavailable, PublishError, UnroutableError
+from asyncinvoke.observability import get_logger
 from asyncinvoke.settings import Settings, redact_url
 
 PERSISTENT = 2
+log = get_logger(component="broker")
 RECONNECT_INTERVAL_S = 2.0  # between attempts while the broker is away
 
 
@@ -31,6 +33,9 @@ class Broker:
         self.name = name
         self.connection: aio_pika.abc.AbstractRobustConnection | None = None
         self._publisher: aio_pika.abc.AbstractChannel | None = None
+        # Up from connect until the connection is lost, and again once aio-pika has
+        # reconnected and restored every channel and consumer.
+        self._up = False
 
     async def connect(self) -> None:
         url = self.settings.amqp_url
@@ -49,8 +54,21 @@ class Broker:
         self._publisher = await self.connection.channel(
             publisher_confirms=True, on_return_raises=True
         )
+        self.connection.close_callbacks.add(self._on_lost)
+        self.connection.reconnect_callbacks.add(self._on_restored)
+        self._up = True
+
+    def _on_lost(self, _: object, exc: BaseException | None = None) -> None:
+        if self._up:
+            log.warning("broker_connection_lost", error=str(exc) if exc else None)
+        self._up = False
+
+    def _on_restored(self, _: object) -> None:
+        self._up = True
+        log.info("broker_reconnected")
 
     async def close(self) -> None:
+        self._up = False
         if self.connection is not None:
             await self.connection.close()
             self.connection = None
@@ -64,7 +82,7 @@ class Broker:
 
     @property
     def is_connected(self) -> bool:
-        return self.connection is not None and self.connection.connected.is_set()
+        return self._up
 
     @property
     def publisher(self) -> aio_pika.abc.AbstractChannel:
@@ -78,6 +96,14 @@ class Broker:
         if prefetch is not None:
             await channel.set_qos(prefetch_count=prefetch)
         return channel
+
+    async def flush(self) -> None:
+        """Return once every frame written before it (acks included) reached the broker.
+
+        All channels share the connection's writer, in order: one round trip suffices.
+        """
+        channel = await self.publisher.get_underlay_channel()
+        await channel.basic_qos(prefetch_count=0)
 
     async def publish(
         self,

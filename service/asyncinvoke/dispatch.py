@@ -22,7 +22,8 @@ def ladder_seconds(envelope: Envelope, now_ms: int) -> int:
 
     Capped at the ladder's reach: anything due later comes out and goes round again.
     """
-    return min(ladder.split_ms(envelope.due_at_ms() - now_ms)[0], ladder.MAX_DELAY_S)
+    whole_s, _ = ladder.split_ms(envelope.due_at_ms() - now_ms)
+    return min(whole_s, ladder.MAX_DELAY_S)
 
 
 async def send(

@@ -15,7 +15,7 @@ stays in FIFO order (a per-message TTL would wait behind a longer one).
 from __future__ import annotations
 
 LEVELS = 17
-MAX_DELAY_S = 2**LEVELS - 1  # 131071 s, the ladder's reach
+MAX_DELAY_S: int = (1 << LEVELS) - 1  # 131071 s, the ladder's reach
 
 
 def routing_key(delay_s: int, function: str) -> str:

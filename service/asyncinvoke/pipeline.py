@@ -74,6 +74,21 @@ class Pipeline:
             max_delay_s=self.settings.max_delay_s,
         )
 
+    async def move_to_suspects(self, message: Message, function: Function) -> None:
+        """A redelivery: its worker died (or stopped) while it was in flight. It goes to
+        the suspect queue, where it runs alone, so that a message that kills its worker
+        takes no innocent attempt down with it again."""
+        await self.broker.publish(
+            "",
+            self.names.suspect_queue(function.spec.name),
+            message.body,
+            message_id=message.message_id,
+            reply_to=message.reply_to,
+            correlation_id=message.correlation_id,
+        )
+        await ack(message)
+        log.warning("suspect", function=function.spec.name, message_id=message.message_id)
+
     async def handle(self, message: Message, function: Function) -> None:
         spec = function.spec
         received = now_ms()
@@ -273,9 +288,7 @@ class Pipeline:
             )
         await self.destinations.to_failed(record)
         await ack(message)
-        self.metrics.failure_records.labels(
-            context["functionName"], contract.INVALID_MESSAGE
-        ).inc()
+        self.metrics.failure_records.labels(context["functionName"], contract.INVALID_MESSAGE).inc()
         log.warning(
             "invalid_message",
             function=function,

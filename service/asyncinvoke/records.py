@@ -75,7 +75,7 @@ def delivery_limit(envelope: Envelope, deliveries: int | None, now_ms: int) -> d
         request_id=envelope.id,
         function=envelope.fn,
         condition=contract.DELIVERY_LIMIT_EXCEEDED,
-        attempts=envelope.attempt + 1,
+        attempts=envelope.attempt + (deliveries or 1),
         request_payload=envelope.payload,
         status_code=500,
         function_error=contract.UNHANDLED,

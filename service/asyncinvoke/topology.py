@@ -67,6 +67,10 @@ class Names:
     def function_queue(self, function: str) -> str:
         return f"{self.ns}.fn.{function}"
 
+    def suspect_queue(self, function: str) -> str:
+        """Deliveries whose worker died while they ran: run alone, one at a time."""
+        return f"{self.ns}.suspect.{function}"
+
     def level(self, level: int) -> str:
         return f"{self.ns}.delay.{level:02d}"
 
@@ -104,11 +108,25 @@ class Plan:
 
 
 def function_queue_arguments(names: Names, spec: FunctionSpec) -> dict[str, Any]:
+    # A redelivery is moved to the suspect queue at once, so this limit is only a
+    # backstop for a delivery that cannot even be moved.
     return {
         **QUORUM,
         **AT_LEAST_ONCE,
         "x-dead-letter-exchange": names.dead,
         "x-delivery-limit": spec.delivery_limit,
+    }
+
+
+def suspect_queue_arguments(names: Names, spec: FunctionSpec) -> dict[str, Any]:
+    # A suspect came here after one death in the function queue; here it is delivered
+    # delivery_limit more times at most (x-delivery-limit N-1 delivers N times), so a
+    # poison message runs delivery_limit + 1 times in all before it is dead-lettered.
+    return {
+        **QUORUM,
+        **AT_LEAST_ONCE,
+        "x-dead-letter-exchange": names.dead,
+        "x-delivery-limit": spec.delivery_limit - 1,
     }
 
 
@@ -159,6 +177,9 @@ def functions_plan(names: Names, specs: Iterable[FunctionSpec]) -> Plan:
     for spec in specs:
         queue = names.function_queue(spec.name)
         queues.append(QueueDecl(queue, function_queue_arguments(names, spec)))
+        queues.append(
+            QueueDecl(names.suspect_queue(spec.name), suspect_queue_arguments(names, spec))
+        )
         bindings.append(Binding(names.invoke, queue, spec.name))
         bindings.append(Binding(names.deliver, queue, ladder.deliver_pattern(spec.name)))
     return Plan([], queues, bindings)

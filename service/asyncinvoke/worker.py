@@ -23,6 +23,7 @@ from asyncinvoke.broker import Broker
 from asyncinvoke.destinations import Destinations
 from asyncinvoke.errors import AsyncInvokeError, InvalidMessage
 from asyncinvoke.functions import FunctionsFile, load_handler
+from asyncinvoke.gate import Gate
 from asyncinvoke.metrics import Metrics, serve_health
 from asyncinvoke.observability import get_logger
 from asyncinvoke.pipeline import Function, Message, Pipeline, ack, now_ms
@@ -74,12 +75,14 @@ class Worker:
             settings.task_store, result_max_bytes=settings.task_result_max_bytes
         )
         self.functions: dict[str, Function] = {}
-        self.in_flight: set[asyncio.Task[Any]] = set()
+        # Each delivery being handled, with the queue it came from.
+        self.in_flight: dict[asyncio.Task[Any], tuple[Message, str]] = {}
         self.pipeline: Pipeline | None = None
         self._consumers: list[tuple[aio_pika.abc.AbstractQueue, str]] = []
         self._session: aiohttp.ClientSession | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._background: list[asyncio.Task[None]] = []
+        self.gate = Gate()
         self.stopping = False
 
     # -- start and stop ----------------------------------------------------------------
@@ -118,6 +121,9 @@ class Worker:
                 self.names.function_queue(name),
                 function.spec.concurrency,
                 self._make_callback(function),
+            )
+            await self._consume(
+                self.names.suspect_queue(name), 1, self._make_callback(function, suspect=True)
             )
         await self._consume(self.names.unrouted, SYSTEM_PREFETCH, self._on_unrouted)
         await self._consume(self.names.dead, SYSTEM_PREFETCH, self._on_dead)
@@ -180,8 +186,9 @@ class Worker:
             for task in pending:
                 task.cancel()
             if pending:
+                unsettled = [self.in_flight[task] for task in pending if task in self.in_flight]
                 await asyncio.wait(pending, timeout=5)
-                log.warning("returned_to_queue", count=len(pending))
+                await self._return_fresh(unsettled)
         # Closing the connection returns every unacknowledged delivery to its queue.
         await self.broker.close()
         await self.tracker.close()
@@ -192,6 +199,31 @@ class Worker:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
         log.info("worker_stopped")
+
+    async def _return_fresh(self, unsettled: list[tuple[Message, str]]) -> None:
+        """Put deliveries cut short by shutdown back in their queue as new messages.
+
+        A plain requeue would mark them redelivered, and a redelivery is treated as a
+        suspect (its worker may have died of it): run alone, one at a time. These are
+        known innocent, so they go back fresh: published (confirmed), then acknowledged.
+        Any that cannot be are returned by closing the connection, as suspects.
+        """
+        returned = 0
+        for message, queue_name in unsettled:
+            try:
+                await self.broker.publish(
+                    "",
+                    queue_name,
+                    message.body,
+                    message_id=message.message_id,
+                    reply_to=message.reply_to,
+                    correlation_id=message.correlation_id,
+                )
+                await message.ack()
+                returned += 1
+            except Exception as exc:
+                log.warning("return_failed", message_id=message.message_id, error=str(exc))
+        log.warning("returned_to_queue", count=len(unsettled), fresh=returned)
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Start, serve until SIGTERM/SIGINT (or ``stop`` is set), then stop gracefully."""
@@ -219,25 +251,40 @@ class Worker:
 
     # -- deliveries --------------------------------------------------------------------
 
-    def _make_callback(self, function: Function) -> Any:
+    def _make_callback(self, function: Function, *, suspect: bool = False) -> Any:
+        """The consumer of a function queue, or (``suspect``) of its suspect queue."""
         pipeline = self.pipeline
         assert pipeline is not None
         in_flight = self.metrics.in_flight.labels(function.spec.name)
+        gate = self.gate
+        name = function.spec.name
+        queue_name = self.names.suspect_queue(name) if suspect else self.names.function_queue(name)
 
         async def on_message(message: Message) -> None:
             task = asyncio.current_task()
             assert task is not None
-            self.in_flight.add(task)
+            self.in_flight[task] = (message, queue_name)
             in_flight.inc()
             try:
-                await pipeline.handle(message, function)
+                if suspect:
+                    async with gate.exclusive():
+                        # Acknowledgements of the attempts that just ended must reach the
+                        # broker before a suspect runs: if it kills the process, they
+                        # would otherwise be redelivered and run again.
+                        await self.broker.flush()
+                        await pipeline.handle(message, function)
+                elif message.redelivered:
+                    await pipeline.move_to_suspects(message, function)
+                else:
+                    async with gate.shared():
+                        await pipeline.handle(message, function)
             except asyncio.CancelledError:
                 # Shutdown: leave it unacknowledged; closing the channel requeues it.
                 raise
             except Exception as exc:
                 await self._settle_failed(message, exc)
             finally:
-                self.in_flight.discard(task)
+                self.in_flight.pop(task, None)
                 in_flight.dec()
 
         return on_message
@@ -290,9 +337,9 @@ class Worker:
             except InvalidMessage as exc:
                 await self.pipeline.reject_invalid(message, exc, "")
                 return
-            count = message.headers.get("x-delivery-count")
-            deliveries = int(count) + 1 if isinstance(count, int) else None
             spec = self.all_specs.get(envelope.fn)
+            # Once in its function queue, then delivery_limit times alone as a suspect.
+            deliveries = spec.delivery_limit + 1 if spec else None
             await self.pipeline.destinations.send(
                 records.delivery_limit(envelope, deliveries, now_ms()),
                 spec.on_failure if spec else None,
