@@ -97,14 +97,6 @@ class Broker:
             await channel.set_qos(prefetch_count=prefetch)
         return channel
 
-    async def flush(self) -> None:
-        """Return once every frame written before it (acks included) reached the broker.
-
-        All channels share the connection's writer, in order: one round trip suffices.
-        """
-        channel = await self.publisher.get_underlay_channel()
-        await channel.basic_qos(prefetch_count=0)
-
     async def publish(
         self,
         exchange: str,

@@ -9,47 +9,83 @@ entries, so a busy queue cannot starve it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from types import TracebackType
 
 
 class Gate:
     def __init__(self) -> None:
-        self._shared = 0
+        self._shared_count = 0
         self._exclusive_waiting = 0
         self._exclusive_running = False
         self._changed = asyncio.Condition()
+        self._shared = _Shared(self)
+        self._exclusive = _Exclusive(self)
 
-    @asynccontextmanager
-    async def shared(self) -> AsyncIterator[None]:
-        if self._exclusive_waiting or self._exclusive_running:
-            async with self._changed:
-                await self._changed.wait_for(
-                    lambda: not (self._exclusive_waiting or self._exclusive_running)
-                )
-        self._shared += 1  # the fast path takes no lock: the event loop runs one task at a time
-        try:
-            yield
-        finally:
-            self._shared -= 1
-            if self._shared == 0 and self._exclusive_waiting:
-                async with self._changed:
-                    self._changed.notify_all()
+    def shared(self) -> _Shared:
+        return self._shared
 
-    @asynccontextmanager
-    async def exclusive(self) -> AsyncIterator[None]:
+    def exclusive(self) -> _Exclusive:
+        return self._exclusive
+
+    def _blocked(self) -> bool:
+        return bool(self._exclusive_waiting or self._exclusive_running)
+
+    async def _notify(self) -> None:
         async with self._changed:
-            self._exclusive_waiting += 1
+            self._changed.notify_all()
+
+
+class _Shared:
+    """On the hot path: no lock unless a suspect waits or runs (one event loop, no races)."""
+
+    __slots__ = ("gate",)
+
+    def __init__(self, gate: Gate):
+        self.gate = gate
+
+    async def __aenter__(self) -> None:
+        gate = self.gate
+        if gate._blocked():
+            async with gate._changed:
+                await gate._changed.wait_for(lambda: not gate._blocked())
+        gate._shared_count += 1
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        gate = self.gate
+        gate._shared_count -= 1
+        if gate._shared_count == 0 and gate._exclusive_waiting:
+            await gate._notify()
+
+
+class _Exclusive:
+    __slots__ = ("gate",)
+
+    def __init__(self, gate: Gate):
+        self.gate = gate
+
+    async def __aenter__(self) -> None:
+        gate = self.gate
+        async with gate._changed:
+            gate._exclusive_waiting += 1
             try:
-                await self._changed.wait_for(
-                    lambda: self._shared == 0 and not self._exclusive_running
+                await gate._changed.wait_for(
+                    lambda: gate._shared_count == 0 and not gate._exclusive_running
                 )
             finally:
-                self._exclusive_waiting -= 1
-            self._exclusive_running = True
-        try:
-            yield
-        finally:
-            async with self._changed:
-                self._exclusive_running = False
-                self._changed.notify_all()
+                gate._exclusive_waiting -= 1
+            gate._exclusive_running = True
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        gate = self.gate
+        gate._exclusive_running = False
+        await gate._notify()

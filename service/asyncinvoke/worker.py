@@ -83,6 +83,7 @@ class Worker:
         self._executor: ThreadPoolExecutor | None = None
         self._background: list[asyncio.Task[None]] = []
         self.gate = Gate()
+        self._channels: list[tuple[aio_pika.abc.AbstractChannel, int]] = []
         self.stopping = False
 
     # -- start and stop ----------------------------------------------------------------
@@ -151,6 +152,7 @@ class Worker:
 
     async def _consume(self, queue_name: str, prefetch: int, callback: Any) -> None:
         channel = await self.broker.channel(prefetch=prefetch)
+        self._channels.append((channel, prefetch))
         # Declared (passively) rather than merely named: only declared queues have their
         # consumers restored by aio-pika after a reconnect.
         queue = await channel.declare_queue(queue_name, passive=True)
@@ -271,10 +273,11 @@ class Worker:
                         # Acknowledgements of the attempts that just ended must reach the
                         # broker before a suspect runs: if it kills the process, they
                         # would otherwise be redelivered and run again.
-                        await self.broker.flush()
+                        await self._flush_acks()
                         await pipeline.handle(message, function)
                 elif message.redelivered:
-                    await pipeline.move_to_suspects(message, function)
+                    async with gate.shared():
+                        await pipeline.move_to_suspects(message, function)
                 else:
                     async with gate.shared():
                         await pipeline.handle(message, function)
@@ -288,6 +291,16 @@ class Worker:
                 in_flight.dec()
 
         return on_message
+
+    async def _flush_acks(self) -> None:
+        """Return once every ack sent so far was taken in by the broker.
+
+        A round trip on each consuming channel: the broker handles a channel's frames
+        in order, so its answer comes after the acks before it.
+        """
+        for channel, prefetch in self._channels:
+            underlay = await channel.get_underlay_channel()
+            await underlay.basic_qos(prefetch_count=prefetch)
 
     async def _settle_failed(self, message: Message, exc: Exception) -> None:
         """What follows from a delivery could not be confirmed: return it, to try again."""
