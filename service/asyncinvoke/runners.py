@@ -37,11 +37,19 @@ class Context:
     attempt: int  # 0 for the first attempt
     deadline: float  # time.time() by which the attempt must end
     meta: dict[str, str] = field(default_factory=dict)
-    logger: Any = None
+    _logger: Any = None
 
     @property
     def request_id(self) -> str:
         return self.invocation_id
+
+    @property
+    def logger(self) -> Any:
+        """A structlog logger bound to this invocation (made on first use: most
+        handlers never log, and the hot path should not pay for it)."""
+        if self._logger is None:
+            self._logger = get_logger(invocation_id=self.invocation_id, function=self.function)
+        return self._logger
 
     def remaining_s(self) -> float:
         return max(0.0, self.deadline - time.time())
@@ -60,7 +68,6 @@ def make_context(envelope: Envelope, spec: FunctionSpec) -> Context:
         attempt=envelope.attempt,
         deadline=time.time() + spec.timeout_s,
         meta=envelope.meta or {},
-        logger=get_logger(invocation_id=envelope.id, function=envelope.fn),
     )
 
 
