@@ -163,7 +163,8 @@ def test_a_delivery_limit_record_says_how_often_it_was_delivered(
     original = envelope(attempt=1)
     record = records.delivery_limit(original, deliveries, NOW)
     assert_record_shape(record, contract.DELIVERY_LIMIT_EXCEEDED)
-    assert record["requestContext"]["approximateInvokeCount"] == 2
+    # The earlier attempt, then each delivery of this one (one when the count is unknown).
+    assert record["requestContext"]["approximateInvokeCount"] == 1 + (deliveries or 1)
     assert record["responseContext"] == {
         "statusCode": 500,
         "functionError": contract.UNHANDLED,

@@ -8,6 +8,7 @@ import sys
 import click
 
 from asyncinvoke.cli._common import run_cli
+from asyncinvoke.cli.dlq import dlq
 from asyncinvoke.cli.invoke import invoke
 from asyncinvoke.cli.task import task
 from asyncinvoke.cli.topology import topology
@@ -27,6 +28,7 @@ def cli() -> None:
 cli.add_command(worker)
 cli.add_command(topology)
 cli.add_command(invoke)
+cli.add_command(dlq)
 cli.add_command(task)
 
 
