@@ -16,9 +16,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import aio_pika
-import aiormq
 
 from asyncinvoke import contract, dispatch, policy, records
+from asyncinvoke.acks import Acks
 from asyncinvoke.broker import Broker
 from asyncinvoke.contract import Envelope
 from asyncinvoke.destinations import Destinations
@@ -62,6 +62,7 @@ class Pipeline:
         self.destinations = destinations
         self.tracker = tracker
         self.metrics = metrics
+        self.acks = Acks()
         # Task-mode attempts running here, by invocation id, so a stop can cancel them.
         self.running: dict[str, tuple[asyncio.Task[policy.Outcome], bool]] = {}
         self.stop_requested: set[str] = set()
@@ -86,7 +87,7 @@ class Pipeline:
             reply_to=message.reply_to,
             correlation_id=message.correlation_id,
         )
-        await ack(message)
+        self.acks.ack(message)
         log.warning("suspect", function=function.spec.name, message_id=message.message_id)
 
     async def handle(self, message: Message, function: Function) -> None:
@@ -111,7 +112,7 @@ class Pipeline:
         if type(decision) is policy.Forward:
             envelope.due_at = envelope.due_at_ms()
             await dispatch.send(self.broker, self.names, envelope, received)
-            await ack(message)
+            self.acks.ack(message)
             log.info(
                 "forwarded", invocation_id=envelope.id, function=spec.name, delay_s=decision.delay_s
             )
@@ -123,7 +124,7 @@ class Pipeline:
                     envelope, received, record["responsePayload"]["errorMessage"]
                 )
             await self.destinations.send(record, spec.on_failure)
-            await ack(message)
+            self.acks.ack(message)
             self._log_attempt(envelope, contract.EVENT_AGE_EXCEEDED)
             return
         if type(decision) is policy.Hold:
@@ -138,7 +139,7 @@ class Pipeline:
             outcome = await self._run_stoppable(envelope, function)
             if outcome is None:  # stopped by request while running
                 await self.tracker.stopped(envelope, now_ms(), "stopped while running")
-                await ack(message)
+                self.acks.ack(message)
                 self._log_attempt(envelope, "stopped")
                 return
         else:
@@ -150,11 +151,11 @@ class Pipeline:
         if task_mode:
             task = await self.tracker.settled(envelope, outcome, settlement, finished)
             if task is not None and task.status == "Stopped":
-                await ack(message)
+                self.acks.ack(message)
                 self._log_attempt(envelope, "stopped", outcome)
                 return
         await self._follow_up(envelope, spec, outcome, settlement, finished)
-        await ack(message)
+        self.acks.ack(message)
         result = (
             settlement.condition
             if type(settlement) is policy.GiveUp
@@ -198,10 +199,10 @@ class Pipeline:
             lease_until = claimed.task.lease_until or now_ms()
             later = replace(envelope, due_at=lease_until + 1000)
             await dispatch.send(self.broker, self.names, later, now_ms())
-            await ack(message)
+            self.acks.ack(message)
             self._log_attempt(envelope, "deferred_duplicate")
             return False
-        await ack(message)
+        self.acks.ack(message)
         status = claimed.task.status if claimed.task is not None else "missing"
         self._log_attempt(envelope, f"not_run_task_{status}")
         return False
@@ -241,7 +242,7 @@ class Pipeline:
     async def _call(self, message: Message, envelope: Envelope, function: Function) -> None:
         """A synchronous call: run once, answer the caller, no retries, no destinations."""
         if envelope.reply_by is not None and now_ms() > envelope.reply_by:
-            await ack(message)  # its caller has given up: running it would answer no one
+            self.acks.ack(message)  # its caller has given up: running it would answer no one
             self._log_attempt(envelope, "caller_gone", sync=True)
             return
         outcome = await function.runner.run(envelope, make_context(envelope, function.spec))
@@ -270,7 +271,7 @@ class Pipeline:
         await self.broker.publish(
             "", message.reply_to, body, mandatory=False, correlation_id=message.correlation_id
         )
-        await ack(message)
+        self.acks.ack(message)
         self._log_attempt(envelope, "success" if outcome.ok else "error", outcome, sync=True)
 
     async def reject_invalid(
@@ -287,7 +288,7 @@ class Pipeline:
                 context["requestId"], context["functionName"], received, exc.reason
             )
         await self.destinations.to_failed(record)
-        await ack(message)
+        self.acks.ack(message)
         self.metrics.failure_records.labels(context["functionName"], contract.INVALID_MESSAGE).inc()
         log.warning(
             "invalid_message",
@@ -372,12 +373,3 @@ def _checked_result(outcome: policy.Outcome) -> policy.Outcome:
             retryable=False,
         )
     return outcome
-
-
-async def ack(message: Message) -> None:
-    try:
-        await message.ack()
-    except (aiormq.exceptions.AMQPError, RuntimeError) as exc:
-        # The channel was lost after the follow-up was confirmed: the broker redelivers
-        # this message, which may run again (at least once, never lost).
-        log.warning("ack_failed", message_id=message.message_id, error=str(exc))

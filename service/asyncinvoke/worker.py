@@ -26,7 +26,7 @@ from asyncinvoke.functions import FunctionsFile, load_handler
 from asyncinvoke.gate import Gate
 from asyncinvoke.metrics import Metrics, serve_health
 from asyncinvoke.observability import get_logger
-from asyncinvoke.pipeline import Function, Message, Pipeline, ack, now_ms
+from asyncinvoke.pipeline import Function, Message, Pipeline, now_ms
 from asyncinvoke.runners import HttpRunner, PythonRunner, Runner
 from asyncinvoke.settings import Settings
 from asyncinvoke.systemd import Notifier
@@ -191,7 +191,11 @@ class Worker:
                 unsettled = [self.in_flight[task] for task in pending if task in self.in_flight]
                 await asyncio.wait(pending, timeout=5)
                 await self._return_fresh(unsettled)
-        # Closing the connection returns every unacknowledged delivery to its queue.
+        # The acks noted so far go out before the connection closes (that returns every
+        # unacknowledged delivery to its queue).
+        if self.pipeline is not None:
+            with contextlib.suppress(Exception):
+                await self._flush_acks()
         await self.broker.close()
         await self.tracker.close()
         if self._health is not None:
@@ -221,7 +225,8 @@ class Worker:
                     reply_to=message.reply_to,
                     correlation_id=message.correlation_id,
                 )
-                await message.ack()
+                assert self.pipeline is not None
+                self.pipeline.acks.ack(message)
                 returned += 1
             except Exception as exc:
                 log.warning("return_failed", message_id=message.message_id, error=str(exc))
@@ -298,6 +303,8 @@ class Worker:
         A round trip on each consuming channel: the broker handles a channel's frames
         in order, so its answer comes after the acks before it.
         """
+        assert self.pipeline is not None
+        await self.pipeline.acks.flush()
         for channel, prefetch in self._channels:
             underlay = await channel.get_underlay_channel()
             await underlay.basic_qos(prefetch_count=prefetch)
@@ -313,6 +320,8 @@ class Worker:
         await asyncio.sleep(SETTLE_RETRY_PAUSE_S)
         with contextlib.suppress(aiormq.exceptions.AMQPError, RuntimeError):
             await message.nack(requeue=True)
+            assert self.pipeline is not None
+            self.pipeline.acks.settled_elsewhere(message)
 
     async def _on_control(self, message: Message) -> None:
         try:
@@ -335,7 +344,7 @@ class Worker:
                 return
             record = records.unknown_function(envelope, now_ms())
             await self.pipeline.destinations.to_failed(record)
-            await ack(message)
+            self.pipeline.acks.ack(message)
             self.metrics.failure_records.labels(envelope.fn, contract.UNKNOWN_FUNCTION).inc()
             log.warning("unknown_function", invocation_id=envelope.id, function=envelope.fn)
         except Exception as exc:
@@ -357,7 +366,7 @@ class Worker:
                 records.delivery_limit(envelope, deliveries, now_ms()),
                 spec.on_failure if spec else None,
             )
-            await ack(message)
+            self.pipeline.acks.ack(message)
             self.metrics.failure_records.labels(envelope.fn, contract.DELIVERY_LIMIT_EXCEEDED).inc()
             log.error(
                 "attempt",
