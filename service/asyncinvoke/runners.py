@@ -97,11 +97,65 @@ def _error_outcome(exc: BaseException, started: float) -> Outcome:
     )
 
 
+class Watchdog:
+    """Cancels attempts that overrun their timeout.
+
+    One timer task for all attempts instead of ``asyncio.timeout`` around each (a
+    timer handle, a heap entry and bookkeeping per attempt, on the hot path). The
+    price is precision: an attempt is cancelled up to one tick after its deadline.
+    """
+
+    TICK_S = 0.02
+
+    def __init__(self) -> None:
+        self._deadlines: dict[asyncio.Task[Any], float] = {}
+        self._expired: set[asyncio.Task[Any]] = set()
+        self._ticker: asyncio.Task[None] | None = None
+
+    def watch(self, task: asyncio.Task[Any], timeout_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._deadlines[task] = loop.time() + timeout_s
+        if self._ticker is None:
+            self._ticker = loop.create_task(self._tick())
+
+    def release(self, task: asyncio.Task[Any]) -> bool:
+        """Stop watching; whether the attempt was cancelled for its timeout."""
+        self._deadlines.pop(task, None)
+        if task in self._expired:
+            self._expired.discard(task)
+            task.uncancel()
+            return True
+        return False
+
+    async def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.TICK_S)
+            now = loop.time()
+            overdue = [task for task, deadline in self._deadlines.items() if deadline <= now]
+            for task in overdue:
+                del self._deadlines[task]
+                self._expired.add(task)
+                task.cancel()
+
+    def close(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
+
+
 class PythonRunner:
-    def __init__(self, spec: FunctionSpec, handler: Callable[..., Any], executor: Executor):
+    def __init__(
+        self,
+        spec: FunctionSpec,
+        handler: Callable[..., Any],
+        executor: Executor,
+        watchdog: Watchdog,
+    ):
         self.spec = spec
         self.handler = handler
         self.executor = executor
+        self.watchdog = watchdog
         self.is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
             getattr(handler, "__call__", None)  # noqa: B004 - async callable objects
         )
@@ -109,19 +163,27 @@ class PythonRunner:
 
     async def run(self, envelope: Envelope, context: Context) -> Outcome:
         started = time.perf_counter()
+        task = asyncio.current_task()
+        assert task is not None
+        self.watchdog.watch(task, self.spec.timeout_s)
         try:
-            async with asyncio.timeout(self.spec.timeout_s):
-                if self.is_async:
-                    result = await self.handler(envelope.payload, context)
-                else:
-                    loop = asyncio.get_running_loop()
-                    result = await loop.run_in_executor(
-                        self.executor, self.handler, envelope.payload, context
-                    )
-        except TimeoutError:
-            return _timeout_outcome(self.spec, started)
+            if self.is_async:
+                result = await self.handler(envelope.payload, context)
+            else:
+                loop = asyncio.get_running_loop()
+                result = await loop.run_in_executor(
+                    self.executor, self.handler, envelope.payload, context
+                )
+        except asyncio.CancelledError:
+            if self.watchdog.release(task):
+                return _timeout_outcome(self.spec, started)
+            raise
         except Exception as exc:
+            if self.watchdog.release(task):  # the handler turned our cancel into an error
+                return _timeout_outcome(self.spec, started)
             return _error_outcome(exc, started)
+        if self.watchdog.release(task):  # the handler swallowed our cancel
+            return _timeout_outcome(self.spec, started)
         return Outcome(ok=True, result=result, duration_ms=(time.perf_counter() - started) * 1000)
 
 
@@ -144,6 +206,7 @@ class HttpRunner:
         self.spec = spec
         self.url = spec.url
         self.session = session
+        self.timeout = aiohttp.ClientTimeout(total=spec.timeout_s)
         self.cancellable = True
 
     async def run(self, envelope: Envelope, context: Context) -> Outcome:
@@ -159,10 +222,9 @@ class HttpRunner:
             "x-asyncinvoke-attempt": str(envelope.attempt),
         }
         try:
-            async with (
-                asyncio.timeout(self.spec.timeout_s),
-                self.session.post(self.url, data=body, headers=headers) as response,
-            ):
+            async with self.session.post(
+                self.url, data=body, headers=headers, timeout=self.timeout
+            ) as response:
                 response_body = await response.read()
                 status = response.status
                 response_type = response.content_type

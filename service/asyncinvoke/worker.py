@@ -27,7 +27,7 @@ from asyncinvoke.gate import Gate
 from asyncinvoke.metrics import Metrics, serve_health
 from asyncinvoke.observability import get_logger
 from asyncinvoke.pipeline import Function, Message, Pipeline, now_ms
-from asyncinvoke.runners import HttpRunner, PythonRunner, Runner
+from asyncinvoke.runners import HttpRunner, PythonRunner, Runner, Watchdog
 from asyncinvoke.settings import Settings
 from asyncinvoke.systemd import Notifier
 from asyncinvoke.tasks.tracker import TaskTracker
@@ -83,6 +83,7 @@ class Worker:
         self._executor: ThreadPoolExecutor | None = None
         self._background: list[asyncio.Task[None]] = []
         self.gate = Gate()
+        self._watchdog = Watchdog()
         self._channels: list[tuple[aio_pika.abc.AbstractChannel, int]] = []
         self.stopping = False
 
@@ -109,7 +110,7 @@ class Worker:
         for name, spec in self.specs.items():
             runner: Runner
             if spec.handler:
-                runner = PythonRunner(spec, handlers[name], self._executor)
+                runner = PythonRunner(spec, handlers[name], self._executor, self._watchdog)
             else:
                 runner = HttpRunner(spec, self._session)
             self.functions[name] = Function(spec, runner)
@@ -202,6 +203,7 @@ class Worker:
             await self._health.cleanup()
         if self._session is not None:
             await self._session.close()
+        self._watchdog.close()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
         log.info("worker_stopped")
