@@ -63,6 +63,7 @@ class Pipeline:
         self.tracker = tracker
         self.metrics = metrics
         self.acks = Acks()
+        self._counters: dict[tuple[str, str], tuple[Any, ...]] = {}
         # Task-mode attempts running here, by invocation id, so a stop can cancel them.
         self.running: dict[str, tuple[asyncio.Task[policy.Outcome], bool]] = {}
         self.stop_requested: set[str] = set()
@@ -339,14 +340,25 @@ class Pipeline:
             )
 
     def _observe(self, function: str, result: str, outcome: policy.Outcome | None) -> None:
-        metrics = self.metrics
-        metrics.invocations.labels(function, result).inc()
+        counters = self._counters.get((function, result))
+        if counters is None:  # first time for this pair: look the labelled children up once
+            counters = self._counters[(function, result)] = self._children(function, result)
+        for counter in counters[1:]:
+            counter.inc()
         if outcome is not None:
-            metrics.attempt_duration.labels(function).observe(outcome.duration_ms / 1000)
+            counters[0].observe(outcome.duration_ms / 1000)
+
+    def _children(self, function: str, result: str) -> tuple[Any, ...]:
+        metrics = self.metrics
+        children: list[Any] = [
+            metrics.attempt_duration.labels(function),
+            metrics.invocations.labels(function, result),
+        ]
         if result == "retry":
-            metrics.retries.labels(function).inc()
+            children.append(metrics.retries.labels(function))
         elif result in FAILURE_CONDITIONS:
-            metrics.failure_records.labels(function, result).inc()
+            children.append(metrics.failure_records.labels(function, result))
+        return tuple(children)
 
 
 FAILURE_CONDITIONS = frozenset(contract.CONDITIONS) - {contract.SUCCESS}
