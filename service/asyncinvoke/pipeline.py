@@ -25,7 +25,7 @@ from asyncinvoke.destinations import Destinations
 from asyncinvoke.errors import InvalidMessage
 from asyncinvoke.functions import FunctionSpec
 from asyncinvoke.metrics import Metrics
-from asyncinvoke.observability import get_logger
+from asyncinvoke.observability import get_logger, hot_info
 from asyncinvoke.runners import Runner, make_context
 from asyncinvoke.settings import Settings
 from asyncinvoke.tasks.store import Claim
@@ -305,39 +305,24 @@ class Pipeline:
         outcome: policy.Outcome | None = None,
         **extra: Any,
     ) -> None:
+        """The one log line of an attempt (and its metrics)."""
         self._observe(envelope.fn, result, outcome)
-        if outcome is None:
-            log.info(
-                "attempt",
-                invocation_id=envelope.id,
-                function=envelope.fn,
-                attempt=envelope.attempt,
-                outcome=result,
-                **extra,
-            )
-        elif outcome.ok:
-            log.info(
-                "attempt",
-                invocation_id=envelope.id,
-                function=envelope.fn,
-                attempt=envelope.attempt,
-                outcome=result,
-                duration_ms=round(outcome.duration_ms, 3),
-                **extra,
-            )
-        else:
-            error = outcome.error or {}
-            log.info(
-                "attempt",
-                invocation_id=envelope.id,
-                function=envelope.fn,
-                attempt=envelope.attempt,
-                outcome=result,
-                duration_ms=round(outcome.duration_ms, 3),
-                error_type=error.get("errorType"),
-                error=str(error.get("errorMessage"))[:500],
-                **extra,
-            )
+        fields: dict[str, object] = {
+            "component": "worker",
+            "invocation_id": envelope.id,
+            "function": envelope.fn,
+            "attempt": envelope.attempt,
+            "outcome": result,
+        }
+        if outcome is not None:
+            fields["duration_ms"] = round(outcome.duration_ms, 3)
+            if not outcome.ok:
+                error = outcome.error or {}
+                fields["error_type"] = error.get("errorType")
+                fields["error"] = str(error.get("errorMessage"))[:500]
+        if extra:
+            fields.update(extra)
+        hot_info("attempt", fields)
 
     def _observe(self, function: str, result: str, outcome: policy.Outcome | None) -> None:
         counters = self._counters.get((function, result))
