@@ -1,0 +1,79 @@
+"""The baseline consumer: a bare aio-pika consume-and-ack loop, run as its own process.
+
+    python -m tests.bench.bare_consume --queue Q --n N [--prefetch 200] [--timeout S]
+
+Consumes N messages from an existing queue, acks each one, and prints one JSON line
+``{"n", "first", "last", "rate", "cpu_us"}``: times (epoch s) of the first and the last
+ack, rate = (n - 1) / (last - first), and this process's CPU time per message between
+them, in µs. Exit status 1 on timeout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+
+import aio_pika
+
+from tests.bench.common import AMQP_URL
+
+
+async def consume(queue_name: str, n: int, prefetch: int, timeout: float) -> dict[str, float]:
+    connection = await aio_pika.connect(AMQP_URL)
+    try:
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=prefetch)
+        queue = await channel.get_queue(queue_name, ensure=False)
+        acked = 0
+        first = last = cpu_first = cpu_last = 0.0
+        done = asyncio.Event()
+
+        async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            nonlocal acked, first, last, cpu_first, cpu_last
+            await message.ack()
+            if acked == 0:
+                first, cpu_first = time.time(), time.process_time()
+            elif acked == n - 1:
+                last, cpu_last = time.time(), time.process_time()
+            acked += 1
+            if acked >= n:
+                done.set()
+
+        tag = await queue.consume(on_message, no_ack=False)
+        finished = asyncio.ensure_future(done.wait())
+        closed = asyncio.ensure_future(connection.closed())
+        await asyncio.wait({finished, closed}, timeout=timeout, return_when="FIRST_COMPLETED")
+        finished.cancel()
+        closed.cancel()
+        if not done.is_set():
+            why = "the connection was closed" if connection.is_closed else f"timeout {timeout} s"
+            print(f"bare consumer: {acked} of {n} acked; {why}", file=sys.stderr)
+            raise SystemExit(1)
+        await queue.cancel(tag)
+    finally:
+        await connection.close()
+    return {
+        "n": n,
+        "first": first,
+        "last": last,
+        "rate": (n - 1) / (last - first),
+        "cpu_us": (cpu_last - cpu_first) / (n - 1) * 1e6,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.bare_consume")
+    parser.add_argument("--queue", required=True)
+    parser.add_argument("--n", type=int, required=True)
+    parser.add_argument("--prefetch", type=int, default=200)
+    parser.add_argument("--timeout", type=float, default=300.0)
+    args = parser.parse_args()
+    result = asyncio.run(consume(args.queue, args.n, args.prefetch, args.timeout))
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
