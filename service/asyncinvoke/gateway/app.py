@@ -1,0 +1,378 @@
+"""The HTTP gateway: Function Compute's OpenAPI (2023-03-30 subset) over asyncinvoke.
+
+One ``Client`` (one broker connection) serves every request. Async invocations
+are answered 202 only after the broker confirmed them; sync invocations go through
+RabbitMQ too (``Client.call``, direct reply-to) and the worker that runs one replies.
+What is fixed for the process (functions, their policy, keys) is read once at start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from uuid import uuid4
+
+import orjson
+from aiohttp import web
+from prometheus_client import Counter
+
+from asyncinvoke import topology
+from asyncinvoke.client import CallTimeout, Client, FunctionError, TaskExistsError, new_id
+from asyncinvoke.contract import UNHANDLED
+from asyncinvoke.errors import InvalidMessage
+from asyncinvoke.functions import FunctionsFile, FunctionSpec
+from asyncinvoke.gateway import fcapi
+from asyncinvoke.gateway.auth import Verifier
+from asyncinvoke.gateway.fcapi import (
+    ASYNC_TASK_ID,
+    ERROR_TYPE,
+    JSON,
+    REQUEST_ID,
+    EntityTooLarge,
+    FcError,
+)
+from asyncinvoke.metrics import Metrics, health_routes
+from asyncinvoke.observability import get_logger
+from asyncinvoke.settings import Settings
+from asyncinvoke.tasks.states import Status
+from asyncinvoke.tasks.store import Task, TaskFinished
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 9000
+LOOPBACK = "127.0.0.1"
+# A sync invocation waits for the function's timeout plus this, for the trip through the
+# broker and the reply; after that it is a FunctionTimeout answer, never a hang.
+SYNC_MARGIN_S = 5.0
+# The envelope around a payload (id, function, times) is at most this many bytes.
+ENVELOPE_HEADROOM = 512
+
+log = get_logger(component="gateway")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Gateway:
+    def __init__(
+        self,
+        settings: Settings,
+        functions_file: FunctionsFile,
+        access_keys: dict[str, str],
+        *,
+        metrics: Metrics | None = None,
+        ready: Callable[[], bool] | None = None,
+        sync_margin_s: float = SYNC_MARGIN_S,
+    ):
+        self.settings = settings
+        self.sync_margin_s = sync_margin_s
+        self.specs: dict[str, FunctionSpec] = dict(functions_file.functions)
+        self.names = topology.Names(settings.namespace)
+        self.client = Client(settings=settings)
+        self.verifier = Verifier(access_keys) if access_keys else None
+        self.config_modified_ms = _modified_ms(functions_file.path)
+        self.metrics = metrics or Metrics()
+        if metrics is None:
+            self.metrics.broker_connected.set_function(
+                lambda: float(self.client.broker.is_connected)
+            )
+        self.requests = Counter(
+            "asyncinvoke_gateway_requests",
+            "HTTP requests by operation and status.",
+            ["operation", "status"],
+            registry=self.metrics.registry,
+        )
+        self._also_ready = ready
+        self._runner: web.AppRunner | None = None
+        self.host = ""
+        self.port = 0
+        self.app = self._make_app()
+
+    # -- start and stop ----------------------------------------------------------------
+
+    async def start(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
+        if self.verifier is None and not is_loopback(host):
+            log.warning(
+                "gateway_loopback_only",
+                requested_host=host,
+                reason="no access keys: set ASYNCINVOKE_ACCESS_KEYS or "
+                "ASYNCINVOKE_ACCESS_KEYS_FILE to accept requests from other hosts",
+            )
+            host = LOOPBACK
+        await self.client.connect()
+        # Declared here too, so invocations are kept even before any worker started.
+        await topology.declare(self.client.broker.publisher, self.names, self.specs.values())
+        for name in self.specs:
+            await self.client.ensure_function(name)
+        # Once, before any request: two first sync calls at once would both subscribe.
+        await self.client._ensure_reply_consumer()
+        if any(spec.task_mode for spec in self.specs.values()):
+            await self.client.tasks()  # a bad ASYNCINVOKE_TASK_STORE fails at start
+        self._runner = web.AppRunner(
+            self.app, access_log=None, shutdown_timeout=self.settings.shutdown_grace_s
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        self.host, self.port = host, self._bound_port(port)
+        log.info(
+            "gateway_started",
+            url=self.url,
+            namespace=self.names.ns,
+            functions=sorted(self.specs),
+            authentication=(
+                f"ACS3-HMAC-SHA256 ({self.verifier.key_count} access keys)"
+                if self.verifier is not None
+                else "off: no access keys configured, listening on loopback only"
+            ),
+        )
+
+    def _bound_port(self, requested: int) -> int:
+        assert self._runner is not None
+        for address in self._runner.addresses:
+            if isinstance(address, tuple) and len(address) >= 2:
+                return int(address[1])
+        return requested
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def ready(self) -> bool:
+        """Listening and connected to the broker (and, in ``serve``, the worker is ready)."""
+        return (
+            self._runner is not None
+            and self.client.broker.is_connected
+            and (self._also_ready is None or self._also_ready())
+        )
+
+    async def stop(self) -> None:
+        """Stop listening; requests in flight finish (within the shutdown grace)."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        await self.client.close()
+        log.info("gateway_stopped")
+
+    # -- routes ------------------------------------------------------------------------
+
+    def _make_app(self) -> web.Application:
+        app = web.Application(
+            client_max_size=self.settings.max_payload_bytes,
+            middlewares=[self._middleware],
+        )
+        base = fcapi.API_PREFIX + "/{fn}"
+        app.add_routes(
+            [
+                web.post(base + "/invocations", self.invoke, name="InvokeFunction"),
+                web.get(base + "/async-tasks", self.list_tasks, name="ListAsyncTasks"),
+                web.get(base + "/async-tasks/{task_id}", self.get_task, name="GetAsyncTask"),
+                web.put(
+                    base + "/async-tasks/{task_id}/stop", self.stop_task, name="StopAsyncTask"
+                ),
+                web.get(
+                    base + "/async-invoke-config",
+                    self.get_async_config,
+                    name="GetAsyncInvokeConfig",
+                ),
+                *health_routes(self.metrics, self.ready),
+            ]
+        )
+        return app
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Authentication, and every error as FC's JSON error with its status."""
+        try:
+            if self.verifier is not None and request.path.startswith(fcapi.API_PREFIX):
+                body = await request.read()
+                self.verifier.verify(
+                    request.method,
+                    request.rel_url.raw_path,
+                    request.rel_url.query.items(),
+                    request.headers,
+                    body,
+                )
+            response = await handler(request)
+        except web.HTTPException as exc:
+            response = self._error_response(
+                request, fcapi.from_http_exception(exc, request.method, request.path)
+            )
+        except Exception as exc:
+            error = fcapi.from_error(exc)
+            if error is None:
+                log.exception("gateway_error", path=request.path, method=request.method)
+                error = FcError(f"an internal error occurred: {type(exc).__name__}")
+            response = self._error_response(request, error)
+        if REQUEST_ID not in response.headers:
+            response.headers[REQUEST_ID] = uuid4().hex
+        route = request.match_info.route.name or "other"
+        self.requests.labels(route, str(response.status)).inc()
+        return response
+
+    def _error_response(self, request: web.Request, error: FcError) -> web.Response:
+        request_id = uuid4().hex
+        level = log.error if error.status >= 500 else log.info
+        level(
+            "gateway_refused",
+            method=request.method,
+            path=request.path,
+            status=error.status,
+            code=error.code,
+            reason=error.message,
+            request_id=request_id,
+        )
+        return web.Response(
+            status=error.status,
+            body=fcapi.error_body(error, request_id),
+            content_type=JSON,
+            headers={REQUEST_ID: request_id},
+        )
+
+    def _spec(self, request: web.Request) -> FunctionSpec:
+        name = request.match_info["fn"]
+        spec = self.specs.get(name)
+        if spec is None:
+            raise fcapi.function_not_found(name)
+        return spec
+
+    # -- InvokeFunction ----------------------------------------------------------------
+
+    async def invoke(self, request: web.Request) -> web.Response:
+        spec = self._spec(request)
+        invocation = fcapi.parse_invocation(request.headers, self.settings.max_delay_s)
+        body = await request.read()
+        if not self.client.broker.is_connected:
+            raise fcapi.ServiceUnavailable("RabbitMQ is not reachable now; try again shortly")
+        try:
+            if invocation.asynchronous:
+                return await self._invoke_async(spec, invocation, body)
+            return await self._invoke_sync(spec, body)
+        except InvalidMessage as exc:
+            if len(body) + ENVELOPE_HEADROOM > self.settings.max_payload_bytes:
+                raise EntityTooLarge(str(exc)) from None
+            raise
+
+    async def _invoke_async(
+        self, spec: FunctionSpec, invocation: fcapi.Invocation, body: bytes
+    ) -> web.Response:
+        # A caller-chosen task id means task mode for this invocation (FC's stateful
+        # async invocation), whatever the function's setting.
+        task = True if invocation.task_id is not None or spec.task_mode else None
+        try:
+            invocation_id = await self.client.invoke(
+                spec.name, body, delay=invocation.delay_s, id=invocation.task_id, task=task
+            )
+        except TaskExistsError as exc:
+            raise fcapi.Conflict(
+                f"{ASYNC_TASK_ID} '{exc.task_id}': {exc}", code="AsyncTaskAlreadyExists"
+            ) from None
+        return web.Response(status=202, headers={REQUEST_ID: invocation_id})
+
+    async def _invoke_sync(self, spec: FunctionSpec, body: bytes) -> web.Response:
+        invocation_id = new_id()
+        timeout = spec.timeout_s + self.sync_margin_s
+        try:
+            result = await self.client.call(spec.name, body, timeout=timeout, id=invocation_id)
+        except FunctionError as exc:
+            return web.Response(
+                status=200,
+                body=fcapi.function_error_body(exc.error),
+                headers={
+                    REQUEST_ID: invocation_id,
+                    ERROR_TYPE: exc.function_error or UNHANDLED,
+                    "Content-Type": JSON,
+                },
+            )
+        except CallTimeout:
+            raise fcapi.InvocationTimeout(
+                f"no reply for invocation {invocation_id} of function '{spec.name}' within "
+                f"{timeout:g} s (its timeout + {self.sync_margin_s:g} s): is a worker serving it?"
+            ) from None
+        payload, content_type = fcapi.result_body(result)
+        return web.Response(
+            status=200,
+            body=payload,
+            headers={REQUEST_ID: invocation_id, "Content-Type": content_type},
+        )
+
+    # -- async tasks -------------------------------------------------------------------
+
+    async def _task(self, request: web.Request) -> Task:
+        """The task the path names, if it is a task of the function the path names."""
+        spec = self._spec(request)
+        task_id = request.match_info["task_id"]
+        store = await self.client.tasks()
+        task = await store.get(task_id)
+        if task is None or task.function != spec.name:
+            raise fcapi.task_not_found(spec.name, task_id)
+        return task
+
+    async def get_task(self, request: web.Request) -> web.Response:
+        task = await self._task(request)
+        return _json(fcapi.task_output(task))
+
+    async def list_tasks(self, request: web.Request) -> web.Response:
+        spec = self._spec(request)
+        query = fcapi.parse_list_query(request.query)
+        store = await self.client.tasks()
+        try:
+            page = await store.list(
+                function=spec.name,
+                status=query.status,
+                prefix=query.prefix,
+                started_from=query.started_from,
+                started_to=query.started_to,
+                limit=query.limit,
+                next_token=query.next_token,
+                newest_first=query.newest_first,
+            )
+        except ValueError as exc:
+            raise fcapi.InvalidArgument(str(exc)) from None
+        return _json(fcapi.list_output(page, query.include_payload))
+
+    async def stop_task(self, request: web.Request) -> web.Response:
+        task = await self._task(request)
+        try:
+            await self.client.stop_task(task.id)
+        except TaskFinished as exc:
+            if exc.task.status is not Status.STOPPED:  # stopping a stopped task is no error
+                raise fcapi.Conflict(str(exc), code="AsyncTaskFinished") from None
+        return web.Response(status=200)
+
+    # -- GetAsyncInvokeConfig ----------------------------------------------------------
+
+    async def get_async_config(self, request: web.Request) -> web.Response:
+        spec = self._spec(request)
+        return _json(fcapi.async_config(spec, self.names, self.config_modified_ms))
+
+    # -- running -----------------------------------------------------------------------
+
+    async def run(self, host: str, port: int, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set, then stop."""
+        try:
+            await self.start(host, port)
+            await stop.wait()
+        finally:
+            await self.stop()
+
+
+def _json(value: object) -> web.Response:
+    return web.Response(body=orjson.dumps(value), content_type=JSON)
+
+
+def _modified_ms(path: Path) -> int:
+    try:
+        return int(path.stat().st_mtime * 1000)
+    except OSError:
+        return time.time_ns() // 1_000_000
