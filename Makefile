@@ -19,7 +19,7 @@ broker:
 
 run: install broker
 	$(BIN)/asyncinvoke topology declare --config $(CONFIG)
-	$(BIN)/asyncinvoke worker --config $(CONFIG)
+	$(BIN)/asyncinvoke serve --config $(CONFIG)
 
 lint: install
 	$(BIN)/ruff check service tests examples

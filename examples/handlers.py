@@ -4,13 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 from typing import Any
 
 from asyncinvoke import Context, NonRetryableError
 
 
+def _json(event: Any) -> Any:
+    """Over HTTP the event arrives as the request's bytes, as Function Compute hands it."""
+    if isinstance(event, bytes | str):
+        try:
+            return json.loads(event)
+        except ValueError:
+            return event
+    return event
+
+
 async def hello(event: Any, context: Context) -> dict[str, Any]:
     """Greets whoever the event names: {"name": "Ada"}."""
+    event = _json(event)
     name = event.get("name", "world") if isinstance(event, dict) else "world"
     context.logger.info("greeting", name=name)
     return {"greeting": f"hello, {name}"}

@@ -188,3 +188,40 @@ async def test_exported_definitions_load_into_the_broker_as_declare_would_make_t
             while not handlers.CALLS["echo"]:
                 await asyncio.sleep(0.01)
     assert handlers.CALLS["echo"][0][0] == inv_id
+
+
+UNITS = sorted((Path(__file__).resolve().parents[2] / "deploy" / "systemd").glob("*.service"))
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze here")
+@pytest.mark.parametrize("unit", UNITS, ids=[unit.name for unit in UNITS])
+def test_the_systemd_units_verify(unit: Path, tmp_path: Path) -> None:
+    # ExecStart must name an existing executable: point it at this checkout's command.
+    command = Path(sys.executable).with_name("asyncinvoke")
+    text = unit.read_text().replace("/opt/asyncinvoke/bin/asyncinvoke", str(command))
+    copy = tmp_path / unit.name
+    copy.write_text(text)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(copy)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Unknown key" not in result.stderr, result.stderr
+    assert "Type=notify" in text and "WatchdogSec=" in text
+
+
+def test_the_container_files_run_commands_and_flags_that_exist() -> None:
+    deploy = Path(__file__).resolve().parents[2] / "deploy"
+    files = (deploy / "Dockerfile").read_text() + (deploy / "compose.yaml").read_text()
+    files += "".join(unit.read_text() for unit in UNITS)
+    for command, flags in {
+        "worker": ["--metrics-port", "--metrics-host", "--config"],
+        "gateway": ["--host", "--port", "--config"],
+    }.items():
+        shown = subprocess.run(
+            [sys.executable, "-m", "asyncinvoke", command, "--help"],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert shown.returncode == 0, shown.stderr
+        for flag in flags:
+            if flag in files:
+                assert flag in shown.stdout, f"{command} has no {flag}, yet deploy/ uses it"

@@ -8,6 +8,7 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import click
+from rich.console import Console
 
 from asyncinvoke import settings as settings_module
 from asyncinvoke.errors import AsyncInvokeError
@@ -22,6 +23,12 @@ config_option = click.option(
     help="Functions file (default: $ASYNCINVOKE_CONFIG or functions.toml).",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+def console() -> Console:
+    """Rich output for people. Piped into a file or another program, tables get room to
+    keep ids on one line instead of wrapping at 80 columns."""
+    return Console() if sys.stdout.isatty() else Console(width=200)
 
 
 def load_settings(**overrides: Any) -> settings_module.Settings:

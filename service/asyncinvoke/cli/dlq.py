@@ -23,6 +23,7 @@ from rich.text import Text
 from asyncinvoke import contract, topology
 from asyncinvoke import dlq as logic
 from asyncinvoke import settings as settings_module
+from asyncinvoke.cli._common import console as terminal
 from asyncinvoke.cli._common import json_option, load_settings, run
 from asyncinvoke.observability import configure_logging
 
@@ -187,7 +188,7 @@ def stats(as_json: bool) -> None:
             f"{_age(group.oldest_ms, now)} ago",
             f"{_age(group.newest_ms, now)} ago",
         )
-    console = Console()
+    console = terminal()
     console.print(table)
     console.print(
         f"oldest {_when(result.oldest_ms)}, newest {_when(result.newest_ms)}", highlight=False
@@ -250,7 +251,7 @@ def list_(
             _age(row.timestamp_ms, now),
             Text(row.error, no_wrap=True, overflow="ellipsis"),
         )
-    console = Console()
+    console = terminal()
     console.print(table)
     more = " (--limit reached; --limit 0 shows all)" if limit and listed >= limit else ""
     console.print(f"{listed} shown, {total} record(s) in the queue{more}", highlight=False)
@@ -267,7 +268,7 @@ def show(invocation_id: str, as_json: bool) -> None:
         for record in found:
             _echo_json(record)
         return
-    console = Console()
+    console = terminal()
     now = logic.now_ms()
     for number, record in enumerate(found, 1):
         if len(found) > 1:
@@ -374,7 +375,7 @@ def replay(
 
 
 def _print_replay(report: logic.ReplayReport) -> None:
-    console = Console()
+    console = terminal()
     verb = "would replay" if report.dry_run else "replayed"
     console.print(
         f"{verb} {report.replayed} of {report.selected} selected record(s) from {report.source}"

@@ -12,6 +12,7 @@ import click
 from asyncinvoke import functions
 from asyncinvoke.cli._common import config_option, load_settings, run
 from asyncinvoke.gateway import DEFAULT_HOST, DEFAULT_PORT, Gateway, load_access_keys
+from asyncinvoke.systemd import Notifier
 from asyncinvoke.worker import Worker
 
 host_option = click.option(
@@ -79,13 +80,21 @@ def serve(config_path: str | None, host: str, port: int, shutdown_grace: float |
 
     async def go() -> None:
         stop = _stop_on_signals()
-        worker = Worker(settings, functions_file)
+        notifier = Notifier()
+        # One process, one READY: once both the worker and the gateway are up.
+        worker = Worker(settings, functions_file, notifier=Notifier({}))
         http = Gateway(settings, functions_file, keys, metrics=worker.metrics, ready=worker.ready)
+        watchdog: asyncio.Task[None] | None = None
         try:
             await worker.start()
             await http.start(host, port)
+            notifier.notify("READY=1", f"STATUS={worker.status()}; gateway on {http.url}")
+            watchdog = asyncio.create_task(notifier.watchdog(worker.status))
             await stop.wait()
         finally:
+            notifier.notify("STOPPING=1")
+            if watchdog is not None:
+                watchdog.cancel()
             # The gateway first: no new invocations while the worker winds down.
             await http.stop()
             await worker.stop()

@@ -5,9 +5,9 @@ from datetime import UTC, datetime
 
 import click
 import orjson
-from rich.console import Console
 from rich.table import Table
 
+from asyncinvoke.cli._common import console as terminal
 from asyncinvoke.cli._common import json_option, load_settings, run
 from asyncinvoke.client import Client
 from asyncinvoke.tasks.states import Status
@@ -44,7 +44,7 @@ def get(task_id: str, as_json: bool) -> None:
     if as_json:
         click.echo(orjson.dumps(view).decode())
         return
-    console = Console()
+    console = terminal()
     for key in (
         "taskId",
         "functionName",
@@ -111,7 +111,7 @@ def list_(
             str(view["durationMs"] if view["durationMs"] is not None else "-"),
             error[0][:80] if error else "",
         )
-    Console().print(table)
+    terminal().print(table)
 
 
 @task.command()

@@ -4,13 +4,13 @@ from typing import Any
 
 import click
 import orjson
-from rich.console import Console
 from rich.table import Table
 
 from asyncinvoke import functions
 from asyncinvoke import topology as topo
 from asyncinvoke.broker import Broker
 from asyncinvoke.cli._common import config_option, json_option, load_settings, run
+from asyncinvoke.cli._common import console as terminal
 from asyncinvoke.settings import Settings
 
 
@@ -90,7 +90,7 @@ def show(config_path: str | None, as_json: bool) -> None:
         }
         click.echo(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
         return
-    console = Console()
+    console = terminal()
     table = Table(title=f"functions in namespace {settings.namespace!r}")
     for column in (
         "function",

@@ -37,6 +37,7 @@ from asyncinvoke.gateway.fcapi import (
 from asyncinvoke.metrics import Metrics, health_routes
 from asyncinvoke.observability import get_logger
 from asyncinvoke.settings import Settings
+from asyncinvoke.systemd import Notifier
 from asyncinvoke.tasks.states import Status
 from asyncinvoke.tasks.store import Task, TaskFinished
 
@@ -177,9 +178,7 @@ class Gateway:
                 web.post(base + "/invocations", self.invoke, name="InvokeFunction"),
                 web.get(base + "/async-tasks", self.list_tasks, name="ListAsyncTasks"),
                 web.get(base + "/async-tasks/{task_id}", self.get_task, name="GetAsyncTask"),
-                web.put(
-                    base + "/async-tasks/{task_id}/stop", self.stop_task, name="StopAsyncTask"
-                ),
+                web.put(base + "/async-tasks/{task_id}/stop", self.stop_task, name="StopAsyncTask"),
                 web.get(
                     base + "/async-invoke-config",
                     self.get_async_config,
@@ -358,13 +357,26 @@ class Gateway:
 
     # -- running -----------------------------------------------------------------------
 
-    async def run(self, host: str, port: int, stop: asyncio.Event) -> None:
-        """Serve until ``stop`` is set, then stop."""
+    async def run(
+        self, host: str, port: int, stop: asyncio.Event, notifier: Notifier | None = None
+    ) -> None:
+        """Serve until ``stop`` is set, then stop. Tells systemd (if it is listening)."""
+        notifier = notifier or Notifier()
+        watchdog: asyncio.Task[None] | None = None
         try:
             await self.start(host, port)
+            notifier.notify("READY=1", f"STATUS=listening on {self.url}")
+            watchdog = asyncio.create_task(notifier.watchdog(self.status))
             await stop.wait()
         finally:
+            notifier.notify("STOPPING=1")
+            if watchdog is not None:
+                watchdog.cancel()
             await self.stop()
+
+    def status(self) -> str:
+        state = "connected" if self.client.broker.is_connected else "reconnecting to RabbitMQ"
+        return f"{state}; listening on {self.url}"
 
 
 def _json(value: object) -> web.Response:
