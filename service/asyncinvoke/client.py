@@ -200,7 +200,7 @@ class Client:
         if task:
             await self._create_task(envelope)
         try:
-            await dispatch.send(self.broker, self.names, envelope, envelope.created_at, body)
+            await dispatch.send(self.broker, self.names, envelope, body)
         except AsyncInvokeError as exc:
             if task:
                 await self._not_accepted(envelope, exc)
@@ -343,7 +343,7 @@ class Client:
         async def one(envelope: Envelope, body: bytes) -> None:
             async with semaphore:
                 try:
-                    await dispatch.send(self.broker, self.names, envelope, now, body)
+                    await dispatch.send(self.broker, self.names, envelope, body)
                 except AsyncInvokeError as exc:
                     failed[envelope.id] = exc
 

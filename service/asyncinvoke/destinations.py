@@ -100,7 +100,7 @@ class Destinations:
             created_at=int(time.time() * 1000),
             meta={"source": context["requestId"], "condition": context["condition"]},
         )
-        await dispatch.send(self.broker, self.names, envelope, envelope.created_at)
+        await dispatch.send(self.broker, self.names, envelope)
 
     async def _to_http(self, record: dict[str, Any], url: str) -> None:
         body = contract.to_json(record)

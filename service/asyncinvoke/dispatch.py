@@ -11,6 +11,8 @@ cannot drop a republished message.
 
 from __future__ import annotations
 
+import time
+
 from asyncinvoke import contract, ladder
 from asyncinvoke.broker import Broker
 from asyncinvoke.contract import Envelope
@@ -18,27 +20,25 @@ from asyncinvoke.topology import Names
 
 
 def ladder_seconds(envelope: Envelope, now_ms: int) -> int:
-    """Whole seconds this invocation should wait in the ladder from now.
-
-    Capped at the ladder's reach: anything due later comes out and goes round again.
-    """
-    whole_s, _ = ladder.split_ms(envelope.due_at_ms() - now_ms)
-    return min(whole_s, ladder.MAX_DELAY_S)
+    """Whole seconds this invocation should wait in the ladder from now (0: none)."""
+    return ladder.seconds_to_wait(envelope.due_at_ms() - now_ms)
 
 
 async def send(
-    broker: Broker, names: Names, envelope: Envelope, now_ms: int, body: bytes | None = None
+    broker: Broker, names: Names, envelope: Envelope, body: bytes | None = None
 ) -> None:
     """Publish ``envelope`` towards its function, through the ladder if it is due later.
 
+    The ladder's seconds are reckoned at the moment of publishing, not when the
+    envelope was made: in a burst the two lie a hundred milliseconds and more apart.
     ``body`` is the envelope already encoded, when the caller has it.
     """
-    delay_s = ladder_seconds(envelope, now_ms)
+    delay_s = ladder_seconds(envelope, time.time_ns() // 1_000_000)
     if body is None:
         body = contract.encode(envelope)
     if delay_s > 0:
         await broker.publish(
-            names.ladder_entry,
+            names.level(ladder.entry_level(delay_s)),
             ladder.routing_key(delay_s, envelope.fn),
             body,
             message_id=envelope.id,

@@ -973,7 +973,7 @@ class _Replayer:
 
     async def _publish(self, envelope: Envelope, delivery: Delivery | None) -> None:
         try:
-            await dispatch.send(self.broker, self.names, envelope, envelope.created_at)
+            await dispatch.send(self.broker, self.names, envelope)
         except Exception as exc:  # refused, returned, timed out, or the connection is gone
             self.error = self.error or exc
             return

@@ -56,6 +56,32 @@ def deliver_pattern(function: str) -> str:
     return "#." + function
 
 
+# Within this much of the next whole second, a wait goes into the ladder rounded up (late
+# by at most this) rather than leave the worker almost a second to hold.
+ROUND_UP_MS = 20
+HOLD_LIMIT_MS = 1000 - ROUND_UP_MS  # a worker holds less than this
+
+
+def seconds_to_wait(remaining_ms: int) -> int:
+    """Whole seconds an invocation due in ``remaining_ms`` waits in the ladder (0: none).
+
+    Never more than the time left (up to ROUND_UP_MS): what is left after them, less
+    than HOLD_LIMIT_MS, the worker that receives it holds.
+    """
+    if remaining_ms < HOLD_LIMIT_MS:
+        return 0
+    whole_s, rest_ms = divmod(remaining_ms, 1000)
+    if rest_ms >= HOLD_LIMIT_MS:
+        whole_s += 1
+    return min(whole_s, MAX_DELAY_S)
+
+
+def entry_level(delay_s: int) -> int:
+    """The level a delay enters at: its highest set bit. The levels above would only pass
+    it down (exchange-to-exchange hops that halve the broker's publish rate)."""
+    return delay_s.bit_length() - 1
+
+
 def split_ms(remaining_ms: int) -> tuple[int, int]:
     """Whole seconds for the ladder and the sub-second rest, never rounding up."""
     if remaining_ms <= 0:

@@ -112,7 +112,7 @@ class Pipeline:
         decision = policy.admit(envelope, spec, received)
         if type(decision) is policy.Forward:
             envelope.due_at = envelope.due_at_ms()
-            await dispatch.send(self.broker, self.names, envelope, received)
+            await dispatch.send(self.broker, self.names, envelope)
             self.acks.ack(message)
             log.info(
                 "forwarded", invocation_id=envelope.id, function=spec.name, delay_s=decision.delay_s
@@ -181,7 +181,7 @@ class Pipeline:
                 )
         elif type(settlement) is policy.Retry:
             retry = replace(envelope, attempt=envelope.attempt + 1, due_at=settlement.due_at)
-            await dispatch.send(self.broker, self.names, retry, finished)
+            await dispatch.send(self.broker, self.names, retry)
         else:
             assert type(settlement) is policy.GiveUp
             await self.destinations.send(
@@ -199,7 +199,7 @@ class Pipeline:
             # has finished (and this copy is acknowledged) or died (and this copy runs).
             lease_until = claimed.task.lease_until or now_ms()
             later = replace(envelope, due_at=lease_until + 1000)
-            await dispatch.send(self.broker, self.names, later, now_ms())
+            await dispatch.send(self.broker, self.names, later)
             self.acks.ack(message)
             self._log_attempt(envelope, "deferred_duplicate")
             return False

@@ -16,8 +16,8 @@ from asyncinvoke.contract import Envelope
 from asyncinvoke.functions import Backoff, FunctionSpec
 
 # A remainder at least this long goes back into the ladder instead of waiting in the
-# worker: the ladder's bottom level is 1 s, so a worker never holds a message longer.
-HOLD_LIMIT_MS = 1000
+# worker: the ladder's bottom level is 1 s (see ladder.seconds_to_wait).
+HOLD_LIMIT_MS = ladder.HOLD_LIMIT_MS
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +69,7 @@ Admission = Run | Hold | Forward | Expire
 def admit(envelope: Envelope, spec: FunctionSpec, now_ms: int) -> Admission:
     remaining_ms = envelope.due_at_ms() - now_ms
     if remaining_ms >= HOLD_LIMIT_MS:
-        return Forward(min(remaining_ms // 1000, ladder.MAX_DELAY_S))
+        return Forward(ladder.seconds_to_wait(remaining_ms))
     age_ms = max(now_ms, envelope.due_at_ms()) - envelope.created_at
     if age_ms > spec.max_event_age_s * 1000:
         return Expire(age_ms)

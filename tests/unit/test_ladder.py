@@ -142,3 +142,18 @@ def test_split_ms_keeps_the_sub_second_rest_apart() -> None:
     assert ladder.split_ms(2999) == (2, 999)
     assert ladder.split_ms(999) == (0, 999)
     assert ladder.split_ms(1000) == (1, 0)
+
+
+@given(st.integers(min_value=0, max_value=ladder.MAX_DELAY_S * 1000))
+def test_the_ladder_never_holds_past_the_due_time_and_leaves_the_worker_under_the_limit(
+    remaining_ms: int,
+) -> None:
+    seconds = ladder.seconds_to_wait(remaining_ms)
+    assert seconds * 1000 <= remaining_ms + ladder.ROUND_UP_MS
+    assert remaining_ms - seconds * 1000 < ladder.HOLD_LIMIT_MS
+
+
+@given(st.integers(min_value=1, max_value=ladder.MAX_DELAY_S))
+def test_a_delay_enters_at_its_highest_set_bit(delay_s: int) -> None:
+    level = ladder.entry_level(delay_s)
+    assert 2**level <= delay_s < 2 ** (level + 1)

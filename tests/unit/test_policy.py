@@ -74,14 +74,16 @@ def test_admit_never_runs_an_invocation_before_its_due_time(
         assert now >= due
         assert now - created_at <= max_event_age_s * 1000
     elif isinstance(decision, Hold):
-        assert 0 < decision.ms < 1000
+        assert 0 < decision.ms < policy.HOLD_LIMIT_MS
         assert now + decision.ms == due
     elif isinstance(decision, Forward):
         assert decision.delay_s >= 1
-        assert now + decision.delay_s * 1000 <= due < now + (decision.delay_s + 1) * 1000
+        after_ladder = now + decision.delay_s * 1000
+        # Rounded up by at most ROUND_UP_MS (late, never early); the rest is held.
+        assert after_ladder - ladder.ROUND_UP_MS <= due < after_ladder + policy.HOLD_LIMIT_MS
     else:
         assert isinstance(decision, Expire)
-        assert due - now < 1000
+        assert due - now < policy.HOLD_LIMIT_MS
         assert decision.age_ms > max_event_age_s * 1000
         assert decision.age_ms == max(now, due) - created_at
 
@@ -120,10 +122,15 @@ def test_an_invocation_past_due_runs() -> None:
 
 
 def test_less_than_a_second_to_wait_is_held_in_the_worker() -> None:
-    assert policy.admit(envelope(due_at=NOW + 999), spec(), NOW) == Hold(999)
+    assert policy.admit(envelope(due_at=NOW + 979), spec(), NOW) == Hold(979)
 
 
-def test_a_second_or_more_to_wait_goes_back_to_the_ladder_in_whole_seconds() -> None:
+def test_a_remainder_just_short_of_a_second_goes_to_the_ladder_rounded_up() -> None:
+    assert policy.admit(envelope(due_at=NOW + 990), spec(), NOW) == Forward(1)
+    assert policy.admit(envelope(due_at=NOW + 4995), spec(), NOW) == Forward(5)
+
+
+def test_more_to_wait_goes_back_to_the_ladder_in_whole_seconds() -> None:
     assert policy.admit(envelope(due_at=NOW + 1000), spec(), NOW) == Forward(1)
     assert policy.admit(envelope(delay=200), spec(), NOW + 500) == Forward(199)
 

@@ -1,0 +1,75 @@
+"""The one measurement every system's task makes: ``hit(sent_ns)`` at the start of a task.
+
+Cheap and the same for all: an in-process counter under a lock (Dramatiq runs tasks on
+threads). ``sent_ns`` is what the producer put in the task's argument:
+
+- ``-1``: a warm-up task; the first one creates ``$BENCH_OUT.warm`` (the worker consumes).
+- ``0``: a throughput task; only counted.
+- ``> 0``: the producer's ``time.time_ns()`` just before it published; the delay to this
+  task's start is kept, in ms.
+
+Every PROGRESS_EVERY tasks ``$BENCH_OUT.progress`` says how many ran so far (for the
+harness's error messages). When ``$BENCH_N`` tasks were counted, ``$BENCH_OUT`` is written
+(atomically) as JSON: ``{"count", "first_ns", "last_ns", "latencies_ms"}``, times from
+``time.time_ns()`` at the start of the first and of the N-th task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+_lock = threading.Lock()
+_count = 0
+_first_ns = 0
+_latencies_ms: list[float] = []
+_warm = False
+PROGRESS_EVERY = 500  # tasks between two writes of $BENCH_OUT.progress (diagnostics)
+
+
+def _target() -> tuple[int, str]:
+    return int(os.environ.get("BENCH_N", "0")), os.environ.get("BENCH_OUT", "")
+
+
+def _write(path: str, data: dict[str, object], target: str | None = None) -> None:
+    """Write ``path``, then rename it to ``target`` (default: write ``path`` atomically)."""
+    tmp = Path(path if target else path + ".tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(target or path)
+
+
+def hit(sent_ns: int | None) -> None:
+    global _count, _first_ns, _warm
+    now = time.time_ns()
+    sent = int(sent_ns or 0)
+    n, out = _target()
+    if sent < 0:
+        if not _warm and out:
+            _warm = True
+            _write(out + ".warm", {"at_ns": now})
+        return
+    with _lock:
+        _count += 1
+        if _count == 1:
+            _first_ns = now
+        if sent > 0:
+            _latencies_ms.append((now - sent) / 1e6)
+        done = _count == n
+        count = _count
+    if out and count % PROGRESS_EVERY == 0 and not done:
+        with contextlib.suppress(OSError):  # diagnostics only: never fail a task for it
+            _write(out + f".progress.{count}", {"count": count, "at_ns": now}, out + ".progress")
+    if done and out:
+        _write(
+            out,
+            {
+                "count": n,
+                "first_ns": _first_ns,
+                "last_ns": now,
+                "latencies_ms": _latencies_ms,
+            },
+        )
