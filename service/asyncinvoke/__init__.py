@@ -7,6 +7,7 @@ from asyncinvoke.errors import (
     ConfigError,
     InvalidMessage,
     NonRetryableError,
+    PayloadTooLarge,
     PublishError,
     UnroutableError,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "InvalidMessage",
     "InvokeManyError",
     "NonRetryableError",
+    "PayloadTooLarge",
     "PublishError",
     "UnknownFunctionError",
     "UnroutableError",

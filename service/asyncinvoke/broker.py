@@ -121,13 +121,16 @@ class Broker:
         )
         channel = await self.publisher.get_underlay_channel()
         try:
-            result = await channel.basic_publish(
+            result = await channel.basic_publish(  # type: ignore[call-arg]  # the ABC lacks wait
                 body,
                 exchange=exchange,
                 routing_key=routing_key,
                 properties=properties,
                 mandatory=mandatory,
                 timeout=self.settings.publish_timeout_s,
+                # The confirm is still awaited; not waiting for the socket write as
+                # well (under the channel's lock) keeps publishes pipelined.
+                wait=False,
             )
         except aiormq.exceptions.ChannelNotFoundEntity:
             raise PublishError(

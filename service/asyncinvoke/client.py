@@ -20,7 +20,7 @@ import aio_pika
 from asyncinvoke import contract, dispatch, topology
 from asyncinvoke.broker import Broker
 from asyncinvoke.contract import Envelope
-from asyncinvoke.errors import AsyncInvokeError, InvalidMessage
+from asyncinvoke.errors import AsyncInvokeError, InvalidMessage, PayloadTooLarge
 from asyncinvoke.settings import Settings, from_env
 from asyncinvoke.tasks.states import Status
 from asyncinvoke.tasks.store import Task, TaskExists, TaskStore
@@ -101,6 +101,7 @@ class Client:
         self._known_functions: set[str] = set()
         self._replies: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._reply_consumer: str | None = None
+        self._reply_lock = asyncio.Lock()
         self._tracker: TaskTracker | None = None
 
     async def connect(self) -> None:
@@ -163,7 +164,7 @@ class Client:
         except (TypeError, ValueError) as exc:
             raise InvalidMessage(f"payload cannot be encoded as msgpack: {exc}") from None
         if len(body) > self.settings.max_payload_bytes:
-            raise InvalidMessage(
+            raise PayloadTooLarge(
                 f"invocation {envelope.id} is {len(body)} bytes, over the limit of "
                 f"{self.settings.max_payload_bytes} (ASYNCINVOKE_MAX_PAYLOAD_BYTES)"
             )
@@ -270,7 +271,7 @@ class Client:
         envelope, _ = self.envelope(function, payload, id=id, meta=meta)
         envelope.reply_by = envelope.created_at + round(timeout * 1000)
         await self.ensure_function(function)
-        await self._ensure_reply_consumer()
+        await self.prepare_calls()
         correlation_id = uuid4().hex
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._replies[correlation_id] = future
@@ -299,13 +300,20 @@ class Client:
             )
         return reply.get("result")
 
-    async def _ensure_reply_consumer(self) -> None:
-        """Direct reply-to: consume the pseudo-queue on the channel that publishes."""
+    async def prepare_calls(self) -> None:
+        """Ready synchronous calls: consume direct reply-to on the channel that publishes.
+
+        Done once (``call`` does it on first use); concurrent first calls wait for one
+        subscription, as a second one would make the broker close the channel.
+        """
         if self._reply_consumer is not None:
             return
-        # Declared passively so that aio-pika restores the consumer after a reconnect.
-        queue = await self.broker.publisher.declare_queue(DIRECT_REPLY_TO, passive=True)
-        self._reply_consumer = await queue.consume(self._on_reply, no_ack=True)
+        async with self._reply_lock:
+            if self._reply_consumer is not None:
+                return
+            # Declared passively so that aio-pika restores the consumer after a reconnect.
+            queue = await self.broker.publisher.declare_queue(DIRECT_REPLY_TO, passive=True)
+            self._reply_consumer = await queue.consume(self._on_reply, no_ack=True)
 
     async def _on_reply(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
         future = self._replies.get(message.correlation_id or "")

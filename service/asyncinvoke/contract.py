@@ -16,7 +16,7 @@ from typing import Any
 import msgpack
 import orjson
 
-from asyncinvoke.errors import InvalidMessage
+from asyncinvoke.errors import InvalidMessage, PayloadTooLarge
 
 VERSION = 1
 CONTENT_TYPE = "application/msgpack"
@@ -139,7 +139,7 @@ def decode(
 ) -> Envelope:
     """Bytes → a valid Envelope, or InvalidMessage saying what is wrong."""
     if len(body) > max_payload_bytes:
-        raise InvalidMessage(
+        raise PayloadTooLarge(
             f"message is {len(body)} bytes, over the limit of {max_payload_bytes} bytes "
             "(raise ASYNCINVOKE_MAX_PAYLOAD_BYTES or send a reference to the data)"
         )

@@ -3,6 +3,7 @@
     AsyncInvokeError
     ├── ConfigError            the functions file or a setting is wrong (names file, function, key)
     ├── InvalidMessage         an envelope cannot be decoded or breaks the contract
+    │   └── PayloadTooLarge    over the size limit
     ├── PublishError           the broker refused, returned or did not confirm a publish
     │   └── UnroutableError    no queue is bound for the routing key
     ├── BrokerUnavailable      no connection to the broker could be made
@@ -50,6 +51,10 @@ class InvalidMessage(AsyncInvokeError):
         super().__init__(reason)
         self.reason = reason
         self.partial = partial
+
+
+class PayloadTooLarge(InvalidMessage):
+    """An invocation over ASYNCINVOKE_MAX_PAYLOAD_BYTES."""
 
 
 class PublishError(AsyncInvokeError):

@@ -44,6 +44,10 @@ def now_ms() -> int:
 class Function:
     spec: FunctionSpec
     runner: Runner
+    # Attempts in flight are capped at the function's concurrency here, not by the
+    # prefetch: deliveries held for their last fraction of a second must not take the
+    # places of those due now (worker.py gives the consumer room for both).
+    slots: asyncio.Semaphore
 
 
 class Pipeline:
@@ -137,14 +141,16 @@ class Pipeline:
         if task_mode:
             if not await self._claim(message, envelope, spec):
                 return
-            outcome = await self._run_stoppable(envelope, function)
+            async with function.slots:
+                outcome = await self._run_stoppable(envelope, function)
             if outcome is None:  # stopped by request while running
                 await self.tracker.stopped(envelope, now_ms(), "stopped while running")
                 self.acks.ack(message)
                 self._log_attempt(envelope, "stopped")
                 return
         else:
-            outcome = await function.runner.run(envelope, make_context(envelope, spec))
+            async with function.slots:
+                outcome = await function.runner.run(envelope, make_context(envelope, spec))
         if outcome.ok and outcome.result is not None and (task_mode or spec.on_success):
             outcome = _checked_result(outcome)
         finished = now_ms()
@@ -246,7 +252,8 @@ class Pipeline:
             self.acks.ack(message)  # its caller has given up: running it would answer no one
             self._log_attempt(envelope, "caller_gone", sync=True)
             return
-        outcome = await function.runner.run(envelope, make_context(envelope, function.spec))
+        async with function.slots:
+            outcome = await function.runner.run(envelope, make_context(envelope, function.spec))
         try:
             body = contract.reply(
                 ok=outcome.ok,

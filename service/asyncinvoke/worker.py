@@ -37,6 +37,13 @@ SETTLE_RETRY_PAUSE_S = 1.0
 MAX_THREADS = 256
 PURGE_EVERY_S = 600.0
 
+
+def prefetch_for(concurrency: int) -> int:
+    """Deliveries a function's consumer may hold: its concurrency (the attempts that run,
+    capped by Function.slots) and as many again for deliveries waiting out the last
+    fraction of a second of a delay, which must not hold back those due now."""
+    return 2 * concurrency
+
 log = get_logger(component="worker")
 
 
@@ -113,7 +120,7 @@ class Worker:
                 runner = PythonRunner(spec, handlers[name], self._executor, self._watchdog)
             else:
                 runner = HttpRunner(spec, self._session)
-            self.functions[name] = Function(spec, runner)
+            self.functions[name] = Function(spec, runner, asyncio.Semaphore(spec.concurrency))
         if any(spec.task_mode for spec in self.specs.values()):
             await self.tracker.store()  # a bad ASYNCINVOKE_TASK_STORE fails at start
             self._background.append(asyncio.create_task(self._purge_loop()))
@@ -121,7 +128,7 @@ class Worker:
         for name, function in self.functions.items():
             await self._consume(
                 self.names.function_queue(name),
-                function.spec.concurrency,
+                prefetch_for(function.spec.concurrency),
                 self._make_callback(function),
             )
             await self._consume(

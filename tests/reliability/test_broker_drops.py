@@ -72,7 +72,7 @@ async def test_all_invocations_run_through_two_connection_drops(
     collector = await aio_pika.connect_robust(AMQP_URL, reconnect_interval=1)
     try:
         async with Client(settings=namespace.settings) as client:
-            ids = await client.invoke_many([("work", {"seconds": 0.002}) for _ in range(5000)])
+            ids = await client.invoke_many([("work", {"seconds": 0.05}) for _ in range(5000)])
         channel = await collector.channel()
         await channel.set_qos(prefetch_count=1000)
         queue = await channel.declare_queue(results, passive=True)
@@ -86,7 +86,7 @@ async def test_all_invocations_run_through_two_connection_drops(
 
         await queue.consume(on_result)
         async with aiohttp.ClientSession() as session:
-            for threshold in (1000, 3000):
+            for threshold in (500, 2000):  # the drops come well before the end
                 async with asyncio.timeout(60):
                     while len(ran) < threshold:
                         progress.clear()

@@ -22,7 +22,7 @@ from prometheus_client import Counter
 from asyncinvoke import topology
 from asyncinvoke.client import CallTimeout, Client, FunctionError, TaskExistsError, new_id
 from asyncinvoke.contract import UNHANDLED
-from asyncinvoke.errors import InvalidMessage
+from asyncinvoke.errors import PayloadTooLarge
 from asyncinvoke.functions import FunctionsFile, FunctionSpec
 from asyncinvoke.gateway import fcapi
 from asyncinvoke.gateway.auth import Verifier
@@ -47,8 +47,6 @@ LOOPBACK = "127.0.0.1"
 # A sync invocation waits for the function's timeout plus this, for the trip through the
 # broker and the reply; after that it is a FunctionTimeout answer, never a hang.
 SYNC_MARGIN_S = 5.0
-# The envelope around a payload (id, function, times) is at most this many bytes.
-ENVELOPE_HEADROOM = 512
 
 log = get_logger(component="gateway")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -115,7 +113,7 @@ class Gateway:
         for name in self.specs:
             await self.client.ensure_function(name)
         # Once, before any request: two first sync calls at once would both subscribe.
-        await self.client._ensure_reply_consumer()
+        await self.client.prepare_calls()
         if any(spec.task_mode for spec in self.specs.values()):
             await self.client.tasks()  # a bad ASYNCINVOKE_TASK_STORE fails at start
         self._runner = web.AppRunner(
@@ -257,10 +255,8 @@ class Gateway:
             if invocation.asynchronous:
                 return await self._invoke_async(spec, invocation, body)
             return await self._invoke_sync(spec, body)
-        except InvalidMessage as exc:
-            if len(body) + ENVELOPE_HEADROOM > self.settings.max_payload_bytes:
-                raise EntityTooLarge(str(exc)) from None
-            raise
+        except PayloadTooLarge as exc:
+            raise EntityTooLarge(str(exc)) from None
 
     async def _invoke_async(
         self, spec: FunctionSpec, invocation: fcapi.Invocation, body: bytes
