@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
@@ -140,6 +141,7 @@ class Worker:
             self._health = await serve_health(
                 self.metrics, self.ready, self.metrics_host, self.metrics_port
             )
+        gc.freeze()  # start-up's objects stay: spare the collector's full passes over them
         self.notifier.notify("READY=1", f"STATUS={self.status()}")
         self._background.append(asyncio.create_task(self.notifier.watchdog(self.status)))
         log.info(

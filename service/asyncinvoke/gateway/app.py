@@ -9,6 +9,7 @@ What is fixed for the process (functions, their policy, keys) is read once at st
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import time
 from collections.abc import Awaitable, Callable
@@ -123,6 +124,9 @@ class Gateway:
         site = web.TCPSite(self._runner, host, port)
         await site.start()
         self.host, self.port = host, self._bound_port(port)
+        # What start-up made lives as long as the process: keep it out of the collector's
+        # full passes, which otherwise show up as pauses in the request latency's tail.
+        gc.freeze()
         log.info(
             "gateway_started",
             url=self.url,
