@@ -31,9 +31,16 @@ test: install broker lint
 unit: install
 	$(BIN)/pytest -q tests/unit
 
+# Every benchmark, one after the other (about 15 minutes); each also runs alone:
+#   .venv/bin/python -m tests.bench.bench_delay  (or bench_peers, bench_gateway, bench_dlq)
 bench: install broker
 	$(BIN)/pip install -q -e '.[test,peers]'
-	$(BIN)/python -m tests.bench
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk >/dev/null; } || echo "wrk not installed: the gateway benchmark will say so and skip"
+	$(BIN)/python -m tests.bench e2e producer
+	$(BIN)/python -m tests.bench.bench_delay
+	$(BIN)/python -m tests.bench.bench_peers
+	$(BIN)/python -m tests.bench.bench_gateway
+	$(BIN)/python -m tests.bench.bench_dlq
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
