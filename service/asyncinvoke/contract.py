@@ -20,6 +20,9 @@ from asyncinvoke.errors import InvalidMessage, PayloadTooLarge
 
 VERSION = 1
 CONTENT_TYPE = "application/msgpack"
+# AMQP headers of a record (SPEC section 5): filters read them without unpacking the body.
+FUNCTION_HEADER = "x-function"
+CONDITION_HEADER = "x-condition"
 # How far a producer's clock may run ahead of ours before its created_at is refused.
 MAX_CLOCK_SKEW_MS = 300_000
 ID_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,127}$")

@@ -88,7 +88,10 @@ class Destinations:
             key,
             contract.pack(record),
             message_id=context["requestId"],
-            headers={"x-function": context["functionName"], "x-condition": context["condition"]},
+            headers={
+                contract.FUNCTION_HEADER: context["functionName"],
+                contract.CONDITION_HEADER: context["condition"],
+            },
         )
 
     async def _to_function(self, record: dict[str, Any], function: str) -> None:

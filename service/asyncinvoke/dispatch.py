@@ -19,11 +19,6 @@ from asyncinvoke.contract import Envelope
 from asyncinvoke.topology import Names
 
 
-def ladder_seconds(envelope: Envelope, now_ms: int) -> int:
-    """Whole seconds this invocation should wait in the ladder from now (0: none)."""
-    return ladder.seconds_to_wait(envelope.due_at_ms() - now_ms)
-
-
 async def send(
     broker: Broker, names: Names, envelope: Envelope, body: bytes | None = None
 ) -> None:
@@ -33,7 +28,7 @@ async def send(
     envelope was made: in a burst the two lie a hundred milliseconds and more apart.
     ``body`` is the envelope already encoded, when the caller has it.
     """
-    delay_s = ladder_seconds(envelope, time.time_ns() // 1_000_000)
+    delay_s = ladder.seconds_to_wait(envelope.due_at_ms() - time.time_ns() // 1_000_000)
     if body is None:
         body = contract.encode(envelope)
     if delay_s > 0:

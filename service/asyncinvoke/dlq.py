@@ -91,8 +91,8 @@ STALL_TIMEOUT_S = 30.0
 RETURN_TIMEOUT_S = 10.0  # wait for the returned records to be ready again
 CLOSE_TIMEOUT_S = 30.0
 LOCK_SUFFIX = ".dlq-lock"
-FUNCTION_HEADER = "x-function"
-CONDITION_HEADER = "x-condition"
+FUNCTION_HEADER = contract.FUNCTION_HEADER
+CONDITION_HEADER = contract.CONDITION_HEADER
 
 Progress = Callable[[int, int], None]  # (records read, records in the browse)
 

@@ -70,7 +70,7 @@ def seconds_to_wait(remaining_ms: int) -> int:
     """
     if remaining_ms < HOLD_LIMIT_MS:
         return 0
-    whole_s, rest_ms = divmod(remaining_ms, 1000)
+    whole_s, rest_ms = split_ms(remaining_ms)
     if rest_ms >= HOLD_LIMIT_MS:
         whole_s += 1
     return min(whole_s, MAX_DELAY_S)

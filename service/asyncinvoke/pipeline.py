@@ -80,19 +80,23 @@ class Pipeline:
             max_delay_s=self.settings.max_delay_s,
         )
 
-    async def move_to_suspects(self, message: Message, function: Function) -> None:
-        """A redelivery: its worker died (or stopped) while it was in flight. It goes to
-        the suspect queue, where it runs alone, so that a message that kills its worker
-        takes no innocent attempt down with it again."""
+    async def republish(self, message: Message, queue: str) -> None:
+        """Put a delivery into ``queue`` as a new message (confirmed), then acknowledge it."""
         await self.broker.publish(
             "",
-            self.names.suspect_queue(function.spec.name),
+            queue,
             message.body,
             message_id=message.message_id,
             reply_to=message.reply_to,
             correlation_id=message.correlation_id,
         )
         self.acks.ack(message)
+
+    async def move_to_suspects(self, message: Message, function: Function) -> None:
+        """A redelivery: its worker died (or stopped) while it was in flight. It goes to
+        the suspect queue, where it runs alone, so that a message that kills its worker
+        takes no innocent attempt down with it again."""
+        await self.republish(message, self.names.suspect_queue(function.spec.name))
         log.warning("suspect", function=function.spec.name, message_id=message.message_id)
 
     async def handle(self, message: Message, function: Function) -> None:

@@ -60,10 +60,6 @@ class Names:
     def deliver(self) -> str:
         return f"{self.ns}.delay.deliver"
 
-    @property
-    def ladder_entry(self) -> str:
-        return self.level(ladder.LEVELS - 1)
-
     def function_queue(self, function: str) -> str:
         return f"{self.ns}.fn.{function}"
 

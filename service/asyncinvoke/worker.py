@@ -45,6 +45,7 @@ def prefetch_for(concurrency: int) -> int:
     fraction of a second of a delay, which must not hold back those due now."""
     return 2 * concurrency
 
+
 log = get_logger(component="worker")
 
 
@@ -225,19 +226,11 @@ class Worker:
         known innocent, so they go back fresh: published (confirmed), then acknowledged.
         Any that cannot be are returned by closing the connection, as suspects.
         """
+        assert self.pipeline is not None
         returned = 0
         for message, queue_name in unsettled:
             try:
-                await self.broker.publish(
-                    "",
-                    queue_name,
-                    message.body,
-                    message_id=message.message_id,
-                    reply_to=message.reply_to,
-                    correlation_id=message.correlation_id,
-                )
-                assert self.pipeline is not None
-                self.pipeline.acks.ack(message)
+                await self.pipeline.republish(message, queue_name)
                 returned += 1
             except Exception as exc:
                 log.warning("return_failed", message_id=message.message_id, error=str(exc))

@@ -43,26 +43,26 @@ class TaskTracker:
             await self._store.close()
             self._store = None
 
-    async def claim(self, envelope: Envelope, spec: FunctionSpec, now_ms: int) -> ClaimResult:
+    async def _ensured(self, envelope: Envelope) -> TaskStore:
+        """The store, with this invocation's task in it (inserted Enqueued if missing:
+        a plain AMQP producer's invocation is first seen here)."""
         store = await self.store()
         await store.ensure(
             envelope.id, envelope.fn, contract.pack(envelope.payload), envelope.created_at
         )
+        return store
+
+    async def claim(self, envelope: Envelope, spec: FunctionSpec, now_ms: int) -> ClaimResult:
+        store = await self._ensured(envelope)
         lease_ms = round(spec.timeout_s * 1000) + LEASE_MARGIN_MS
         return await store.claim(envelope.id, envelope.attempt, now_ms, lease_ms)
 
     async def dequeued(self, envelope: Envelope, now_ms: int, detail: str) -> None:
-        store = await self.store()
-        await store.ensure(
-            envelope.id, envelope.fn, contract.pack(envelope.payload), envelope.created_at
-        )
+        store = await self._ensured(envelope)
         await store.transition(envelope.id, Status.DEQUEUED, now_ms, detail)
 
     async def expired(self, envelope: Envelope, now_ms: int, detail: str) -> None:
-        store = await self.store()
-        await store.ensure(
-            envelope.id, envelope.fn, contract.pack(envelope.payload), envelope.created_at
-        )
+        store = await self._ensured(envelope)
         await store.transition(envelope.id, Status.EXPIRED, now_ms, detail, error=detail)
 
     async def invalid(self, task_id: str, function: str, now_ms: int, reason: str) -> None:
