@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import aiormq
@@ -20,6 +22,8 @@ import aiormq
 from asyncinvoke.observability import get_logger
 
 log = get_logger(component="acks")
+
+PUT_SLICE_S = 0.5
 
 
 class _ChannelAcks:
@@ -49,6 +53,15 @@ class Acks:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._flush_soon)
 
+    async def nack(self, message: Any) -> None:
+        """Return ``message`` to its queue now (requeue); raise if its channel is gone."""
+        channel = message.channel
+        await _write(
+            channel,
+            partial(channel.basic_nack, message.delivery_tag, requeue=True, wait=False),
+        )
+        self.settled_elsewhere(message)
+
     def settled_elsewhere(self, message: Any) -> None:
         """A delivery settled by other means (a nack): the batches must skip its tag."""
         state = self._channels.get(message.channel)
@@ -77,11 +90,34 @@ class Acks:
             frames = _plan(state)
             try:
                 for tag, multiple in frames:
-                    await channel.basic_ack(tag, multiple=multiple, wait=False)
+                    await _write(
+                        channel, partial(channel.basic_ack, tag, multiple=multiple, wait=False)
+                    )
             except (aiormq.exceptions.AMQPError, RuntimeError) as exc:
                 # The channel is gone: the broker redelivers these (at least once).
                 log.warning("ack_failed", count=len(frames), error=str(exc))
                 self._channels.pop(channel, None)
+
+
+async def _write(channel: Any, send: Callable[[], Awaitable[None]]) -> None:
+    """Queue one frame (``send``) for the connection's writer.
+
+    The connection's frame queue is small and bounded. Once a connection died, its
+    writer is gone, and a channel of it may not be marked closed yet: a put could
+    then wait forever, and hold back the acks of every other channel with it. So the
+    put is retried in short slices (a cancelled put queues nothing), and given up once
+    the channel or its connection is closed. A live but busy connection (flow
+    control) is waited for.
+    """
+    while True:
+        if channel.is_closed or channel.connection.is_closed:
+            raise aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
+        try:
+            async with asyncio.timeout(PUT_SLICE_S):
+                await send()
+            return
+        except TimeoutError:
+            continue
 
 
 def _plan(state: _ChannelAcks) -> list[tuple[int, bool]]:

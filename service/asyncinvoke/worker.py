@@ -310,8 +310,17 @@ class Worker:
         assert self.pipeline is not None
         await self.pipeline.acks.flush()
         for channel, prefetch in self._channels:
-            underlay = await channel.get_underlay_channel()
-            await underlay.basic_qos(prefetch_count=prefetch)
+            try:
+                underlay = await channel.get_underlay_channel()
+            except aiormq.exceptions.ChannelInvalidStateError:
+                continue  # being reopened: what it had in flight comes back anyway
+            if underlay.is_closed or underlay.connection.is_closed:
+                continue
+            try:
+                async with asyncio.timeout(self.settings.publish_timeout_s):
+                    await underlay.basic_qos(prefetch_count=prefetch)
+            except TimeoutError:
+                log.warning("ack_flush_timeout", channel=underlay.number)
 
     async def _settle_failed(self, message: Message, exc: Exception) -> None:
         """What follows from a delivery could not be confirmed: return it, to try again."""
@@ -322,10 +331,10 @@ class Worker:
             message_id=message.message_id,
         )
         await asyncio.sleep(SETTLE_RETRY_PAUSE_S)
+        assert self.pipeline is not None
+        # A channel that is gone returns the delivery by itself.
         with contextlib.suppress(aiormq.exceptions.AMQPError, RuntimeError):
-            await message.nack(requeue=True)
-            assert self.pipeline is not None
-            self.pipeline.acks.settled_elsewhere(message)
+            await self.pipeline.acks.nack(message)
 
     async def _on_control(self, message: Message) -> None:
         try:

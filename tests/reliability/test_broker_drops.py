@@ -52,6 +52,36 @@ async def _watch_readiness(
         await asyncio.sleep(0.002)
 
 
+async def _wait_for_results(
+    ran: set[str],
+    count: int,
+    progress: asyncio.Event,
+    namespace: Namespace,
+    worker: WorkerProcess,
+    timeout: float = 60,
+) -> None:
+    """Until ``count`` results came in; on a stall, fail with what the queues and the
+    worker say."""
+    try:
+        async with asyncio.timeout(timeout):
+            while len(ran) < count:
+                progress.clear()
+                await progress.wait()
+    except TimeoutError:
+        listing = await asyncio.to_thread(
+            subprocess.run,
+            ["rabbitmqctl", "-q", "list_queues", "name", "messages_ready",
+             "messages_unacknowledged", "consumers"],
+            capture_output=True, text=True, timeout=60,
+        )
+        queues = [line for line in listing.stdout.splitlines() if namespace.ns in line]
+        pytest.fail(
+            f"stalled at {len(ran)} of {count} results after {timeout} s\n"
+            "queue, ready, unacknowledged, consumers:\n" + "\n".join(queues)
+            + "\nworker log (last 40 lines):\n" + "\n".join(worker.lines[-40:])
+        )
+
+
 async def test_all_invocations_run_through_two_connection_drops(
     namespace: Namespace, amqp
 ) -> None:
@@ -87,10 +117,7 @@ async def test_all_invocations_run_through_two_connection_drops(
         await queue.consume(on_result)
         async with aiohttp.ClientSession() as session:
             for threshold in (500, 2000):  # the drops come well before the end
-                async with asyncio.timeout(60):
-                    while len(ran) < threshold:
-                        progress.clear()
-                        await progress.wait()
+                await _wait_for_results(ran, threshold, progress, namespace, worker)
                 assert len(ran) < len(ids), "the drop came too late to prove anything"
                 assert await _ready(session, port)
                 # Reconnecting takes milliseconds while the broker is up: poll fast.
@@ -102,10 +129,7 @@ async def test_all_invocations_run_through_two_connection_drops(
                         await asyncio.sleep(0.05)
                 watcher.cancel()
                 assert worker.process is not None and worker.process.returncode is None
-        async with asyncio.timeout(120):
-            while len(ran) < len(ids):
-                progress.clear()
-                await progress.wait()
+        await _wait_for_results(ran, len(ids), progress, namespace, worker, timeout=120)
         assert ran == set(ids)
         assert worker.process is not None and worker.process.returncode is None
     finally:

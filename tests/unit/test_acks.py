@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from hypothesis import given
 from hypothesis import strategies as st
 
-from asyncinvoke.acks import _ChannelAcks, _plan
+from asyncinvoke.acks import Acks, _ChannelAcks, _plan
 
 
 def test_consecutive_done_tags_go_out_as_one_multiple_ack() -> None:
@@ -42,3 +44,49 @@ def test_every_tag_is_acknowledged_exactly_once_whatever_the_order(
             assert not set(covered) & set(acked), "acked a delivery twice"
             acked.extend(covered)
     assert sorted(acked) == list(range(1, 41))
+
+
+class _Connection:
+    def __init__(self) -> None:
+        self.is_closed = False
+
+
+class _Channel:
+    """The part of an aiormq channel that acks touch: a bounded frame queue that a
+    connection's writer drains (or, once the connection died, nobody does)."""
+
+    def __init__(self, frames: int) -> None:
+        self.connection = _Connection()
+        self.is_closed = False
+        self.queue: asyncio.Queue[tuple[int, bool]] = asyncio.Queue(maxsize=frames)
+
+    async def basic_ack(self, tag: int, multiple: bool = False, wait: bool = True) -> None:
+        await self.queue.put((tag, multiple))
+
+
+class _Message:
+    def __init__(self, channel: _Channel, tag: int) -> None:
+        self.channel = channel
+        self.delivery_tag = tag
+
+
+async def test_a_dead_connection_with_a_full_frame_queue_does_not_hold_back_other_acks() -> None:
+    # The old connection's writer is gone and its queue is full; its channel is only
+    # marked closed a moment later (as after a broker drop).
+    dead = _Channel(frames=1)
+    dead.queue.put_nowait((0, False))
+    live = _Channel(frames=100)
+    acks = Acks()
+    acks.ack(_Message(dead, 1))
+    acks.ack(_Message(dead, 3))  # two frames: the second cannot be queued
+    acks.ack(_Message(live, 1))
+
+    async def connection_noticed_dead() -> None:
+        await asyncio.sleep(0.2)
+        dead.connection.is_closed = True
+
+    marker = asyncio.create_task(connection_noticed_dead())
+    async with asyncio.timeout(5):  # before: waited for ever
+        await acks.flush()
+    await marker
+    assert live.queue.get_nowait() == (1, False)
