@@ -15,11 +15,10 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-import aio_pika
-
 from asyncinvoke import contract, dispatch, policy, records
 from asyncinvoke.acks import Acks
 from asyncinvoke.broker import Broker
+from asyncinvoke.consumer import Message
 from asyncinvoke.contract import Envelope
 from asyncinvoke.destinations import Destinations
 from asyncinvoke.errors import InvalidMessage
@@ -32,7 +31,6 @@ from asyncinvoke.tasks.store import Claim
 from asyncinvoke.tasks.tracker import TaskTracker
 from asyncinvoke.topology import Names
 
-Message = aio_pika.abc.AbstractIncomingMessage
 log = get_logger(component="worker")
 
 

@@ -21,13 +21,14 @@ from aiohttp import web
 
 from asyncinvoke import contract, records, topology
 from asyncinvoke.broker import Broker
+from asyncinvoke.consumer import Consumer, Message
 from asyncinvoke.destinations import Destinations
 from asyncinvoke.errors import AsyncInvokeError, InvalidMessage
 from asyncinvoke.functions import FunctionsFile, load_handler
 from asyncinvoke.gate import Gate
 from asyncinvoke.metrics import Metrics, serve_health
 from asyncinvoke.observability import get_logger
-from asyncinvoke.pipeline import Function, Message, Pipeline, now_ms
+from asyncinvoke.pipeline import Function, Pipeline, now_ms
 from asyncinvoke.runners import HttpRunner, PythonRunner, Runner, Watchdog
 from asyncinvoke.settings import Settings
 from asyncinvoke.systemd import Notifier
@@ -87,7 +88,7 @@ class Worker:
         # Each delivery being handled, with the queue it came from.
         self.in_flight: dict[asyncio.Task[Any], tuple[Message, str]] = {}
         self.pipeline: Pipeline | None = None
-        self._consumers: list[tuple[aio_pika.abc.AbstractQueue, str]] = []
+        self._consumers: list[Consumer | tuple[aio_pika.abc.AbstractQueue, str]] = []
         self._session: aiohttp.ClientSession | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._background: list[asyncio.Task[None]] = []
@@ -163,12 +164,18 @@ class Worker:
 
     async def _consume(self, queue_name: str, prefetch: int, callback: Any) -> None:
         channel = await self.broker.channel(prefetch=prefetch)
+        assert isinstance(channel, aio_pika.RobustChannel)
         self._channels.append((channel, prefetch))
-        # Declared (passively) rather than merely named: only declared queues have their
-        # consumers restored by aio-pika after a reconnect.
-        queue = await channel.declare_queue(queue_name, passive=True)
-        tag = await queue.consume(callback, no_ack=False)
-        self._consumers.append((queue, tag))
+        underlay = await channel.get_underlay_channel()
+        try:
+            await underlay.queue_declare(queue_name, passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            raise AsyncInvokeError(
+                f"queue {queue_name!r} does not exist: run 'asyncinvoke topology declare'"
+            ) from None
+        consumer = Consumer(channel, queue_name, callback)
+        await consumer.start()
+        self._consumers.append(consumer)
 
     async def _consume_control(self) -> None:
         """Each worker's own queue on the control exchange: task stop broadcasts."""
@@ -187,9 +194,13 @@ class Worker:
         self.stopping = True
         self.notifier.notify("STOPPING=1", f"STATUS=stopping; {len(self.in_flight)} in flight")
         log.info("worker_stopping", in_flight=len(self.in_flight))
-        for queue, tag in self._consumers:
+        for consumer in self._consumers:
             with contextlib.suppress(Exception):
-                await queue.cancel(tag)
+                if isinstance(consumer, Consumer):
+                    await consumer.cancel()
+                else:
+                    queue, tag = consumer
+                    await queue.cancel(tag)
         for task in self._background:
             task.cancel()
         if self.in_flight:

@@ -16,7 +16,8 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from asyncinvoke import Client, topology
+from asyncinvoke import Client, contract, topology
+from asyncinvoke import consumer as consumer_module
 from asyncinvoke.worker import Worker
 from tests.conftest import AMQP_URL, Namespace, WorkerProcess, collect, running_worker
 from tests.support import handlers
@@ -225,3 +226,41 @@ def test_the_container_files_run_commands_and_flags_that_exist() -> None:
         for flag in flags:
             if flag in files:
                 assert flag in shown.stdout, f"{command} has no {flag}, yet deploy/ uses it"
+
+
+async def test_a_function_queue_deleted_under_the_worker_is_consumed_again_once_back(
+    namespace: Namespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker cancels a consumer whose queue is deleted; once the queue is declared
+    again, the worker consumes it again without a restart."""
+    monkeypatch.setattr(consumer_module, "RESUBSCRIBE_PAUSE_S", 0.2)
+    results = namespace.queue_name("results")
+    functions_file = namespace.functions(f"""
+        [functions.echo]
+        handler = "tests.support.handlers:echo"
+        on_success = "queue:{results}"
+    """)
+    connection = await aio_pika.connect(AMQP_URL)
+    try:
+        async with connection.channel() as channel:
+            await channel.declare_queue(results, durable=True, arguments={"x-queue-type": "quorum"})
+        async with running_worker(namespace, functions_file) as worker:
+            async with connection.channel() as channel:
+                await channel.queue_delete(namespace.names.function_queue("echo"))
+            async with asyncio.timeout(10):
+                while any(
+                    consumer.tag is not None
+                    for consumer in worker._consumers
+                    if isinstance(consumer, consumer_module.Consumer)
+                    and consumer.queue == namespace.names.function_queue("echo")
+                ):
+                    await asyncio.sleep(0.05)
+            async with connection.channel() as channel:
+                await topology.declare(channel, namespace.names, functions_file.functions.values())
+            async with Client(settings=namespace.settings) as client:
+                invocation_id = await client.invoke("echo", {"back": True})
+            got = await collect(connection, results, 1, timeout=30)
+            assert contract.unpack(got[0].body)["requestContext"]["requestId"] == invocation_id
+            assert worker.ready()
+    finally:
+        await connection.close()
