@@ -1,6 +1,11 @@
-"""The baseline consumer: a bare aio-pika consume-and-ack loop, run as its own process.
+"""The baseline consumer: a bare consume-and-ack loop, run as its own process.
 
     python -m tests.bench.bare_consume --queue Q --n N [--prefetch 200] [--timeout S]
+                                       [--client aio-pika|aiormq]
+
+``aio-pika`` (the default) is the library asyncinvoke is built on; ``aiormq`` is the
+protocol layer below it, without aio-pika's message objects: the ceiling of an asyncio
+consumer in Python on this machine.
 
 Consumes N messages from an existing queue, acks each one, and prints one JSON line
 ``{"n", "first", "last", "rate", "cpu_us"}``: times (epoch s) of the first and the last
@@ -17,6 +22,7 @@ import sys
 import time
 
 import aio_pika
+import aiormq
 
 from tests.bench.common import AMQP_URL
 
@@ -64,14 +70,56 @@ async def consume(queue_name: str, n: int, prefetch: int, timeout: float) -> dic
     }
 
 
+async def consume_aiormq(
+    queue_name: str, n: int, prefetch: int, timeout: float
+) -> dict[str, float]:
+    connection = await aiormq.connect(AMQP_URL)
+    try:
+        channel = await connection.channel()
+        await channel.basic_qos(prefetch_count=prefetch)
+        acked = 0
+        first = last = cpu_first = cpu_last = 0.0
+        done = asyncio.Event()
+
+        async def on_message(message: aiormq.abc.DeliveredMessage) -> None:
+            nonlocal acked, first, last, cpu_first, cpu_last
+            assert message.delivery_tag is not None
+            await channel.basic_ack(message.delivery_tag)
+            if acked == 0:
+                first, cpu_first = time.time(), time.process_time()
+            elif acked == n - 1:
+                last, cpu_last = time.time(), time.process_time()
+            acked += 1
+            if acked >= n:
+                done.set()
+
+        await channel.basic_consume(queue_name, on_message, no_ack=False)
+        try:
+            await asyncio.wait_for(done.wait(), timeout)
+        except TimeoutError:
+            print(f"bare aiormq consumer: {acked} of {n} acked; timeout", file=sys.stderr)
+            raise SystemExit(1) from None
+    finally:
+        await connection.close()
+    return {
+        "n": n,
+        "first": first,
+        "last": last,
+        "rate": (n - 1) / (last - first),
+        "cpu_us": (cpu_last - cpu_first) / (n - 1) * 1e6,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.bare_consume")
     parser.add_argument("--queue", required=True)
     parser.add_argument("--n", type=int, required=True)
     parser.add_argument("--prefetch", type=int, default=200)
     parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument("--client", choices=("aio-pika", "aiormq"), default="aio-pika")
     args = parser.parse_args()
-    result = asyncio.run(consume(args.queue, args.n, args.prefetch, args.timeout))
+    run = consume if args.client == "aio-pika" else consume_aiormq
+    result = asyncio.run(run(args.queue, args.n, args.prefetch, args.timeout))
     print(json.dumps(result), flush=True)
 
 

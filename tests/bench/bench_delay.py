@@ -42,7 +42,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -418,42 +418,55 @@ def memory_table(results: list[Memory], pending: int) -> str:
     return "\n".join([head, "", *lines, "", *notes])
 
 
-async def run(args: argparse.Namespace) -> list[str]:
+@dataclass
+class Results:
+    lateness: list[Lateness] = field(default_factory=list)
+    lateness_error: str | None = None
+    memory: list[Memory] = field(default_factory=list)
+
+
+async def measure(args: argparse.Namespace) -> Results:
+    """Run the parts ``args.only`` names; failures are kept in the results, never raised."""
     cancel_on_sigterm()
-    tables: list[str] = []
+    results = Results()
     with tempfile.TemporaryDirectory(prefix="asyncinvoke-delay-") as tmp:
         workdir = Path(tmp)
         if "lateness" in args.only:
             say(f"lateness: n={args.n}, load {note_load():.2f}")
-            lateness_results: list[Lateness] = []
-            error = None
             try:
-                lateness_results = await lateness(
+                results.lateness = await lateness(
                     args.n, args.concurrency, args.rate, workdir, args.dump
                 )
             except Exception as exc:
-                error = (str(exc) or type(exc).__name__).splitlines()[0][:300]
-                say(f"lateness failed: {error}")
-            tables.append(lateness_table(lateness_results, error, args.concurrency))
+                results.lateness_error = (str(exc) or type(exc).__name__).splitlines()[0][:300]
+                say(f"lateness failed: {results.lateness_error}")
         if "memory" in args.only:
-            results: list[Memory] = []
             for key in ("ours", "celery", "dramatiq"):
                 say(f"memory, {key}: load {note_load():.2f}")
                 peer = {"celery": CELERY, "dramatiq": DRAMATIQ}.get(key)
                 name = "asyncinvoke" if peer is None else peer.name
                 if peer is not None and (why := peer.available()):
-                    results.append(Memory(name, "-", error=f"cannot run here: {why}"))
+                    results.memory.append(Memory(name, "-", error=f"cannot run here: {why}"))
                     continue
                 try:
                     if peer is None:
-                        results.append(await memory_ours(workdir, args.pending))
+                        results.memory.append(await memory_ours(workdir, args.pending))
                     else:
-                        results.append(await memory_peer(peer, workdir, args.pending))
+                        results.memory.append(await memory_peer(peer, workdir, args.pending))
                 except Exception as exc:
                     error = (str(exc) or type(exc).__name__).splitlines()[0][:300]
                     say(f"memory, {key} failed: {error}")
-                    results.append(Memory(name, "-", error=error))
-            tables.append(memory_table(results, args.pending))
+                    results.memory.append(Memory(name, "-", error=error))
+    return results
+
+
+async def run(args: argparse.Namespace) -> list[str]:
+    results = await measure(args)
+    tables: list[str] = []
+    if "lateness" in args.only:
+        tables.append(lateness_table(results.lateness, results.lateness_error, args.concurrency))
+    if "memory" in args.only:
+        tables.append(memory_table(results.memory, args.pending))
     return tables
 
 

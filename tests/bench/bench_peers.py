@@ -1,7 +1,7 @@
 """peers: asyncinvoke side by side with Dramatiq, Celery and taskiq-aio-pika, in one run.
 
     .venv/bin/python -m tests.bench.bench_peers [--n 20000] [--runs 1] [--rate 500]
-        [--seconds 10] [--only ours,dramatiq,celery,taskiq,bare,task]
+        [--seconds 10] [--only ours,task,dramatiq,celery,taskiq,bare,aiormq]
 
 Throughput: for each system, N no-op tasks are published first with the system's own
 producer API (persistent messages), then ONE worker process is started and drains them.
@@ -25,7 +25,10 @@ counter that writes the times of the first and the N-th start to a file: rate =
   (its default, 10, drained ~3,800/s against ~4,600/s), quorum queue, async no-op; logs a
   line per task at INFO (its default).
 - bare aio-pika: N persistent messages of our envelope's size in a quorum queue, drained by
-  ``tests.bench.bare_consume`` (consume + ack, prefetch 200): the ceiling on this machine.
+  ``tests.bench.bare_consume`` (consume + ack, prefetch 200): the ceiling of the library
+  asyncinvoke is built on.
+- bare aiormq: the same, consumed through aiormq (the protocol layer under aio-pika) with no
+  message objects: what an asyncio consumer in Python can do here without aio-pika.
 
 Latency: each system's worker is started and warmed up (one task run), then tasks are
 published at a fixed rate (default 500/s for 10 s) carrying ``time.time_ns()`` taken just
@@ -84,7 +87,7 @@ DEFAULT_RATE = 500.0
 DEFAULT_SECONDS = 10.0
 TASK_MODE_TARGET = 2_000.0
 T = TypeVar("T")
-SYSTEMS = ("ours", "task", "dramatiq", "celery", "taskiq", "bare")
+SYSTEMS = ("ours", "task", "dramatiq", "celery", "taskiq", "bare", "aiormq")
 OURS_CONCURRENCY = 200
 PEER_SETTINGS: dict[str, dict[str, int]] = {
     # Dramatiq reads its prefetch from the environment (default: threads x 2 = 16).
@@ -99,6 +102,7 @@ SETTINGS_TEXT = {
     "celery": "solo pool, acks_late, prefetch 200, classic queue",
     "taskiq": "1 process, max-async-tasks 200, qos 200, ack when_executed, quorum queue",
     "bare": "consume + ack, prefetch 200, quorum queue",
+    "aiormq": "consume + ack, prefetch 200, quorum queue",
 }
 
 
@@ -164,7 +168,7 @@ async def drain_peer(peer: Peer, workdir: Path, n: int) -> float:
         return await drain(run, n)
 
 
-async def drain_bare(n: int) -> float:
+async def drain_bare(n: int, client: str = "aio-pika") -> float:
     space = Namespace("peers-bare")
     queue = space.queue_name("bare")
     consumer: asyncio.subprocess.Process | None = None
@@ -181,6 +185,7 @@ async def drain_bare(n: int) -> float:
         consumer = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "tests.bench.bare_consume",
             "--queue", queue, "--n", str(n), "--prefetch", "200", "--timeout", str(timeout),
+            "--client", client,
             env=space.env(),
             cwd=str(ROOT),
             stdout=asyncio.subprocess.PIPE,
@@ -190,7 +195,7 @@ async def drain_bare(n: int) -> float:
         if consumer.returncode != 0:
             raise RuntimeError(f"bare consumer failed ({consumer.returncode}): {err.decode()}")
         rate = float(json.loads(out.decode().strip().splitlines()[-1])["rate"])
-        say(f"bare aio-pika: {rate:,.0f} msg/s")
+        say(f"bare {client}: {rate:,.0f} msg/s")
         return rate
     finally:
         try:
@@ -249,6 +254,7 @@ def names() -> dict[str, str]:
         "celery": f"Celery {CELERY.version}",
         "taskiq": f"taskiq-aio-pika {TASKIQ.version}",
         "bare": "bare aio-pika",
+        "aiormq": "bare aiormq",
     }
 
 
@@ -281,8 +287,9 @@ async def run(args: argparse.Namespace) -> dict[str, Measure]:
         for index in range(args.runs):
             say(f"throughput run {index + 1}/{args.runs}: N={args.n}, load {note_load():.2f}")
             for key, measure in runnable.items():
-                if key == "bare":
-                    attempt = partial(drain_bare, args.n)
+                if key in ("bare", "aiormq"):
+                    client = "aio-pika" if key == "bare" else "aiormq"
+                    attempt = partial(drain_bare, args.n, client)
                 elif key in ("ours", "task"):
                     attempt = partial(drain_ours, workdir, args.n, task_mode=key == "task")
                 else:
@@ -295,7 +302,7 @@ async def run(args: argparse.Namespace) -> dict[str, Measure]:
                 f"load {note_load():.2f}"
             )
             for key, measure in runnable.items():
-                if key in ("bare", "task"):
+                if key in ("bare", "aiormq", "task"):
                     continue
                 if key == "ours":
                     attempt = partial(latency_ours, workdir, args.rate, args.seconds)
