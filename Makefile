@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 CONFIG ?= examples/functions.toml
 
-.PHONY: install broker run test lint unit bench clean
+.PHONY: install broker run test lint unit bench bench-more clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,14 +31,19 @@ test: install broker lint
 unit: install
 	$(BIN)/pytest -q tests/unit
 
-# Every benchmark, one after the other (about 15 minutes); each also runs alone:
-#   .venv/bin/python -m tests.bench.bench_delay  (or bench_peers, bench_gateway, bench_dlq)
+# The benchmark suite (issue 8's six parts, about 15 minutes), summed up in one table;
+# each part also runs alone (see docs/benchmarks.md):
+#   .venv/bin/python -m tests.bench.bench_peers | tests.bench producer | tests.bench.bench_delay
 bench: install broker
+	$(BIN)/pip install -q -e '.[test,peers]'
+	$(BIN)/python -m tests.bench.suite
+
+# The other benchmarks: worker CPU per message against bare aio-pika (and its profile),
+# the HTTP gateway under wrk, and the dead-letter tool's export.
+bench-more: install broker
 	$(BIN)/pip install -q -e '.[test,peers]'
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk >/dev/null; } || echo "wrk not installed: the gateway benchmark will say so and skip"
 	$(BIN)/python -m tests.bench e2e producer
-	$(BIN)/python -m tests.bench.bench_delay
-	$(BIN)/python -m tests.bench.bench_peers
 	$(BIN)/python -m tests.bench.bench_gateway
 	$(BIN)/python -m tests.bench.bench_dlq
 
