@@ -56,6 +56,7 @@ STAGES = (
     ("our glue: on_message, Pipeline.handle", ("on_message (asyncinvoke", "Pipeline.handle")),
     ("bare consumer callback", ("on_message (bench",)),
     ("delivery -> IncomingMessage (aio-pika)", ("consumer (aio_pika", "aio_pika/tools.py")),
+    ("delivery -> Delivery (asyncinvoke consumer)", ("Delivery.__init__", "Consumer._deliver")),
     ("socket write (aiormq writer)", ("Connection.__writer",)),
     ("frame reading, parsing (aiormq, pamqp)", ("Connection.__reader", "FrameReceiver", "pamqp/")),
     ("start-up (imports)", ("importlib", "_find_and_load")),
