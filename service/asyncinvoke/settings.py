@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -23,6 +24,8 @@ DEFAULT_PUBLISH_TIMEOUT_S = 30.0
 DEFAULT_TASK_RETENTION_S = 7 * 86400
 DEFAULT_TASK_RESULT_MAX_BYTES = 64 * 1024
 
+EVENT_LOOPS = ("asyncio", "uvloop")
+
 NAMESPACE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -39,6 +42,7 @@ class Settings:
     publish_timeout_s: float = DEFAULT_PUBLISH_TIMEOUT_S
     task_retention_s: float = DEFAULT_TASK_RETENTION_S
     task_result_max_bytes: int = DEFAULT_TASK_RESULT_MAX_BYTES
+    event_loop: str = "asyncio"
 
     def with_overrides(self, **overrides: Any) -> Settings:
         """Flags override the environment: apply those that were given."""
@@ -83,6 +87,9 @@ def from_env(env: Mapping[str, str] | None = None, *, tty: bool = False) -> Sett
     log_format = env.get("ASYNCINVOKE_LOG_FORMAT") or ("console" if tty else "json")
     if log_format not in ("json", "console"):
         raise ConfigError(f"ASYNCINVOKE_LOG_FORMAT={log_format!r}: use 'json' or 'console'")
+    event_loop = env.get("ASYNCINVOKE_EVENT_LOOP") or "asyncio"
+    if event_loop not in EVENT_LOOPS:
+        raise ConfigError(f"ASYNCINVOKE_EVENT_LOOP={event_loop!r}: use 'asyncio' or 'uvloop'")
     return Settings(
         amqp_url=env.get("ASYNCINVOKE_AMQP_URL") or DEFAULT_AMQP_URL,
         namespace=namespace,
@@ -99,7 +106,22 @@ def from_env(env: Mapping[str, str] | None = None, *, tty: bool = False) -> Sett
             env, "ASYNCINVOKE_TASK_RESULT_MAX_BYTES", DEFAULT_TASK_RESULT_MAX_BYTES,
             0, 64 * 1024 * 1024,
         ),
+        event_loop=event_loop,
     )
+
+
+def loop_factory(event_loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop to run on: None for asyncio's own, or uvloop's (an optional extra)."""
+    if event_loop != "uvloop":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        raise ConfigError(
+            "ASYNCINVOKE_EVENT_LOOP=uvloop, but uvloop is not installed: "
+            "pip install 'asyncinvoke[uvloop]', or unset the variable"
+        ) from None
+    return uvloop.new_event_loop
 
 
 def redact_url(url: str) -> str:

@@ -152,6 +152,7 @@ class Worker:
             functions=sorted(self.functions),
             pid=os.getpid(),
             metrics_port=self.metrics_port,
+            event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
         )
 
     def ready(self) -> bool:

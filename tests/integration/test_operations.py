@@ -264,3 +264,29 @@ async def test_a_function_queue_deleted_under_the_worker_is_consumed_again_once_
             assert worker.ready()
     finally:
         await connection.close()
+
+
+async def test_a_worker_on_uvloop_runs_invocations(namespace: Namespace) -> None:
+    results = namespace.queue_name("results")
+    functions_file = namespace.functions(f"""
+        [functions.echo]
+        handler = "tests.support.handlers:echo"
+        on_success = "queue:{results}"
+    """)
+    connection = await aio_pika.connect(AMQP_URL)
+    worker = WorkerProcess(namespace, functions_file.path, ASYNCINVOKE_EVENT_LOOP="uvloop")
+    try:
+        async with connection.channel() as channel:
+            await channel.declare_queue(
+                results, durable=True, arguments={"x-queue-type": "quorum"}
+            )
+        await worker.start()
+        started = next(line for line in worker.lines if '"worker_started"' in line)
+        assert '"event_loop":"uvloop"' in started
+        async with Client(settings=namespace.settings) as client:
+            ids = set(await client.invoke_many([("echo", {"n": n}) for n in range(20)]))
+        got = await collect(connection, results, 20, timeout=30)
+        assert {contract.unpack(m.body)["requestContext"]["requestId"] for m in got} == ids
+    finally:
+        await worker.kill()
+        await connection.close()

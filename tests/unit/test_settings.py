@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from asyncinvoke import ladder
 from asyncinvoke.errors import ConfigError
-from asyncinvoke.settings import Settings, from_env, redact_url
+from asyncinvoke.settings import Settings, from_env, loop_factory, redact_url
 
 
 def test_an_empty_environment_gives_the_documented_defaults() -> None:
@@ -44,6 +46,7 @@ def test_every_variable_is_read() -> None:
             "ASYNCINVOKE_SHUTDOWN_GRACE": "2.5",
             "ASYNCINVOKE_TASK_RETENTION": "3600",
             "ASYNCINVOKE_TASK_RESULT_MAX_BYTES": "0",
+            "ASYNCINVOKE_EVENT_LOOP": "uvloop",
         }
     )
     assert settings == Settings(
@@ -57,6 +60,7 @@ def test_every_variable_is_read() -> None:
         shutdown_grace_s=2.5,
         task_retention_s=3600.0,
         task_result_max_bytes=0,
+        event_loop="uvloop",
     )
 
 
@@ -110,6 +114,7 @@ def test_the_longest_delay_is_what_the_ladder_reaches() -> None:
         ("ASYNCINVOKE_NAMESPACE", "slash/name"),
         ("ASYNCINVOKE_NAMESPACE", "n" * 65),
         ("ASYNCINVOKE_LOG_FORMAT", "xml"),
+        ("ASYNCINVOKE_EVENT_LOOP", "trio"),
         pytest.param(
             "ASYNCINVOKE_SHUTDOWN_GRACE",
             "nan",
@@ -177,3 +182,24 @@ def test_a_url_without_a_password_is_left_alone(url: str) -> None:
 
 def test_redact_url_keeps_an_ipv6_host_in_brackets() -> None:
     assert redact_url("amqp://u:secret@[::1]:5672/") == "amqp://u:***@[::1]:5672/"
+
+
+def test_asyncio_is_the_default_event_loop_and_uvloop_is_opt_in() -> None:
+    assert from_env({}).event_loop == "asyncio"
+    assert loop_factory("asyncio") is None
+    assert from_env({"ASYNCINVOKE_EVENT_LOOP": "uvloop"}).event_loop == "uvloop"
+    factory = loop_factory("uvloop")
+    assert factory is not None
+    loop = factory()
+    try:
+        assert type(loop).__module__.startswith("uvloop")
+    finally:
+        loop.close()
+
+
+def test_uvloop_chosen_but_missing_says_which_extra_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # what an absent package raises
+    with pytest.raises(ConfigError, match=r"asyncinvoke\[uvloop\]"):
+        loop_factory("uvloop")

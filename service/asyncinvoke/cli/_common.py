@@ -38,7 +38,15 @@ def load_settings(**overrides: Any) -> settings_module.Settings:
 
 
 def run(coroutine: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coroutine)
+    """Run on the event loop ASYNCINVOKE_EVENT_LOOP names (asyncio's own by default)."""
+    try:
+        event_loop = settings_module.from_env().event_loop
+        factory = settings_module.loop_factory(event_loop)
+    except AsyncInvokeError:
+        coroutine.close()
+        raise
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(coroutine)
 
 
 def run_cli(group: click.Group) -> int:
