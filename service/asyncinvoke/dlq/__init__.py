@@ -1,0 +1,99 @@
+"""The dead-letter tool: read, replay, purge and export the records in ``{ns}.failed``.
+
+- ``browse``: reading the queue without taking anything away (how, and why it is safe,
+  is told there);
+- ``records``: what a record says (its function, condition, error line), selections,
+  and the invocation a replay sends again;
+- ``operations``: the commands, stats, list, show, export, purge and replay;
+- ``errors``: each failure as one line that says what to do::
+
+    DlqError
+    ├── QueueMissing        {ns}.failed does not exist
+    ├── EmptyQueue          {ns}.failed holds no record
+    ├── NothingSelected     no record matches the selection (RecordNotFound: by id)
+    ├── Busy                another dlq command is reading the queue
+    ├── BrowseInterrupted   the broker closed the channel or connection mid-way
+    ├── BadReplayFile       a --from-file line is not an exported record
+    ├── RecordsSkipped      some selected records cannot be replayed; they stay
+    └── ReplayIncomplete    some replays were not confirmed; their records stay
+"""
+
+from asyncinvoke.dlq.browse import Browser, Delivery, Progress
+from asyncinvoke.dlq.errors import (
+    BadReplayFile,
+    BrowseInterrupted,
+    Busy,
+    DlqError,
+    EmptyQueue,
+    NothingSelected,
+    QueueMissing,
+    RecordNotFound,
+    RecordsSkipped,
+    ReplayIncomplete,
+)
+from asyncinvoke.dlq.operations import (
+    Group,
+    PurgeReport,
+    ReplayReport,
+    Stats,
+    count,
+    export,
+    list_records,
+    purge,
+    replay,
+    replay_file,
+    show,
+    stats,
+)
+from asyncinvoke.dlq.records import (
+    ALL,
+    Facts,
+    NotReplayable,
+    Selector,
+    Summary,
+    error_line,
+    facts_of_record,
+    now_ms,
+    parse_since,
+    replay_envelope,
+    summarize,
+)
+
+__all__ = [
+    "ALL",
+    "BadReplayFile",
+    "BrowseInterrupted",
+    "Browser",
+    "Busy",
+    "Delivery",
+    "DlqError",
+    "EmptyQueue",
+    "Facts",
+    "Group",
+    "NotReplayable",
+    "NothingSelected",
+    "Progress",
+    "PurgeReport",
+    "QueueMissing",
+    "RecordNotFound",
+    "RecordsSkipped",
+    "ReplayIncomplete",
+    "ReplayReport",
+    "Selector",
+    "Stats",
+    "Summary",
+    "count",
+    "error_line",
+    "export",
+    "facts_of_record",
+    "list_records",
+    "now_ms",
+    "parse_since",
+    "purge",
+    "replay",
+    "replay_envelope",
+    "replay_file",
+    "show",
+    "stats",
+    "summarize",
+]
