@@ -4,9 +4,9 @@ aio-pika turns every delivery into an ``IncomingMessage`` (every property parsed
 an attribute) and runs the callback in a second task, awaited by the first. On a no-op
 invocation that is a large share of the worker's time: a bare aiormq consume-and-ack
 loop drains 1.2 to 1.5 times as fast as the same loop in aio-pika on our machines (see
-docs/benchmarks.md). So the worker's consumers sit one layer lower: aiormq runs the
-callback in one task per delivery, and the callback gets a ``Delivery``, a slim view of
-the few properties the pipeline reads.
+docs/benchmarks.md). So the worker's consumers sit one layer lower, and the callback
+gets a ``Delivery``, a slim view of the few properties the pipeline reads. It runs in a
+task of ours rather than aiormq's, which a closing channel would cancel.
 
 The robust channel still does the reconnecting: once it is reopened on a new
 connection (its prefetch restored), ``reopen_callbacks`` tell the consumer to
@@ -88,6 +88,10 @@ class Delivery:
 Callback = Callable[[Delivery], Coroutine[Any, Any, None]]
 
 
+async def _handed_over() -> None:
+    """What aiormq's own task for a delivery runs: nothing; the attempt has its task."""
+
+
 class Consumer:
     """One queue consumed on one robust channel; survives reconnects."""
 
@@ -98,6 +102,7 @@ class Consumer:
         self.tag: str | None = None
         self._cancelled = False
         self._resubscribing: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         await self._subscribe()
@@ -110,8 +115,13 @@ class Consumer:
         self.tag = ok.consumer_tag
 
     def _deliver(self, message: DeliveredMessage) -> Coroutine[Any, Any, None]:
-        # aiormq wraps the returned coroutine in the delivery's one task.
-        return self.callback(Delivery(message))
+        # The attempt runs in a task of ours: aiormq cancels the tasks it made for a
+        # channel when the channel closes, and a connection drop must not cut a running
+        # attempt short (redelivery.py settles its redelivery once it ends).
+        task = asyncio.get_running_loop().create_task(self.callback(Delivery(message)))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        return _handed_over()
 
     async def _on_reopen(self, _channel: Any = None) -> None:
         if not self._cancelled:

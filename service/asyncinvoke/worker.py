@@ -11,6 +11,7 @@ import contextlib
 import gc
 import os
 import signal
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -29,6 +30,7 @@ from asyncinvoke.gate import Gate
 from asyncinvoke.metrics import Metrics, serve_health
 from asyncinvoke.observability import get_logger
 from asyncinvoke.pipeline import Function, Pipeline, now_ms
+from asyncinvoke.redelivery import Redeliveries
 from asyncinvoke.runners import HttpRunner, PythonRunner, Runner, Watchdog
 from asyncinvoke.settings import Settings
 from asyncinvoke.systemd import Notifier
@@ -87,6 +89,7 @@ class Worker:
         self.functions: dict[str, Function] = {}
         # Each delivery being handled, with the queue it came from.
         self.in_flight: dict[asyncio.Task[Any], tuple[Message, str]] = {}
+        self.redeliveries = Redeliveries()
         self.pipeline: Pipeline | None = None
         self._consumers: list[Consumer | tuple[aio_pika.abc.AbstractQueue, str]] = []
         self._session: aiohttp.ClientSession | None = None
@@ -288,7 +291,17 @@ class Worker:
             assert task is not None
             self.in_flight[task] = (message, queue_name)
             in_flight.inc()
+            settled = False
             try:
+                known = None
+                if message.redelivered:
+                    known = await self.redeliveries.outcome(message, self._running())
+                    if known:
+                        # Handled and settled here; only its ack was lost with a connection.
+                        pipeline.acks.ack(message)
+                        settled = True
+                        log.info("redelivery_already_settled", message_id=message.message_id)
+                        return
                 if suspect:
                     async with gate.exclusive():
                         # Acknowledgements of the attempts that just ended must reach the
@@ -296,22 +309,27 @@ class Worker:
                         # would otherwise be redelivered and run again.
                         await self._flush_acks()
                         await pipeline.handle(message, function)
-                elif message.redelivered:
+                elif message.redelivered and known is None:
                     async with gate.shared():
                         await pipeline.move_to_suspects(message, function)
                 else:
                     async with gate.shared():
                         await pipeline.handle(message, function)
+                settled = True
             except asyncio.CancelledError:
                 # Shutdown: leave it unacknowledged; closing the channel requeues it.
                 raise
             except Exception as exc:
                 await self._settle_failed(message, exc)
             finally:
+                self.redeliveries.ended(message, settled)
                 self.in_flight.pop(task, None)
                 in_flight.dec()
 
         return on_message
+
+    def _running(self) -> Iterable[tuple[asyncio.Task[Any], Message]]:
+        return ((task, message) for task, (message, _) in self.in_flight.items())
 
     async def _flush_acks(self) -> None:
         """Return once every ack sent so far was taken in by the broker.

@@ -8,13 +8,14 @@ import contextlib
 import shutil
 import socket
 import subprocess
+from pathlib import Path
 
 import aio_pika
 import aiohttp
 import pytest
 
 from asyncinvoke import Client, contract
-from tests.conftest import AMQP_URL, Namespace, WorkerProcess, declare_queue
+from tests.conftest import AMQP_URL, Namespace, WorkerProcess, collect, declare_queue
 
 pytestmark = pytest.mark.skipif(
     shutil.which("rabbitmqctl") is None, reason="needs rabbitmqctl on this host"
@@ -134,4 +135,73 @@ async def test_all_invocations_run_through_two_connection_drops(
         assert worker.process is not None and worker.process.returncode is None
     finally:
         await collector.close()
+        await worker.kill()
+
+
+async def _queue_drained(names: list[str], timeout: float) -> None:
+    """Until none of ``names`` holds a message, ready or unacknowledged."""
+    async with asyncio.timeout(timeout):
+        while True:
+            listing = await asyncio.to_thread(
+                subprocess.run,
+                ["rabbitmqctl", "-q", "list_queues", "name", "messages"],
+                capture_output=True, text=True, timeout=60,
+            )
+            depth = {
+                parts[0]: int(parts[1])
+                for parts in (line.split() for line in listing.stdout.splitlines())
+                if len(parts) == 2 and parts[1].isdigit()
+            }
+            if all(depth.get(name, 0) == 0 for name in names):
+                return
+            await asyncio.sleep(0.2)
+
+
+async def test_attempts_running_through_a_connection_drop_are_neither_suspects_nor_rerun(
+    namespace: Namespace, tmp_path: Path
+) -> None:
+    """The worker lives through the drop: the deliveries it was running come back
+    redelivered, and are settled by the attempts still running, not run again alone."""
+    marks = tmp_path / "marks.txt"
+    marks.touch()
+    results = namespace.queue_name("results")
+    functions_file = namespace.functions(f"""
+        [functions.work]
+        handler = "tests.support.handlers:marked_sleep"
+        concurrency = 20
+        on_success = "queue:{results}"
+    """)
+    connection = await aio_pika.connect(AMQP_URL)
+    try:
+        await declare_queue(connection, results)
+    finally:
+        await connection.close()
+    worker = WorkerProcess(namespace, functions_file.path)
+    await worker.start()
+    try:
+        async with Client(settings=namespace.settings) as client:
+            ids = await client.invoke_many(
+                [("work", {"seconds": 4, "marks": str(marks)}) for _ in range(20)]
+            )
+        async with asyncio.timeout(30):
+            while len(marks.read_text().splitlines()) < 20:
+                await asyncio.sleep(0.05)
+        await _drop_all_connections()
+        connection = await aio_pika.connect(AMQP_URL)
+        try:
+            got = await collect(connection, results, 20, timeout=60)
+        finally:
+            await connection.close()
+        assert {contract.unpack(m.body)["requestContext"]["requestId"] for m in got} == set(ids)
+        # Before, all 20 went through the suspect queue one at a time (4 s each) and ran
+        # twice; now the queues empty as soon as the attempts running end.
+        await _queue_drained(
+            [namespace.names.function_queue("work"), namespace.names.suspect_queue("work")], 30
+        )
+        assert sorted(marks.read_text().splitlines()) == sorted(f"{i} 0" for i in ids)
+        assert not [line for line in worker.lines if '"event":"suspect"' in line]
+        settled = [line for line in worker.lines if "redelivery_already_settled" in line]
+        assert len(settled) == 20
+        assert worker.process is not None and worker.process.returncode is None
+    finally:
         await worker.kill()

@@ -73,3 +73,12 @@ async def die_if_poison(event: Any, context: Context) -> str:
     if isinstance(event, dict) and event.get("poison"):
         os._exit(1)
     return "fine"
+
+
+async def marked_sleep(event: Any, context: Context) -> str:
+    """Appends "id attempt" to the file event["marks"] at its start, then sleeps: a test in
+    another process sees when attempts started, and how many times each ran."""
+    with open(event["marks"], "a") as marks:
+        marks.write(f"{context.invocation_id} {context.attempt}\n")
+    await asyncio.sleep(float(event["seconds"]))
+    return "slept"
