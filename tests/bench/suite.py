@@ -2,7 +2,8 @@
 
     .venv/bin/python -m tests.bench.suite [--quick] [--markdown FILE]
 
-Runs, one after the other, on the same broker:
+Runs, one after the other, on the same broker (the peers part twice by default, the best
+of each shown):
 
 1. end-to-end drain of no-op invocations by one worker process, against bare aio-pika and
    bare aiormq consume-and-ack, Dramatiq, Celery and taskiq-aio-pika (``bench_peers``);
@@ -247,6 +248,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     parser.add_argument(
+        "--runs",
+        type=int,
+        default=None,
+        help="runs of the peers part, the best shown (default 2; 1 with --quick): one "
+        "drain of 20,000 lasts seconds, and a shared machine's hiccup can halve it",
+    )
+    parser.add_argument(
         "--markdown", type=Path, metavar="FILE", help="also write the summary as Markdown"
     )
     return parser.parse_args(argv)
@@ -257,8 +265,9 @@ async def run(args: argparse.Namespace, console: Console) -> list[Line]:
     lines: list[Line] = []
 
     say("part 1, 5, 6: throughput against the peers, task mode, latency (bench_peers)")
+    runs = args.runs or (1 if args.quick else 2)
     peers_args = bench_peers.parse_args(
-        ["--n", str(size["peers_n"]), "--seconds", str(size["peers_seconds"])]
+        ["--n", str(size["peers_n"]), "--seconds", str(size["peers_seconds"]), "--runs", str(runs)]
     )
     measures = await bench_peers.run(peers_args)
     console.print(bench_peers.table(measures, peers_args), markup=False, highlight=False)
