@@ -1,6 +1,6 @@
 """The whole benchmark suite in one run, summed up in one table (``make bench``).
 
-    .venv/bin/python -m tests.bench.suite [--quick] [--markdown FILE]
+    .venv/bin/python -m tests.bench.suite [--quick] [--runs N] [--markdown FILE]
 
 Runs, one after the other, on the same broker (the peers part twice by default, the best
 of each shown):
