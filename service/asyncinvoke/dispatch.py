@@ -2,8 +2,9 @@
 
 Used by the client (first publish), and by the worker (forwarding a delayed
 invocation a plain producer sent, and scheduling a retry). Whole seconds wait in
-the ladder; a sub-second remainder is held by the worker that receives it
-(``policy.Hold``), so an invocation is never early and never a second late.
+the ladder, ending at least ``ladder.LEAD_MS`` before the due time; the rest is held
+by the worker that receives it (``policy.Hold``), so an invocation is never early, and
+the broker's latency along the ladder does not make it late.
 Every message is built anew from the envelope: broker headers such as
 ``x-death`` are never carried over, so RabbitMQ's dead-letter cycle detection
 cannot drop a republished message.

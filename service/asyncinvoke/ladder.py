@@ -56,34 +56,26 @@ def deliver_pattern(function: str) -> str:
     return "#." + function
 
 
-# Within this much of the next whole second, a wait goes into the ladder rounded up (late
-# by at most this) rather than leave the worker almost a second to hold.
-ROUND_UP_MS = 20
-HOLD_LIMIT_MS = 1000 - ROUND_UP_MS  # a worker holds less than this
+# An invocation leaves the ladder at least this long before it is due. On its way in
+# and through the levels the broker adds latency (tens of milliseconds under a burst on a
+# busy host); the worker that receives it holds what is left, so it starts on time
+# rather than late by that latency.
+LEAD_MS = 50
+HOLD_LIMIT_MS = 1000 + LEAD_MS  # a worker holds less than this (the bottom level is 1 s)
 
 
 def seconds_to_wait(remaining_ms: int) -> int:
     """Whole seconds an invocation due in ``remaining_ms`` waits in the ladder (0: none).
 
-    Never more than the time left (up to ROUND_UP_MS): what is left after them, less
-    than HOLD_LIMIT_MS, the worker that receives it holds.
+    They end at least LEAD_MS before it is due, never after; what is left, from LEAD_MS
+    to just under HOLD_LIMIT_MS, the worker that receives it holds.
     """
     if remaining_ms < HOLD_LIMIT_MS:
         return 0
-    whole_s, rest_ms = split_ms(remaining_ms)
-    if rest_ms >= HOLD_LIMIT_MS:
-        whole_s += 1
-    return min(whole_s, MAX_DELAY_S)
+    return min((remaining_ms - LEAD_MS) // 1000, MAX_DELAY_S)
 
 
 def entry_level(delay_s: int) -> int:
     """The level a delay enters at: its highest set bit. The levels above would only pass
     it down (exchange-to-exchange hops that halve the broker's publish rate)."""
     return delay_s.bit_length() - 1
-
-
-def split_ms(remaining_ms: int) -> tuple[int, int]:
-    """Whole seconds for the ladder and the sub-second rest, never rounding up."""
-    if remaining_ms <= 0:
-        return 0, 0
-    return divmod(remaining_ms, 1000)

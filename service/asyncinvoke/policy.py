@@ -16,7 +16,8 @@ from asyncinvoke.contract import Envelope
 from asyncinvoke.functions import Backoff, FunctionSpec
 
 # A remainder at least this long goes back into the ladder instead of waiting in the
-# worker: the ladder's bottom level is 1 s (see ladder.seconds_to_wait).
+# worker: the ladder's bottom level is 1 s, and it lets go LEAD_MS early (see
+# ladder.seconds_to_wait).
 HOLD_LIMIT_MS = ladder.HOLD_LIMIT_MS
 
 
@@ -43,7 +44,7 @@ class Run:
 
 @dataclass(frozen=True, slots=True)
 class Hold:
-    """Due in less than a second: wait ``ms`` in the worker, then run."""
+    """Due within HOLD_LIMIT_MS (a second and the ladder's lead): wait ``ms`` here, then run."""
 
     ms: int
 

@@ -79,8 +79,8 @@ def test_admit_never_runs_an_invocation_before_its_due_time(
     elif isinstance(decision, Forward):
         assert decision.delay_s >= 1
         after_ladder = now + decision.delay_s * 1000
-        # Rounded up by at most ROUND_UP_MS (late, never early); the rest is held.
-        assert after_ladder - ladder.ROUND_UP_MS <= due < after_ladder + policy.HOLD_LIMIT_MS
+        # Out of the ladder at least LEAD_MS before its due time; the rest is held.
+        assert after_ladder + ladder.LEAD_MS <= due < after_ladder + policy.HOLD_LIMIT_MS
     else:
         assert isinstance(decision, Expire)
         assert due - now < policy.HOLD_LIMIT_MS
@@ -125,13 +125,15 @@ def test_less_than_a_second_to_wait_is_held_in_the_worker() -> None:
     assert policy.admit(envelope(due_at=NOW + 979), spec(), NOW) == Hold(979)
 
 
-def test_a_remainder_just_short_of_a_second_goes_to_the_ladder_rounded_up() -> None:
-    assert policy.admit(envelope(due_at=NOW + 990), spec(), NOW) == Forward(1)
-    assert policy.admit(envelope(due_at=NOW + 4995), spec(), NOW) == Forward(5)
+def test_up_to_a_second_and_the_lead_is_held_in_the_worker() -> None:
+    assert policy.admit(envelope(due_at=NOW + 990), spec(), NOW) == Hold(990)
+    assert policy.admit(envelope(due_at=NOW + 1049), spec(), NOW) == Hold(1049)
 
 
-def test_more_to_wait_goes_back_to_the_ladder_in_whole_seconds() -> None:
-    assert policy.admit(envelope(due_at=NOW + 1000), spec(), NOW) == Forward(1)
+def test_more_to_wait_goes_back_to_the_ladder_leaving_at_least_the_lead() -> None:
+    assert policy.admit(envelope(due_at=NOW + 1050), spec(), NOW) == Forward(1)  # 50 ms held
+    assert policy.admit(envelope(due_at=NOW + 4995), spec(), NOW) == Forward(4)  # 995 ms held
+    assert policy.admit(envelope(due_at=NOW + 5049), spec(), NOW) == Forward(4)  # 1,049 ms held
     assert policy.admit(envelope(delay=200), spec(), NOW + 500) == Forward(199)
 
 
@@ -147,7 +149,7 @@ def test_an_invocation_exactly_max_event_age_old_still_runs() -> None:
 
 def test_a_delay_longer_than_max_event_age_waits_then_expires_unstarted() -> None:
     invocation = envelope(delay=120)
-    assert policy.admit(invocation, spec(max_event_age_s=60), NOW) == Forward(120)
+    assert policy.admit(invocation, spec(max_event_age_s=60), NOW) == Forward(119)
     assert policy.admit(invocation, spec(max_event_age_s=60), NOW + 120_000) == Expire(120_000)
 
 

@@ -1,0 +1,78 @@
+"""Redeliveries a worker can vouch for: remembered only when their channel is gone,
+bounded, and the attempt still running is waited for."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from asyncinvoke.redelivery import Redeliveries
+
+
+@dataclass
+class _Channel:
+    is_closed: bool = False
+
+
+@dataclass
+class _Message:
+    message_id: str | None
+    body: bytes
+    channel: _Channel = field(default_factory=_Channel)
+
+
+def test_an_attempt_that_ended_on_a_live_channel_is_not_remembered() -> None:
+    async def scenario() -> bool | None:
+        redeliveries = Redeliveries()
+        redeliveries.ended(_Message("i1", b"a"), settled=True)  # its ack goes through
+        return await redeliveries.outcome(_Message("i1", b"a"), [])
+
+    assert asyncio.run(scenario()) is None  # unknown: a suspect
+
+
+def test_an_attempt_that_ended_after_its_channel_closed_vouches_for_its_redelivery() -> None:
+    async def scenario() -> tuple[bool | None, bool | None, bool | None]:
+        redeliveries = Redeliveries()
+        closed = _Channel(is_closed=True)
+        redeliveries.ended(_Message("i1", b"attempt 0", closed), settled=True)
+        redeliveries.ended(_Message("i2", b"attempt 0", closed), settled=False)
+        # Same id, another body: a retry, which this process never handled.
+        other_attempt = await redeliveries.outcome(_Message("i1", b"attempt 1"), [])
+        settled = await redeliveries.outcome(_Message("i1", b"attempt 0"), [])
+        unsettled = await redeliveries.outcome(_Message("i2", b"attempt 0"), [])
+        return other_attempt, settled, unsettled
+
+    assert asyncio.run(scenario()) == (None, True, False)
+
+
+def test_a_redelivery_waits_for_the_attempt_still_running_and_takes_its_outcome() -> None:
+    async def scenario() -> tuple[bool | None, float]:
+        redeliveries = Redeliveries()
+        original = _Message("i1", b"x", _Channel(is_closed=True))
+        loop = asyncio.get_running_loop()
+
+        async def attempt() -> None:
+            await asyncio.sleep(0.2)
+            redeliveries.ended(original, settled=True)
+
+        task = asyncio.create_task(attempt())
+        started = loop.time()
+        outcome = await redeliveries.outcome(_Message("i1", b"x"), [(task, original)])
+        return outcome, loop.time() - started
+
+    outcome, waited = asyncio.run(scenario())
+    assert outcome is True
+    assert waited >= 0.15
+
+
+def test_memory_is_bounded() -> None:
+    async def scenario() -> tuple[bool | None, bool | None]:
+        redeliveries = Redeliveries(limit=3)
+        closed = _Channel(is_closed=True)
+        for n in range(5):
+            redeliveries.ended(_Message(f"i{n}", b"x", closed), settled=True)
+        oldest = await redeliveries.outcome(_Message("i0", b"x"), [])
+        newest = await redeliveries.outcome(_Message("i4", b"x"), [])
+        return oldest, newest
+
+    assert asyncio.run(scenario()) == (None, True)
