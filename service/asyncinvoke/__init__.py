@@ -9,6 +9,7 @@ from asyncinvoke.errors import (
     NonRetryableError,
     PayloadTooLarge,
     PublishError,
+    PublishTimeout,
     UnroutableError,
 )
 from asyncinvoke.runners import Context
@@ -26,6 +27,7 @@ __all__ = [
     "NonRetryableError",
     "PayloadTooLarge",
     "PublishError",
+    "PublishTimeout",
     "UnknownFunctionError",
     "UnroutableError",
     "__version__",

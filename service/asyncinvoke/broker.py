@@ -18,7 +18,7 @@ from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
 
 from asyncinvoke import contract
-from asyncinvoke.errors import BrokerUnavailable, PublishError, UnroutableError
+from asyncinvoke.errors import BrokerUnavailable, PublishError, PublishTimeout, UnroutableError
 from asyncinvoke.observability import get_logger
 from asyncinvoke.settings import Settings, redact_url
 
@@ -151,7 +151,7 @@ class Broker:
                 routing_key=routing_key,
             ) from None
         except TimeoutError:
-            raise PublishError(
+            raise PublishTimeout(
                 f"no confirm from the broker within {self.settings.publish_timeout_s:g} s "
                 f"for {exchange!r}/{routing_key!r}",
                 exchange=exchange,

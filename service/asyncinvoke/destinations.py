@@ -20,7 +20,7 @@ import tenacity
 from asyncinvoke import contract, dispatch
 from asyncinvoke.broker import Broker
 from asyncinvoke.contract import Envelope
-from asyncinvoke.errors import PublishError
+from asyncinvoke.errors import PublishError, PublishTimeout
 from asyncinvoke.functions import Destination
 from asyncinvoke.observability import get_logger
 from asyncinvoke.topology import Names
@@ -65,6 +65,11 @@ class Destinations:
                 await self._to_function(record, destination.target)
             else:
                 await self._to_http(record, destination.target)
+        except PublishTimeout:
+            # Transient (a connection lost mid-publish, an overloaded broker): not the
+            # destination's refusal. Raised, so the delivery is returned and runs again,
+            # and its record reaches the destination then.
+            raise
         except (PublishError, HttpDeliveryError) as exc:
             log.warning(
                 "destination_failed",

@@ -70,6 +70,10 @@ class UnroutableError(PublishError):
     """The broker returned a mandatory publish: nothing is bound for it."""
 
 
+class PublishTimeout(PublishError):
+    """No confirm came in time: the broker may or may not have the message (transient)."""
+
+
 class BrokerUnavailable(AsyncInvokeError):
     """No connection to the broker could be made."""
 
