@@ -76,13 +76,29 @@ async def _wait_for_results(
             capture_output=True, text=True, timeout=60,
         )
         queues = [line for line in listing.stdout.splitlines() if namespace.ns in line]
+        failed: list[str] = []
+        connection = await aio_pika.connect(AMQP_URL)
+        try:  # what ended in {ns}.failed instead, read without taking it away
+            channel = await connection.channel()
+            queue = await channel.get_queue(namespace.names.failed, ensure=False)
+            while len(failed) < 5 and (message := await queue.get(no_ack=False, fail=False)):
+                record = contract.unpack(message.body)
+                failed.append(
+                    f"{record['requestContext']['condition']}: "
+                    f"{record.get('deliveryError') or record.get('responsePayload')}"
+                )
+        finally:
+            await connection.close()
         pytest.fail(
             f"stalled at {len(ran)} of {count} results after {timeout} s\n"
             "queue, ready, unacknowledged, consumers:\n" + "\n".join(queues)
-            + "\nworker log (last 40 lines):\n" + "\n".join(worker.lines[-40:])
+            + "\nin the failure queue:\n" + "\n".join(failed)
+            + "\nworker log, every line but the attempts' (last 40):\n"
+            + "\n".join([line for line in worker.lines if '"event":"attempt"' not in line][-40:])
         )
 
 
+@pytest.mark.timeout(300)  # above the waits' own budgets, so a stall reports what it saw
 async def test_all_invocations_run_through_two_connection_drops(
     namespace: Namespace, amqp
 ) -> None:
