@@ -52,8 +52,6 @@ class Message(Protocol):
     def reply_to(self) -> str | None: ...
     @property
     def correlation_id(self) -> str | None: ...
-    @property
-    def headers(self) -> Any: ...
 
 
 class Delivery:
@@ -64,7 +62,6 @@ class Delivery:
         "channel",
         "correlation_id",
         "delivery_tag",
-        "headers",
         "message_id",
         "redelivered",
         "reply_to",
@@ -82,7 +79,6 @@ class Delivery:
         self.message_id: str | None = properties.message_id
         self.reply_to: str | None = properties.reply_to
         self.correlation_id: str | None = properties.correlation_id
-        self.headers: Any = properties.headers or {}
 
 
 Callback = Callable[[Delivery], Coroutine[Any, Any, None]]

@@ -27,87 +27,86 @@ import aiormq
 from tests.bench.common import AMQP_URL
 
 
+class _Count:
+    """Acks counted, and the wall and CPU times of the first and the last."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.acked = 0
+        self.first = self.last = self.cpu_first = self.cpu_last = 0.0
+        self.done = asyncio.Event()
+
+    def acked_one(self) -> None:
+        if self.acked == 0:
+            self.first, self.cpu_first = time.time(), time.process_time()
+        elif self.acked == self.n - 1:
+            self.last, self.cpu_last = time.time(), time.process_time()
+        self.acked += 1
+        if self.acked >= self.n:
+            self.done.set()
+
+    def result(self) -> dict[str, float]:
+        n = self.n
+        return {
+            "n": n,
+            "first": self.first,
+            "last": self.last,
+            "rate": (n - 1) / (self.last - self.first),
+            "cpu_us": (self.cpu_last - self.cpu_first) / (n - 1) * 1e6,
+        }
+
+
 async def consume(queue_name: str, n: int, prefetch: int, timeout: float) -> dict[str, float]:
     connection = await aio_pika.connect(AMQP_URL)
+    count = _Count(n)
     try:
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=prefetch)
         queue = await channel.get_queue(queue_name, ensure=False)
-        acked = 0
-        first = last = cpu_first = cpu_last = 0.0
-        done = asyncio.Event()
 
         async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-            nonlocal acked, first, last, cpu_first, cpu_last
             await message.ack()
-            if acked == 0:
-                first, cpu_first = time.time(), time.process_time()
-            elif acked == n - 1:
-                last, cpu_last = time.time(), time.process_time()
-            acked += 1
-            if acked >= n:
-                done.set()
+            count.acked_one()
 
         tag = await queue.consume(on_message, no_ack=False)
-        finished = asyncio.ensure_future(done.wait())
+        finished = asyncio.ensure_future(count.done.wait())
         closed = asyncio.ensure_future(connection.closed())
         await asyncio.wait({finished, closed}, timeout=timeout, return_when="FIRST_COMPLETED")
         finished.cancel()
         closed.cancel()
-        if not done.is_set():
+        if not count.done.is_set():
             why = "the connection was closed" if connection.is_closed else f"timeout {timeout} s"
-            print(f"bare consumer: {acked} of {n} acked; {why}", file=sys.stderr)
+            print(f"bare consumer: {count.acked} of {n} acked; {why}", file=sys.stderr)
             raise SystemExit(1)
         await queue.cancel(tag)
     finally:
         await connection.close()
-    return {
-        "n": n,
-        "first": first,
-        "last": last,
-        "rate": (n - 1) / (last - first),
-        "cpu_us": (cpu_last - cpu_first) / (n - 1) * 1e6,
-    }
+    return count.result()
 
 
 async def consume_aiormq(
     queue_name: str, n: int, prefetch: int, timeout: float
 ) -> dict[str, float]:
     connection = await aiormq.connect(AMQP_URL)
+    count = _Count(n)
     try:
         channel = await connection.channel()
         await channel.basic_qos(prefetch_count=prefetch)
-        acked = 0
-        first = last = cpu_first = cpu_last = 0.0
-        done = asyncio.Event()
 
         async def on_message(message: aiormq.abc.DeliveredMessage) -> None:
-            nonlocal acked, first, last, cpu_first, cpu_last
             assert message.delivery_tag is not None
             await channel.basic_ack(message.delivery_tag)
-            if acked == 0:
-                first, cpu_first = time.time(), time.process_time()
-            elif acked == n - 1:
-                last, cpu_last = time.time(), time.process_time()
-            acked += 1
-            if acked >= n:
-                done.set()
+            count.acked_one()
 
         await channel.basic_consume(queue_name, on_message, no_ack=False)
         try:
-            await asyncio.wait_for(done.wait(), timeout)
+            await asyncio.wait_for(count.done.wait(), timeout)
         except TimeoutError:
-            print(f"bare aiormq consumer: {acked} of {n} acked; timeout", file=sys.stderr)
+            print(f"bare aiormq consumer: {count.acked} of {n} acked; timeout", file=sys.stderr)
             raise SystemExit(1) from None
     finally:
         await connection.close()
-    return {
-        "n": n,
-        "first": first,
-        "last": last,
-        "rate": (n - 1) / (last - first),
-        "cpu_us": (cpu_last - cpu_first) / (n - 1) * 1e6,
-    }
+    return count.result()
 
 
 def main() -> None:
