@@ -366,14 +366,10 @@ def async_config(spec: FunctionSpec, names: Names, modified_ms: int) -> dict[str
     """The function's effective policy as FC's AsyncConfig; the rest of it (timeout,
     backoff, ...) under ``asyncinvoke``, which FC's SDKs ignore. URLs are shown without
     their passwords: whoever may read a config may not necessarily call its webhooks."""
-    on_failure = _redacted(str(spec.on_failure)) if spec.on_failure else f"queue:{names.failed}"
+    on_failure = redacted(str(spec.on_failure)) if spec.on_failure else f"queue:{names.failed}"
     destinations: dict[str, Any] = {"onFailure": {"destination": on_failure}}
     if spec.on_success is not None:
-        destinations["onSuccess"] = {"destination": _redacted(str(spec.on_success))}
-    policy = spec.policy()
-    for key in ("target", "on_success", "on_failure"):
-        if isinstance(policy.get(key), str):
-            policy[key] = _redacted(policy[key])
+        destinations["onSuccess"] = {"destination": redacted(str(spec.on_success))}
     return {
         "functionArn": function_arn(names, spec.name),
         "asyncTask": spec.task_mode,
@@ -382,12 +378,25 @@ def async_config(spec: FunctionSpec, names: Names, modified_ms: int) -> dict[str
         "destinationConfig": destinations,
         "createdTime": _iso(modified_ms),
         "lastModifiedTime": _iso(modified_ms),
-        "asyncinvoke": policy,
+        "asyncinvoke": shown_policy(spec),
     }
 
 
-def _redacted(text: str) -> str:
+def shown_policy(spec: FunctionSpec) -> dict[str, Any]:
+    """The function's policy as it may be shown (here and by ``topology show``): URLs of
+    an HTTP function or a webhook without their passwords, which a response, a terminal's
+    scrollback or a CI log must not keep."""
+    policy = spec.policy()
+    for key in ("target", "on_success", "on_failure"):
+        value = policy.get(key)
+        if isinstance(value, str):
+            policy[key] = redacted(value)
+    return policy
+
+
+def redacted(text: str) -> str:
+    """``text`` with the password of a URL in it replaced; any other text as it is."""
     try:
         return redact_url(text)
-    except ValueError:  # a port that is not a number: no URL to show at all
+    except ValueError:  # a port that is not a number: show no part of the URL
         return text.split("://", 1)[0] + "://..." if "://" in text else text
