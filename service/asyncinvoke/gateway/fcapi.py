@@ -60,7 +60,6 @@ DEFAULT_LIST_LIMIT = 20
 MAX_INTEGER = 2**63 - 1
 # ASCII digits only: str.isdigit() also takes "²" and "٣", which int() then refuses or reads.
 _WHOLE = re.compile(r"[0-9]{1,19}")
-_SIGNED_WHOLE = re.compile(r"-?[0-9]{1,19}")
 
 JSON = "application/json"
 BINARY = "application/octet-stream"
@@ -247,7 +246,7 @@ def _integer(query: MultiMapping[str], name: str) -> int | None:
     raw = query.get(name)
     if raw is None or raw == "":
         return None
-    if not _SIGNED_WHOLE.fullmatch(raw) or not 0 <= int(raw) <= MAX_INTEGER:
+    if not _WHOLE.fullmatch(raw) or not 0 <= int(raw) <= MAX_INTEGER:
         shown = raw if len(raw) <= 40 else raw[:40] + "..."
         raise InvalidArgument(
             f"{name} must be a whole number between 0 and {MAX_INTEGER}, got {shown!r}"
