@@ -4,7 +4,8 @@ Python handlers: async ones run on the event loop and are cancelled at their
 timeout; sync ones run in a thread pool. A thread cannot be interrupted, so a
 sync handler that overruns is reported as a timeout while its thread finishes
 in the background (its result is discarded). HTTP functions get the event
-POSTed; 2xx is success, anything else a retryable failure.
+POSTed; 2xx is success, anything else a retryable failure (a redirect too: it is
+never followed).
 """
 
 from __future__ import annotations
@@ -222,12 +223,15 @@ class HttpRunner:
             "x-asyncinvoke-attempt": str(envelope.attempt),
         }
         try:
+            # Never follow a redirect: aiohttp would turn the POST into a GET without the
+            # event (301/302/303), and its 2xx would count as a success that never saw it.
             async with self.session.post(
-                self.url, data=body, headers=headers, timeout=self.timeout
+                self.url, data=body, headers=headers, timeout=self.timeout, allow_redirects=False
             ) as response:
                 response_body = await response.read()
                 status = response.status
                 response_type = response.content_type
+                location = response.headers.get("Location")
         except TimeoutError:
             return _timeout_outcome(self.spec, started)
         except aiohttp.ClientError as exc:
@@ -240,11 +244,18 @@ class HttpRunner:
                 status_code=status,
                 duration_ms=duration_ms,
             )
+        if 300 <= status < 400:
+            message = (
+                f"redirected to {location or '(no Location header)'}, not followed: the "
+                "worker never follows redirects; set the function's url to the final address"
+            )
+        else:
+            message = response_body[:2000].decode("utf-8", errors="replace")
         return Outcome(
             ok=False,
             error={
                 "errorType": f"HTTP{status}",
-                "errorMessage": response_body[:2000].decode("utf-8", errors="replace"),
+                "errorMessage": message,
                 "stackTrace": [],
             },
             function_error=contract.HANDLED,
