@@ -12,7 +12,6 @@ import gc
 import os
 import signal
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import aio_pika
@@ -38,7 +37,6 @@ from asyncinvoke.tasks.tracker import TaskTracker
 
 SYSTEM_PREFETCH = 32
 SETTLE_RETRY_PAUSE_S = 1.0
-MAX_THREADS = 256
 PURGE_EVERY_S = 600.0
 
 
@@ -93,7 +91,6 @@ class Worker:
         self.pipeline: Pipeline | None = None
         self._consumers: list[Consumer | tuple[aio_pika.abc.AbstractQueue, str]] = []
         self._session: aiohttp.ClientSession | None = None
-        self._executor: ThreadPoolExecutor | None = None
         self._background: list[asyncio.Task[None]] = []
         self.gate = Gate()
         self._watchdog = Watchdog()
@@ -111,10 +108,6 @@ class Worker:
         await self.broker.connect()
         await topology.declare(self.broker.publisher, self.names, self.specs.values())
         self._session = aiohttp.ClientSession()
-        threads = sum(spec.concurrency for spec in self.specs.values() if spec.handler)
-        self._executor = ThreadPoolExecutor(
-            max_workers=max(1, min(MAX_THREADS, threads)), thread_name_prefix="handler"
-        )
         destinations = Destinations(self.broker, self.names, self._session)
         self.pipeline = Pipeline(
             self.settings, self.names, self.broker, destinations, self.tracker, self.metrics
@@ -123,7 +116,7 @@ class Worker:
         for name, spec in self.specs.items():
             runner: Runner
             if spec.handler:
-                runner = PythonRunner(spec, handlers[name], self._executor, self._watchdog)
+                runner = PythonRunner(spec, handlers[name], self._watchdog)
             else:
                 runner = HttpRunner(spec, self._session)
             self.functions[name] = Function(spec, runner, asyncio.Semaphore(spec.concurrency))
@@ -229,8 +222,8 @@ class Worker:
         if self._session is not None:
             await self._session.close()
         self._watchdog.close()
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+        for function in self.functions.values():
+            function.runner.close()
         log.info("worker_stopped")
 
     async def _return_fresh(self, unsettled: list[tuple[Message, str]]) -> None:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -21,12 +21,12 @@ ENVELOPE = Envelope(id="a", fn="f", payload={"x": 1}, created_at=0)
 async def _run(handler: Any, timeout_s: float = 0.1) -> Any:
     spec = FunctionSpec("f", handler="m:f", timeout_s=timeout_s)
     watchdog = Watchdog()
-    with ThreadPoolExecutor(2) as executor:
-        runner = PythonRunner(spec, handler, executor, watchdog)
-        try:
-            return await asyncio.wait_for(runner.run(ENVELOPE, make_context(ENVELOPE, spec)), 5)
-        finally:
-            watchdog.close()
+    runner = PythonRunner(spec, handler, watchdog)
+    try:
+        return await asyncio.wait_for(runner.run(ENVELOPE, make_context(ENVELOPE, spec)), 5)
+    finally:
+        runner.close()
+        watchdog.close()
 
 
 async def test_an_async_handler_past_its_timeout_is_cancelled_and_reported() -> None:
@@ -105,3 +105,67 @@ async def test_the_result_and_the_context_reach_the_handler() -> None:
     assert outcome.ok and outcome.result == {"x": 1}
     assert (seen[0].invocation_id, seen[0].function, seen[0].attempt) == ("a", "f", 0)
     assert 0 < seen[0].remaining_s() <= 5
+
+
+async def test_a_sync_attempt_that_waits_for_a_thread_starts_its_timeout_when_it_gets_one() -> None:
+    spec = FunctionSpec("f", handler="m:f", timeout_s=0.3, concurrency=1)
+
+    def sleeper(event: Any, context: Context) -> str:
+        time.sleep(event["seconds"])
+        return "slept"
+
+    watchdog = Watchdog()
+    runner = PythonRunner(spec, sleeper, watchdog)
+    overrun = Envelope(id="overrun", fn="f", payload={"seconds": 0.8}, created_at=0)
+    quick = Envelope(id="quick", fn="f", payload={"seconds": 0.05}, created_at=0)
+    try:
+        first = asyncio.create_task(runner.run(overrun, make_context(overrun, spec)))
+        await asyncio.sleep(0.05)  # the overrun holds the function's only thread
+        second = asyncio.create_task(runner.run(quick, make_context(quick, spec)))
+        outcomes = await asyncio.wait_for(asyncio.gather(first, second), 5)
+    finally:
+        runner.close()
+        watchdog.close()
+    assert outcomes[0].function_error == contract.TIMEOUT
+    # It waited about 0.75 s for the thread, more than its timeout, and then ran 0.05 s.
+    assert outcomes[1].ok and outcomes[1].result == "slept"
+    assert outcomes[1].duration_ms < 300
+
+
+async def test_a_function_whose_sync_handlers_hang_leaves_another_its_threads() -> None:
+    release = threading.Event()
+    stuck_spec = FunctionSpec("stuck", handler="m:f", timeout_s=0.1, concurrency=2)
+    healthy_spec = FunctionSpec("healthy", handler="m:f", timeout_s=2, concurrency=1)
+
+    def hang(event: Any, context: Context) -> str:
+        release.wait(10)
+        return "released"
+
+    def answer(event: Any, context: Context) -> str:
+        return "answered"
+
+    watchdog = Watchdog()
+    stuck = PythonRunner(stuck_spec, hang, watchdog)
+    healthy = PythonRunner(healthy_spec, answer, watchdog)
+    try:
+        hung = [
+            asyncio.create_task(stuck.run(ENVELOPE, make_context(ENVELOPE, stuck_spec)))
+            for _ in range(4)
+        ]
+        await asyncio.sleep(0.3)  # the first two have timed out; their threads hang on
+        outcome = await asyncio.wait_for(
+            healthy.run(ENVELOPE, make_context(ENVELOPE, healthy_spec)), 5
+        )
+        stuck_threads = [t for t in threading.enumerate() if t.name.startswith("handler-stuck")]
+        release.set()
+        stuck_outcomes = await asyncio.wait_for(asyncio.gather(*hung), 5)
+    finally:
+        release.set()
+        stuck.close()
+        healthy.close()
+        watchdog.close()
+    assert outcome.ok and outcome.result == "answered"
+    assert len(stuck_threads) == stuck_spec.concurrency
+    # Two timed out; the two that waited for a thread ran once one was free, untimed till then.
+    errors = sorted(stuck_outcome.function_error for stuck_outcome in stuck_outcomes)
+    assert errors == ["", "", contract.TIMEOUT, contract.TIMEOUT]
