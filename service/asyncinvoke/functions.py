@@ -12,12 +12,13 @@ import math
 import re
 import sys
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from asyncinvoke.errors import ConfigError
+from asyncinvoke.ladder import HOLD_LIMIT_MS
 
 FUNCTION_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
 QUEUE_NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,255}$")
@@ -264,6 +265,36 @@ def parse(text: str, path: str = "<string>") -> FunctionsFile:
             raise ConfigError("must be a table", path=path, function=name)
         specs[name] = _spec(path, name, table, defaults)
     return FunctionsFile(path=Path(path), functions=specs)
+
+
+def check_consumer_timeout(
+    specs: Iterable[FunctionSpec], consumer_timeout_s: float, path: str = ""
+) -> None:
+    """Refuse a function whose delivery could stay unacknowledged past the broker's
+    consumer_timeout: the broker would close the worker's channel in the middle of the
+    attempt and hand the invocation to another worker, again and again.
+
+    A delivery waits up to the hold (the last fraction of a second of a delay) and then
+    runs for up to the function's timeout before it is acknowledged.
+    """
+    hold_s = HOLD_LIMIT_MS / 1000
+    for spec in specs:
+        longest_s = spec.timeout_s + hold_s
+        if longest_s <= consumer_timeout_s:
+            continue
+        needed_s = math.ceil(longest_s)
+        raise ConfigError(
+            f"a timeout of {spec.timeout_s:g} s, plus up to {hold_s:g} s that a delivery "
+            f"is held before it runs, is longer than the broker's consumer_timeout of "
+            f"{consumer_timeout_s:g} s: the broker would close the channel mid-attempt and "
+            f"run the invocation again. Raise consumer_timeout in rabbitmq.conf to at least "
+            f"{needed_s * 1000} (milliseconds) and set "
+            f"ASYNCINVOKE_BROKER_CONSUMER_TIMEOUT={needed_s} to match, or lower this "
+            f"function's timeout to {consumer_timeout_s - hold_s:g} s or less",
+            path=path,
+            function=spec.name,
+            key="timeout",
+        )
 
 
 def load(path: str | Path) -> FunctionsFile:

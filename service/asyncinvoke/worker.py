@@ -24,7 +24,7 @@ from asyncinvoke.broker import Broker
 from asyncinvoke.consumer import Consumer, Message
 from asyncinvoke.destinations import Destinations
 from asyncinvoke.errors import AsyncInvokeError, InvalidMessage
-from asyncinvoke.functions import FunctionsFile, load_handler
+from asyncinvoke.functions import FunctionsFile, check_consumer_timeout, load_handler
 from asyncinvoke.gate import Gate
 from asyncinvoke.metrics import Metrics, serve_health
 from asyncinvoke.observability import get_logger
@@ -77,6 +77,9 @@ class Worker:
                     f"known: {', '.join(sorted(specs))}"
                 )
             specs = {name: specs[name] for name in only}
+        check_consumer_timeout(
+            specs.values(), settings.broker_consumer_timeout_s, str(functions_file.path)
+        )
         self.all_specs = dict(functions_file.functions)
         self.specs = specs
         self.config_dir = functions_file.path.parent.resolve()

@@ -12,7 +12,7 @@ from types import ModuleType
 
 import pytest
 
-from asyncinvoke import functions
+from asyncinvoke import functions, ladder
 from asyncinvoke.errors import ConfigError
 from asyncinvoke.functions import DEFAULT_BACKOFF, Backoff, Destination, FunctionSpec
 
@@ -452,3 +452,32 @@ def test_a_handler_module_that_fails_to_import_is_a_config_error(
 
 def test_the_default_backoff_is_the_documented_one() -> None:
     assert Backoff(initial=1.0, multiplier=2.0, max=300.0, jitter=0.2) == DEFAULT_BACKOFF
+
+
+# -- the broker's consumer_timeout ---------------------------------------------------------
+
+
+def test_a_timeout_that_fits_the_brokers_consumer_timeout_with_the_hold_is_accepted() -> None:
+    hold_s = ladder.HOLD_LIMIT_MS / 1000
+    fits = [
+        FunctionSpec("a", handler="m:f", timeout_s=1800 - hold_s),
+        FunctionSpec("b", url="http://x", timeout_s=1),
+    ]
+    functions.check_consumer_timeout(fits, 1800.0, PATH)  # no error
+
+
+def test_a_timeout_past_the_brokers_consumer_timeout_is_refused_naming_both_and_the_fix() -> None:
+    specs = [
+        FunctionSpec("short", handler="m:f", timeout_s=60),
+        FunctionSpec("transcode", handler="m:f", timeout_s=1799.5),
+    ]
+    with pytest.raises(ConfigError) as info:
+        functions.check_consumer_timeout(specs, 1800.0, PATH)
+    error = info.value
+    assert (error.path, error.function, error.key) == (PATH, "transcode", "timeout")
+    message = str(error)
+    assert "timeout of 1799.5 s" in message
+    assert "consumer_timeout of 1800 s" in message
+    assert "rabbitmq.conf to at least 1801000 (milliseconds)" in message
+    assert "ASYNCINVOKE_BROKER_CONSUMER_TIMEOUT=1801" in message
+    assert "timeout to 1798.95 s or less" in message
