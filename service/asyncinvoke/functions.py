@@ -312,10 +312,15 @@ def load(path: str | Path) -> FunctionsFile:
 
 
 def load_handler(spec: FunctionSpec, config_dir: Path | None = None) -> Callable[..., Any]:
-    """Import the configured handler. The config file's folder is importable too."""
+    """Import the configured handler's module and take the callable from it.
+
+    The functions file's folder is importable too, but after everything else on
+    ``sys.path``: a module dropped into a writable config folder cannot shadow the
+    standard library or an installed package that the worker (or a handler) imports.
+    """
     assert spec.handler is not None
     if config_dir is not None and str(config_dir) not in sys.path:
-        sys.path.insert(0, str(config_dir))
+        sys.path.append(str(config_dir))
     module_name, _, attr_path = spec.handler.partition(":")
     try:
         target: Any = importlib.import_module(module_name)
@@ -325,6 +330,8 @@ def load_handler(spec: FunctionSpec, config_dir: Path | None = None) -> Callable
             function=spec.name,
             key="handler",
         ) from None
+    if config_dir is not None:
+        _refuse_shadowed(spec, module_name, config_dir)
     for attr in attr_path.split("."):
         try:
             target = getattr(target, attr)
@@ -337,3 +344,25 @@ def load_handler(spec: FunctionSpec, config_dir: Path | None = None) -> Callable
     if not callable(target):
         raise ConfigError(f"{spec.handler!r} is not callable", function=spec.name, key="handler")
     return target  # type: ignore[no-any-return]
+
+
+def _refuse_shadowed(spec: FunctionSpec, module_name: str, config_dir: Path) -> None:
+    """The handler's module sits beside the functions file, but a module of the same name
+    earlier on ``sys.path`` was imported instead: say so, rather than run other code."""
+    top = module_name.split(".")[0]
+    folder = config_dir.resolve()
+    beside = [path for path in (folder / f"{top}.py", folder / top) if path.exists()]
+    module = sys.modules.get(top)
+    if not beside or module is None:
+        return
+    origin = getattr(module, "__file__", None) or next(iter(getattr(module, "__path__", [])), "")
+    # A module file, a package's __init__.py, or a namespace package's folder.
+    if origin and {Path(origin).resolve(), Path(origin).resolve().parent} & set(beside):
+        return
+    raise ConfigError(
+        f"module {top!r} was imported from {origin or 'a built-in module'}, not from "
+        f"{beside[0]}: a module of that name installed or earlier on sys.path comes first; "
+        "rename the one beside the functions file",
+        function=spec.name,
+        key="handler",
+    )
