@@ -62,7 +62,7 @@ class Worker:
         notifier: Notifier | None = None,
     ):
         self.settings = settings
-        self.metrics = Metrics()
+        self.metrics = Metrics(functions_file.functions)
         self.metrics_port = metrics_port
         self.metrics_host = metrics_host
         self.notifier = notifier or Notifier()
@@ -384,7 +384,7 @@ class Worker:
             record = records.unknown_function(envelope, now_ms())
             await self.pipeline.destinations.to_failed(record)
             self.pipeline.acks.ack(message)
-            self.metrics.failure_records.labels(envelope.fn, contract.UNKNOWN_FUNCTION).inc()
+            self.metrics.count_failure_record(envelope.fn, contract.UNKNOWN_FUNCTION)
             log.warning("unknown_function", invocation_id=envelope.id, function=envelope.fn)
         except Exception as exc:
             await self._settle_failed(message, exc)
@@ -406,7 +406,7 @@ class Worker:
                 spec.on_failure if spec else None,
             )
             self.pipeline.acks.ack(message)
-            self.metrics.failure_records.labels(envelope.fn, contract.DELIVERY_LIMIT_EXCEEDED).inc()
+            self.metrics.count_failure_record(envelope.fn, contract.DELIVERY_LIMIT_EXCEEDED)
             log.error(
                 "attempt",
                 invocation_id=envelope.id,
