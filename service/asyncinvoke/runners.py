@@ -6,7 +6,8 @@ as its concurrency. A thread cannot be interrupted, so a sync handler that
 overruns is reported as a timeout while its thread finishes in the background
 (its result is discarded); until it does, it keeps one of its own function's
 threads, never another function's. A sync attempt's timeout counts from the
-moment a thread starts it, not from the moment it queued for one.
+moment a thread starts it, not from the moment it queued for one; it waits at most
+that long again for a thread, and then fails as a timeout that says so.
 
 HTTP functions get the event POSTed; 2xx is success, anything else a retryable
 failure (a redirect too: it is never followed).
@@ -137,17 +138,20 @@ class Watchdog:
 
     def __init__(self) -> None:
         self._deadlines: dict[asyncio.Task[Any], float] = {}  # perf_counter() values
-        # Sync attempts whose timeout starts when a thread takes them up.
+        # Sync attempts waiting for a thread: their timeout starts when one takes them up.
         self._queued: dict[asyncio.Task[Any], tuple[RunStart, float]] = {}
         self._expired: set[asyncio.Task[Any]] = set()
         self._ticker: asyncio.Task[None] | None = None
 
     def watch(self, task: asyncio.Task[Any], timeout_s: float, start: RunStart) -> None:
-        """Cancel ``task`` ``timeout_s`` after ``start`` (once a thread has set it)."""
-        if start.at is not None:
-            self._deadlines[task] = start.at + timeout_s
-        else:
+        """Cancel ``task`` ``timeout_s`` after ``start``. Until a thread sets ``start``,
+        the attempt may wait ``timeout_s`` for one: the threads of a function whose
+        handlers hang never free up, and its deliveries must not wait for them forever."""
+        if start.at is None:
             self._queued[task] = (start, timeout_s)
+            self._deadlines[task] = time.perf_counter() + timeout_s
+        else:
+            self._deadlines[task] = start.at + timeout_s
         if self._ticker is None:
             self._ticker = asyncio.get_running_loop().create_task(self._tick())
 
@@ -170,11 +174,12 @@ class Watchdog:
             overdue = [task for task, deadline in self._deadlines.items() if deadline <= now]
             for task in overdue:
                 del self._deadlines[task]
+                self._queued.pop(task, None)
                 self._expired.add(task)
                 task.cancel()
 
     def _start_clocks(self) -> None:
-        """Give each queued sync attempt that a thread has begun its deadline."""
+        """Give each queued sync attempt that a thread has begun the deadline of its run."""
         begun = [
             (task, start.at + timeout_s)
             for task, (start, timeout_s) in self._queued.items()
@@ -211,6 +216,22 @@ class PythonRunner:
         if self._threads is not None:
             self._threads.shutdown(wait=False, cancel_futures=True)
 
+    def _no_thread_outcome(self) -> Outcome:
+        """The attempt waited its timeout for a thread and never started."""
+        threads = min(self.spec.concurrency, MAX_THREADS)
+        return Outcome(
+            ok=False,
+            error={
+                "errorType": "TimeoutError",
+                "errorMessage": f"not started: no thread of function {self.spec.name!r} was "
+                f"free within its timeout of {self.spec.timeout_s:g} s; its {threads} "
+                "thread(s) still run handlers that overran their timeout (hung?)",
+                "stackTrace": [],
+            },
+            function_error=contract.TIMEOUT,
+            status_code=504,
+        )
+
     def _in_thread(self, payload: Any, context: Context, start: RunStart) -> Any:
         start.at = time.perf_counter()
         context.deadline = time.time() + self.spec.timeout_s
@@ -233,6 +254,8 @@ class PythonRunner:
                 )
         except asyncio.CancelledError:
             if self.watchdog.release(task):
+                if start.at is None:
+                    return self._no_thread_outcome()
                 return _timeout_outcome(self.spec, start.began())
             raise
         except Exception as exc:

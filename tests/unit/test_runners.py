@@ -108,7 +108,7 @@ async def test_the_result_and_the_context_reach_the_handler() -> None:
 
 
 async def test_a_sync_attempt_that_waits_for_a_thread_starts_its_timeout_when_it_gets_one() -> None:
-    spec = FunctionSpec("f", handler="m:f", timeout_s=0.3, concurrency=1)
+    spec = FunctionSpec("f", handler="m:f", timeout_s=0.5, concurrency=1)
 
     def sleeper(event: Any, context: Context) -> str:
         time.sleep(event["seconds"])
@@ -116,20 +116,47 @@ async def test_a_sync_attempt_that_waits_for_a_thread_starts_its_timeout_when_it
 
     watchdog = Watchdog()
     runner = PythonRunner(spec, sleeper, watchdog)
-    overrun = Envelope(id="overrun", fn="f", payload={"seconds": 0.8}, created_at=0)
-    quick = Envelope(id="quick", fn="f", payload={"seconds": 0.05}, created_at=0)
+    first = Envelope(id="first", fn="f", payload={"seconds": 0.4}, created_at=0)
+    second = Envelope(id="second", fn="f", payload={"seconds": 0.3}, created_at=0)
     try:
-        first = asyncio.create_task(runner.run(overrun, make_context(overrun, spec)))
-        await asyncio.sleep(0.05)  # the overrun holds the function's only thread
-        second = asyncio.create_task(runner.run(quick, make_context(quick, spec)))
-        outcomes = await asyncio.wait_for(asyncio.gather(first, second), 5)
+        running = asyncio.create_task(runner.run(first, make_context(first, spec)))
+        await asyncio.sleep(0.05)  # the first holds the function's only thread
+        waiting = asyncio.create_task(runner.run(second, make_context(second, spec)))
+        outcomes = await asyncio.wait_for(asyncio.gather(running, waiting), 5)
     finally:
         runner.close()
         watchdog.close()
-    assert outcomes[0].function_error == contract.TIMEOUT
-    # It waited about 0.75 s for the thread, more than its timeout, and then ran 0.05 s.
-    assert outcomes[1].ok and outcomes[1].result == "slept"
-    assert outcomes[1].duration_ms < 300
+    # The second waited about 0.35 s for the thread, then ran 0.3 s: 0.65 s in all, more
+    # than its timeout, but its run alone is within it.
+    assert [outcome.ok for outcome in outcomes] == [True, True]
+    assert outcomes[1].duration_ms < 500
+
+
+async def test_a_sync_attempt_that_finds_no_free_thread_within_its_timeout_says_so() -> None:
+    release = threading.Event()
+    spec = FunctionSpec("stuck", handler="m:f", timeout_s=0.2, concurrency=1)
+
+    def hang(event: Any, context: Context) -> str:
+        release.wait(10)
+        return "released"
+
+    watchdog = Watchdog()
+    runner = PythonRunner(spec, hang, watchdog)
+    try:
+        hung = asyncio.create_task(runner.run(ENVELOPE, make_context(ENVELOPE, spec)))
+        await asyncio.sleep(0.05)
+        waited = await asyncio.wait_for(runner.run(ENVELOPE, make_context(ENVELOPE, spec)), 5)
+        release.set()
+        timed_out = await asyncio.wait_for(hung, 5)
+    finally:
+        release.set()
+        runner.close()
+        watchdog.close()
+    assert timed_out.function_error == contract.TIMEOUT
+    assert waited.function_error == contract.TIMEOUT and waited.retryable
+    assert waited.error is not None
+    assert "not started" in waited.error["errorMessage"]
+    assert "'stuck'" in waited.error["errorMessage"]
 
 
 async def test_a_function_whose_sync_handlers_hang_leaves_another_its_threads() -> None:
@@ -166,6 +193,7 @@ async def test_a_function_whose_sync_handlers_hang_leaves_another_its_threads() 
         watchdog.close()
     assert outcome.ok and outcome.result == "answered"
     assert len(stuck_threads) == stuck_spec.concurrency
-    # Two timed out; the two that waited for a thread ran once one was free, untimed till then.
-    errors = sorted(stuck_outcome.function_error for stuck_outcome in stuck_outcomes)
-    assert errors == ["", "", contract.TIMEOUT, contract.TIMEOUT]
+    # Two ran into their timeout; the two behind them found no free thread within theirs.
+    assert [o.function_error for o in stuck_outcomes] == [contract.TIMEOUT] * 4
+    unstarted = [(o.error or {})["errorMessage"].startswith("not started") for o in stuck_outcomes]
+    assert sorted(unstarted) == [False, False, True, True]
