@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import queue
 import sqlite3
 import threading
@@ -385,7 +386,23 @@ class _SqliteThread:
             _deliver(loop, settled)
 
 
+def _create_private(path: str) -> None:
+    """Create the database file readable by its owner only (0600), before SQLite would
+    create it 0644: tasks hold payloads and results. SQLite gives its -wal and -shm files
+    the database file's mode. A file that exists keeps the mode its operator gave it."""
+    if path == ":memory:" or os.path.exists(path):
+        return
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass  # another worker process created it between the check and here
+    except OSError as exc:
+        raise ConfigError(f"cannot create the task store: {exc.strerror}", path=path,
+                          key="ASYNCINVOKE_TASK_STORE") from exc
+
+
 def _connect(path: str) -> sqlite3.Connection:
+    _create_private(path)
     try:
         # Autocommit mode: the thread opens and commits the batch transactions itself.
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
