@@ -1,0 +1,44 @@
+"""Host tools that some tests need. Missing on a developer's machine, a test skips and
+says which; under CI (``CI=true``) a skip fails the run instead (tests/conftest.py),
+since a green CI must mean every test ran."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+
+import pytest
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI") == "true"
+
+
+def require_tool(name: str) -> str:
+    """The path of command ``name``; skips the test (fails it under CI) if it is missing."""
+    path = shutil.which(name)
+    if path is None:
+        reason = f"{name} is not on this host"
+        if in_ci():
+            pytest.fail(f"{reason}: CI must have it (.ci/run installs what the tests need)")
+        pytest.skip(reason)
+    return path
+
+
+async def unacknowledged(queue: str) -> int:
+    """Deliveries of ``queue`` that consumers hold unacknowledged, as the broker counts
+    them (``rabbitmqctl list_queues``: AMQP itself only tells the ready ones)."""
+    command = require_tool("rabbitmqctl")
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [command, "-q", "list_queues", "--no-table-headers", "name", "messages_unacknowledged"],
+        capture_output=True, text=True, timeout=90,
+    )
+    assert result.returncode == 0, result.stderr
+    for line in result.stdout.splitlines():
+        name, _, count = line.rpartition("\t")
+        if name == queue:
+            return int(count)
+    raise AssertionError(f"rabbitmqctl does not list queue {queue!r}")
