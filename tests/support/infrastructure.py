@@ -27,6 +27,24 @@ def require_tool(name: str) -> str:
     return path
 
 
+async def until_unacknowledged(queue: str, count: int, timeout: float = 30.0) -> None:
+    """Wait until the broker counts ``count`` deliveries of ``queue`` unacknowledged.
+
+    Its counts are statistics, refreshed every few seconds (collect_statistics_interval,
+    5 s by default), so a count is waited for, not read once.
+    """
+    seen: list[int] = []
+    try:
+        async with asyncio.timeout(timeout):
+            while not seen or seen[-1] != count:
+                if seen:
+                    await asyncio.sleep(0.5)
+                seen.append(await unacknowledged(queue))
+    except TimeoutError:
+        counts = f"{queue}: unacknowledged {seen} within {timeout} s, never {count}"
+        raise AssertionError(counts) from None
+
+
 async def unacknowledged(queue: str) -> int:
     """Deliveries of ``queue`` that consumers hold unacknowledged, as the broker counts
     them (``rabbitmqctl list_queues``: AMQP itself only tells the ready ones)."""
