@@ -41,12 +41,10 @@ class HookServer:
 
     def __init__(self) -> None:
         self.records: list[dict[str, Any]] = []
-        self.arrived = asyncio.Event()
         self.url = ""
 
     async def _hook(self, request: web.Request) -> web.Response:
         self.records.append(orjson.loads(await request.read()))
-        self.arrived.set()
         return web.Response(status=204)
 
     async def __aenter__(self) -> HookServer:
@@ -175,14 +173,15 @@ async def hook() -> AsyncIterator[HookServer]:
 
 
 async def _reached(worker: WorkerProcess, point: str) -> None:
-    async with asyncio.timeout(REACH_TIMEOUT_S):
-        while not any('"testpoint_reached"' in line for line in worker.lines):
-            assert worker.process is not None and worker.process.returncode is None, (
-                "\n".join(worker.lines[-20:])
-            )
-            await asyncio.sleep(0.02)
-    assert any(f'"point": "{point}"' in line or f'"point":"{point}"' in line
-               for line in worker.lines)
+    """Wait until a delivery in ``worker`` stopped at ``point``."""
+    mark = f'"point":"{point}"'
+    deadline = time.monotonic() + REACH_TIMEOUT_S
+    while not any('"testpoint_reached"' in line and mark in line for line in worker.lines):
+        assert worker.process is not None and worker.process.returncode is None, (
+            "\n".join(worker.lines[-20:])
+        )
+        assert time.monotonic() < deadline, f"no delivery reached {point!r}"
+        await asyncio.sleep(0.02)
 
 
 async def _records_of(
@@ -228,28 +227,29 @@ async def test_a_kill_at_the_follow_up_loses_nothing(
     )
 
     first = WorkerProcess(namespace, functions.path, ASYNCINVOKE_TESTPOINT=point)
+    second = WorkerProcess(namespace, functions.path)
     await first.start()  # declares the namespace, the failure queue included
-    async with RecordSink(amqp, results, namespace.names.failed) as sink:
-        try:
+    try:
+        async with RecordSink(amqp, results, namespace.names.failed) as sink:
             await case.send(namespace, amqp, case.function, inv_id)
             await _reached(first, point)
-            # In flight: the broker holds the delivery unacknowledged, nothing followed yet.
+            # In flight: the broker holds the delivery unacknowledged, and nothing followed
+            # yet (no record; no retry or forward waiting in a queue or the ladder).
             await until_unacknowledged(source, 1)
             assert not sink.request_ids() and not hook.records
-        finally:
+            await assert_namespace_empty(amqp, namespace.names, list(functions.functions))
             await first.kill()
 
-        second = WorkerProcess(namespace, functions.path)
-        await second.start()
-        try:
+            await second.start()
             records = await _records_of(inv_id, sink, record_queue, hook)
             assert await second.terminate() == 0
-        finally:
-            await second.kill()
-        # It came back redelivered: the new worker took it for a suspect.
-        assert any('"suspect"' in line and inv_id in line for line in second.lines), (
-            "\n".join(second.lines[-20:])
-        )
+    finally:
+        await first.kill()
+        await second.kill()
+    # It came back redelivered: the new worker took it for a suspect.
+    assert any('"suspect"' in line and inv_id in line for line in second.lines), (
+        "\n".join(second.lines[-20:])
+    )
 
     assert all(record["requestContext"]["condition"] == case.condition for record in records)
     await assert_namespace_empty(amqp, namespace.names, list(functions.functions))
