@@ -23,6 +23,11 @@ import pytest
 from asyncinvoke import contract, functions, topology
 from asyncinvoke.settings import Settings
 from asyncinvoke.worker import Worker
+from tests.support.ci_skips import (  # noqa: F401  (hooks: a skip fails the run under CI)
+    pytest_collectreport,
+    pytest_runtest_makereport,
+    pytest_sessionfinish,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 AMQP_URL = os.environ.get("ASYNCINVOKE_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
@@ -229,16 +234,3 @@ class WorkerProcess:
         assert self.process is not None
         self.process.terminate()
         return await self.wait_exit(timeout)
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
-    """Under CI=true a skip is a failure: a test skips only for want of something on the
-    host (rabbitmqctl, systemd-analyze), and CI must have it all, or a green run hides
-    tests that never ran."""
-    outcome = yield
-    report = outcome.get_result()
-    if report.skipped and not hasattr(report, "wasxfail") and os.environ.get("CI") == "true":
-        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
-        report.outcome = "failed"
-        report.longrepr = f"skipped under CI=true, where every test must run: {reason}"
