@@ -18,7 +18,7 @@ from uuid import uuid4
 import aiohttp
 import tenacity
 
-from asyncinvoke import contract, dispatch
+from asyncinvoke import _testpoints, contract, dispatch
 from asyncinvoke.broker import Broker
 from asyncinvoke.contract import Envelope
 from asyncinvoke.errors import PublishError, PublishTimeout
@@ -83,6 +83,7 @@ class Destinations:
             )
 
     async def to_failed(self, record: dict[str, Any]) -> None:
+        await _testpoints.pause("failure_record")
         await self._publish_record(
             record, self.names.failed, record["requestContext"]["functionName"]
         )
@@ -109,6 +110,7 @@ class Destinations:
             created_at=int(time.time() * 1000),
             meta={"source": context["requestId"], "condition": context["condition"]},
         )
+        await _testpoints.pause("function_destination")
         await dispatch.send(self.broker, self.names, envelope)
 
     async def _to_http(self, record: dict[str, Any], url: str) -> None:
@@ -125,6 +127,7 @@ class Destinations:
             retry=tenacity.retry_if_exception_type(HttpDeliveryError),
             reraise=True,
         )
+        await _testpoints.pause("http_destination")
         async for attempt in retrying:
             with attempt:
                 await self._post_once(url, body, headers)
