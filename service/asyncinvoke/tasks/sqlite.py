@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from asyncinvoke.errors import ConfigError
+from asyncinvoke.errors import ConfigError, TaskStoreUnavailable
 from asyncinvoke.tasks.states import TERMINAL, Status
 from asyncinvoke.tasks.store import (
     DEFAULT_RESULT_MAX_BYTES,
@@ -50,6 +50,10 @@ Operation = Callable[[sqlite3.Connection], Any]
 BUSY_TIMEOUT_MS = 30_000
 # Caps the time one commit keeps the callers of a batch waiting.
 MAX_BATCH = 1000
+# SQLite's primary result codes for a file it cannot write now: locked by another process
+# past busy_timeout (BUSY, LOCKED), a failing or full disk (IOERR, FULL). The batch was
+# rolled back; the same calls may succeed later.
+_OUTAGE_CODES = frozenset({5, 6, 10, 13})
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -115,7 +119,12 @@ class SqliteTaskStore:
     async def _run(self, operation: Callable[[sqlite3.Connection], R]) -> R:
         if self._thread is None:
             raise RuntimeError(f"task store {self.path!r} is not open")
-        result: R = await self._thread.run(operation)
+        try:
+            result: R = await self._thread.run(operation)
+        except sqlite3.Error as exc:
+            if (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _OUTAGE_CODES:
+                raise TaskStoreUnavailable(self.path, f"{type(exc).__name__}: {exc}") from exc
+            raise
         return result
 
     async def create(
@@ -177,6 +186,9 @@ class SqliteTaskStore:
             return None if row is None else _task_of(row)
 
         return await self._run(read)
+
+    async def ping(self) -> None:
+        await self._run(lambda conn: conn.execute("SELECT 1").fetchone())
 
     async def list(
         self,
