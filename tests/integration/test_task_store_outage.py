@@ -13,6 +13,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aio_pika
 import aiohttp
@@ -136,7 +137,7 @@ async def test_a_call_gives_up_after_retry_s_and_a_probe_notices_the_store_is_ba
         await store.close()
 
 
-async def _readyz(port: int) -> tuple[int, dict[str, object]]:
+async def _readyz(port: int) -> tuple[int, dict[str, Any]]:
     async with aiohttp.ClientSession() as session, \
             session.get(f"http://127.0.0.1:{port}/readyz") as response:
         return response.status, await response.json()
@@ -173,7 +174,7 @@ async def test_a_worker_waits_out_a_store_outage_and_is_not_ready_meanwhile(
                 status, body = answer
                 assert status == 503
                 assert any("task store" in str(reason) and "locked" in str(reason)
-                           for reason in body["reasons"])  # type: ignore[union-attr]
+                           for reason in body["reasons"])
                 await asyncio.sleep(2.5)
                 lock.release()
             store = await client.tasks()
