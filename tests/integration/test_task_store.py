@@ -153,6 +153,26 @@ async def test_a_task_outlives_its_store_object(stores: Stores) -> None:
     assert await (await stores.open()).get("inv-1") == created
 
 
+async def test_text_no_store_takes_as_it_is_is_kept_with_the_replacement_character(
+    store: TaskStore,
+) -> None:
+    # PostgreSQL refuses NUL in text and JSONB; no UTF-8 encoder takes a lone surrogate.
+    unstorable = "HTTP500: said \x00, read \udc80"
+    await store.create("inv-1", "resize", PAYLOAD, NOW, f"accepted {unstorable}")
+    await store.claim("inv-1", 0, NOW + 1, LEASE_MS)
+    moved = await store.transition(
+        "inv-1", Status.FAILED, NOW + 2, f"failed: {unstorable}", error=unstorable
+    )
+
+    read = await store.get("inv-1")
+    assert read == moved
+    assert read.error == "HTTP500: said \ufffd, read \ufffd"
+    assert [event.detail for event in read.events] == [
+        "accepted HTTP500: said \ufffd, read \ufffd", "attempt 0",
+        "failed: HTTP500: said \ufffd, read \ufffd",
+    ]
+
+
 # claim
 
 
