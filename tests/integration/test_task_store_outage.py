@@ -22,11 +22,14 @@ import pytest
 
 from asyncinvoke import Client, topology
 from asyncinvoke.errors import TaskStoreUnavailable
+from asyncinvoke.gateway import Gateway
+from asyncinvoke.gateway.fcapi import API_PREFIX
 from asyncinvoke.tasks import sqlite as sqlite_store
 from asyncinvoke.tasks.postgres import PostgresTaskStore
 from asyncinvoke.tasks.retrying import RetryingTaskStore
 from asyncinvoke.tasks.sqlite import SqliteTaskStore
 from asyncinvoke.tasks.states import Status
+from asyncinvoke.tasks.store import Task
 from asyncinvoke.worker import Worker
 from tests.conftest import AMQP_URL, Namespace
 from tests.support import handlers
@@ -212,3 +215,91 @@ async def _depth(namespace: Namespace, queue: str) -> int | None:
         return await topology.queue_depth(connection, queue)
     finally:
         await connection.close()
+
+
+async def test_the_gateway_answers_503_and_is_not_ready_while_the_store_is_down(
+    namespace: Namespace, tmp_path: Path, short_busy_timeout: None
+) -> None:
+    path = str(tmp_path / "tasks.db")
+    functions_file = namespace.functions("""
+        [functions.echo]
+        handler = "tests.support.handlers:echo"
+        task_mode = true
+    """)
+    settings = namespace.settings.with_overrides(
+        task_store=f"sqlite:///{path}", task_store_retry_s=0.5
+    )
+    gateway = Gateway(settings, functions_file, {})
+    await gateway.start("127.0.0.1", 0)
+    try:
+        async with aiohttp.ClientSession(gateway.url) as http:
+            with FileLock(path) as lock:
+                async with http.get(f"{API_PREFIX}/echo/async-tasks/some_task") as refused:
+                    status, body = refused.status, await refused.json()
+                async with http.get("/readyz") as readyz:
+                    ready_status, ready = readyz.status, await readyz.json()
+                lock.release()
+            async with asyncio.timeout(10):  # the probe sees the store back
+                while gateway.not_ready():
+                    await asyncio.sleep(0.05)
+            async with http.get(f"{API_PREFIX}/echo/async-tasks/some_task") as after:
+                after_status = after.status
+    finally:
+        await gateway.stop()
+    assert status == 503
+    assert body["Code"] == "ServiceUnavailable"
+    assert "task store" in body["Message"] and "locked" in body["Message"]
+    assert ready_status == 503
+    assert any(reason.startswith("task store") for reason in ready["reasons"])
+    assert after_status == 404
+
+
+class LosesTheFirstAnswer(SqliteTaskStore):
+    """Each kind of write commits, then loses its first answer, as when the connection
+    is cut between the server's COMMIT and its reply."""
+
+    lost: set[str]
+
+    def _lose_once(self, write: str) -> None:
+        if write not in self.lost:
+            self.lost.add(write)
+            raise TaskStoreUnavailable(self.path, "connection lost after COMMIT")
+
+    async def create(
+        self, task_id: str, function: str, payload: bytes | None, now_ms: int, detail: str = ""
+    ) -> Task:
+        created = await super().create(task_id, function, payload, now_ms, detail)
+        self._lose_once("create")
+        return created
+
+    async def transition(self, *args: Any, **kwargs: Any) -> Task | None:
+        moved = await super().transition(*args, **kwargs)
+        self._lose_once("transition")
+        return moved
+
+    async def request_stop(self, task_id: str, now_ms: int) -> Task:
+        stopped = await super().request_stop(task_id, now_ms)
+        self._lose_once("request_stop")
+        return stopped
+
+
+async def test_a_write_that_committed_and_lost_its_answer_is_recognised_as_ours(
+    tmp_path: Path,
+) -> None:
+    raw = LosesTheFirstAnswer(str(tmp_path / "tasks.db"))
+    raw.lost = set()
+    store = RetryingTaskStore(raw, retry_s=10)
+    await store.open()
+    try:
+        # Tried again, each would find its own work done: TaskExists, None, TaskFinished.
+        created = await store.create("t1", "fn", b"\x90", NOW, "accepted")
+        await store.claim("t1", 0, NOW + 1, 60_000)
+        succeeded = await store.transition("t1", Status.SUCCEEDED, NOW + 2, "attempt 0 ok")
+        await store.create("t2", "fn", None, NOW)
+        stopped = await store.request_stop("t2", NOW + 3)
+    finally:
+        await store.close()
+    assert raw.lost == {"create", "transition", "request_stop"}
+    assert created.status is Status.ENQUEUED
+    assert succeeded is not None and succeeded.status is Status.SUCCEEDED
+    assert stopped.status is Status.STOPPED

@@ -122,7 +122,7 @@ class SqliteTaskStore:
         try:
             result: R = await self._thread.run(operation)
         except sqlite3.Error as exc:
-            if (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _OUTAGE_CODES:
+            if _is_outage(exc):
                 raise TaskStoreUnavailable(self.path, f"{type(exc).__name__}: {exc}") from exc
             raise
         return result
@@ -407,9 +407,15 @@ def _connect(path: str) -> sqlite3.Connection:
         conn.executescript(_SCHEMA)
     except sqlite3.Error as exc:
         conn.close()
+        if _is_outage(exc):  # another process holds the file: worth another try
+            raise TaskStoreUnavailable(path, f"{type(exc).__name__}: {exc}") from exc
         raise ConfigError(f"cannot set up the task store: {exc}", path=path,
                           key="ASYNCINVOKE_TASK_STORE") from exc
     return conn
+
+
+def _is_outage(exc: sqlite3.Error) -> bool:
+    return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _OUTAGE_CODES
 
 
 def _deliver(
