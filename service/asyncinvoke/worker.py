@@ -392,6 +392,8 @@ class Worker:
         assert self.pipeline is not None
         log.warning("task_store_unavailable_returned", message_id=message.message_id,
                     queue=queue_name, error=str(exc))
+        # Not straight back: with a short ASYNCINVOKE_TASK_STORE_RETRY_S that would spin.
+        await asyncio.sleep(SETTLE_RETRY_PAUSE_S)
         try:
             await self.pipeline.republish(message, queue_name)
         except Exception as publish_exc:

@@ -59,7 +59,15 @@ class RetryingTaskStore:
 
     async def _retrying(self, operation: Callable[[], Awaitable[R]]) -> tuple[R, int]:
         """What ``operation`` answered, and in how many tries."""
-        tries = 0
+        try:
+            answer = await operation()
+        except TaskStoreUnavailable as exc:
+            self._down(exc)
+        else:
+            self._up()
+            return answer, 1
+        # Down: tenacity takes over only now, as it costs more than the call it wraps.
+        tries = 1
 
         async def counted() -> R:
             nonlocal tries
@@ -75,7 +83,7 @@ class RetryingTaskStore:
             reraise=True,
         )
         try:
-            answer: R = await retrying(counted)
+            answer = await retrying(counted)
         except TaskStoreUnavailable as exc:
             self._down(exc)
             raise
