@@ -4,8 +4,10 @@ A private PostgreSQL (initdb in a temporary directory, its own port) serves as t
 store of a worker running 2,000 task-mode invocations; the shared server at 5432 is never
 touched. Part way through, the server is stopped (fast: every connection is cut), kept
 down for a few seconds, and started again. Expected: every invocation ends Succeeded,
-none becomes a failure record, no handler runs more than twice, and /readyz says "not
-ready" (naming the task store) while the server is down.
+none becomes a failure record, no delivery is taken for poison (nacked or made a
+suspect), no handler runs more than twice, and /readyz says "not ready" (naming the task
+store) while the server is down. Twice: with calls that wait the outage out, and with a
+retry budget shorter than the outage, so that deliveries go back to their queue fresh.
 
 Needs the PostgreSQL server binaries (Debian: postgresql). Without them the test skips,
 saying so; under CI=true it fails instead.
@@ -152,10 +154,12 @@ async def _watch_readyz(port: int, seen: Readiness, stop: asyncio.Event) -> None
             await asyncio.sleep(0.05)
 
 
-def _count_poison_paths(worker: Worker) -> Counter[str]:
-    """Counts the deliveries that take the path of a message that may kill its worker:
-    returned unsettled (nacked, so redelivered) or moved to the suspect queue."""
+def _count_paths(worker: Worker) -> tuple[Counter[str], Counter[str]]:
+    """Counts the deliveries that take the path of a message that may kill its worker
+    (returned unsettled, so redelivered; moved to the suspect queue), and those returned
+    to their queue as new messages because the store stayed down."""
     taken: Counter[str] = Counter()
+    returned: Counter[str] = Counter()
     pipeline = worker.pipeline
     assert pipeline is not None
     settle_failed, move_to_suspects = worker._settle_failed, pipeline.move_to_suspects
@@ -168,9 +172,16 @@ def _count_poison_paths(worker: Worker) -> Counter[str]:
         taken["suspect"] += 1
         await move_to_suspects(message, function)
 
+    store_unavailable = worker._store_unavailable
+
+    async def counted_store_unavailable(message: Any, queue: str, exc: Any) -> bool:
+        returned["returned to the queue, fresh"] += 1
+        return await store_unavailable(message, queue, exc)
+
     worker._settle_failed = counted_settle_failed  # type: ignore[method-assign]
+    worker._store_unavailable = counted_store_unavailable  # type: ignore[method-assign,assignment]
     pipeline.move_to_suspects = counted_move_to_suspects  # type: ignore[method-assign]
-    return taken
+    return taken, returned
 
 
 async def _statuses(dsn: str) -> dict[str, int]:
@@ -194,8 +205,16 @@ async def _depth(queue: str) -> int | None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(400)
+@pytest.mark.parametrize(
+    "retry_s",
+    [
+        pytest.param(30.0, id="calls-wait-out-the-outage"),
+        # Shorter than the outage: deliveries go back to their queue (fresh) meanwhile.
+        pytest.param(1.0, id="deliveries-return-to-their-queue"),
+    ],
+)
 async def test_a_postgres_restart_mid_traffic_loses_nothing_and_fails_nothing(
-    namespace: Namespace, private_postgres: PrivatePostgres
+    namespace: Namespace, private_postgres: PrivatePostgres, retry_s: float
 ) -> None:
     handlers.CALLS["sleep"].clear()
     runs = handlers.CALLS["sleep"]
@@ -207,11 +226,13 @@ async def test_a_postgres_restart_mid_traffic_loses_nothing_and_fails_nothing(
         timeout = 5
         delivery_limit = 2
     """)
-    settings = namespace.settings.with_overrides(task_store=private_postgres.dsn)
+    settings = namespace.settings.with_overrides(
+        task_store=private_postgres.dsn, task_store_retry_s=retry_s
+    )
     metrics_port = _free_port()
     worker = Worker(settings, functions_file, metrics_port=metrics_port)
     await worker.start()
-    poison_paths = _count_poison_paths(worker)
+    poison_paths, returned = _count_paths(worker)
     readiness = Readiness()
     stop_watching = asyncio.Event()
     watcher = asyncio.create_task(_watch_readyz(metrics_port, readiness, stop_watching))
@@ -255,13 +276,14 @@ async def test_a_postgres_restart_mid_traffic_loses_nothing_and_fails_nothing(
         else round(readiness.outage_cleared_at - up_at, 2)
     )
     print(
-        f"\nPostgreSQL restart mid-traffic: {INVOCATIONS} task-mode invocations, "
+        f"\nPostgreSQL restart mid-traffic (ASYNCINVOKE_TASK_STORE_RETRY_S={retry_s:g}): "
+        f"{INVOCATIONS} task-mode invocations, "
         f"{ran_before} run before the stop, server down {DOWN_S:g} s "
         f"(stop+start took {up_at - down_at:.2f} s)\n"
         f"  lost (never ran): {len(lost)}; duplicates (runs beyond the first): {duplicates}; "
         f"most runs of one id: {max(per_id.values(), default=0)}\n"
         f"  task statuses: {statuses}; failure records: {failed}; dead-lettered: {dead}; "
-        f"nacked or made suspects: {dict(poison_paths)}\n"
+        f"nacked or made suspects: {dict(poison_paths)}; {dict(returned)}\n"
         f"  /readyz said the task store was down for "
         f"{(readiness.outage_cleared_at or 0) - (readiness.outage_seen_at or 0):.2f} s; "
         f"ready again {recovered_s} s after the server was back; "
