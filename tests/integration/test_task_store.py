@@ -173,6 +173,18 @@ async def test_text_no_store_takes_as_it_is_is_kept_with_the_replacement_charact
     ]
 
 
+async def test_a_lookup_by_text_no_store_takes_finds_nothing_instead_of_failing(
+    store: TaskStore,
+) -> None:
+    await store.create("inv-1", "resize", PAYLOAD, NOW)
+    for unstorable in ("inv\x00-1", "inv\udc80-1"):
+        assert await store.get(unstorable) is None
+        assert (await store.list(prefix=unstorable)).tasks == []
+        assert (await store.list(function=unstorable)).tasks == []
+        with pytest.raises(TaskNotFound):
+            await store.request_stop(unstorable, NOW + 1)
+
+
 # claim
 
 
