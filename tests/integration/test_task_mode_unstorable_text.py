@@ -24,7 +24,14 @@ from aiohttp.test_utils import TestServer
 from asyncinvoke import Client, contract, topology
 from asyncinvoke.tasks.states import Status
 from asyncinvoke.tasks.store import Task
-from tests.conftest import Namespace, collect, records_of, running_worker
+from tests.conftest import (
+    Namespace,
+    WorkerProcess,
+    collect,
+    records_of,
+    running_worker,
+    write_functions,
+)
 from tests.support import handlers
 
 POSTGRES_DSN = os.environ.get(
@@ -149,3 +156,37 @@ async def test_a_nul_in_an_unknown_envelope_key_makes_the_task_invalid_once(
     assert failures[0]["requestContext"]["condition"] == contract.INVALID_MESSAGE
     assert more == 0
     assert task.error is not None and f"by{REPLACED}te" in task.error
+
+
+async def test_a_lone_surrogate_in_an_exception_does_not_break_the_json_log_line(
+    namespace: Namespace, tmp_path: Path
+) -> None:
+    # A worker process logs JSON lines, as in production; the attempt's line carries the
+    # error text, and orjson refuses a lone surrogate as the stores do.
+    store_url = f"sqlite:///{tmp_path}/tasks.db"
+    config = write_functions(tmp_path, """
+        [functions.surrogate]
+        handler = "tests.support.handlers:fail_with_lone_surrogate"
+        task_mode = true
+        max_retries = 2
+        delivery_limit = 2
+        backoff = { initial = 0.05, multiplier = 1.0, max = 0.05, jitter = 0.0 }
+    """)
+    namespace.function_names.add("surrogate")
+    worker = WorkerProcess(namespace, config, ASYNCINVOKE_TASK_STORE=store_url)
+    await worker.start()
+    try:
+        async with Client(settings=namespace.settings.with_overrides(task_store=store_url)) \
+                as client:
+            task_id = await client.invoke("surrogate", None)
+            task = await _until_status(client, task_id, {Status.SUCCEEDED})
+    finally:
+        await worker.terminate()
+    assert task.attempts == 2
+    assert [event.status for event in task.events] == [
+        Status.ENQUEUED, Status.RUNNING, Status.RETRYING, Status.DEQUEUED, Status.RUNNING,
+        Status.SUCCEEDED,
+    ]
+    assert not [line for line in worker.lines if '"settle_failed"' in line]
+    retried = [line for line in worker.lines if '"outcome":"retry"' in line]
+    assert len(retried) == 1 and f"cannot read b'\\\\x80' as {REPLACED}" in retried[0], retried

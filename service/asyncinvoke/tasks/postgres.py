@@ -35,8 +35,8 @@ from asyncinvoke.tasks.store import (
     encode_events,
     encode_page_token,
     new_task,
-    storable,
 )
+from asyncinvoke.text import encodable
 
 R = TypeVar("R")
 
@@ -227,7 +227,7 @@ class PostgresTaskStore:
         """Read the task, let ``decide`` answer, and write the task the answer holds if it
         changed, unless another writer came first: then read and decide again."""
         with self._outage_is_unavailable():
-            return await self._change_on_connection(storable(task_id), decide, after_of)
+            return await self._change_on_connection(encodable(task_id), decide, after_of)
 
     async def _change_on_connection(
         self,
@@ -260,7 +260,7 @@ class PostgresTaskStore:
     async def get(self, task_id: str) -> Task | None:
         with self._outage_is_unavailable():
             row = await self.pool.fetchrow(
-                f"SELECT {_COLUMNS} FROM {self._table} WHERE id = $1", storable(task_id)
+                f"SELECT {_COLUMNS} FROM {self._table} WHERE id = $1", encodable(task_id)
             )
         return None if row is None else _task_of(row)
 
@@ -285,7 +285,7 @@ class PostgresTaskStore:
         params: list[Any] = []
 
         def bind(value: Any) -> str:
-            params.append(storable(value))  # a NUL in a prefix is an error to PostgreSQL
+            params.append(encodable(value))  # a NUL in a prefix is an error to PostgreSQL
             return f"${len(params)}"
 
         if function is not None:

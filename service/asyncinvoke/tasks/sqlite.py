@@ -40,8 +40,8 @@ from asyncinvoke.tasks.store import (
     encode_events,
     encode_page_token,
     new_task,
-    storable,
 )
+from asyncinvoke.text import encodable
 
 R = TypeVar("R")
 Operation = Callable[[sqlite3.Connection], Any]
@@ -183,7 +183,7 @@ class SqliteTaskStore:
 
     async def get(self, task_id: str) -> Task | None:
         def read(conn: sqlite3.Connection) -> Task | None:
-            row = conn.execute(_SELECT, (storable(task_id),)).fetchone()
+            row = conn.execute(_SELECT, (encodable(task_id),)).fetchone()
             return None if row is None else _task_of(row)
 
         return await self._run(read)
@@ -206,7 +206,7 @@ class SqliteTaskStore:
         check_limit(limit)
         conditions: list[str] = []
         params: list[Any] = []
-        function, prefix = storable(function), storable(prefix)  # no encoder takes a surrogate
+        function, prefix = encodable(function), encodable(prefix)  # no encoder takes a surrogate
         for condition, values in (
             ("function = ?", (function,)),
             ("status = ?", (None if status is None else status.value,)),
@@ -292,7 +292,7 @@ def _change(
     The write is a compare-and-set on the version read; inside the batch's transaction no
     other process can write in between, so a lost race only shows up as a retry here.
     """
-    task_id = storable(task_id)  # an id from a request: no encoder takes a lone surrogate
+    task_id = encodable(task_id)  # an id from a request: no encoder takes a lone surrogate
     while True:
         task, version = _read(conn, task_id)
         answer = decide(task)

@@ -9,7 +9,6 @@ Times are integer milliseconds since the Unix epoch.
 from __future__ import annotations
 
 import base64
-import re
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any, Protocol
@@ -19,34 +18,10 @@ import orjson
 from asyncinvoke.contract import pack
 from asyncinvoke.errors import AsyncInvokeError
 from asyncinvoke.tasks.states import TERMINAL, WAITING, Status, can_transition
+from asyncinvoke.text import encodable
 
 DEFAULT_RESULT_MAX_BYTES = 64 * 1024
 DEFAULT_RETENTION_S = 7 * 86400
-
-# PostgreSQL refuses NUL in text and JSONB, and no UTF-8 encoder (sqlite3's, asyncpg's,
-# orjson's) takes a lone surrogate. Either one in a handler's error text (an HTTP
-# function's body, an exception's message) would make every write of its task fail, and
-# the attempt would be taken for a message that kills its worker.
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-REPLACEMENT_CHARACTER = "\ufffd"
-
-
-def storable(value: Any) -> Any:
-    """``value`` as both stores can keep it: in every string (dict keys included, at any
-    depth) a NUL or a lone surrogate becomes U+FFFD; a surrogate pair becomes the character
-    it stands for. Anything else is returned as it is."""
-    if isinstance(value, str):
-        if _UNSTORABLE.search(value) is None:
-            return value
-        # UTF-16 joins the pairs and replaces the lone halves; NUL has to go by hand.
-        joined = value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-        return joined.replace("\x00", REPLACEMENT_CHARACTER)
-    if isinstance(value, dict):
-        return {storable(key): storable(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(storable(item) for item in value)
-    return value
-
 
 @dataclass(frozen=True, slots=True)
 class Event:
@@ -55,8 +30,8 @@ class Event:
     detail: str = ""
 
     def __post_init__(self) -> None:
-        # Text is made storable here, where it enters a task, so no store ever sees it raw.
-        object.__setattr__(self, "detail", storable(self.detail))
+        # Text is made encodable here, where it enters a task, so no store sees it raw.
+        object.__setattr__(self, "detail", encodable(self.detail))
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +53,7 @@ class Task:
 
     def __post_init__(self) -> None:
         if self.error is not None:
-            object.__setattr__(self, "error", storable(self.error))
+            object.__setattr__(self, "error", encodable(self.error))
 
     @property
     def duration_ms(self) -> int | None:
