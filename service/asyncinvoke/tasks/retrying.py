@@ -41,6 +41,8 @@ R = TypeVar("R")
 
 # How often a store that is down is asked whether it is back, when no call is waiting.
 PROBE_EVERY_S = 1.0
+# Backoff between tries of one call: from 0.1 s, doubling, at most 2 s (plus up to 0.1 s
+# of jitter, so that the calls waiting do not all come back at once).
 FIRST_WAIT_S = 0.1
 LONGEST_WAIT_S = 2.0
 
@@ -112,7 +114,7 @@ class RetryingTaskStore:
     def _up(self) -> None:
         if self.outage is not None:
             self.outage = None
-            log.warning("task_store_recovered",
+            log.info("task_store_recovered",
                         down_s=round(time.monotonic() - self._down_since, 3))
 
     async def _probe_until_up(self) -> None:
