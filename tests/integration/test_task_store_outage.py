@@ -29,7 +29,7 @@ from asyncinvoke.tasks.postgres import PostgresTaskStore
 from asyncinvoke.tasks.retrying import RetryingTaskStore
 from asyncinvoke.tasks.sqlite import SqliteTaskStore
 from asyncinvoke.tasks.states import Status
-from asyncinvoke.tasks.store import Task
+from asyncinvoke.tasks.store import Claim, ClaimResult, Task
 from asyncinvoke.worker import Worker
 from tests.conftest import AMQP_URL, Namespace
 from tests.support import handlers
@@ -272,6 +272,11 @@ class LosesTheFirstAnswer(SqliteTaskStore):
         self._lose_once("create")
         return created
 
+    async def claim(self, task_id: str, attempt: int, now_ms: int, lease_ms: int) -> ClaimResult:
+        claimed = await super().claim(task_id, attempt, now_ms, lease_ms)
+        self._lose_once("claim")
+        return claimed
+
     async def transition(self, *args: Any, **kwargs: Any) -> Task | None:
         moved = await super().transition(*args, **kwargs)
         self._lose_once("transition")
@@ -291,15 +296,17 @@ async def test_a_write_that_committed_and_lost_its_answer_is_recognised_as_ours(
     store = RetryingTaskStore(raw, retry_s=10)
     await store.open()
     try:
-        # Tried again, each would find its own work done: TaskExists, None, TaskFinished.
+        # Tried again, each would find its own work done: TaskExists, BUSY (a live lease),
+        # None (not allowed from Succeeded), TaskFinished.
         created = await store.create("t1", "fn", b"\x90", NOW, "accepted")
-        await store.claim("t1", 0, NOW + 1, 60_000)
+        claimed = await store.claim("t1", 0, NOW + 1, 60_000)
         succeeded = await store.transition("t1", Status.SUCCEEDED, NOW + 2, "attempt 0 ok")
         await store.create("t2", "fn", None, NOW)
         stopped = await store.request_stop("t2", NOW + 3)
     finally:
         await store.close()
-    assert raw.lost == {"create", "transition", "request_stop"}
+    assert raw.lost == {"create", "claim", "transition", "request_stop"}
     assert created.status is Status.ENQUEUED
+    assert claimed.claim is Claim.CLAIMED
     assert succeeded is not None and succeeded.status is Status.SUCCEEDED
     assert stopped.status is Status.STOPPED

@@ -8,8 +8,9 @@ is down ``outage`` says why, for /readyz, and a probe notices when it is back ev
 call is waiting.
 
 A write can commit and lose only its answer with the connection. Tried again, it would
-find its own work done and report a conflict that is not one; ``create``, ``transition``
-and ``request_stop`` recognise their own write (same event, same millisecond) instead.
+find its own work done and report a conflict that is not one; ``create``, ``claim``,
+``transition`` and ``request_stop`` recognise their own write (same event, same
+millisecond) instead.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from asyncinvoke.observability import get_logger
 from asyncinvoke.tasks.states import Status
 from asyncinvoke.tasks.store import (
     STOPPED_BEFORE_START,
+    Claim,
     ClaimResult,
     Event,
     Page,
@@ -175,9 +177,18 @@ class RetryingTaskStore:
     async def claim(
         self, task_id: str, attempt: int, now_ms: int, lease_ms: int
     ) -> ClaimResult:
-        # A claim that committed and lost its answer finds its own live lease (BUSY): the
-        # delivery then waits for that lease to run out and runs once after all.
-        return await self._call(lambda: self.store.claim(task_id, attempt, now_ms, lease_ms))
+        claimed, tries = await self._retrying(
+            lambda: self.store.claim(task_id, attempt, now_ms, lease_ms)
+        )
+        task = claimed.task
+        if claimed.claim is Claim.BUSY and tries > 1 and task is not None and task.events:
+            # Our own claim, if its lease and its Running event are of this very call:
+            # otherwise the delivery would wait for its own lease to run out.
+            last = task.events[-1]
+            if (task.lease_until == now_ms + lease_ms and last.status is Status.RUNNING
+                    and last.timestamp == now_ms):
+                return ClaimResult(Claim.CLAIMED, task)
+        return claimed
 
     async def transition(
         self,
