@@ -211,8 +211,15 @@ class Client:
     async def tasks(self) -> TaskStore:
         """The task store (ASYNCINVOKE_TASK_STORE), opened on first use."""
         if self._tracker is None:
-            self._tracker = TaskTracker(self.settings.task_store)
+            self._tracker = TaskTracker(
+                self.settings.task_store, retry_s=self.settings.task_store_retry_s
+            )
         return await self._tracker.store()
+
+    @property
+    def task_store_outage(self) -> str | None:
+        """Why the task store is unavailable now; None while it is up or was never used."""
+        return None if self._tracker is None else self._tracker.outage
 
     async def stop_task(self, task_id: str) -> Task:
         """Stop a task: one not started never starts; a running one is cancelled.

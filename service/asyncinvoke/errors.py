@@ -7,6 +7,7 @@
     ├── PublishError           the broker refused, returned or did not confirm a publish
     │   └── UnroutableError    no queue is bound for the routing key
     ├── BrokerUnavailable      no connection to the broker could be made
+    ├── TaskStoreUnavailable   the task store cannot be reached or cannot write now (transient)
     └── NonRetryableError      raised by a handler: fail now, do not retry
 
 Each error carries the thing it is about, so a message can name it.
@@ -76,6 +77,16 @@ class PublishTimeout(PublishError):
 
 class BrokerUnavailable(AsyncInvokeError):
     """No connection to the broker could be made."""
+
+
+class TaskStoreUnavailable(AsyncInvokeError):
+    """The task store is down, unreachable or locked: worth trying again, not the fault
+    of the invocation at hand. ``store`` names the store (never with its password)."""
+
+    def __init__(self, store: str, reason: str):
+        super().__init__(f"task store {store} is unavailable: {reason}")
+        self.store = store
+        self.reason = reason
 
 
 class NonRetryableError(AsyncInvokeError):

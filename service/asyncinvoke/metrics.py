@@ -79,8 +79,9 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-def health_routes(metrics: Metrics, ready: Callable[[], bool]) -> list[web.RouteDef]:
-    """/metrics, /healthz (the process answers) and /readyz (it can do its work)."""
+def health_routes(metrics: Metrics, not_ready: Callable[[], list[str]]) -> list[web.RouteDef]:
+    """/metrics, /healthz (the process answers) and /readyz (it can do its work; if not,
+    ``not_ready`` says why, and the answer lists it under "reasons")."""
 
     async def metrics_view(_: web.Request) -> web.Response:
         response = web.Response(body=metrics.render())
@@ -91,9 +92,10 @@ def health_routes(metrics: Metrics, ready: Callable[[], bool]) -> list[web.Route
         return web.json_response({"status": "ok"})
 
     async def readyz(_: web.Request) -> web.Response:
-        if ready():
+        reasons = not_ready()
+        if not reasons:
             return web.json_response({"status": "ready"})
-        return web.json_response({"status": "not ready"}, status=503)
+        return web.json_response({"status": "not ready", "reasons": reasons}, status=503)
 
     return [
         web.get("/metrics", metrics_view),
@@ -103,10 +105,10 @@ def health_routes(metrics: Metrics, ready: Callable[[], bool]) -> list[web.Route
 
 
 async def serve_health(
-    metrics: Metrics, ready: Callable[[], bool], host: str, port: int
+    metrics: Metrics, not_ready: Callable[[], list[str]], host: str, port: int
 ) -> web.AppRunner:
     app = web.Application()
-    app.add_routes(health_routes(metrics, ready))
+    app.add_routes(health_routes(metrics, not_ready))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()

@@ -10,10 +10,13 @@ import asyncio
 import logging
 import sys
 import time
-from typing import IO
+from collections.abc import Callable
+from typing import IO, Any
 
 import orjson
 import structlog
+
+from asyncinvoke.text import encodable
 
 
 class LoopFlushedLogger:
@@ -64,6 +67,16 @@ def _utc_stamp() -> str:
     return f"{_stamp_prefix}.{int((now - second) * 1_000_000):06d}Z"
 
 
+def json_line(value: Any, default: Callable[[Any], Any] = str) -> bytes:
+    """A log line as JSON. orjson refuses a string with a lone surrogate (an exception's
+    text can hold one): such a line is written with U+FFFD in its place, not raised from
+    the code that logs it (after an attempt's ack, say)."""
+    try:
+        return orjson.dumps(value, default=default)
+    except TypeError:
+        return orjson.dumps(encodable(value), default=default)
+
+
 def hot_info(event: str, fields: dict[str, object]) -> None:
     """An info line on the hot path (one per attempt). In JSON it is rendered straight
     to bytes, with the keys structlog would give it, skipping the processor chain;
@@ -75,7 +88,7 @@ def hot_info(event: str, fields: dict[str, object]) -> None:
     fields["event"] = event
     fields["level"] = "info"
     fields["timestamp"] = _utc_stamp()
-    writer.msg(orjson.dumps(fields, default=str))
+    writer.msg(json_line(fields))
 
 
 def configure_logging(log_format: str = "json", level: int = logging.INFO) -> None:
@@ -87,7 +100,7 @@ def configure_logging(log_format: str = "json", level: int = logging.INFO) -> No
         processors: list[structlog.types.Processor] = [
             *shared,
             structlog.processors.dict_tracebacks,
-            structlog.processors.JSONRenderer(serializer=orjson.dumps),
+            structlog.processors.JSONRenderer(serializer=json_line),
         ]
         writer = LoopFlushedLogger(sys.stderr.buffer)
 

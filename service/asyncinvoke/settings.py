@@ -26,6 +26,9 @@ DEFAULT_TASK_RESULT_MAX_BYTES = 64 * 1024
 # RabbitMQ's own default consumer_timeout (3.10.8: 1,800,000 ms). The worker cannot read
 # the broker's value, so it is told it, and refuses functions that could outlast it.
 DEFAULT_BROKER_CONSUMER_TIMEOUT_S = 1800.0
+# Rides out a database restart or a failover; a delivery waits that long for the task
+# store before it goes back to its queue (as a new message, not as a suspect).
+DEFAULT_TASK_STORE_RETRY_S = 30.0
 
 EVENT_LOOPS = ("asyncio", "uvloop")
 
@@ -45,6 +48,7 @@ class Settings:
     publish_timeout_s: float = DEFAULT_PUBLISH_TIMEOUT_S
     task_retention_s: float = DEFAULT_TASK_RETENTION_S
     task_result_max_bytes: int = DEFAULT_TASK_RESULT_MAX_BYTES
+    task_store_retry_s: float = DEFAULT_TASK_STORE_RETRY_S
     event_loop: str = "asyncio"
     broker_consumer_timeout_s: float = DEFAULT_BROKER_CONSUMER_TIMEOUT_S
 
@@ -117,6 +121,9 @@ def from_env(env: Mapping[str, str] | None = None, *, tty: bool = False) -> Sett
         task_result_max_bytes=_int(
             env, "ASYNCINVOKE_TASK_RESULT_MAX_BYTES", DEFAULT_TASK_RESULT_MAX_BYTES,
             0, 64 * 1024 * 1024,
+        ),
+        task_store_retry_s=_float(
+            env, "ASYNCINVOKE_TASK_STORE_RETRY", DEFAULT_TASK_STORE_RETRY_S
         ),
         event_loop=event_loop,
         broker_consumer_timeout_s=consumer_timeout_s,

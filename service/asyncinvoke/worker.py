@@ -23,7 +23,7 @@ from asyncinvoke import contract, records, topology
 from asyncinvoke.broker import Broker
 from asyncinvoke.consumer import Consumer, Message
 from asyncinvoke.destinations import Destinations
-from asyncinvoke.errors import AsyncInvokeError, InvalidMessage
+from asyncinvoke.errors import AsyncInvokeError, InvalidMessage, TaskStoreUnavailable
 from asyncinvoke.functions import FunctionsFile, check_consumer_timeout, load_handler
 from asyncinvoke.gate import Gate
 from asyncinvoke.metrics import Metrics, serve_health
@@ -85,7 +85,9 @@ class Worker:
         self.config_dir = functions_file.path.parent.resolve()
         self.broker = Broker(settings, name=f"asyncinvoke-worker-{os.getpid()}")
         self.tracker = TaskTracker(
-            settings.task_store, result_max_bytes=settings.task_result_max_bytes
+            settings.task_store,
+            retry_s=settings.task_store_retry_s,
+            result_max_bytes=settings.task_result_max_bytes,
         )
         self.functions: dict[str, Function] = {}
         # Each delivery being handled, with the queue it came from.
@@ -140,7 +142,7 @@ class Worker:
         await self._consume(self.names.dead, SYSTEM_PREFETCH, self._on_dead)
         if self.metrics_port is not None:
             self._health = await serve_health(
-                self.metrics, self.ready, self.metrics_host, self.metrics_port
+                self.metrics, self.not_ready, self.metrics_host, self.metrics_port
             )
         gc.freeze()  # start-up's objects stay: spare the collector's full passes over them
         self.notifier.notify("READY=1", f"STATUS={self.status()}")
@@ -155,8 +157,21 @@ class Worker:
         )
 
     def ready(self) -> bool:
-        """Consuming and connected: what /readyz reports."""
-        return bool(self._consumers) and not self.stopping and self.broker.is_connected
+        """Consuming, connected, and the task store up: what /readyz reports."""
+        return not self.not_ready()
+
+    def not_ready(self) -> list[str]:
+        """Why the worker cannot do its work now; empty when it can."""
+        reasons = []
+        if not self._consumers:
+            reasons.append("not consuming yet")
+        if self.stopping:
+            reasons.append("stopping")
+        if not self.broker.is_connected:
+            reasons.append("RabbitMQ: not connected")
+        if self.tracker.outage is not None:
+            reasons.append(f"task store: {self.tracker.outage}")
+        return reasons
 
     def status(self) -> str:
         state = "connected" if self.broker.is_connected else "reconnecting to RabbitMQ"
@@ -315,6 +330,8 @@ class Worker:
             except asyncio.CancelledError:
                 # Shutdown: leave it unacknowledged; closing the channel requeues it.
                 raise
+            except TaskStoreUnavailable as exc:
+                settled = await self._store_unavailable(message, queue_name, exc)
             except Exception as exc:
                 await self._settle_failed(message, exc)
             finally:
@@ -361,6 +378,24 @@ class Worker:
         # A channel that is gone returns the delivery by itself.
         with contextlib.suppress(aiormq.exceptions.AMQPError, RuntimeError):
             await self.pipeline.acks.nack(message)
+
+    async def _store_unavailable(
+        self, message: Message, queue_name: str, exc: TaskStoreUnavailable
+    ) -> bool:
+        """The task store stayed down for ASYNCINVOKE_TASK_STORE_RETRY. The delivery goes
+        back to its queue as a new message: a redelivery would make it a suspect, and its
+        worker did not die of it. Whether it was settled."""
+        assert self.pipeline is not None
+        log.warning("task_store_unavailable_returned", message_id=message.message_id,
+                    queue=queue_name, error=str(exc))
+        # Not straight back: with a short ASYNCINVOKE_TASK_STORE_RETRY that would spin.
+        await asyncio.sleep(SETTLE_RETRY_PAUSE_S)
+        try:
+            await self.pipeline.republish(message, queue_name)
+        except Exception as publish_exc:
+            await self._settle_failed(message, publish_exc)
+            return False
+        return True
 
     async def _on_control(self, message: Message) -> None:
         try:

@@ -154,6 +154,38 @@ async def test_a_task_outlives_its_store_object(stores: Stores) -> None:
     assert await (await stores.open()).get("inv-1") == created
 
 
+async def test_text_no_store_takes_as_it_is_is_kept_with_the_replacement_character(
+    store: TaskStore,
+) -> None:
+    # PostgreSQL refuses NUL in text and JSONB; no UTF-8 encoder takes a lone surrogate.
+    unstorable = "HTTP500: said \x00, read \udc80"
+    await store.create("inv-1", "resize", PAYLOAD, NOW, f"accepted {unstorable}")
+    await store.claim("inv-1", 0, NOW + 1, LEASE_MS)
+    moved = await store.transition(
+        "inv-1", Status.FAILED, NOW + 2, f"failed: {unstorable}", error=unstorable
+    )
+
+    read = await store.get("inv-1")
+    assert read == moved
+    assert read.error == "HTTP500: said \ufffd, read \ufffd"
+    assert [event.detail for event in read.events] == [
+        "accepted HTTP500: said \ufffd, read \ufffd", "attempt 0",
+        "failed: HTTP500: said \ufffd, read \ufffd",
+    ]
+
+
+async def test_a_lookup_by_text_no_store_takes_finds_nothing_instead_of_failing(
+    store: TaskStore,
+) -> None:
+    await store.create("inv-1", "resize", PAYLOAD, NOW)
+    for unstorable in ("inv\x00-1", "inv\udc80-1"):
+        assert await store.get(unstorable) is None
+        assert (await store.list(prefix=unstorable)).tasks == []
+        assert (await store.list(function=unstorable)).tasks == []
+        with pytest.raises(TaskNotFound):
+            await store.request_stop(unstorable, NOW + 1)
+
+
 # claim
 
 

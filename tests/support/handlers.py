@@ -95,3 +95,12 @@ async def marked_sleep(event: Any, context: Context) -> str:
         marks.write(f"{context.invocation_id} {context.attempt}\n")
     await asyncio.sleep(float(event["seconds"]))
     return "slept"
+
+
+async def fail_with_lone_surrogate(event: Any, context: Context) -> str:
+    """Fails its first attempt with an error text that no UTF-8 encoder takes (a lone
+    surrogate, as a bytes.decode(errors="surrogateescape") leaves), then succeeds."""
+    _note(context)
+    if context.attempt == 0:
+        raise RuntimeError("cannot read b'\\x80' as \udc80")
+    return f"ok on attempt {context.attempt}"

@@ -23,6 +23,7 @@ def test_an_empty_environment_gives_the_documented_defaults() -> None:
     assert settings.log_format == "json"
     assert settings.max_payload_bytes == 256 * 1024
     assert settings.max_delay_s == 3600
+    assert settings.task_store_retry_s == 30.0
 
 
 def test_logs_are_for_people_on_a_terminal() -> None:
@@ -46,6 +47,7 @@ def test_every_variable_is_read() -> None:
             "ASYNCINVOKE_SHUTDOWN_GRACE": "2.5",
             "ASYNCINVOKE_TASK_RETENTION": "3600",
             "ASYNCINVOKE_TASK_RESULT_MAX_BYTES": "0",
+            "ASYNCINVOKE_TASK_STORE_RETRY": "5",
             "ASYNCINVOKE_EVENT_LOOP": "uvloop",
             "ASYNCINVOKE_BROKER_CONSUMER_TIMEOUT": "7200",
         }
@@ -61,6 +63,7 @@ def test_every_variable_is_read() -> None:
         shutdown_grace_s=2.5,
         task_retention_s=3600.0,
         task_result_max_bytes=0,
+        task_store_retry_s=5.0,
         event_loop="uvloop",
         broker_consumer_timeout_s=7200.0,
     )
@@ -78,6 +81,7 @@ def test_an_empty_variable_keeps_the_default() -> None:
             "ASYNCINVOKE_TASK_RETENTION",
             "ASYNCINVOKE_TASK_RESULT_MAX_BYTES",
             "ASYNCINVOKE_BROKER_CONSUMER_TIMEOUT",
+            "ASYNCINVOKE_TASK_STORE_RETRY",
         )
     }
     assert from_env(env) == Settings()
@@ -122,6 +126,8 @@ def test_the_longest_delay_is_what_the_ladder_reaches() -> None:
         ("ASYNCINVOKE_TASK_RETENTION", "-5"),
         ("ASYNCINVOKE_TASK_RESULT_MAX_BYTES", "-1"),
         ("ASYNCINVOKE_TASK_RESULT_MAX_BYTES", str(64 * 1024 * 1024 + 1)),
+        ("ASYNCINVOKE_TASK_STORE_RETRY", "a minute"),
+        ("ASYNCINVOKE_TASK_STORE_RETRY", "-1"),
         ("ASYNCINVOKE_NAMESPACE", "has space"),
         ("ASYNCINVOKE_NAMESPACE", "9starts_with_a_digit"),
         ("ASYNCINVOKE_NAMESPACE", "slash/name"),

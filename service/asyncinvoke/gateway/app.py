@@ -144,12 +144,22 @@ class Gateway:
         return f"http://{host}:{self.port}"
 
     def ready(self) -> bool:
-        """Listening and connected to the broker (and, in ``serve``, the worker is ready)."""
-        return (
-            self._runner is not None
-            and self.client.broker.is_connected
-            and (self._also_ready is None or self._also_ready())
-        )
+        """Listening, connected to the broker, the task store up (if it is used), and in
+        ``serve`` the worker ready."""
+        return not self.not_ready()
+
+    def not_ready(self) -> list[str]:
+        """Why the gateway cannot do its work now (what /readyz lists); empty when it can."""
+        reasons = []
+        if self._runner is None:
+            reasons.append("not listening")
+        if not self.client.broker.is_connected:
+            reasons.append("RabbitMQ: not connected")
+        if self.client.task_store_outage is not None:
+            reasons.append(f"task store: {self.client.task_store_outage}")
+        if self._also_ready is not None and not self._also_ready():
+            reasons.append("worker: not ready")
+        return reasons
 
     async def stop(self) -> None:
         """Stop listening; requests in flight finish (within the shutdown grace)."""
@@ -178,7 +188,7 @@ class Gateway:
                     self.get_async_config,
                     name="GetAsyncInvokeConfig",
                 ),
-                *health_routes(self.metrics, self.ready),
+                *health_routes(self.metrics, self.not_ready),
             ]
         )
         return app

@@ -28,7 +28,13 @@ from multidict import CIMultiDictProxy, MultiMapping
 
 from asyncinvoke import contract
 from asyncinvoke.client import CallTimeout, TaskExistsError, UnknownFunctionError
-from asyncinvoke.errors import AsyncInvokeError, BrokerUnavailable, InvalidMessage, PublishError
+from asyncinvoke.errors import (
+    AsyncInvokeError,
+    BrokerUnavailable,
+    InvalidMessage,
+    PublishError,
+    TaskStoreUnavailable,
+)
 from asyncinvoke.functions import FunctionSpec
 from asyncinvoke.settings import redact_url
 from asyncinvoke.tasks.states import Status
@@ -150,6 +156,8 @@ def from_error(exc: Exception) -> FcError | None:
         return InvocationTimeout(str(exc))
     if isinstance(exc, PublishError | BrokerUnavailable):
         return ServiceUnavailable(f"RabbitMQ did not take the invocation: {exc}")
+    if isinstance(exc, TaskStoreUnavailable):
+        return ServiceUnavailable(f"{exc}; try again shortly")
     return None
 
 

@@ -8,13 +8,15 @@ need four (BEGIN, SELECT, UPDATE, COMMIT).
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import asyncpg
 
-from asyncinvoke.errors import ConfigError
+from asyncinvoke.errors import ConfigError, TaskStoreUnavailable
+from asyncinvoke.settings import redact_url
 from asyncinvoke.tasks.states import TERMINAL, Status
 from asyncinvoke.tasks.store import (
     DEFAULT_RESULT_MAX_BYTES,
@@ -35,6 +37,7 @@ from asyncinvoke.tasks.store import (
     encode_page_token,
     new_task,
 )
+from asyncinvoke.text import encodable
 
 R = TypeVar("R")
 
@@ -49,6 +52,21 @@ _COLUMNS = (
     "result, result_truncated, error, lease_until, events, version"
 )
 _TERMINAL = sorted(status.value for status in TERMINAL)
+# What a server restart, a failover or a cut network looks like through asyncpg: refused
+# or lost connections (OSError, class 08), "shutting down" / "starting up" (class 57),
+# too many connections or a full disk (class 53). None of them is the task's fault, and
+# each passes. The pool replaces a connection it finds closed when it is next acquired.
+# A connection the server ended while it sat idle in the pool fails its reset on release
+# with InternalClientError ("cannot switch to state 15", asyncpg issue #784; seen in
+# tests/chaos/test_postgres_restart.py); the pool then drops that connection.
+_OUTAGES = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.InternalClientError,
+)
 
 
 class PostgresTaskStore:
@@ -74,23 +92,35 @@ class PostgresTaskStore:
         self._table = f'"{schema}".{TABLE}'
         self._pool: asyncpg.Pool | None = None
 
-    async def open(self) -> None:
-        pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=POOL_MAX_SIZE)
+    @contextlib.contextmanager
+    def _outage_is_unavailable(self) -> Iterator[None]:
         try:
-            async with pool.acquire() as conn, conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK_KEY)
-                # CREATE SCHEMA wants the database's CREATE privilege even when the schema
-                # exists, which a store in "public" should not need.
-                exists = await conn.fetchval(
-                    "SELECT 1 FROM pg_namespace WHERE nspname = $1", self.schema
-                )
-                if not exists:
-                    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
-                await conn.execute(self._ddl())
-        except BaseException:
-            await pool.close()
-            raise
+            yield
+        except _OUTAGES as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            raise TaskStoreUnavailable(redact_url(self.dsn), reason) from exc
+
+    async def open(self) -> None:
+        with self._outage_is_unavailable():
+            pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=POOL_MAX_SIZE)
+            try:
+                await self._create_schema(pool)
+            except BaseException:
+                await pool.close()
+                raise
         self._pool = pool
+
+    async def _create_schema(self, pool: asyncpg.Pool) -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK_KEY)
+            # CREATE SCHEMA wants the database's CREATE privilege even when the schema
+            # exists, which a store in "public" should not need.
+            exists = await conn.fetchval(
+                "SELECT 1 FROM pg_namespace WHERE nspname = $1", self.schema
+            )
+            if not exists:
+                await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+            await conn.execute(self._ddl())
 
     def _ddl(self) -> str:
         return f"""
@@ -131,12 +161,13 @@ class PostgresTaskStore:
 
     async def _insert(self, task: Task) -> bool:
         """Insert ``task``; False if its id is taken."""
-        status = await self.pool.execute(
-            f"INSERT INTO {self._table} ({_COLUMNS}) VALUES "
-            "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 0) "
-            "ON CONFLICT (id) DO NOTHING",
-            *_row_of(task),
-        )
+        with self._outage_is_unavailable():
+            status = await self.pool.execute(
+                f"INSERT INTO {self._table} ({_COLUMNS}) VALUES "
+                "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 0) "
+                "ON CONFLICT (id) DO NOTHING",
+                *_row_of(task),
+            )
         return bool(status == "INSERT 0 1")
 
     async def create(
@@ -196,6 +227,15 @@ class PostgresTaskStore:
     ) -> R:
         """Read the task, let ``decide`` answer, and write the task the answer holds if it
         changed, unless another writer came first: then read and decide again."""
+        with self._outage_is_unavailable():
+            return await self._change_on_connection(encodable(task_id), decide, after_of)
+
+    async def _change_on_connection(
+        self,
+        task_id: str,
+        decide: Callable[[Task], R],
+        after_of: Callable[[R], Task | None],
+    ) -> R:
         async with self.pool.acquire() as conn:
             while True:
                 row = await conn.fetchrow(
@@ -219,10 +259,15 @@ class PostgresTaskStore:
                     return answer
 
     async def get(self, task_id: str) -> Task | None:
-        row = await self.pool.fetchrow(
-            f"SELECT {_COLUMNS} FROM {self._table} WHERE id = $1", task_id
-        )
+        with self._outage_is_unavailable():
+            row = await self.pool.fetchrow(
+                f"SELECT {_COLUMNS} FROM {self._table} WHERE id = $1", encodable(task_id)
+            )
         return None if row is None else _task_of(row)
+
+    async def ping(self) -> None:
+        with self._outage_is_unavailable():
+            await self.pool.fetchval("SELECT 1")
 
     async def list(
         self,
@@ -241,7 +286,7 @@ class PostgresTaskStore:
         params: list[Any] = []
 
         def bind(value: Any) -> str:
-            params.append(value)
+            params.append(encodable(value))  # a NUL in a prefix is an error to PostgreSQL
             return f"${len(params)}"
 
         if function is not None:
@@ -259,22 +304,24 @@ class PostgresTaskStore:
             created_at, last_id = decode_page_token(next_token)
             conditions.append(f"(created_at, id) {after} ({bind(created_at)}, {bind(last_id)})")
         where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
-        rows = await self.pool.fetch(
-            f"SELECT {_COLUMNS} FROM {self._table} {where} "
-            f"ORDER BY created_at {direction}, id {direction} "
-            f"LIMIT {bind(limit + 1)}",
-            *params,
-        )
+        with self._outage_is_unavailable():
+            rows = await self.pool.fetch(
+                f"SELECT {_COLUMNS} FROM {self._table} {where} "
+                f"ORDER BY created_at {direction}, id {direction} "
+                f"LIMIT {bind(limit + 1)}",
+                *params,
+            )
         tasks = [_task_of(row) for row in rows]
         if len(tasks) <= limit:
             return Page(tasks, None)
         return Page(tasks[:limit], encode_page_token(tasks[limit - 1]))
 
     async def purge(self, older_than_ms: int) -> int:
-        status = await self.pool.execute(
-            f"DELETE FROM {self._table} WHERE status = ANY($1::text[]) AND ended_at < $2",
-            _TERMINAL, older_than_ms,
-        )
+        with self._outage_is_unavailable():
+            status = await self.pool.execute(
+                f"DELETE FROM {self._table} WHERE status = ANY($1::text[]) AND ended_at < $2",
+                _TERMINAL, older_than_ms,
+            )
         return int(status.split()[-1])
 
     # Signature nonces (TaskStore.remember_nonce): their table is made on first use, so a
@@ -283,14 +330,15 @@ class PostgresTaskStore:
 
     async def remember_nonce(self, nonce: str, expires_at_ms: int, now_ms: int) -> bool:
         table = f'"{self.schema}".{NONCE_TABLE}'
-        if not self._nonces_ready:
-            async with self.pool.acquire() as conn, conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK_KEY)
-                await conn.execute(_nonce_ddl(table))
-            self._nonces_ready = True
-        status = await self.pool.execute(
-            _remember_nonce_sql(table), nonce, expires_at_ms, now_ms, NONCE_PRUNE_BATCH
-        )
+        with self._outage_is_unavailable():
+            if not self._nonces_ready:
+                async with self.pool.acquire() as conn, conn.transaction():
+                    await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK_KEY)
+                    await conn.execute(_nonce_ddl(table))
+                self._nonces_ready = True
+            status = await self.pool.execute(
+                _remember_nonce_sql(table), nonce, expires_at_ms, now_ms, NONCE_PRUNE_BATCH
+            )
         return bool(status == "INSERT 0 1")
 
 

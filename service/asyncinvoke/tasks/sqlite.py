@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from asyncinvoke.errors import ConfigError
+from asyncinvoke.errors import ConfigError, TaskStoreUnavailable
 from asyncinvoke.tasks.states import TERMINAL, Status
 from asyncinvoke.tasks.store import (
     DEFAULT_RESULT_MAX_BYTES,
@@ -43,6 +43,7 @@ from asyncinvoke.tasks.store import (
     encode_page_token,
     new_task,
 )
+from asyncinvoke.text import encodable
 
 R = TypeVar("R")
 Operation = Callable[[sqlite3.Connection], Any]
@@ -52,6 +53,10 @@ Operation = Callable[[sqlite3.Connection], Any]
 BUSY_TIMEOUT_MS = 30_000
 # Caps the time one commit keeps the callers of a batch waiting.
 MAX_BATCH = 1000
+# SQLite's primary result codes for a file it cannot write now: locked by another process
+# past busy_timeout (BUSY, LOCKED), a failing or full disk (IOERR, FULL). The batch was
+# rolled back; the same calls may succeed later.
+_OUTAGE_CODES = frozenset({5, 6, 10, 13})
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -117,7 +122,12 @@ class SqliteTaskStore:
     async def _run(self, operation: Callable[[sqlite3.Connection], R]) -> R:
         if self._thread is None:
             raise RuntimeError(f"task store {self.path!r} is not open")
-        result: R = await self._thread.run(operation)
+        try:
+            result: R = await self._thread.run(operation)
+        except sqlite3.Error as exc:
+            if _is_outage(exc):
+                raise TaskStoreUnavailable(self.path, f"{type(exc).__name__}: {exc}") from exc
+            raise
         return result
 
     async def create(
@@ -175,10 +185,13 @@ class SqliteTaskStore:
 
     async def get(self, task_id: str) -> Task | None:
         def read(conn: sqlite3.Connection) -> Task | None:
-            row = conn.execute(_SELECT, (task_id,)).fetchone()
+            row = conn.execute(_SELECT, (encodable(task_id),)).fetchone()
             return None if row is None else _task_of(row)
 
         return await self._run(read)
+
+    async def ping(self) -> None:
+        await self._run(lambda conn: conn.execute("SELECT 1").fetchone())
 
     async def list(
         self,
@@ -195,6 +208,7 @@ class SqliteTaskStore:
         check_limit(limit)
         conditions: list[str] = []
         params: list[Any] = []
+        function, prefix = encodable(function), encodable(prefix)  # no encoder takes a surrogate
         for condition, values in (
             ("function = ?", (function,)),
             ("status = ?", (None if status is None else status.value,)),
@@ -283,6 +297,7 @@ def _change(
     The write is a compare-and-set on the version read; inside the batch's transaction no
     other process can write in between, so a lost race only shows up as a retry here.
     """
+    task_id = encodable(task_id)  # an id from a request: no encoder takes a lone surrogate
     while True:
         task, version = _read(conn, task_id)
         answer = decide(task)
@@ -416,9 +431,15 @@ def _connect(path: str) -> sqlite3.Connection:
         conn.executescript(_SCHEMA)
     except sqlite3.Error as exc:
         conn.close()
+        if _is_outage(exc):  # another process holds the file: worth another try
+            raise TaskStoreUnavailable(path, f"{type(exc).__name__}: {exc}") from exc
         raise ConfigError(f"cannot set up the task store: {exc}", path=path,
                           key="ASYNCINVOKE_TASK_STORE") from exc
     return conn
+
+
+def _is_outage(exc: sqlite3.Error) -> bool:
+    return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _OUTAGE_CODES
 
 
 def _deliver(

@@ -18,16 +18,20 @@ import orjson
 from asyncinvoke.contract import pack
 from asyncinvoke.errors import AsyncInvokeError
 from asyncinvoke.tasks.states import TERMINAL, WAITING, Status, can_transition
+from asyncinvoke.text import encodable
 
 DEFAULT_RESULT_MAX_BYTES = 64 * 1024
 DEFAULT_RETENTION_S = 7 * 86400
-
 
 @dataclass(frozen=True, slots=True)
 class Event:
     status: Status
     timestamp: int  # ms
     detail: str = ""
+
+    def __post_init__(self) -> None:
+        # Text is made encodable here, where it enters a task, so no store sees it raw.
+        object.__setattr__(self, "detail", encodable(self.detail))
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +50,10 @@ class Task:
     error: str | None = None
     lease_until: int | None = None  # a Running claim is held until then
     events: tuple[Event, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if self.error is not None:
+            object.__setattr__(self, "error", encodable(self.error))
 
     @property
     def duration_ms(self) -> int | None:
@@ -94,6 +102,13 @@ class TaskFinished(AsyncInvokeError):
 
 
 class TaskStore(Protocol):
+    """What a worker and the gateway ask of a task store.
+
+    An outage (the server down or restarting, the connection lost, the file locked) is
+    raised as ``errors.TaskStoreUnavailable``, whatever the driver says, so that callers
+    can tell "try again" from "this write is wrong" (``tasks.retrying`` tries again).
+    """
+
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...
@@ -139,6 +154,10 @@ class TaskStore(Protocol):
         ...
 
     async def get(self, task_id: str) -> Task | None: ...
+
+    async def ping(self) -> None:
+        """Return once the store answers; TaskStoreUnavailable while it cannot."""
+        ...
 
     async def list(
         self,

@@ -12,6 +12,8 @@ from typing import Any
 from asyncinvoke import contract, policy
 from asyncinvoke.contract import Envelope
 from asyncinvoke.functions import FunctionSpec
+from asyncinvoke.settings import DEFAULT_TASK_STORE_RETRY_S
+from asyncinvoke.tasks.retrying import RetryingTaskStore
 from asyncinvoke.tasks.states import Status
 from asyncinvoke.tasks.store import ClaimResult, Task, TaskStore
 
@@ -21,27 +23,40 @@ LEASE_MARGIN_MS = 10_000
 
 
 class TaskTracker:
-    def __init__(self, store_url: str, **store_options: Any):
+    def __init__(
+        self, store_url: str, *, retry_s: float = DEFAULT_TASK_STORE_RETRY_S,
+        **store_options: Any,
+    ):
         self.store_url = store_url
         self.store_options = store_options
+        self.retry_s = retry_s
+        self._retrying: RetryingTaskStore | None = None
         self._store: TaskStore | None = None
         self._opening = asyncio.Lock()
 
     async def store(self) -> TaskStore:
+        """The store, open; every call on it rides out an outage of up to ``retry_s``."""
         if self._store is None:
             async with self._opening:
-                if self._store is None:
+                if self._retrying is None:
                     from asyncinvoke.tasks import open_store  # drivers load only when used
 
                     store = open_store(self.store_url, **self.store_options)
-                    await store.open()
-                    self._store = store
+                    self._retrying = RetryingTaskStore(store, retry_s=self.retry_s)
+                if self._store is None:
+                    await self._retrying.open()
+                    self._store = self._retrying
         return self._store
 
+    @property
+    def outage(self) -> str | None:
+        """Why the store is unavailable now (for /readyz); None while it is up or unused."""
+        return None if self._retrying is None else self._retrying.outage
+
     async def close(self) -> None:
-        if self._store is not None:
-            await self._store.close()
-            self._store = None
+        if self._retrying is not None:
+            retrying, self._retrying, self._store = self._retrying, None, None
+            await retrying.close()
 
     async def _ensured(self, envelope: Envelope) -> TaskStore:
         """The store, with this invocation's task in it (inserted Enqueued if missing:
