@@ -55,6 +55,14 @@ CONDITIONS = (
     DELIVERY_LIMIT_EXCEEDED,
 )
 
+# Keys a record carries beside those of SPEC section 5, when it cannot carry everything
+# (record_codec.py, records.py): the original invocation's msgpack bytes in base64 when
+# 'invocation' cannot hold it; what was replaced by a readable rendering, and why; the
+# size of an original message of which the record keeps only the start.
+INVOCATION_BASE64 = "invocationBase64"
+ENCODING_ERROR = "encodingError"
+INVOCATION_BYTES = "invocationBytes"
+
 # functionError values of a record's responseContext.
 HANDLED = "HandledInvocationError"
 UNHANDLED = "UnhandledInvocationError"

@@ -97,6 +97,25 @@ def _error_outcome(exc: BaseException, started: float) -> Outcome:
     )
 
 
+def _unsendable_outcome(exc: Exception, started: float) -> Outcome:
+    """An event JSON cannot carry: it would fail the same way on every retry, and a
+    lossy rendering would hand the function data that is not its event."""
+    return Outcome(
+        ok=False,
+        error={
+            "errorType": "EventNotSerializable",
+            "errorMessage": f"the event cannot be sent to an HTTP function as JSON ({exc}); "
+            "send bytes (POSTed as they are) or JSON-shaped data: string, number or "
+            "boolean map keys, nesting under 250 levels",
+            "stackTrace": [],
+        },
+        function_error=contract.UNHANDLED,
+        status_code=400,
+        retryable=False,
+        duration_ms=(time.perf_counter() - started) * 1000,
+    )
+
+
 class Watchdog:
     """Cancels attempts that overrun their timeout.
 
@@ -215,7 +234,10 @@ class HttpRunner:
         if isinstance(payload, bytes):
             body, content_type = payload, "application/octet-stream"
         else:
-            body, content_type = contract.to_json(payload), "application/json"
+            try:
+                body, content_type = contract.to_json(payload), "application/json"
+            except (TypeError, ValueError) as exc:
+                return _unsendable_outcome(exc, started)
         headers = {
             "content-type": content_type,
             "x-fc-request-id": envelope.id,
