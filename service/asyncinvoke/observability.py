@@ -10,7 +10,7 @@ import asyncio
 import logging
 import sys
 import time
-from typing import IO
+from typing import IO, Any
 
 import orjson
 import structlog
@@ -64,6 +64,29 @@ def _utc_stamp() -> str:
     return f"{_stamp_prefix}.{int((now - second) * 1_000_000):06d}Z"
 
 
+def escape_surrogates(value: Any) -> Any:
+    """``value`` with lone surrogates in its texts escaped (``\\udc80``): no encoder of
+    UTF-8 takes them, and they come from exceptions of decoders that let them through."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {escape_surrogates(key): escape_surrogates(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [escape_surrogates(item) for item in value]
+    return value
+
+
+def json_line(value: Any, **kwargs: Any) -> bytes:
+    """orjson for a log line. A text orjson refuses (a lone surrogate, as in the message
+    of an exception from a bad decoder) is escaped: a log call that raised would fail
+    the attempt that logged, after its record was written."""
+    kwargs.setdefault("default", str)
+    try:
+        return orjson.dumps(value, **kwargs)
+    except TypeError:
+        return orjson.dumps(escape_surrogates(value), **kwargs)
+
+
 def hot_info(event: str, fields: dict[str, object]) -> None:
     """An info line on the hot path (one per attempt). In JSON it is rendered straight
     to bytes, with the keys structlog would give it, skipping the processor chain;
@@ -75,7 +98,7 @@ def hot_info(event: str, fields: dict[str, object]) -> None:
     fields["event"] = event
     fields["level"] = "info"
     fields["timestamp"] = _utc_stamp()
-    writer.msg(orjson.dumps(fields, default=str))
+    writer.msg(json_line(fields))
 
 
 def configure_logging(log_format: str = "json", level: int = logging.INFO) -> None:
@@ -87,7 +110,7 @@ def configure_logging(log_format: str = "json", level: int = logging.INFO) -> No
         processors: list[structlog.types.Processor] = [
             *shared,
             structlog.processors.dict_tracebacks,
-            structlog.processors.JSONRenderer(serializer=orjson.dumps),
+            structlog.processors.JSONRenderer(serializer=json_line),
         ]
         writer = LoopFlushedLogger(sys.stderr.buffer)
 

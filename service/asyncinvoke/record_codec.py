@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from asyncinvoke import contract
+from asyncinvoke.observability import escape_surrogates
 
 # What an encoder raises on a value it cannot carry: orjson (TypeError, its own
 # JSONEncodeError for a key type or a nesting depth), msgpack (TypeError, ValueError for
@@ -78,6 +79,7 @@ def degrade(
     """``record`` with the parts that ``encode`` cannot carry within ``max_bytes`` replaced."""
     degraded = dict(record)
     replaced: list[str] = []
+    escaped_parts: list[str] = []
     notes: list[str] = []
 
     def replace(key: str) -> None:
@@ -99,19 +101,31 @@ def degrade(
         replaced.append(key)
 
     for key in _PARTS:  # first whatever cannot be encoded at all
-        if key in degraded and _size(degraded[key], encode) is None:
+        if key not in degraded or _size(degraded[key], encode) is not None:
+            continue
+        try:  # enough when only a text was at fault
+            escaped = escape_surrogates(degraded[key])
+        except RecursionError:  # nested deeper than Python recurses: no text to save
             replace(key)
+            continue
+        if _size(escaped, encode) is None:
+            replace(key)
+        else:
+            degraded[key] = escaped
+            escaped_parts.append(key)
     for key in _PARTS:  # then, while too big, the rest in order
         size = _size(degraded, encode)
         if size is not None and size <= max_bytes:
             break
         if key in degraded and key not in replaced:
             replace(key)
+    if replaced:
+        notes.insert(0, f"replaced by a rendering: {', '.join(replaced)}")
+    if escaped_parts:
+        notes.append(f"lone surrogates escaped in: {', '.join(escaped_parts)}")
     if contract.INVOCATION_BASE64 in degraded:
         notes.append(f"the original invocation is in {contract.INVOCATION_BASE64} (msgpack)")
-    degraded[contract.ENCODING_ERROR] = "; ".join(
-        [f"{problem}; replaced by a rendering: {', '.join(replaced) or 'nothing'}", *notes]
-    )
+    degraded[contract.ENCODING_ERROR] = "; ".join([problem, *notes])
     return degraded
 
 

@@ -20,9 +20,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from asyncinvoke import contract, records
+from asyncinvoke import Client, contract, records
 from asyncinvoke.tasks.views import async_task
-from tests.conftest import Namespace, collect, running_worker, wait_for
+from tests.conftest import Namespace, WorkerProcess, collect, running_worker, wait_for
 from tests.integration.helpers import Connection, assert_empty, attempts_of, publish_raw
 
 
@@ -240,3 +240,35 @@ async def test_a_system_queue_record_that_keeps_failing_ends_as_a_minimal_record
         assert record["responsePayload"]["errorType"] == "RecordNotWritten"
         assert "record builder broke" in record["responsePayload"]["errorMessage"]
         assert _carried_invocation(record) == wire
+
+
+async def test_an_error_text_no_encoder_takes_ends_in_one_record_and_fails_nothing_else(
+    namespace: Namespace, amqp: Connection
+) -> None:
+    """A lone surrogate in an exception's text: the record escapes it, and so does the
+    JSON log line of the attempt (which, raising after the ack, failed the delivery)."""
+    namespace.functions("""
+        [functions.surr]
+        handler = "tests.support.hostile:surrogate_error"
+        max_retries = 0
+    """)
+    worker = await WorkerProcess(namespace, namespace.tmp_path / "functions.toml").start()
+    try:
+        async with Client(settings=namespace.settings) as client:
+            invocation_id = await client.invoke("surr", {"n": 1})
+        failed = await collect(amqp, namespace.names.failed, 1, timeout=30)
+        await asyncio.sleep(2)  # a failed settlement logs within a second
+    finally:
+        await worker.terminate()
+    names = namespace.names
+    await assert_empty(
+        amqp, names.failed, names.function_queue("surr"), names.suspect_queue("surr")
+    )
+    assert not [line for line in worker.lines if '"settle_failed"' in line]
+    record = contract.unpack(failed[0].body)
+    assert record["requestContext"]["requestId"] == invocation_id
+    assert record["requestContext"]["condition"] == contract.RETRIES_EXHAUSTED
+    assert record["responsePayload"]["errorType"] == "RuntimeError"
+    assert record["responsePayload"]["errorMessage"] == "bad text \\udc80 from a decoder"
+    attempts = [line for line in worker.lines if '"event":"attempt"' in line]
+    assert len(attempts) == 1 and "udc80" in attempts[0]

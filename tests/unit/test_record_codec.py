@@ -162,3 +162,23 @@ def test_a_task_payload_json_cannot_carry_shows_as_a_rendering() -> None:
     assert text.startswith('"(not JSON:')
     assert "b'k'" in text
     assert views._text(contract.pack({"k": 1})) == '{"k":1}'
+
+
+def test_a_lone_surrogate_in_an_error_is_escaped_and_the_error_keeps_its_shape() -> None:
+    envelope = Envelope(id="inv_1", fn="resize", payload=None, created_at=NOW)
+    error = {"errorType": "RuntimeError", "errorMessage": "bad \udc80 text", "stackTrace": []}
+    record = records.of_outcome(
+        envelope, Outcome(ok=False, error=error), contract.RETRIES_EXHAUSTED, NOW
+    )
+    for encoded in (record_codec.pack_record(record), record_codec.record_json(record)):
+        sent = contract.unpack(encoded) if encoded[:1] != b"{" else orjson.loads(encoded)
+        assert sent["responsePayload"]["errorType"] == "RuntimeError"
+        assert sent["responsePayload"]["errorMessage"] == "bad \\udc80 text"
+        assert sent["invocation"] == record["invocation"]
+        assert "surrogates escaped in: responsePayload" in sent[contract.ENCODING_ERROR]
+
+
+def test_a_part_nested_deeper_than_python_recurses_is_rendered() -> None:
+    record = success_record(None, result=_nested(1100))  # msgpack packs 1024 levels at most
+    sent = contract.unpack(record_codec.pack_record(record))
+    assert isinstance(sent["responsePayload"], str)
