@@ -19,7 +19,9 @@ handle: the worker's last resort writes a minimal record (``records.last_resort`
 from __future__ import annotations
 
 import base64
+import contextlib
 import reprlib
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -155,9 +157,15 @@ def record_json(record: dict[str, Any], max_bytes: int = RECORD_MAX_BYTES) -> by
 
 
 def json_or_rendering(value: Any) -> bytes:
-    """JSON of any value for people (task views, listings): a JSON string holding a
-    rendering when the value itself is not JSON."""
+    """JSON of any value for people (task views, ``dlq show``): a record that JSON cannot
+    carry whole is shown degraded, any other such value as a JSON string holding a
+    rendering. Never raises."""
     try:
         return contract.to_json(value)
     except ENCODE_ERRORS as exc:
-        return contract.to_json(f"(not JSON: {exc}) {render(value)}")
+        problem = f"not JSON: {exc}"
+    if isinstance(value, dict) and "requestContext" in value:
+        degraded = degrade(value, contract.to_json, sys.maxsize, problem)
+        with contextlib.suppress(*ENCODE_ERRORS):
+            return contract.to_json(degraded)
+    return contract.to_json(f"({problem}) {render(value)}")

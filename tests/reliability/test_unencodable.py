@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,9 +22,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from asyncinvoke import Client, contract, records
+from asyncinvoke import Client, contract, records, topology
 from asyncinvoke.tasks.views import async_task
-from tests.conftest import Namespace, WorkerProcess, collect, running_worker, wait_for
+from tests.conftest import ROOT, Namespace, WorkerProcess, collect, running_worker, wait_for
 from tests.integration.helpers import Connection, assert_empty, attempts_of, publish_raw
 
 
@@ -272,3 +274,68 @@ async def test_an_error_text_no_encoder_takes_ends_in_one_record_and_fails_nothi
     assert record["responsePayload"]["errorMessage"] == "bad text \\udc80 from a decoder"
     attempts = [line for line in worker.lines if '"event":"attempt"' in line]
     assert len(attempts) == 1 and "udc80" in attempts[0]
+
+
+def _dlq(namespace: Namespace, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "asyncinvoke", "dlq", *args],
+        env=namespace.env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def test_the_dlq_tool_shows_exports_and_replays_records_json_cannot_carry(
+    namespace: Namespace, amqp: Connection, tmp_path: Path
+) -> None:
+    spec = namespace.functions("""
+        [functions.breaks]
+        handler = "tests.support.handlers:always_fail"
+        max_retries = 0
+    """)
+    async with running_worker(namespace, spec):
+        for kind, payload in PAYLOADS.items():
+            wire = {"v": 1, "id": kind, "fn": "breaks", "payload": payload}
+            await publish_raw(amqp, namespace.names, wire)
+        async with asyncio.timeout(30):
+            while await _depth(amqp, namespace.names.failed) < len(PAYLOADS):
+                await asyncio.sleep(0.05)
+    export_file = tmp_path / "failed.jsonl"
+
+    def run_tool() -> list[subprocess.CompletedProcess[str]]:
+        return [
+            _dlq(namespace, "list", "--json"),
+            _dlq(namespace, "show", "bytes_keys"),
+            _dlq(namespace, "show", "deep", "--json"),
+            _dlq(namespace, "export", str(export_file)),
+            _dlq(namespace, "purge", "--all", "--yes"),
+            _dlq(namespace, "replay", "--from-file", str(export_file)),
+        ]
+
+    results = await asyncio.to_thread(run_tool)
+    for result in results:
+        assert result.returncode == 0, (result.args, result.stderr)
+    listed, shown, shown_json = results[0], results[1], results[2]
+    assert sorted(orjson.loads(line)["id"] for line in listed.stdout.splitlines()) == sorted(
+        PAYLOADS
+    )
+    assert "b'k'" in shown.stdout  # the payload, rendered
+    deep = orjson.loads(shown_json.stdout)
+    assert deep["requestContext"]["requestId"] == "deep"
+    assert contract.ENCODING_ERROR in deep
+    exported = [orjson.loads(line) for line in export_file.read_bytes().splitlines()]
+    assert len(exported) == len(PAYLOADS)
+    # The replay sent each original invocation back, every byte of its payload intact.
+    replayed = await collect(amqp, namespace.names.function_queue("breaks"), 2, timeout=30)
+    payloads = {
+        contract.unpack(message.body)["id"]: contract.unpack(message.body)["payload"]
+        for message in replayed
+    }
+    assert payloads == PAYLOADS
+    await assert_empty(amqp, namespace.names.failed)
+
+
+async def _depth(amqp: Connection, queue: str) -> int:
+    return await topology.queue_depth(amqp, queue) or 0
