@@ -4,8 +4,9 @@ A queue destination is published mandatory: a queue that does not exist is an
 error, and the record goes to ``{ns}.failed`` with the delivery error added. A
 function destination invokes that function with the record as its payload. An
 HTTP destination is retried (tenacity) within a bounded time, then falls back
-the same way. Whatever happens, a record ends somewhere durable before the
-delivery that produced it is acknowledged.
+the same way; a redirect is never followed, and counts as a failed POST. Whatever
+happens, a record ends somewhere durable before the delivery that produced it is
+acknowledged.
 """
 
 from __future__ import annotations
@@ -138,9 +139,18 @@ class Destinations:
     async def _post_once(self, url: str, body: bytes, headers: dict[str, str]) -> None:
         timeout = aiohttp.ClientTimeout(total=HTTP_ATTEMPT_TIMEOUT_S)
         try:
+            # Never follow a redirect: aiohttp would turn the POST into a GET without the
+            # record (301/302/303) and count the 2xx at the end as delivered.
             async with self.session.post(
-                url, data=body, headers=headers, timeout=timeout
+                url, data=body, headers=headers, timeout=timeout, allow_redirects=False
             ) as response:
+                if 300 <= response.status < 400:
+                    location = response.headers.get("Location") or "(no Location header)"
+                    raise HttpDeliveryError(
+                        url,
+                        f"status {response.status}: redirected to {location}, not followed "
+                        "(redirects never are); set the destination to the final address",
+                    )
                 if not 200 <= response.status < 300:
                     detail = (await response.read())[:300].decode("utf-8", errors="replace")
                     raise HttpDeliveryError(url, f"status {response.status} {detail}".strip())

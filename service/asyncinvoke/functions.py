@@ -12,12 +12,13 @@ import math
 import re
 import sys
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from asyncinvoke.errors import ConfigError
+from asyncinvoke.ladder import HOLD_LIMIT_MS
 
 FUNCTION_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
 QUEUE_NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,255}$")
@@ -266,6 +267,36 @@ def parse(text: str, path: str = "<string>") -> FunctionsFile:
     return FunctionsFile(path=Path(path), functions=specs)
 
 
+def check_consumer_timeout(
+    specs: Iterable[FunctionSpec], consumer_timeout_s: float, path: str = ""
+) -> None:
+    """Refuse a function whose delivery could stay unacknowledged past the broker's
+    consumer_timeout: the broker would close the worker's channel in the middle of the
+    attempt and hand the invocation to another worker, again and again.
+
+    A delivery waits up to the hold (the last fraction of a second of a delay) and then
+    runs for up to the function's timeout before it is acknowledged.
+    """
+    hold_s = HOLD_LIMIT_MS / 1000
+    for spec in specs:
+        longest_s = spec.timeout_s + hold_s
+        if longest_s <= consumer_timeout_s:
+            continue
+        needed_s = math.ceil(longest_s)
+        raise ConfigError(
+            f"a timeout of {spec.timeout_s:g} s, plus up to {hold_s:g} s that a delivery "
+            f"is held before it runs, is longer than the broker's consumer_timeout of "
+            f"{consumer_timeout_s:g} s: the broker would close the channel mid-attempt and "
+            f"run the invocation again. Raise consumer_timeout in rabbitmq.conf to at least "
+            f"{needed_s * 1000} (milliseconds) and set "
+            f"ASYNCINVOKE_BROKER_CONSUMER_TIMEOUT={needed_s} to match, or lower this "
+            f"function's timeout to {consumer_timeout_s - hold_s:g} s or less",
+            path=path,
+            function=spec.name,
+            key="timeout",
+        )
+
+
 def load(path: str | Path) -> FunctionsFile:
     """Read and validate the functions file at ``path``."""
     file = Path(path)
@@ -281,10 +312,15 @@ def load(path: str | Path) -> FunctionsFile:
 
 
 def load_handler(spec: FunctionSpec, config_dir: Path | None = None) -> Callable[..., Any]:
-    """Import the configured handler. The config file's folder is importable too."""
+    """Import the configured handler's module and take the callable from it.
+
+    The functions file's folder is importable too, but after everything else on
+    ``sys.path``: a module dropped into a writable config folder cannot shadow the
+    standard library or an installed package that the worker (or a handler) imports.
+    """
     assert spec.handler is not None
     if config_dir is not None and str(config_dir) not in sys.path:
-        sys.path.insert(0, str(config_dir))
+        sys.path.append(str(config_dir))
     module_name, _, attr_path = spec.handler.partition(":")
     try:
         target: Any = importlib.import_module(module_name)
@@ -294,6 +330,8 @@ def load_handler(spec: FunctionSpec, config_dir: Path | None = None) -> Callable
             function=spec.name,
             key="handler",
         ) from None
+    if config_dir is not None:
+        _refuse_shadowed(spec, module_name, config_dir)
     for attr in attr_path.split("."):
         try:
             target = getattr(target, attr)
@@ -306,3 +344,25 @@ def load_handler(spec: FunctionSpec, config_dir: Path | None = None) -> Callable
     if not callable(target):
         raise ConfigError(f"{spec.handler!r} is not callable", function=spec.name, key="handler")
     return target  # type: ignore[no-any-return]
+
+
+def _refuse_shadowed(spec: FunctionSpec, module_name: str, config_dir: Path) -> None:
+    """The handler's module sits beside the functions file, but a module of the same name
+    earlier on ``sys.path`` was imported instead: say so, rather than run other code."""
+    top = module_name.split(".")[0]
+    folder = config_dir.resolve()
+    beside = [path for path in (folder / f"{top}.py", folder / top) if path.exists()]
+    module = sys.modules.get(top)
+    if not beside or module is None:
+        return
+    origin = getattr(module, "__file__", None) or next(iter(getattr(module, "__path__", [])), "")
+    # A module file, a package's __init__.py, or a namespace package's folder.
+    if origin and {Path(origin).resolve(), Path(origin).resolve().parent} & set(beside):
+        return
+    raise ConfigError(
+        f"module {top!r} was imported from {origin or 'a built-in module'}, not from "
+        f"{beside[0]}: a module of that name installed or earlier on sys.path comes first; "
+        "rename the one beside the functions file",
+        function=spec.name,
+        key="handler",
+    )

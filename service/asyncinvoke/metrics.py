@@ -6,7 +6,7 @@ live in one process (``serve``, tests) without clashing.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -14,10 +14,16 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 ATTEMPT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 LATENESS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30)
+# The label value of every function the functions file does not name. The name of an
+# unknown function comes from whoever published the message, and each new label value
+# would be a time series kept for the life of the process. No function name has brackets.
+OTHER_FUNCTION = "(other)"
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, functions: Iterable[str] = ()) -> None:
+        """``functions``: the configured names, the only ones used as label values."""
+        self.functions = frozenset(functions)
         self.registry = CollectorRegistry()
         self.invocations = Counter(
             "asyncinvoke_invocations",
@@ -61,6 +67,13 @@ class Metrics:
             "1 while the connection to RabbitMQ is up.",
             registry=self.registry,
         )
+
+    def function_label(self, function: str) -> str:
+        return function if function in self.functions else OTHER_FUNCTION
+
+    def count_failure_record(self, function: str, condition: str) -> None:
+        """A failure record was sent for ``function``, as its message named it."""
+        self.failure_records.labels(self.function_label(function), condition).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -299,7 +299,7 @@ class Pipeline:
             )
         await self.destinations.to_failed(record)
         self.acks.ack(message)
-        self.metrics.failure_records.labels(context["functionName"], contract.INVALID_MESSAGE).inc()
+        self.metrics.count_failure_record(context["functionName"], contract.INVALID_MESSAGE)
         log.warning(
             "invalid_message",
             function=function,

@@ -1,10 +1,16 @@
 """Run one attempt of a function under its timeout → ``policy.Outcome``.
 
 Python handlers: async ones run on the event loop and are cancelled at their
-timeout; sync ones run in a thread pool. A thread cannot be interrupted, so a
-sync handler that overruns is reported as a timeout while its thread finishes
-in the background (its result is discarded). HTTP functions get the event
-POSTed; 2xx is success, anything else a retryable failure.
+timeout; sync ones run in a thread pool of their function's own, as many threads
+as its concurrency. A thread cannot be interrupted, so a sync handler that
+overruns is reported as a timeout while its thread finishes in the background
+(its result is discarded); until it does, it keeps one of its own function's
+threads, never another function's. A sync attempt's timeout counts from the
+moment a thread starts it, not from the moment it queued for one; it waits at most
+that long again for a thread, and then fails as a timeout that says so.
+
+HTTP functions get the event POSTed; 2xx is success, anything else a retryable
+failure (a redirect too: it is never followed).
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -26,6 +32,10 @@ from asyncinvoke.errors import NonRetryableError
 from asyncinvoke.functions import FunctionSpec
 from asyncinvoke.observability import get_logger
 from asyncinvoke.policy import Outcome
+
+# Threads for one function's sync handlers at most, whatever its concurrency: beyond
+# this its attempts queue for a thread, and their timeouts start when they get one.
+MAX_THREADS = 256
 
 
 @dataclass(slots=True)
@@ -59,6 +69,8 @@ class Runner(Protocol):
     cancellable: bool  # whether cancelling run() stops the function (not a sync thread)
 
     async def run(self, envelope: Envelope, context: Context) -> Outcome: ...
+
+    def close(self) -> None: ...
 
 
 def make_context(envelope: Envelope, spec: FunctionSpec) -> Context:
@@ -116,6 +128,23 @@ def _unsendable_outcome(exc: Exception, started: float) -> Outcome:
     )
 
 
+class RunStart:
+    """When a thread began a sync attempt (``time.perf_counter()``), set by that thread.
+
+    The thread writes it and the watchdog reads it on its next tick: no wake-up of the
+    event loop per attempt for this.
+    """
+
+    __slots__ = ("at",)
+
+    def __init__(self) -> None:
+        self.at: float | None = None
+
+    def began(self) -> float:
+        """When the attempt began; now if it never did (its duration is then 0)."""
+        return time.perf_counter() if self.at is None else self.at
+
+
 class Watchdog:
     """Cancels attempts that overrun their timeout.
 
@@ -127,19 +156,28 @@ class Watchdog:
     TICK_S = 0.02
 
     def __init__(self) -> None:
-        self._deadlines: dict[asyncio.Task[Any], float] = {}
+        self._deadlines: dict[asyncio.Task[Any], float] = {}  # perf_counter() values
+        # Sync attempts waiting for a thread: their timeout starts when one takes them up.
+        self._queued: dict[asyncio.Task[Any], tuple[RunStart, float]] = {}
         self._expired: set[asyncio.Task[Any]] = set()
         self._ticker: asyncio.Task[None] | None = None
 
-    def watch(self, task: asyncio.Task[Any], timeout_s: float) -> None:
-        loop = asyncio.get_running_loop()
-        self._deadlines[task] = loop.time() + timeout_s
+    def watch(self, task: asyncio.Task[Any], timeout_s: float, start: RunStart) -> None:
+        """Cancel ``task`` ``timeout_s`` after ``start``. Until a thread sets ``start``,
+        the attempt may wait ``timeout_s`` for one: the threads of a function whose
+        handlers hang never free up, and its deliveries must not wait for them forever."""
+        if start.at is None:
+            self._queued[task] = (start, timeout_s)
+            self._deadlines[task] = time.perf_counter() + timeout_s
+        else:
+            self._deadlines[task] = start.at + timeout_s
         if self._ticker is None:
-            self._ticker = loop.create_task(self._tick())
+            self._ticker = asyncio.get_running_loop().create_task(self._tick())
 
     def release(self, task: asyncio.Task[Any]) -> bool:
         """Stop watching; whether the attempt was cancelled for its timeout."""
         self._deadlines.pop(task, None)
+        self._queued.pop(task, None)
         if task in self._expired:
             self._expired.discard(task)
             task.uncancel()
@@ -147,15 +185,28 @@ class Watchdog:
         return False
 
     async def _tick(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.TICK_S)
-            now = loop.time()
+            if self._queued:
+                self._start_clocks()
+            now = time.perf_counter()
             overdue = [task for task, deadline in self._deadlines.items() if deadline <= now]
             for task in overdue:
                 del self._deadlines[task]
+                self._queued.pop(task, None)
                 self._expired.add(task)
                 task.cancel()
+
+    def _start_clocks(self) -> None:
+        """Give each queued sync attempt that a thread has begun the deadline of its run."""
+        begun = [
+            (task, start.at + timeout_s)
+            for task, (start, timeout_s) in self._queued.items()
+            if start.at is not None
+        ]
+        for task, deadline in begun:
+            del self._queued[task]
+            self._deadlines[task] = deadline
 
     def close(self) -> None:
         if self._ticker is not None:
@@ -164,46 +215,76 @@ class Watchdog:
 
 
 class PythonRunner:
-    def __init__(
-        self,
-        spec: FunctionSpec,
-        handler: Callable[..., Any],
-        executor: Executor,
-        watchdog: Watchdog,
-    ):
+    def __init__(self, spec: FunctionSpec, handler: Callable[..., Any], watchdog: Watchdog):
         self.spec = spec
         self.handler = handler
-        self.executor = executor
         self.watchdog = watchdog
         self.is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
             getattr(handler, "__call__", None)  # noqa: B004 - async callable objects
         )
         self.cancellable = self.is_async
+        # A pool of its own: threads held by this function's overrunning handlers must
+        # not leave another function's attempts queued until they time out unstarted.
+        self._threads = None if self.is_async else ThreadPoolExecutor(
+            max_workers=min(spec.concurrency, MAX_THREADS),
+            thread_name_prefix=f"handler-{spec.name}",
+        )
+
+    def close(self) -> None:
+        """Drop queued sync attempts; threads still running end in the background."""
+        if self._threads is not None:
+            self._threads.shutdown(wait=False, cancel_futures=True)
+
+    def _no_thread_outcome(self) -> Outcome:
+        """The attempt waited its timeout for a thread and never started."""
+        threads = min(self.spec.concurrency, MAX_THREADS)
+        return Outcome(
+            ok=False,
+            error={
+                "errorType": "TimeoutError",
+                "errorMessage": f"not started: no thread of function {self.spec.name!r} was "
+                f"free within its timeout of {self.spec.timeout_s:g} s; its {threads} "
+                "thread(s) still run handlers that overran their timeout (hung?)",
+                "stackTrace": [],
+            },
+            function_error=contract.TIMEOUT,
+            status_code=504,
+        )
+
+    def _in_thread(self, payload: Any, context: Context, start: RunStart) -> Any:
+        start.at = time.perf_counter()
+        context.deadline = time.time() + self.spec.timeout_s
+        return self.handler(payload, context)
 
     async def run(self, envelope: Envelope, context: Context) -> Outcome:
-        started = time.perf_counter()
         task = asyncio.current_task()
         assert task is not None
-        self.watchdog.watch(task, self.spec.timeout_s)
+        start = RunStart()
+        if self._threads is None:
+            start.at = time.perf_counter()
+        self.watchdog.watch(task, self.spec.timeout_s, start)
         try:
-            if self.is_async:
+            if self._threads is None:
                 result = await self.handler(envelope.payload, context)
             else:
                 loop = asyncio.get_running_loop()
                 result = await loop.run_in_executor(
-                    self.executor, self.handler, envelope.payload, context
+                    self._threads, self._in_thread, envelope.payload, context, start
                 )
         except asyncio.CancelledError:
             if self.watchdog.release(task):
-                return _timeout_outcome(self.spec, started)
+                if start.at is None:
+                    return self._no_thread_outcome()
+                return _timeout_outcome(self.spec, start.began())
             raise
         except Exception as exc:
             if self.watchdog.release(task):  # the handler turned our cancel into an error
-                return _timeout_outcome(self.spec, started)
-            return _error_outcome(exc, started)
+                return _timeout_outcome(self.spec, start.began())
+            return _error_outcome(exc, start.began())
         if self.watchdog.release(task):  # the handler swallowed our cancel
-            return _timeout_outcome(self.spec, started)
-        return Outcome(ok=True, result=result, duration_ms=(time.perf_counter() - started) * 1000)
+            return _timeout_outcome(self.spec, start.began())
+        duration_ms = (time.perf_counter() - start.began()) * 1000
+        return Outcome(ok=True, result=result, duration_ms=duration_ms)
 
 
 def _response_result(body: bytes, content_type: str) -> Any:
@@ -228,6 +309,9 @@ class HttpRunner:
         self.timeout = aiohttp.ClientTimeout(total=spec.timeout_s)
         self.cancellable = True
 
+    def close(self) -> None:
+        """Nothing of its own to release: the session is the worker's."""
+
     async def run(self, envelope: Envelope, context: Context) -> Outcome:
         started = time.perf_counter()
         payload = envelope.payload
@@ -244,12 +328,15 @@ class HttpRunner:
             "x-asyncinvoke-attempt": str(envelope.attempt),
         }
         try:
+            # Never follow a redirect: aiohttp would turn the POST into a GET without the
+            # event (301/302/303), and its 2xx would count as a success that never saw it.
             async with self.session.post(
-                self.url, data=body, headers=headers, timeout=self.timeout
+                self.url, data=body, headers=headers, timeout=self.timeout, allow_redirects=False
             ) as response:
                 response_body = await response.read()
                 status = response.status
                 response_type = response.content_type
+                location = response.headers.get("Location")
         except TimeoutError:
             return _timeout_outcome(self.spec, started)
         except aiohttp.ClientError as exc:
@@ -262,11 +349,18 @@ class HttpRunner:
                 status_code=status,
                 duration_ms=duration_ms,
             )
+        if 300 <= status < 400:
+            message = (
+                f"redirected to {location or '(no Location header)'}, not followed: the "
+                "worker never follows redirects; set the function's url to the final address"
+            )
+        else:
+            message = response_body[:2000].decode("utf-8", errors="replace")
         return Outcome(
             ok=False,
             error={
                 "errorType": f"HTTP{status}",
-                "errorMessage": response_body[:2000].decode("utf-8", errors="replace"),
+                "errorMessage": message,
                 "stackTrace": [],
             },
             function_error=contract.HANDLED,

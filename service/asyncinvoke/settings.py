@@ -23,6 +23,9 @@ DEFAULT_SHUTDOWN_GRACE_S = 30.0
 DEFAULT_PUBLISH_TIMEOUT_S = 30.0
 DEFAULT_TASK_RETENTION_S = 7 * 86400
 DEFAULT_TASK_RESULT_MAX_BYTES = 64 * 1024
+# RabbitMQ's own default consumer_timeout (3.10.8: 1,800,000 ms). The worker cannot read
+# the broker's value, so it is told it, and refuses functions that could outlast it.
+DEFAULT_BROKER_CONSUMER_TIMEOUT_S = 1800.0
 
 EVENT_LOOPS = ("asyncio", "uvloop")
 
@@ -43,6 +46,7 @@ class Settings:
     task_retention_s: float = DEFAULT_TASK_RETENTION_S
     task_result_max_bytes: int = DEFAULT_TASK_RESULT_MAX_BYTES
     event_loop: str = "asyncio"
+    broker_consumer_timeout_s: float = DEFAULT_BROKER_CONSUMER_TIMEOUT_S
 
     def with_overrides(self, **overrides: Any) -> Settings:
         """Flags override the environment: apply those that were given."""
@@ -90,6 +94,14 @@ def from_env(env: Mapping[str, str] | None = None, *, tty: bool = False) -> Sett
     event_loop = env.get("ASYNCINVOKE_EVENT_LOOP") or "asyncio"
     if event_loop not in EVENT_LOOPS:
         raise ConfigError(f"ASYNCINVOKE_EVENT_LOOP={event_loop!r}: use 'asyncio' or 'uvloop'")
+    consumer_timeout_s = _float(
+        env, "ASYNCINVOKE_BROKER_CONSUMER_TIMEOUT", DEFAULT_BROKER_CONSUMER_TIMEOUT_S
+    )
+    if consumer_timeout_s == 0:
+        raise ConfigError(
+            "ASYNCINVOKE_BROKER_CONSUMER_TIMEOUT=0: give the broker's consumer_timeout in "
+            "seconds (its consumer_timeout in rabbitmq.conf divided by 1000)"
+        )
     return Settings(
         amqp_url=env.get("ASYNCINVOKE_AMQP_URL") or DEFAULT_AMQP_URL,
         namespace=namespace,
@@ -107,6 +119,7 @@ def from_env(env: Mapping[str, str] | None = None, *, tty: bool = False) -> Sett
             0, 64 * 1024 * 1024,
         ),
         event_loop=event_loop,
+        broker_consumer_timeout_s=consumer_timeout_s,
     )
 
 

@@ -12,7 +12,6 @@ import gc
 import os
 import signal
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import aio_pika
@@ -25,7 +24,7 @@ from asyncinvoke.broker import Broker
 from asyncinvoke.consumer import Consumer, Message
 from asyncinvoke.destinations import Destinations
 from asyncinvoke.errors import AsyncInvokeError, InvalidMessage
-from asyncinvoke.functions import FunctionsFile, load_handler
+from asyncinvoke.functions import FunctionsFile, check_consumer_timeout, load_handler
 from asyncinvoke.gate import Gate
 from asyncinvoke.last_resort import LastResort
 from asyncinvoke.metrics import Metrics, serve_health
@@ -39,7 +38,6 @@ from asyncinvoke.tasks.tracker import TaskTracker
 
 SYSTEM_PREFETCH = 32
 SETTLE_RETRY_PAUSE_S = 1.0
-MAX_THREADS = 256
 PURGE_EVERY_S = 600.0
 
 
@@ -65,7 +63,7 @@ class Worker:
         notifier: Notifier | None = None,
     ):
         self.settings = settings
-        self.metrics = Metrics()
+        self.metrics = Metrics(functions_file.functions)
         self.metrics_port = metrics_port
         self.metrics_host = metrics_host
         self.notifier = notifier or Notifier()
@@ -80,6 +78,9 @@ class Worker:
                     f"known: {', '.join(sorted(specs))}"
                 )
             specs = {name: specs[name] for name in only}
+        check_consumer_timeout(
+            specs.values(), settings.broker_consumer_timeout_s, str(functions_file.path)
+        )
         self.all_specs = dict(functions_file.functions)
         self.specs = specs
         self.config_dir = functions_file.path.parent.resolve()
@@ -95,7 +96,6 @@ class Worker:
         self.last_resort: LastResort | None = None
         self._consumers: list[Consumer | tuple[aio_pika.abc.AbstractQueue, str]] = []
         self._session: aiohttp.ClientSession | None = None
-        self._executor: ThreadPoolExecutor | None = None
         self._background: list[asyncio.Task[None]] = []
         self.gate = Gate()
         self._watchdog = Watchdog()
@@ -113,10 +113,6 @@ class Worker:
         await self.broker.connect()
         await topology.declare(self.broker.publisher, self.names, self.specs.values())
         self._session = aiohttp.ClientSession()
-        threads = sum(spec.concurrency for spec in self.specs.values() if spec.handler)
-        self._executor = ThreadPoolExecutor(
-            max_workers=max(1, min(MAX_THREADS, threads)), thread_name_prefix="handler"
-        )
         destinations = Destinations(self.broker, self.names, self._session)
         self.pipeline = Pipeline(
             self.settings, self.names, self.broker, destinations, self.tracker, self.metrics
@@ -126,7 +122,7 @@ class Worker:
         for name, spec in self.specs.items():
             runner: Runner
             if spec.handler:
-                runner = PythonRunner(spec, handlers[name], self._executor, self._watchdog)
+                runner = PythonRunner(spec, handlers[name], self._watchdog)
             else:
                 runner = HttpRunner(spec, self._session)
             self.functions[name] = Function(spec, runner, asyncio.Semaphore(spec.concurrency))
@@ -232,8 +228,8 @@ class Worker:
         if self._session is not None:
             await self._session.close()
         self._watchdog.close()
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+        for function in self.functions.values():
+            function.runner.close()
         log.info("worker_stopped")
 
     async def _return_fresh(self, unsettled: list[tuple[Message, str]]) -> None:
@@ -391,7 +387,7 @@ class Worker:
             record = records.unknown_function(envelope, now_ms())
             await self.pipeline.destinations.to_failed(record)
             self.pipeline.acks.ack(message)
-            self.metrics.failure_records.labels(envelope.fn, contract.UNKNOWN_FUNCTION).inc()
+            self.metrics.count_failure_record(envelope.fn, contract.UNKNOWN_FUNCTION)
             log.warning("unknown_function", invocation_id=envelope.id, function=envelope.fn)
         except Exception as exc:
             await self._system_failed(message, contract.UNKNOWN_FUNCTION, exc)
@@ -413,7 +409,7 @@ class Worker:
                 spec.on_failure if spec else None,
             )
             self.pipeline.acks.ack(message)
-            self.metrics.failure_records.labels(envelope.fn, contract.DELIVERY_LIMIT_EXCEEDED).inc()
+            self.metrics.count_failure_record(envelope.fn, contract.DELIVERY_LIMIT_EXCEEDED)
             log.error(
                 "attempt",
                 invocation_id=envelope.id,

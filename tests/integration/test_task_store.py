@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import sqlite3
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -625,3 +626,57 @@ def test_open_store_refuses_other_urls_without_showing_them(url: str) -> None:
     assert "ASYNCINVOKE_TASK_STORE" in message
     assert "sqlite:///PATH" in message and "postgresql://" in message
     assert "secret" not in message
+
+
+# -- signature nonces (gateway.auth.refuse_replay) ------------------------------------------
+
+
+async def test_a_nonce_is_remembered_once_across_stores_on_one_database(stores: Stores) -> None:
+    first, second = await stores.open(), await stores.open()
+    assert await first.remember_nonce("n-1", NOW + 900_000, NOW)
+    assert not await first.remember_nonce("n-1", NOW + 900_000, NOW + 1)
+    # Another gateway on the same store: the same refusal.
+    assert not await second.remember_nonce("n-1", NOW + 900_000, NOW + 2)
+    assert await second.remember_nonce("n-2", NOW + 900_000, NOW + 2)
+
+
+async def test_a_nonce_outlives_a_restart_until_it_expires(stores: Stores) -> None:
+    before = await stores.open()
+    assert await before.remember_nonce("n-1", NOW + 1000, NOW)
+    await before.close()
+    after = await stores.open()
+    assert not await after.remember_nonce("n-1", NOW + 1000, NOW + 999)
+    assert await after.remember_nonce("n-1", NOW + 3000, NOW + 1000)  # expired: new again
+
+
+async def test_expired_nonces_are_pruned_as_new_ones_arrive(stores: Stores) -> None:
+    store = await stores.open()
+    for number in range(250):
+        assert await store.remember_nonce(f"old-{number}", NOW + 10, NOW)
+    for number in range(3):  # each remember prunes up to NONCE_PRUNE_BATCH expired ones
+        assert await store.remember_nonce(f"new-{number}", NOW + 1000, NOW + 10)
+    if isinstance(store, SqliteTaskStore):
+        conn = sqlite3.connect(stores.sqlite_path)
+        try:
+            left = conn.execute("SELECT nonce FROM nonces").fetchall()
+        finally:
+            conn.close()
+    else:
+        conn_pg = await asyncpg.connect(POSTGRES_DSN)
+        try:
+            left = await conn_pg.fetch(f'SELECT nonce FROM "{stores.schema}".asyncinvoke_nonces')
+        finally:
+            await conn_pg.close()
+    assert sorted(row[0] for row in left) == ["new-0", "new-1", "new-2"]
+
+
+async def test_concurrent_remembers_of_one_nonce_accept_exactly_one(stores: Stores) -> None:
+    first, second = await stores.open(), await stores.open()
+    answers = await asyncio.gather(
+        *(
+            store.remember_nonce("raced", NOW + 900_000, NOW)
+            for _ in range(10)
+            for store in (first, second)
+        )
+    )
+    assert answers.count(True) == 1

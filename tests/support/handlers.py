@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from collections import defaultdict
 from typing import Any
@@ -66,6 +67,18 @@ def sync_sleep(event: Any, context: Context) -> str:
     _note(context)
     time.sleep(float(event["seconds"]))
     return "slept"
+
+
+# Set by a test to end every sync_hang handler: a thread cannot be cancelled.
+HANG_RELEASE = threading.Event()
+
+
+def sync_hang(event: Any, context: Context) -> str:
+    """A sync handler stuck far past its timeout (a socket that never answers), until
+    HANG_RELEASE is set or event["seconds"] pass."""
+    _note(context)
+    HANG_RELEASE.wait(float(event["seconds"]))
+    return "released"
 
 
 async def die_if_poison(event: Any, context: Context) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import re
 import sys
 import textwrap
@@ -12,7 +13,7 @@ from types import ModuleType
 
 import pytest
 
-from asyncinvoke import functions
+from asyncinvoke import functions, ladder
 from asyncinvoke.errors import ConfigError
 from asyncinvoke.functions import DEFAULT_BACKOFF, Backoff, Destination, FunctionSpec
 
@@ -450,5 +451,90 @@ def test_a_handler_module_that_fails_to_import_is_a_config_error(
     assert info.value.key == "handler"
 
 
+def test_the_folder_of_the_functions_file_comes_last_on_sys_path(
+    handler_module: tuple[str, Path],
+) -> None:
+    name, folder = handler_module
+    functions.load_handler(FunctionSpec("f", handler=f"{name}:resize"), folder)
+    assert sys.path[-1] == str(folder)
+    assert sys.path.count(str(folder)) == 1
+
+
+def test_a_module_beside_the_functions_file_does_not_shadow_an_installed_one(
+    tmp_path: Path, handler_module: tuple[str, Path]
+) -> None:
+    name, folder = handler_module
+    victim = f"victim_{uuid.uuid4().hex}"
+    installed = tmp_path / "site-packages"
+    installed.mkdir()
+    (installed / f"{victim}.py").write_text("ORIGIN = 'installed'\n")
+    (folder / f"{victim}.py").write_text("ORIGIN = 'planted in the config folder'\n")
+    sys.path.append(str(installed))
+    try:
+        functions.load_handler(FunctionSpec("f", handler=f"{name}:resize"), folder)
+        imported = importlib.import_module(victim)
+        assert imported.ORIGIN == "installed"
+    finally:
+        sys.modules.pop(victim, None)
+
+
+def test_a_handler_module_shadowed_by_an_installed_one_is_refused_naming_both(
+    tmp_path: Path, importable: str
+) -> None:
+    name = importable
+    installed, folder = tmp_path / "site-packages", tmp_path / "conf"
+    installed.mkdir()
+    folder.mkdir()
+    (installed / f"{name}.py").write_text("def resize(event, context):\n    return 'other code'\n")
+    (folder / f"{name}.py").write_text("def resize(event, context):\n    return event\n")
+    sys.path.append(str(installed))
+    with pytest.raises(ConfigError) as info:
+        functions.load_handler(FunctionSpec("resize", handler=f"{name}:resize"), folder)
+    assert (info.value.function, info.value.key) == ("resize", "handler")
+    message = str(info.value)
+    assert str(installed / f"{name}.py") in message and str(folder / f"{name}.py") in message
+
+
+def test_a_handler_package_beside_the_functions_file_is_imported_from_there(
+    tmp_path: Path, importable: str
+) -> None:
+    name = importable
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "__init__.py").write_text("")
+    (tmp_path / name / "jobs.py").write_text("def run(event, context):\n    return 'ran'\n")
+    handler = functions.load_handler(FunctionSpec("f", handler=f"{name}.jobs:run"), tmp_path)
+    assert handler(None, None) == "ran"
+    sys.modules.pop(f"{name}.jobs", None)
+
+
 def test_the_default_backoff_is_the_documented_one() -> None:
     assert Backoff(initial=1.0, multiplier=2.0, max=300.0, jitter=0.2) == DEFAULT_BACKOFF
+
+
+# -- the broker's consumer_timeout ---------------------------------------------------------
+
+
+def test_a_timeout_that_fits_the_brokers_consumer_timeout_with_the_hold_is_accepted() -> None:
+    hold_s = ladder.HOLD_LIMIT_MS / 1000
+    fits = [
+        FunctionSpec("a", handler="m:f", timeout_s=1800 - hold_s),
+        FunctionSpec("b", url="http://x", timeout_s=1),
+    ]
+    functions.check_consumer_timeout(fits, 1800.0, PATH)  # no error
+
+
+def test_a_timeout_past_the_brokers_consumer_timeout_is_refused_naming_both_and_the_fix() -> None:
+    specs = [
+        FunctionSpec("short", handler="m:f", timeout_s=60),
+        FunctionSpec("transcode", handler="m:f", timeout_s=1799.5),
+    ]
+    with pytest.raises(ConfigError) as info:
+        functions.check_consumer_timeout(specs, 1800.0, PATH)
+    error = info.value
+    assert (error.path, error.function, error.key) == (PATH, "transcode", "timeout")
+    message = str(error)
+    assert "timeout of 1799.5 s" in message
+    assert "consumer_timeout of 1800 s" in message
+    assert "rabbitmq.conf to at least 1801000 (milliseconds)" in message
+    assert "ASYNCINVOKE_BROKER_CONSUMER_TIMEOUT=1801" in message
+    assert "timeout to 1798.95 s or less" in message

@@ -4,6 +4,7 @@ bounded, and the attempt still running is waited for."""
 from __future__ import annotations
 
 import asyncio
+import tracemalloc
 from dataclasses import dataclass, field
 
 from asyncinvoke.redelivery import Redeliveries
@@ -76,3 +77,27 @@ def test_memory_is_bounded() -> None:
         return oldest, newest
 
     assert asyncio.run(scenario()) == (None, True)
+
+
+def test_remembered_deliveries_keep_no_body() -> None:
+    """10,000 remembered 256 KiB deliveries were 2.5 GiB of bodies; a digest is enough."""
+    closed = _Channel(is_closed=True)
+    redeliveries = Redeliveries(limit=100)
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        for n in range(100):
+            body = n.to_bytes(4, "big") * (64 * 1024)  # 256 KiB, made here and dropped
+            redeliveries.ended(_Message(f"i{n}", body, closed), settled=True)
+            del body
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < 1024 * 1024, f"{kept} bytes kept for 100 deliveries of 256 KiB"
+
+    async def scenario() -> tuple[bool | None, bool | None]:
+        same = await redeliveries.outcome(_Message("i7", (7).to_bytes(4, "big") * 65536), [])
+        other_body = await redeliveries.outcome(_Message("i8", b"another body"), [])
+        return same, other_body
+
+    assert asyncio.run(scenario()) == (True, None)

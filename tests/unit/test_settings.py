@@ -47,6 +47,7 @@ def test_every_variable_is_read() -> None:
             "ASYNCINVOKE_TASK_RETENTION": "3600",
             "ASYNCINVOKE_TASK_RESULT_MAX_BYTES": "0",
             "ASYNCINVOKE_EVENT_LOOP": "uvloop",
+            "ASYNCINVOKE_BROKER_CONSUMER_TIMEOUT": "7200",
         }
     )
     assert settings == Settings(
@@ -61,6 +62,7 @@ def test_every_variable_is_read() -> None:
         task_retention_s=3600.0,
         task_result_max_bytes=0,
         event_loop="uvloop",
+        broker_consumer_timeout_s=7200.0,
     )
 
 
@@ -75,9 +77,20 @@ def test_an_empty_variable_keeps_the_default() -> None:
             "ASYNCINVOKE_SHUTDOWN_GRACE",
             "ASYNCINVOKE_TASK_RETENTION",
             "ASYNCINVOKE_TASK_RESULT_MAX_BYTES",
+            "ASYNCINVOKE_BROKER_CONSUMER_TIMEOUT",
         )
     }
     assert from_env(env) == Settings()
+
+
+def test_the_broker_consumer_timeout_defaults_to_rabbitmqs_own_30_minutes() -> None:
+    assert from_env({}).broker_consumer_timeout_s == 1_800_000 / 1000
+
+
+@pytest.mark.parametrize("raw", ["0", "-1", "half an hour", "inf"])
+def test_a_broker_consumer_timeout_that_is_no_length_of_time_is_refused(raw: str) -> None:
+    with pytest.raises(ConfigError, match="ASYNCINVOKE_BROKER_CONSUMER_TIMEOUT"):
+        from_env({"ASYNCINVOKE_BROKER_CONSUMER_TIMEOUT": raw})
 
 
 def test_without_a_mapping_the_process_environment_is_read(

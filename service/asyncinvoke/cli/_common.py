@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.text import Text
 
 from asyncinvoke import settings as settings_module
 from asyncinvoke.errors import AsyncInvokeError
@@ -29,6 +30,13 @@ def console() -> Console:
     """Rich output for people. Piped into a file or another program, tables get room to
     keep ids on one line instead of wrapping at 80 columns."""
     return Console() if sys.stdout.isatty() else Console(width=200)
+
+
+def cells(*values: object) -> list[Text]:
+    """Table cells shown literally. Values from messages, stores and files are never read
+    as Rich markup: an error text with ``[/path]`` in it would otherwise end the command
+    with a MarkupError, and ``[bold]`` would change what the operator sees."""
+    return [value if isinstance(value, Text) else Text(str(value)) for value in values]
 
 
 def load_settings(**overrides: Any) -> settings_module.Settings:

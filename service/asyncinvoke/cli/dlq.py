@@ -23,8 +23,8 @@ from rich.text import Text
 from asyncinvoke import contract, record_codec, topology
 from asyncinvoke import dlq as logic
 from asyncinvoke import settings as settings_module
+from asyncinvoke.cli._common import cells, json_option, load_settings, run
 from asyncinvoke.cli._common import console as terminal
-from asyncinvoke.cli._common import json_option, load_settings, run
 from asyncinvoke.observability import configure_logging
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -178,16 +178,19 @@ def stats(as_json: bool) -> None:
         click.echo(f"{result.queue} is empty: no failed invocations")
         return
     now = logic.now_ms()
-    table = Table(title=f"{result.total} failure record(s) in {result.queue}")
+    table = Table(title=f"{result.total} failure record(s) in {escape(result.queue)}")
     for column in ("function", "condition", "records", "oldest", "newest"):
         table.add_column(column, justify="right" if column == "records" else "left")
     for group in result.groups:
+        # Function and condition come from the records' headers: any producer's text.
         table.add_row(
-            escape(str(group.function)),
-            str(group.condition),
-            str(group.count),
-            f"{_age(group.oldest_ms, now)} ago",
-            f"{_age(group.newest_ms, now)} ago",
+            *cells(
+                group.function,
+                group.condition,
+                group.count,
+                f"{_age(group.oldest_ms, now)} ago",
+                f"{_age(group.newest_ms, now)} ago",
+            )
         )
     console = terminal()
     console.print(table)
@@ -196,8 +199,8 @@ def stats(as_json: bool) -> None:
     )
     if result.other_consumers:
         console.print(
-            f"[yellow]{result.other_consumers} other consumer(s) on {result.queue}: records "
-            "they hold are not counted[/]"
+            f"[yellow]{result.other_consumers} other consumer(s) on {escape(result.queue)}: "
+            "records they hold are not counted[/]"
         )
 
 
@@ -240,17 +243,20 @@ def list_(
         return
     rows: list[logic.Summary] = []
     listed, total = run(logic.list_records(settings, selector, rows.append, limit=limit or None))
-    table = Table(title=f"failure records in {topology.Names(settings.namespace).failed}")
+    table = Table(title=f"failure records in {escape(topology.Names(settings.namespace).failed)}")
     for column in ("id", "function", "condition", "attempts", "age", "error"):
         table.add_column(column, overflow="fold" if column == "id" else "ellipsis")
     for row in rows:
+        # Every value comes from a record or its headers: any producer's text.
         table.add_row(
-            escape(str(row.id)),
-            escape(str(row.function)),
-            str(row.condition),
-            "?" if row.attempts is None else str(row.attempts),
-            _age(row.timestamp_ms, now),
-            Text(row.error, no_wrap=True, overflow="ellipsis"),
+            *cells(
+                row.id,
+                row.function,
+                row.condition,
+                "?" if row.attempts is None else row.attempts,
+                _age(row.timestamp_ms, now),
+                Text(row.error, no_wrap=True, overflow="ellipsis"),
+            )
         )
     console = terminal()
     console.print(table)
@@ -296,7 +302,7 @@ def _print_record(console: Console, record: Any, now: int) -> None:
         ("failed at", f"{_when(facts.timestamp_ms)} ({_age(facts.timestamp_ms, now)} ago)"),
         ("status", f"{response.get('statusCode')} {response.get('functionError') or ''}"),
     ):
-        head.add_row(label, escape(str(value)))
+        head.add_row(*cells(label, value))
     console.print(head)
     payload = record.get("responsePayload")
     trace: list[Any] = []
@@ -379,21 +385,22 @@ def _print_replay(report: logic.ReplayReport) -> None:
     console = terminal()
     verb = "would replay" if report.dry_run else "replayed"
     console.print(
-        f"{verb} {report.replayed} of {report.selected} selected record(s) from {report.source}"
+        f"{verb} {report.replayed} of {report.selected} selected record(s) from "
+        f"{escape(report.source)}"
         + (f"; {len(report.skipped)} skipped" if report.skipped else ""),
         highlight=False,
     )
     if report.by_function:
         table = Table("function", "invocations")
         for function, count in sorted(report.by_function.items()):
-            table.add_row(escape(function), str(count))
+            table.add_row(*cells(function, count))
         console.print(table)
     if report.new_ids:
         console.print(f"{len(report.new_ids)} new id(s); --json lists old → new")
     if report.skipped:
         table = Table("skipped id", "why", title="not replayable (kept in the queue)")
         for invocation_id, reason in report.skipped[:SKIPPED_SHOWN]:
-            table.add_row(escape(str(invocation_id)), escape(reason))
+            table.add_row(*cells(invocation_id, reason))
         console.print(table)
         if len(report.skipped) > SKIPPED_SHOWN:
             console.print(f"… and {len(report.skipped) - SKIPPED_SHOWN} more (--json lists all)")

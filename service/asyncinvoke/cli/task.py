@@ -5,10 +5,11 @@ from datetime import UTC, datetime
 
 import click
 import orjson
+from rich.markup import escape
 from rich.table import Table
 
+from asyncinvoke.cli._common import cells, json_option, load_settings, run
 from asyncinvoke.cli._common import console as terminal
-from asyncinvoke.cli._common import json_option, load_settings, run
 from asyncinvoke.client import Client
 from asyncinvoke.tasks.states import Status
 from asyncinvoke.tasks.store import TaskNotFound
@@ -55,14 +56,15 @@ def get(task_id: str, as_json: bool) -> None:
         "taskPayload",
         "returnPayload",
     ):
-        console.print(f"[bold]{key}[/bold]: {view[key]}", highlight=False)
+        # Error texts and payloads come from handlers: shown as they are, never as markup.
+        console.print(f"[bold]{key}[/bold]: {escape(str(view[key]))}", highlight=False)
     console.print(f"[bold]startedTime[/bold]: {_when(view['startedTime'])}")  # type: ignore[arg-type]
     console.print(f"[bold]endTime[/bold]: {_when(view['endTime'])}")  # type: ignore[arg-type]
     table = Table(title="events")
     for column in ("time (UTC)", "status", "detail"):
         table.add_column(column)
     for event in view["events"]:  # type: ignore[attr-defined]
-        table.add_row(_when(event["timestamp"]), event["status"], event["eventDetail"])
+        table.add_row(*cells(_when(event["timestamp"]), event["status"], event["eventDetail"]))
     console.print(table)
 
 
@@ -103,13 +105,15 @@ def list_(
     for view in views:
         error = str(view["taskErrorMessage"] or "").splitlines()
         table.add_row(
-            str(view["taskId"]),
-            str(view["functionName"]),
-            str(view["status"]),
-            str(view["alreadyRetriedTimes"]),
-            _when(view["startedTime"]),  # type: ignore[arg-type]
-            str(view["durationMs"] if view["durationMs"] is not None else "-"),
-            error[0][:80] if error else "",
+            *cells(
+                view["taskId"],
+                view["functionName"],
+                view["status"],
+                view["alreadyRetriedTimes"],
+                _when(view["startedTime"]),  # type: ignore[arg-type]
+                view["durationMs"] if view["durationMs"] is not None else "-",
+                error[0][:80] if error else "",
+            )
         )
     terminal().print(table)
 

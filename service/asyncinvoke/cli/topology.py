@@ -4,13 +4,15 @@ from typing import Any
 
 import click
 import orjson
+from rich.markup import escape
 from rich.table import Table
 
 from asyncinvoke import functions
 from asyncinvoke import topology as topo
 from asyncinvoke.broker import Broker
-from asyncinvoke.cli._common import config_option, json_option, load_settings, run
+from asyncinvoke.cli._common import cells, config_option, json_option, load_settings, run
 from asyncinvoke.cli._common import console as terminal
+from asyncinvoke.gateway.fcapi import shown_policy
 from asyncinvoke.settings import Settings
 
 
@@ -80,7 +82,7 @@ def show(config_path: str | None, as_json: bool) -> None:
             "namespace": settings.namespace,
             "functions": {
                 name: {
-                    **spec.policy(),
+                    **shown_policy(spec),
                     "queue": names.function_queue(name),
                     "messages": depths[names.function_queue(name)],
                 }
@@ -91,7 +93,7 @@ def show(config_path: str | None, as_json: bool) -> None:
         click.echo(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
         return
     console = terminal()
-    table = Table(title=f"functions in namespace {settings.namespace!r}")
+    table = Table(title=f"functions in namespace {escape(repr(settings.namespace))}")
     for column in (
         "function",
         "runs",
@@ -107,22 +109,25 @@ def show(config_path: str | None, as_json: bool) -> None:
     ):
         table.add_column(column)
     for name, spec in specs.items():
-        policy = spec.policy()
+        policy = shown_policy(spec)
         depth = depths[names.function_queue(name)]
         backoff = policy["backoff"]
+        # Literal cells: a URL such as http://[fe80::1]/ would otherwise read as markup.
         table.add_row(
-            name,
-            str(policy["target"]),
-            names.function_queue(name),
-            "missing" if depth is None else str(depth),
-            f"{spec.timeout_s:g}s",
-            str(spec.max_retries),
-            f"{spec.max_event_age_s}s",
-            str(spec.concurrency),
-            f"{backoff['initial']:g}s*{backoff['multiplier']:g} max {backoff['max']:g}s"
-            f" ±{backoff['jitter']:.0%}",
-            str(policy["on_success"] or "-"),
-            str(policy["on_failure"]),
+            *cells(
+                name,
+                policy["target"],
+                names.function_queue(name),
+                "missing" if depth is None else depth,
+                f"{spec.timeout_s:g}s",
+                spec.max_retries,
+                f"{spec.max_event_age_s}s",
+                spec.concurrency,
+                f"{backoff['initial']:g}s*{backoff['multiplier']:g} max {backoff['max']:g}s"
+                f" ±{backoff['jitter']:.0%}",
+                policy["on_success"] or "-",
+                policy["on_failure"],
+            )
         )
     console.print(table)
     waiting = sum(depths[queue] or 0 for queue in ladder_queues)
@@ -131,6 +136,6 @@ def show(config_path: str | None, as_json: bool) -> None:
     system_table.add_column("ready")
     for queue in system:
         depth = depths[queue]
-        system_table.add_row(queue, "missing" if depth is None else str(depth))
-    system_table.add_row(f"{names.ns}.delay.* (17 levels)", str(waiting))
+        system_table.add_row(*cells(queue, "missing" if depth is None else depth))
+    system_table.add_row(*cells(f"{names.ns}.delay.* (17 levels)", waiting))
     console.print(system_table)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import ipaddress
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -20,13 +19,13 @@ import orjson
 from aiohttp import web
 from prometheus_client import Counter
 
-from asyncinvoke import topology
+from asyncinvoke import contract, topology
 from asyncinvoke.client import CallTimeout, Client, FunctionError, TaskExistsError, new_id
 from asyncinvoke.contract import UNHANDLED
 from asyncinvoke.errors import PayloadTooLarge
 from asyncinvoke.functions import FunctionsFile, FunctionSpec
-from asyncinvoke.gateway import fcapi
-from asyncinvoke.gateway.auth import Verifier
+from asyncinvoke.gateway import fcapi, local
+from asyncinvoke.gateway.auth import Verifier, refuse_replay
 from asyncinvoke.gateway.fcapi import (
     ASYNC_TASK_ID,
     ERROR_TYPE,
@@ -51,15 +50,6 @@ SYNC_MARGIN_S = 5.0
 
 log = get_logger(component="gateway")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class Gateway:
@@ -100,7 +90,7 @@ class Gateway:
     # -- start and stop ----------------------------------------------------------------
 
     async def start(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
-        if self.verifier is None and not is_loopback(host):
+        if self.verifier is None and not local.is_loopback(host):
             log.warning(
                 "gateway_loopback_only",
                 requested_host=host,
@@ -115,8 +105,10 @@ class Gateway:
             await self.client.ensure_function(name)
         # Once, before any request: two first sync calls at once would both subscribe.
         await self.client.prepare_calls()
-        if any(spec.task_mode for spec in self.specs.values()):
-            await self.client.tasks()  # a bad ASYNCINVOKE_TASK_STORE fails at start
+        if self.verifier is not None or any(spec.task_mode for spec in self.specs.values()):
+            # A bad ASYNCINVOKE_TASK_STORE fails at start. With keys the store is needed
+            # for every request: it keeps the signature nonces (auth.refuse_replay).
+            await self.client.tasks()
         self._runner = web.AppRunner(
             self.app, access_log=None, shutdown_timeout=self.settings.shutdown_grace_s
         )
@@ -195,15 +187,20 @@ class Gateway:
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Authentication, and every error as FC's JSON error with its status."""
         try:
-            if self.verifier is not None and request.path.startswith(fcapi.API_PREFIX):
+            if self.verifier is None:
+                local.check_unsigned_request(request.path, request.headers)
+                if request.match_info.route.name == "InvokeFunction":
+                    local.check_unsigned_invocation(request.headers, request.content_type)
+            elif request.path.startswith(fcapi.API_PREFIX):
                 body = await request.read()
-                self.verifier.verify(
+                signed = self.verifier.verify(
                     request.method,
                     request.rel_url.raw_path,
                     request.rel_url.query.items(),
                     request.headers,
                     body,
                 )
+                await refuse_replay(await self.client.tasks(), signed, time.time_ns() // 1_000_000)
             response = await handler(request)
         except web.HTTPException as exc:
             response = self._error_response(
@@ -311,6 +308,8 @@ class Gateway:
         """The task the path names, if it is a task of the function the path names."""
         spec = self._spec(request)
         task_id = request.match_info["task_id"]
+        if not contract.ID_RE.fullmatch(task_id):  # no such task; and no NUL for the store
+            raise fcapi.task_not_found(spec.name, task_id)
         store = await self.client.tasks()
         task = await store.get(task_id)
         if task is None or task.function != spec.name:

@@ -6,14 +6,17 @@ What the SDK signs (``alibabacloud_tea_openapi``, ``Utils.get_authorization``)::
     string to sign    = "ACS3-HMAC-SHA256" \\n hex(sha256(canonical request))
     Authorization     = ACS3-HMAC-SHA256 Credential=ID,SignedHeaders=a;b,Signature=hex(hmac)
 
-PATH is the path as sent (percent-encoded); QUERY the parameters sorted by name, values
-RFC 3986-encoded; HEADERS one ``name:value`` line per signed header, lower-cased and
-sorted; BODY_HASH the ``x-acs-content-sha256`` header, which must be the body's hash.
+PATH is the path as sent (percent-encoded); QUERY the parameters sorted by name, names
+and values RFC 3986-encoded; HEADERS one ``name:value`` line per signed header,
+lower-cased and sorted; BODY_HASH the ``x-acs-content-sha256`` header, which must be the
+body's hash.
 
 Written by hand (hmac, hashlib): the SDKs only sign, and no maintained library verifies
 ACS3 on a server. Replays are refused twice over: ``x-acs-date`` must be within
 ``MAX_CLOCK_SKEW_S`` of our clock, and an ``x-acs-signature-nonce`` is accepted once
-for as long as its date is acceptable. Secrets never appear in logs or error messages.
+for as long as its date is acceptable. The nonces live in the task store, so gateways
+that share a store refuse a request replayed against any of them, also after a restart.
+Secrets never appear in logs or error messages.
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ from __future__ import annotations
 import calendar
 import hashlib
 import hmac
+import re
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import quote
 
 from multidict import CIMultiDictProxy
@@ -38,9 +43,11 @@ NONCE_HEADER = "x-acs-signature-nonce"
 CONTENT_HASH_HEADER = "x-acs-content-sha256"
 DATE_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 # Alibaba Cloud's own window for x-acs-date. A nonce is remembered as long as its
-# request's date is within it, so the cache holds at most 2 x this many seconds.
+# request's date is within it, so the store holds at most 2 x this many seconds of them.
 MAX_CLOCK_SKEW_S = 900
-MAX_NONCES = 2_000_000
+# The SDKs send a UUID-like token; anything printable up to this length is accepted, so
+# a nonce is always a plain key for the store (no NUL, no surrogates, no megabytes).
+NONCE_RE = re.compile(r"[\x21-\x7e]{1,128}")
 KEYS_ENV = "ASYNCINVOKE_ACCESS_KEYS"
 KEYS_FILE_ENV = "ASYNCINVOKE_ACCESS_KEYS_FILE"
 # ACS3 requires every x-acs-* header to be signed. x-fc-* headers are covered when the
@@ -103,9 +110,17 @@ def _add_key(keys: dict[str, str], key_id: str, secret: str, source: str) -> Non
 # -- the signature -------------------------------------------------------------------------
 
 
+def _encode(text: str) -> str:
+    # surrogateescape: a query that was not UTF-8 is signed as the bytes it was sent as.
+    return quote(text.encode("utf-8", "surrogateescape"), safe="~")
+
+
 def canonical_query(pairs: Iterable[tuple[str, str]]) -> str:
-    encoded = sorted((name, quote(value, safe="~")) for name, value in pairs)
-    return "&".join(f"{name}={value}" for name, value in encoded)
+    """Parameters sorted by name, then value; names and values RFC 3986-encoded, as the
+    ACS3 documentation and the Java SDK do. Unencoded names would be ambiguous: the query
+    ``x=1&y=2`` and one parameter named ``x=1&y`` with the value 2 would sign alike.
+    (The Python and Go SDKs leave names as they are: the same for every name FC uses.)"""
+    return "&".join(f"{_encode(name)}={_encode(value)}" for name, value in sorted(pairs))
 
 
 def canonical_request(
@@ -133,7 +148,8 @@ def canonical_request(
 
 
 def signature(secret: str, canonical: str) -> str:
-    digest = hashlib.sha256(canonical.encode()).hexdigest()
+    # aiohttp decodes header bytes that are not UTF-8 with surrogateescape: hash what was sent.
+    digest = hashlib.sha256(canonical.encode("utf-8", "surrogateescape")).hexdigest()
     string_to_sign = f"{ALGORITHM}\n{digest}"
     return hmac.new(secret.encode(), string_to_sign.encode(), hashlib.sha256).hexdigest()
 
@@ -160,43 +176,37 @@ def parse_authorization(value: str) -> tuple[str, list[str], str]:
     return credential, signed.split(";"), given
 
 
-class NonceCache:
-    """Nonces seen, each kept until its request's date leaves the accepted window.
+@dataclass(frozen=True, slots=True)
+class SignedRequest:
+    """A request whose signature is right; it is accepted once its nonce is new."""
 
-    Bounded by time (entries expire) and by count: past ``max_entries`` a request is
-    refused (ServiceBusy) rather than a nonce forgotten early, which would allow a replay.
-    """
+    key_id: str
+    nonce: str
+    nonce_expires_at_ms: int  # its date leaves the accepted window then
 
-    def __init__(self, max_entries: int = MAX_NONCES):
-        self.max_entries = max_entries
-        self._expiry: dict[str, float] = {}
-        self._order: deque[tuple[float, str]] = deque()
 
-    def __len__(self) -> int:
-        return len(self._expiry)
+class NonceStore(Protocol):
+    """Where nonces are remembered (the task store: see TaskStore.remember_nonce)."""
 
-    def add(self, nonce: str, expires_at: float, now: float) -> bool:
-        """Remember ``nonce`` until ``expires_at``; False if it is remembered already."""
-        self._expire(now)
-        if nonce in self._expiry:
-            return False
-        if len(self._expiry) >= self.max_entries:
-            raise ServiceUnavailable(
-                f"more than {self.max_entries} signed requests within "
-                f"{2 * MAX_CLOCK_SKEW_S} s; try again shortly",
-                code="ServiceBusy",
-            )
-        self._expiry[nonce] = expires_at
-        self._order.append((expires_at, nonce))
-        return True
+    async def remember_nonce(self, nonce: str, expires_at_ms: int, now_ms: int) -> bool: ...
 
-    def _expire(self, now: float) -> None:
-        # Roughly ordered by expiry (dates are close to arrival): an entry stuck behind a
-        # later one is kept a little longer, never dropped early.
-        order, expiry = self._order, self._expiry
-        while order and order[0][0] <= now:
-            _, nonce = order.popleft()
-            expiry.pop(nonce, None)
+
+async def refuse_replay(store: NonceStore, signed: SignedRequest, now_ms: int) -> None:
+    """AccessDenied if ``signed``'s nonce was seen already, by this gateway or another
+    that shares the store. Called only after the signature was found right, so a forged
+    request cannot use up a nonce."""
+    try:
+        fresh = await store.remember_nonce(signed.nonce, signed.nonce_expires_at_ms, now_ms)
+    except Exception as exc:  # whatever the store's driver raises: a refusal, not a 500
+        raise ServiceUnavailable(
+            f"the task store, which keeps the signature nonces, failed "
+            f"({type(exc).__name__}); try again shortly"
+        ) from exc
+    if not fresh:
+        raise AccessDenied(
+            f"{NONCE_HEADER} was used already: every request needs a new one",
+            code="SignatureNonceUsed",
+        )
 
 
 class Verifier:
@@ -208,12 +218,10 @@ class Verifier:
         *,
         clock: Callable[[], float] = time.time,
         max_skew_s: float = MAX_CLOCK_SKEW_S,
-        nonces: NonceCache | None = None,
     ):
         self._keys = dict(keys)
         self._clock = clock
         self.max_skew_s = max_skew_s
-        self.nonces = nonces or NonceCache()
 
     @property
     def key_count(self) -> int:
@@ -226,8 +234,9 @@ class Verifier:
         query: Iterable[tuple[str, str]],
         headers: Headers,
         body: bytes,
-    ) -> str:
-        """The access key id that signed this request, or AccessDenied saying why not."""
+    ) -> SignedRequest:
+        """The request, checked: signed by a known key, dated now; or AccessDenied saying
+        why not. Its nonce is checked apart (refuse_replay), against the shared store."""
         authorization = headers.get("Authorization")
         if not authorization:
             raise AccessDenied(
@@ -245,19 +254,23 @@ class Verifier:
             raise AccessDenied(
                 f"{CONTENT_HASH_HEADER} does not match the body", code="SignatureNotMatch"
             )
+        nonce = headers[NONCE_HEADER]
+        if not NONCE_RE.fullmatch(nonce):
+            raise AccessDenied(
+                f"{NONCE_HEADER} must be 1 to 128 printable ASCII characters (the SDKs send "
+                "a random token)"
+            )
         canonical = canonical_request(method, raw_path, query, headers, signed_headers, body_hash)
-        if not hmac.compare_digest(signature(secret, canonical), given):
+        # compare_digest refuses str with non-ASCII characters (TypeError): compare bytes.
+        given_bytes = given.encode("utf-8", "surrogateescape")
+        if not hmac.compare_digest(signature(secret, canonical).encode(), given_bytes):
             raise AccessDenied(
                 "The request signature we calculated does not match the signature you "
                 "provided. Check your access key and signing method",
                 code="SignatureNotMatch",
             )
-        if not self.nonces.add(headers[NONCE_HEADER], date + self.max_skew_s, self._clock()):
-            raise AccessDenied(
-                f"{NONCE_HEADER} was used already: every request needs a new one",
-                code="SignatureNonceUsed",
-            )
-        return key_id
+        expires_at_ms = round((date + self.max_skew_s) * 1000)
+        return SignedRequest(key_id, nonce, expires_at_ms)
 
     def _check_signed_headers(self, headers: Headers, signed_headers: list[str]) -> None:
         signed = set(signed_headers)

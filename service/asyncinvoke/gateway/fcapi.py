@@ -17,6 +17,7 @@ AsyncTask, ListAsyncTasksOutput ``{tasks, nextToken}``, AsyncConfig, and errors 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -29,8 +30,16 @@ from asyncinvoke import contract
 from asyncinvoke.client import CallTimeout, TaskExistsError, UnknownFunctionError
 from asyncinvoke.errors import AsyncInvokeError, BrokerUnavailable, InvalidMessage, PublishError
 from asyncinvoke.functions import FunctionSpec
+from asyncinvoke.settings import redact_url
 from asyncinvoke.tasks.states import Status
-from asyncinvoke.tasks.store import MAX_PAGE_LIMIT, Page, Task, TaskFinished, TaskNotFound
+from asyncinvoke.tasks.store import (
+    MAX_PAGE_LIMIT,
+    Page,
+    Task,
+    TaskFinished,
+    TaskNotFound,
+    decode_page_token,
+)
 from asyncinvoke.tasks.views import async_task
 from asyncinvoke.topology import Names
 
@@ -46,6 +55,11 @@ ERROR_TYPE = "x-fc-error-type"
 ASYNC = "Async"
 SYNC = "Sync"
 DEFAULT_LIST_LIMIT = 20
+# Times and counts from a query end up as 64-bit integers in SQLite or PostgreSQL: one
+# outside that range is a 400 here, never an overflow there (a 500).
+MAX_INTEGER = 2**63 - 1
+# ASCII digits only: str.isdigit() also takes "²" and "٣", which int() then refuses or reads.
+_WHOLE = re.compile(r"[0-9]{1,19}")
 
 JSON = "application/json"
 BINARY = "application/octet-stream"
@@ -57,6 +71,9 @@ class FcError(AsyncInvokeError):
     default_code = "InternalServerError"
 
     def __init__(self, message: str, *, code: str | None = None):
+        # A message may quote a header that was not UTF-8 (aiohttp keeps such bytes as
+        # lone surrogates): made printable here, or the JSON answer could not be encoded.
+        message = message.encode("utf-8", "backslashreplace").decode("utf-8")
         super().__init__(message)
         self.message = message
         self.code = code or self.default_code
@@ -176,13 +193,14 @@ def parse_invocation(headers: CIMultiDictProxy[str], max_delay_s: int) -> Invoca
         raise InvalidArgument(f"{given} applies to {ASYNC} invocations only")
     delay = 0
     if raw_delay is not None:
-        if not raw_delay.strip().isdigit() or not 0 <= int(raw_delay) <= max_delay_s:
+        digits = raw_delay.strip()
+        if not _WHOLE.fullmatch(digits) or not 0 <= int(digits) <= max_delay_s:
             raise InvalidArgument(
                 f"{ASYNC_DELAY} must be whole seconds between 0 and {max_delay_s}, "
                 f"got {raw_delay!r}"
             )
-        delay = int(raw_delay)
-    if task_id is not None and not contract.ID_RE.match(task_id):
+        delay = int(digits)
+    if task_id is not None and not contract.ID_RE.fullmatch(task_id):
         raise InvalidArgument(
             f"{ASYNC_TASK_ID} must match {contract.ID_RE.pattern}, got {task_id!r}"
         )
@@ -228,10 +246,50 @@ def _integer(query: MultiMapping[str], name: str) -> int | None:
     raw = query.get(name)
     if raw is None or raw == "":
         return None
+    if not _WHOLE.fullmatch(raw) or not 0 <= int(raw) <= MAX_INTEGER:
+        shown = raw if len(raw) <= 40 else raw[:40] + "..."
+        raise InvalidArgument(
+            f"{name} must be a whole number between 0 and {MAX_INTEGER}, got {shown!r}"
+        )
+    return int(raw)
+
+
+def _next_token(query: MultiMapping[str]) -> str | None:
+    """The token as the store handed it out; one it could not have made is a 400 here."""
+    token = query.get("nextToken") or None
+    if token is None:
+        return None
+    refusal = InvalidArgument(
+        "nextToken is not one this gateway handed out: pass the nextToken of the previous "
+        "page unchanged, or none for the first page"
+    )
     try:
-        return int(raw)
+        created_at, last_id = decode_page_token(token)
     except ValueError:
-        raise InvalidArgument(f"{name} must be an integer, got {raw!r}") from None
+        raise refusal from None
+    if not 0 <= created_at <= MAX_INTEGER or not contract.ID_RE.fullmatch(last_id):
+        raise refusal
+    return token
+
+
+def _prefix(query: MultiMapping[str]) -> str | None:
+    prefix = query.get("prefix") or None
+    # PostgreSQL takes no NUL in text, and neither store takes a lone surrogate (what
+    # aiohttp makes of bytes that are not UTF-8). Any other prefix is asked, even one
+    # that matches no id.
+    if prefix is not None and ("\x00" in prefix or not _is_utf8(prefix)):
+        raise InvalidArgument(
+            f"prefix must be UTF-8 text without NUL characters, got {prefix[:40]!r}"
+        )
+    return prefix
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _boolean(query: MultiMapping[str], name: str) -> bool:
@@ -261,9 +319,9 @@ def parse_list_query(query: MultiMapping[str]) -> ListQuery:
         raise InvalidArgument(f"sortOrderByTime must be asc or desc, got {order!r}")
     return ListQuery(
         status=status,
-        prefix=query.get("prefix") or None,
+        prefix=_prefix(query),
         limit=limit,
-        next_token=query.get("nextToken") or None,
+        next_token=_next_token(query),
         newest_first=order == "desc",
         started_from=_integer(query, "startedTimeBegin"),
         started_to=_integer(query, "startedTimeEnd"),
@@ -305,11 +363,12 @@ def _iso(ms: int) -> str:
 
 def async_config(spec: FunctionSpec, names: Names, modified_ms: int) -> dict[str, Any]:
     """The function's effective policy as FC's AsyncConfig; the rest of it (timeout,
-    backoff, ...) under ``asyncinvoke``, which FC's SDKs ignore."""
-    on_failure = str(spec.on_failure) if spec.on_failure else f"queue:{names.failed}"
+    backoff, ...) under ``asyncinvoke``, which FC's SDKs ignore. URLs are shown without
+    their passwords: whoever may read a config may not necessarily call its webhooks."""
+    on_failure = redacted(str(spec.on_failure)) if spec.on_failure else f"queue:{names.failed}"
     destinations: dict[str, Any] = {"onFailure": {"destination": on_failure}}
     if spec.on_success is not None:
-        destinations["onSuccess"] = {"destination": str(spec.on_success)}
+        destinations["onSuccess"] = {"destination": redacted(str(spec.on_success))}
     return {
         "functionArn": function_arn(names, spec.name),
         "asyncTask": spec.task_mode,
@@ -318,5 +377,25 @@ def async_config(spec: FunctionSpec, names: Names, modified_ms: int) -> dict[str
         "destinationConfig": destinations,
         "createdTime": _iso(modified_ms),
         "lastModifiedTime": _iso(modified_ms),
-        "asyncinvoke": spec.policy(),
+        "asyncinvoke": shown_policy(spec),
     }
+
+
+def shown_policy(spec: FunctionSpec) -> dict[str, Any]:
+    """The function's policy as it may be shown (here and by ``topology show``): URLs of
+    an HTTP function or a webhook without their passwords, which a response, a terminal's
+    scrollback or a CI log must not keep."""
+    policy = spec.policy()
+    for key in ("target", "on_success", "on_failure"):
+        value = policy.get(key)
+        if isinstance(value, str):
+            policy[key] = redacted(value)
+    return policy
+
+
+def redacted(text: str) -> str:
+    """``text`` with the password of a URL in it replaced; any other text as it is."""
+    try:
+        return redact_url(text)
+    except ValueError:  # a port that is not a number: show no part of the URL
+        return text.split("://", 1)[0] + "://..." if "://" in text else text

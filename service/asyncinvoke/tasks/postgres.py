@@ -19,6 +19,7 @@ from asyncinvoke.tasks.states import TERMINAL, Status
 from asyncinvoke.tasks.store import (
     DEFAULT_RESULT_MAX_BYTES,
     ENQUEUED_OVER_AMQP,
+    NONCE_PRUNE_BATCH,
     ClaimResult,
     Page,
     Task,
@@ -276,6 +277,22 @@ class PostgresTaskStore:
         )
         return int(status.split()[-1])
 
+    # Signature nonces (TaskStore.remember_nonce): their table is made on first use, so a
+    # database set up before it existed gains it without a migration step.
+    _nonces_ready = False
+
+    async def remember_nonce(self, nonce: str, expires_at_ms: int, now_ms: int) -> bool:
+        table = f'"{self.schema}".{NONCE_TABLE}'
+        if not self._nonces_ready:
+            async with self.pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK_KEY)
+                await conn.execute(_nonce_ddl(table))
+            self._nonces_ready = True
+        status = await self.pool.execute(
+            _remember_nonce_sql(table), nonce, expires_at_ms, now_ms, NONCE_PRUNE_BATCH
+        )
+        return bool(status == "INSERT 0 1")
+
 
 def _row_of(task: Task) -> tuple[Any, ...]:
     return (
@@ -301,3 +318,33 @@ def _task_of(row: asyncpg.Record) -> Task:
         payload=row[8], result=row[9], result_truncated=row[10], error=row[11],
         lease_until=row[12], events=decode_events(row[13]),
     )
+
+
+NONCE_TABLE = "asyncinvoke_nonces"
+
+
+def _nonce_ddl(table: str) -> str:
+    return f"""
+    CREATE TABLE IF NOT EXISTS {table} (
+        nonce TEXT COLLATE "C" PRIMARY KEY,
+        expires_at BIGINT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS {NONCE_TABLE}_expires ON {table} (expires_at);
+    """
+
+
+def _remember_nonce_sql(table: str) -> str:
+    """One round trip: prune a few expired nonces (skipping rows another gateway is
+    pruning), then insert this one. A nonce that expired but was not pruned yet is
+    taken as new: its old request can no longer be accepted anyway."""
+    return f"""
+    WITH pruned AS (
+        DELETE FROM {table} WHERE nonce IN (
+            SELECT nonce FROM {table} WHERE expires_at <= $3 AND nonce <> $1
+            LIMIT $4 FOR UPDATE SKIP LOCKED
+        )
+    )
+    INSERT INTO {table} (nonce, expires_at) VALUES ($1, $2)
+    ON CONFLICT (nonce) DO UPDATE SET expires_at = EXCLUDED.expires_at
+    WHERE {table}.expires_at <= $3
+    """

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import queue
 import sqlite3
 import threading
@@ -26,6 +27,7 @@ from asyncinvoke.tasks.states import TERMINAL, Status
 from asyncinvoke.tasks.store import (
     DEFAULT_RESULT_MAX_BYTES,
     ENQUEUED_OVER_AMQP,
+    NONCE_PRUNE_BATCH,
     ClaimResult,
     Page,
     Task,
@@ -228,6 +230,9 @@ class SqliteTaskStore:
 
         return await self._run(delete)
 
+    async def remember_nonce(self, nonce: str, expires_at_ms: int, now_ms: int) -> bool:
+        return await self._run(lambda conn: _remember_nonce(conn, nonce, expires_at_ms, now_ms))
+
 
 def _row_of(task: Task) -> tuple[Any, ...]:
     return (
@@ -381,7 +386,23 @@ class _SqliteThread:
             _deliver(loop, settled)
 
 
+def _create_private(path: str) -> None:
+    """Create the database file readable by its owner only (0600), before SQLite would
+    create it 0644: tasks hold payloads and results. SQLite gives its -wal and -shm files
+    the database file's mode. A file that exists keeps the mode its operator gave it."""
+    if path == ":memory:" or os.path.exists(path):
+        return
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass  # another worker process created it between the check and here
+    except OSError as exc:
+        raise ConfigError(f"cannot create the task store: {exc.strerror}", path=path,
+                          key="ASYNCINVOKE_TASK_STORE") from exc
+
+
 def _connect(path: str) -> sqlite3.Connection:
+    _create_private(path)
     try:
         # Autocommit mode: the thread opens and commits the batch transactions itself.
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -416,3 +437,34 @@ def _settle(outcomes: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
             future.set_result(value)
         else:
             future.set_exception(value)
+
+
+# Signature nonces (TaskStore.remember_nonce). The table is made on first use, so a store
+# file made before it existed gains it without a migration step.
+_NONCE_TABLE = (
+    "CREATE TABLE IF NOT EXISTS nonces (nonce TEXT PRIMARY KEY, expires_at INTEGER NOT NULL)"
+    " WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS nonces_expires ON nonces (expires_at)",
+)
+_PRUNE_NONCES = (
+    "DELETE FROM nonces WHERE nonce IN "
+    "(SELECT nonce FROM nonces WHERE expires_at <= ? LIMIT ?)"
+)
+# A nonce that expired but was not pruned yet is taken as new: its old request can no
+# longer be accepted anyway (its date is out of the window).
+_REMEMBER_NONCE = (
+    "INSERT INTO nonces (nonce, expires_at) VALUES (?, ?) "
+    "ON CONFLICT (nonce) DO UPDATE SET expires_at = excluded.expires_at "
+    "WHERE nonces.expires_at <= ?"
+)
+
+
+def _remember_nonce(
+    conn: sqlite3.Connection, nonce: str, expires_at_ms: int, now_ms: int
+) -> bool:
+    # Several statements, unlike the task calls: if the insert fails, what stays done is
+    # the table and the pruning of expired nonces, which is harmless.
+    for statement in _NONCE_TABLE:
+        conn.execute(statement)
+    conn.execute(_PRUNE_NONCES, (now_ms, NONCE_PRUNE_BATCH))
+    return conn.execute(_REMEMBER_NONCE, (nonce, expires_at_ms, now_ms)).rowcount == 1

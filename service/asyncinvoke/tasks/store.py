@@ -157,6 +157,12 @@ class TaskStore(Protocol):
         """Delete terminal tasks that ended before ``older_than_ms``; how many."""
         ...
 
+    async def remember_nonce(self, nonce: str, expires_at_ms: int, now_ms: int) -> bool:
+        """Remember a signed request's nonce until ``expires_at_ms``; False if it is
+        remembered already (a replay), by this store object or any other on the same
+        database. Expired nonces are pruned along the way."""
+        ...
+
 
 # Decisions shared by the implementations, pure over Task values. A store reads the task,
 # asks one of these what it becomes, and writes that back with a compare-and-set on the
@@ -290,3 +296,10 @@ def decode_page_token(token: str) -> tuple[int, str]:
     if not isinstance(created_at, int) or not isinstance(task_id, str):
         raise ValueError(f"next_token {token!r} is not one this store handed out")
     return created_at, task_id
+
+
+# Signature nonces (gateway.auth.refuse_replay) share the task store's database, so every
+# gateway that shares the store refuses a replay, also after a restart. Each remember
+# deletes at most this many expired nonces: the table stays as small as the traffic of
+# the replay window without a sweeper, and no request pays for a long backlog at once.
+NONCE_PRUNE_BATCH = 100
