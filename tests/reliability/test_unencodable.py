@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
+import aiohttp
 import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from asyncinvoke import Client, contract, records, topology
+from asyncinvoke.gateway import Gateway
 from asyncinvoke.tasks.views import async_task
 from tests.conftest import ROOT, Namespace, WorkerProcess, collect, running_worker, wait_for
 from tests.integration.helpers import Connection, assert_empty, attempts_of, publish_raw
@@ -339,3 +341,55 @@ async def test_the_dlq_tool_shows_exports_and_replays_records_json_cannot_carry(
 
 async def _depth(amqp: Connection, queue: str) -> int:
     return await topology.queue_depth(amqp, queue) or 0
+
+
+async def test_the_gateway_answers_for_results_and_tasks_json_cannot_carry(
+    namespace: Namespace, tmp_path: Path
+) -> None:
+    """GetAsyncTask shows such a task's payload and result as renderings; a synchronous
+    call whose result JSON cannot carry is a function error that says so (both were 500)."""
+    spec = namespace.functions("""
+        [functions.odd]
+        handler = "tests.support.hostile:bytes_key_result"
+
+        [functions.echo_task]
+        handler = "tests.support.handlers:echo"
+        task_mode = true
+    """)
+    settings = namespace.settings.with_overrides(task_store=f"sqlite:///{tmp_path}/tasks.db")
+    gateway = Gateway(settings, spec, {})  # no keys: loopback only
+    async with running_worker(namespace, spec, task_store=settings.task_store) as worker:
+        await gateway.start("127.0.0.1", 0)
+        try:
+            async with Client(settings=settings) as client:
+                task_id = await client.invoke("echo_task", PAYLOADS["bytes_keys"], task=True)
+            store = await worker.tracker.store()
+
+            async def succeeded() -> bool:
+                task = await store.get(task_id)
+                return task is not None and task.status.value == "Succeeded"
+
+            async with asyncio.timeout(20):
+                while not await succeeded():
+                    await asyncio.sleep(0.05)
+            base = f"{gateway.url}/2023-03-30/functions"
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+                async with http.get(f"{base}/echo_task/async-tasks/{task_id}") as response:
+                    task_status, task_view = response.status, await response.json()
+                async with http.post(
+                    f"{base}/odd/invocations",
+                    data=b"{}",
+                    headers={"x-fc-invocation-type": "Sync", "content-type": "application/json"},
+                ) as response:
+                    call_status, call_headers = response.status, response.headers
+                    call_body = await response.json()
+        finally:
+            await gateway.stop()
+    assert task_status == 200, task_view
+    assert task_view["status"] == "Succeeded"
+    assert "b'k'" in task_view["taskPayload"] and "not JSON" in task_view["taskPayload"]
+    assert "b'k'" in task_view["returnPayload"]
+    assert call_status == 200, call_body
+    assert call_headers["x-fc-error-type"] == contract.UNHANDLED
+    assert call_body["errorType"] == "ResultNotSerializable"
+    assert "b'k'" in call_body["errorMessage"]
