@@ -26,7 +26,15 @@ from aiohttp.test_utils import TestServer
 from asyncinvoke import Client, contract, records, topology
 from asyncinvoke.gateway import Gateway
 from asyncinvoke.tasks.views import async_task
-from tests.conftest import ROOT, Namespace, WorkerProcess, collect, running_worker, wait_for
+from tests.conftest import (
+    ROOT,
+    Namespace,
+    WorkerProcess,
+    collect,
+    declare_queue,
+    running_worker,
+    wait_for,
+)
 from tests.integration.helpers import Connection, assert_empty, attempts_of, publish_raw
 
 
@@ -393,3 +401,34 @@ async def test_the_gateway_answers_for_results_and_tasks_json_cannot_carry(
     assert call_headers["x-fc-error-type"] == contract.UNHANDLED
     assert call_body["errorType"] == "ResultNotSerializable"
     assert "b'k'" in call_body["errorMessage"]
+
+
+async def test_a_record_for_a_function_destination_is_cut_to_the_payload_limit(
+    namespace: Namespace, amqp: Connection
+) -> None:
+    """The record becomes the destination function's payload: over the payload limit it
+    would be refused there (PayloadTooLarge) and the destination would never run."""
+    sunk = namespace.queue_name("sunk")
+    await declare_queue(amqp, sunk)
+    spec = namespace.functions(f"""
+        [functions.source]
+        handler = "tests.support.handlers:echo"
+        on_success = "function:sink"
+
+        [functions.sink]
+        handler = "tests.support.handlers:echo"
+        on_success = "queue:{sunk}"
+    """)
+    payload = "x" * 4000  # in the record three times: payload, result, invocation
+    async with running_worker(namespace, spec, max_payload_bytes=10_000) as worker:
+        async with Client(settings=namespace.settings) as client:
+            source_id = await client.invoke("source", payload)
+        (message,) = await collect(amqp, sunk, 1, timeout=30)
+        await wait_for(lambda: not worker.in_flight, 15, "the worker to have nothing in flight")
+    names = namespace.names
+    await assert_empty(amqp, sunk, names.failed, names.function_queue("sink"))
+    forwarded = contract.unpack(message.body)["requestPayload"]  # the source's record
+    assert forwarded["requestContext"]["requestId"] == source_id
+    assert forwarded["invocation"]["payload"] == payload  # still replayable
+    assert forwarded["responsePayload"].startswith("'xxx")  # the result, rendered
+    assert "over the limit of 10000" in forwarded[contract.ENCODING_ERROR]
