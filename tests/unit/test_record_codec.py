@@ -16,15 +16,9 @@ from asyncinvoke.dlq.operations import export_line
 from asyncinvoke.dlq.records import NotReplayable, replay_envelope
 from asyncinvoke.policy import Outcome
 from asyncinvoke.tasks import views
+from tests.support.hostile import PAYLOADS, nested
 
 NOW = 1_700_000_000_000
-
-
-def _nested(depth: int) -> Any:
-    value: Any = "bottom"
-    for _ in range(depth):
-        value = [value]
-    return value
 
 
 def success_record(payload: Any, result: Any = "done") -> dict[str, Any]:
@@ -57,7 +51,7 @@ def test_a_record_that_encodes_is_sent_unchanged() -> None:
     assert record_codec.record_json(record) == contract.to_json(record)
 
 
-@pytest.mark.parametrize("payload", [{b"k": 1, "text": "v"}, _nested(300)])
+@pytest.mark.parametrize("payload", PAYLOADS.values(), ids=PAYLOADS.keys())
 def test_a_record_json_cannot_carry_is_degraded_and_keeps_the_invocation(payload: Any) -> None:
     record = success_record(payload)
     sent = orjson.loads(record_codec.record_json(record))
@@ -135,7 +129,7 @@ def test_a_last_resort_record_replays_the_message_it_carries() -> None:
 
 
 def test_a_rendering_is_bounded() -> None:
-    text = record_codec.render({b"k" * 10_000: ["x" * 10_000] * 1000, "deep": _nested(900)})
+    text = record_codec.render({b"k" * 10_000: ["x" * 10_000] * 1000, "deep": nested(900)})
     assert len(text) <= record_codec.RENDERING_MAX_CHARS + 100
 
 
@@ -149,7 +143,7 @@ def test_an_export_line_of_a_record_json_cannot_carry_keeps_its_exact_bytes() ->
 
 
 def test_an_export_line_of_a_message_that_is_no_record_shows_a_rendering() -> None:
-    not_a_record = {"requestContext": _nested(300)}  # anyone may publish to {ns}.failed
+    not_a_record = {"requestContext": nested(300)}  # anyone may publish to {ns}.failed
     body = contract.pack(not_a_record)
     line = orjson.loads(export_line(not_a_record, body))
     assert base64.b64decode(line["msgpack"]) == body
@@ -179,6 +173,6 @@ def test_a_lone_surrogate_in_an_error_is_escaped_and_the_error_keeps_its_shape()
 
 
 def test_a_part_nested_deeper_than_python_recurses_is_rendered() -> None:
-    record = success_record(None, result=_nested(1100))  # msgpack packs 1024 levels at most
+    record = success_record(None, result=nested(1100))  # msgpack packs 1024 levels at most
     sent = contract.unpack(record_codec.pack_record(record))
     assert isinstance(sent["responsePayload"], str)
