@@ -11,7 +11,9 @@ record, and the message is acknowledged once it is confirmed.
 Tries are counted here, in memory, by a digest of the message: the broker's
 ``x-delivery-count`` does not count a ``basic.nack`` from RabbitMQ 4.3, and the
 message has no id of its own that a producer could not reuse. A worker restart
-starts the count again, which bounds the number of tries all the same.
+starts the count again, which bounds the number of tries all the same. The count of a
+message that failed and then went through is left to age out (``REMEMBERED``): the
+success path of these consumers pays nothing for this.
 """
 
 from __future__ import annotations
@@ -64,10 +66,6 @@ class LastResort:
             self._failed.popitem(last=False)
         return count >= self.tries
 
-    def settled(self, message: Message) -> None:
-        if self._failed:  # most messages never failed: no digest for them
-            self._failed.pop(_key(message), None)
-
     async def write(self, message: Message, condition: str, error: BaseException) -> None:
         """Send the minimal record of ``message`` to the failure queue, confirmed."""
         request_id, function = _ids(message.body)
@@ -81,7 +79,7 @@ class LastResort:
             max_body_bytes=KEPT_BODY_BYTES,
         )
         await self.destinations.to_failed(record)
-        self.settled(message)
+        self._failed.pop(_key(message), None)
         log.error(
             "last_resort_record",
             invocation_id=record["requestContext"]["requestId"],

@@ -84,7 +84,12 @@ def json_line(value: Any, **kwargs: Any) -> bytes:
     try:
         return orjson.dumps(value, **kwargs)
     except TypeError:
+        pass
+    try:
         return orjson.dumps(escape_surrogates(value), **kwargs)
+    except (TypeError, RecursionError) as exc:
+        event = value.get("event") if isinstance(value, dict) else None
+        return orjson.dumps({"event": str(event), "log_line_not_encodable": str(exc)})
 
 
 def hot_info(event: str, fields: dict[str, object]) -> None:

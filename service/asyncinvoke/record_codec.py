@@ -6,8 +6,10 @@ that JSON (an HTTP destination, an export) cannot encode, and a handler's result
 make a record too big for the broker. Failing there would fail the delivery, and it
 would run again and fail the same way, forever. So such a record is sent degraded:
 
-- each part that cannot be encoded, or that makes the record too big, is replaced by a
-  readable rendering (a bounded ``repr``), largest-value parts first;
+- each part that cannot be encoded is replaced by a readable rendering (a bounded
+  ``repr``), or only has its lone surrogates escaped when they were the trouble;
+- while the record is too big, the parts go in turn: the result, the request payload
+  (the invocation holds it too), the delivery error, and last the invocation;
 - the original invocation, when it must go, travels as its msgpack bytes in base64
   under ``invocationBase64``, which ``asyncinvoke dlq replay`` reads;
 - ``encodingError`` says what was replaced and why.
