@@ -136,3 +136,25 @@ async def test_the_gateway_answers_for_results_and_tasks_json_cannot_carry(
     assert call_headers["x-fc-error-type"] == contract.UNHANDLED
     assert call_body["errorType"] == "ResultNotSerializable"
     assert "b'k'" in call_body["errorMessage"]
+
+
+async def test_invoke_sync_prints_a_result_json_cannot_carry_as_a_rendering(
+    namespace: Namespace,
+) -> None:
+    spec = namespace.functions("""
+        [functions.odd]
+        handler = "tests.support.hostile:bytes_key_result"
+    """)
+    async with running_worker(namespace, spec):
+        result = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "asyncinvoke", "invoke", "odd", "--sync"],
+            env=namespace.env(),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 0, result.stderr
+    shown = orjson.loads(result.stdout)
+    assert "not JSON" in shown and "b'k'" in shown
