@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import aiohttp
 import orjson
 
-from asyncinvoke import contract
+from asyncinvoke import contract, record_codec
 from asyncinvoke.contract import Envelope
 from asyncinvoke.errors import NonRetryableError
 from asyncinvoke.functions import FunctionSpec
@@ -320,7 +320,7 @@ class HttpRunner:
         else:
             try:
                 body, content_type = contract.to_json(payload), "application/json"
-            except (TypeError, ValueError) as exc:
+            except record_codec.ENCODE_ERRORS as exc:
                 return _unsendable_outcome(exc, started)
         headers = {
             "content-type": content_type,

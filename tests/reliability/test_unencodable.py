@@ -21,6 +21,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from asyncinvoke import Client, contract, records
+from asyncinvoke.client import FunctionError
 from asyncinvoke.tasks.views import async_task
 from tests.conftest import (
     Namespace,
@@ -302,3 +303,31 @@ async def test_a_record_for_a_function_destination_is_cut_to_the_payload_limit(
     assert forwarded["invocation"]["payload"] == payload  # still replayable
     assert forwarded["responsePayload"].startswith("'xxx")  # the result, rendered
     assert "over the limit of 10000" in forwarded[contract.ENCODING_ERROR]
+
+
+async def test_a_result_past_64_bits_fails_once_as_not_serializable(
+    namespace: Namespace, amqp: Connection
+) -> None:
+    """msgpack raises OverflowError (not TypeError or ValueError) for such an integer:
+    it crashed the attempt, which then ran again and again."""
+    done = namespace.queue_name("done")
+    await declare_queue(amqp, done)
+    spec = namespace.functions(f"""
+        [functions.huge]
+        handler = "tests.support.hostile:huge_int_result"
+        on_success = "queue:{done}"
+    """)
+    async with running_worker(namespace, spec) as worker:
+        async with Client(settings=namespace.settings) as client:
+            queued = await client.invoke("huge", None)
+            with pytest.raises(FunctionError) as called:
+                await client.call("huge", None, timeout=20)
+        (message,) = await collect(amqp, namespace.names.failed, 1, timeout=30)
+        await wait_for(lambda: not worker.in_flight, 15, "the worker to have nothing in flight")
+    names = namespace.names
+    await assert_empty(amqp, done, names.failed, names.function_queue("huge"))
+    assert called.value.error["errorType"] == "ResultNotSerializable"
+    record = contract.unpack(message.body)
+    assert record["requestContext"]["requestId"] == queued
+    assert record["requestContext"]["condition"] == contract.NON_RETRYABLE
+    assert record["responsePayload"]["errorType"] == "ResultNotSerializable"

@@ -31,3 +31,8 @@ async def surrogate_error(event: Any, context: Context) -> None:
 async def bytes_key_result(event: Any, context: Context) -> dict[Any, Any]:
     """Returns a map msgpack carries and JSON cannot."""
     return {b"k": 1, "text": "v"}
+
+
+async def huge_int_result(event: Any, context: Context) -> int:
+    """Returns an integer msgpack cannot carry (past 64 bits)."""
+    return 2**70
