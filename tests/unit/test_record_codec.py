@@ -14,6 +14,7 @@ from asyncinvoke import contract, record_codec, records
 from asyncinvoke.contract import Envelope
 from asyncinvoke.dlq.operations import export_line
 from asyncinvoke.dlq.records import NotReplayable, replay_envelope
+from asyncinvoke.errors import InvalidMessage
 from asyncinvoke.policy import Outcome
 from asyncinvoke.tasks import views
 from tests.support.hostile import PAYLOADS, nested
@@ -176,3 +177,12 @@ def test_a_part_nested_deeper_than_python_recurses_is_rendered() -> None:
     record = success_record(None, result=nested(1100))  # msgpack packs 1024 levels at most
     sent = contract.unpack(record_codec.pack_record(record))
     assert isinstance(sent["responsePayload"], str)
+
+
+def test_a_payload_too_large_record_is_not_replayable_and_says_why() -> None:
+    body = contract.pack({"v": 1, "id": "big", "fn": "resize", "payload": "x" * 100_000})
+    with pytest.raises(InvalidMessage) as info:
+        contract.decode(body, received_at_ms=NOW, max_payload_bytes=1024, max_delay_s=3600)
+    record = records.invalid(body, info.value, function="resize", message_id="big", now_ms=NOW)
+    with pytest.raises(NotReplayable, match=f"only the start.*{len(body)} bytes"):
+        replay_envelope(record, now_ms=NOW)

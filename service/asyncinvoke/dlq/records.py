@@ -177,11 +177,6 @@ def _carried_invocation(record: dict[str, Any]) -> Any:
     carried = record.get(contract.INVOCATION_BASE64)
     if not isinstance(carried, str):
         return None
-    if isinstance(record.get(contract.INVOCATION_BYTES), int):
-        raise NotReplayable(
-            f"the record keeps only the start of the original message "
-            f"({record[contract.INVOCATION_BYTES]} bytes); it cannot be sent again"
-        )
     try:
         return contract.unpack(base64.b64decode(carried, validate=True))
     except Exception as exc:
@@ -193,6 +188,11 @@ def _carried_invocation(record: dict[str, Any]) -> Any:
 def replay_envelope(record: Any, *, now_ms: int, fresh_id: str | None = None) -> Envelope:
     """The record's original invocation as a new acceptance: now, no delay, attempt 0."""
     invocation = record.get("invocation") if isinstance(record, dict) else None
+    if isinstance(record, dict) and isinstance(record.get(contract.INVOCATION_BYTES), int):
+        raise NotReplayable(
+            f"the record keeps only the start of the original message "
+            f"({record[contract.INVOCATION_BYTES]} bytes); it cannot be sent again"
+        )
     if invocation is None and isinstance(record, dict):
         invocation = _carried_invocation(record)
     if isinstance(invocation, bytes | bytearray):
