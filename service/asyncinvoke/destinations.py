@@ -19,7 +19,7 @@ from uuid import uuid4
 import aiohttp
 import tenacity
 
-from asyncinvoke import contract, dispatch, record_codec
+from asyncinvoke import _testpoints, contract, dispatch, record_codec
 from asyncinvoke.broker import Broker
 from asyncinvoke.contract import Envelope
 from asyncinvoke.errors import PublishError, PublishTimeout
@@ -84,6 +84,7 @@ class Destinations:
             )
 
     async def to_failed(self, record: dict[str, Any]) -> None:
+        await _testpoints.pause("failure_record")
         await self._publish_record(
             record, self.names.failed, record["requestContext"]["functionName"]
         )
@@ -116,6 +117,7 @@ class Destinations:
             lambda value: contract.encode(replace(envelope, payload=value)),
             self.broker.settings.max_payload_bytes,
         )
+        await _testpoints.pause("function_destination")
         await dispatch.send(self.broker, self.names, envelope, body)
 
     async def _to_http(self, record: dict[str, Any], url: str) -> None:
@@ -132,6 +134,7 @@ class Destinations:
             retry=tenacity.retry_if_exception_type(HttpDeliveryError),
             reraise=True,
         )
+        await _testpoints.pause("http_destination")
         async for attempt in retrying:
             with attempt:
                 await self._post_once(url, body, headers)

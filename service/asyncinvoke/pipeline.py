@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-from asyncinvoke import contract, dispatch, policy, record_codec, records
+from asyncinvoke import _testpoints, contract, dispatch, policy, record_codec, records
 from asyncinvoke.acks import Acks
 from asyncinvoke.broker import Broker
 from asyncinvoke.consumer import Message
@@ -118,6 +118,7 @@ class Pipeline:
         decision = policy.admit(envelope, spec, received)
         if type(decision) is policy.Forward:
             envelope.due_at = envelope.due_at_ms()
+            await _testpoints.pause("forward")
             await dispatch.send(self.broker, self.names, envelope)
             self.acks.ack(message)
             log.info(
@@ -137,6 +138,7 @@ class Pipeline:
         if type(decision) is policy.Hold:
             if task_mode:
                 await self.tracker.dequeued(envelope, received, f"due in {decision.ms} ms")
+            await _testpoints.pause("hold")
             await asyncio.sleep(decision.ms / 1000)
         if envelope.due_at is not None or envelope.delay:
             self.metrics.delay_lateness.observe(max(0, now_ms() - envelope.due_at_ms()) / 1000)
@@ -189,6 +191,7 @@ class Pipeline:
                 )
         elif type(settlement) is policy.Retry:
             retry = replace(envelope, attempt=envelope.attempt + 1, due_at=settlement.due_at)
+            await _testpoints.pause("retry")
             await dispatch.send(self.broker, self.names, retry)
         else:
             assert type(settlement) is policy.GiveUp

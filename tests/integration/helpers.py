@@ -14,6 +14,7 @@ import aio_pika
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
 from asyncinvoke import contract, topology
+from asyncinvoke.functions import FunctionSpec
 from tests.support.handlers import CALLS
 
 Connection = AbstractConnection
@@ -137,3 +138,17 @@ async def first_done(*aws: asyncio.Future[Any], timeout: float) -> set[asyncio.F
     """Wait for the first of ``aws`` to finish; an empty set means ``timeout`` passed."""
     done, _ = await asyncio.wait(aws, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     return done
+
+
+async def assert_namespace_empty(
+    connection: Connection, names: topology.Names, functions: Iterable[str]
+) -> None:
+    """No message is left anywhere in the namespace: function and suspect queues, the
+    ladder, unrouted, dead and failed. Checked once the worker has stopped, this also
+    catches a delivery it held unacknowledged (closing returns it to its queue)."""
+    specs = [FunctionSpec(name) for name in functions]
+    plans = (topology.core_plan(names), topology.functions_plan(names, specs))
+    queues = [queue.name for plan in plans for queue in plan.queues]
+    depths = {queue: await topology.queue_depth(connection, queue) for queue in queues}
+    left = {queue: depth for queue, depth in depths.items() if depth != 0}
+    assert not left, f"left behind: {left}"

@@ -25,6 +25,7 @@ CLIENT_DELAYS = [0, 0.25, 0.8, 1, 1.5, 2, 2.75, 3.3, 4, 5.5, 7.9, 8, 9.01, 12.4,
 # A plain producer's delay arrives at the worker a little after created_at: the worker
 # forwards it into the ladder for the whole seconds left and holds the last fraction.
 PLAIN_DELAYS = [1, 2, 3, 7, 11]
+LATENESS_CEILING_MS = 3000
 
 
 async def test_delays_from_0_to_20_seconds_never_start_early(
@@ -81,8 +82,12 @@ async def test_delays_from_0_to_20_seconds_never_start_early(
         print(f"    n={len(values)} median {statistics.median(values)} ms, max {values[-1]} ms")
     early = {inv_id: ms for inv_id, ms in lateness.items() if ms < 0}
     assert not early, f"started before their due time: {early}"
-    # Loose bound for a shared machine; docs/benchmarks.md has the measured distribution.
-    assert max(lateness.values()) < 1000
+    # How late is for the delay benchmark (tests/bench/bench_delay.py, target p99 <= 50 ms;
+    # docs/benchmarks.md has the distribution): a stall of the shared test machine (2 cores,
+    # several suites at once) can add a second. This bound only catches gross errors: a
+    # delay held back by seconds (a ladder level of 4 s or more waited twice, say).
+    late = {inv_id: ms for inv_id, ms in lateness.items() if ms >= LATENESS_CEILING_MS}
+    assert not late, f"started {LATENESS_CEILING_MS} ms or more after their due time: {late}"
 
 
 async def test_delayed_invocations_wait_in_the_broker_while_no_worker_runs(

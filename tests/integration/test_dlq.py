@@ -466,14 +466,20 @@ async def test_errors_are_one_line_with_a_non_zero_exit(
 
 
 async def test_a_replay_file_is_checked_whole_before_anything_is_sent(
-    namespace: Namespace, tmp_path: Path
+    namespace: Namespace, amqp: Connection, tmp_path: Path
 ) -> None:
-    good = orjson.dumps(failure_record(0, "alpha")).decode()
+    await declare(namespace, amqp, NOOP_FUNCTIONS)  # the good lines' function can be reached
+    # More good lines than the replay's window of confirms in flight: a replay that read
+    # the file as it went would have published (and seen confirmed) some before line 301.
+    good = [orjson.dumps(failure_record(index, "alpha")).decode() for index in range(300)]
     path = tmp_path / "edited.jsonl"
-    path.write_text(f"{good}\n{{not json\n")
+    path.write_text("\n".join(good) + "\n{not json\n")
 
-    with pytest.raises(dlq.BadReplayFile, match=r"edited.jsonl:2: not JSON"):
+    with pytest.raises(dlq.BadReplayFile, match=r"edited.jsonl:301: not JSON"):
         await dlq.replay_file(namespace.settings, str(path))
+    names = namespace.names
+    for queue in (names.function_queue("alpha"), names.unrouted):
+        assert await topology.queue_depth(amqp, queue) == 0, f"{queue}: good lines were sent"
 
 
 def test_every_dlq_command_says_what_it_does() -> None:

@@ -21,6 +21,7 @@ from asyncinvoke import consumer as consumer_module
 from asyncinvoke.worker import Worker
 from tests.conftest import AMQP_URL, Namespace, WorkerProcess, collect, running_worker
 from tests.support import handlers
+from tests.support.infrastructure import require_tool
 
 
 async def test_the_worker_tells_systemd_ready_watchdog_and_stopping_in_order(
@@ -151,8 +152,7 @@ async def test_exported_definitions_load_into_the_broker_as_declare_would_make_t
         env=env, capture_output=True, text=True, timeout=60,
     )
     assert exported.returncode == 0, exported.stderr
-    if shutil.which("rabbitmqctl") is None:
-        pytest.skip("rabbitmqctl is not on this host: the import cannot be tried")
+    require_tool("rabbitmqctl")
     # The broker's CLI runs as another user: give it a readable copy outside tmp_path.
     handle, readable = tempfile.mkstemp(prefix="asyncinvoke-defs-", suffix=".json", dir="/tmp")
     os.close(handle)
@@ -194,9 +194,9 @@ async def test_exported_definitions_load_into_the_broker_as_declare_would_make_t
 UNITS = sorted((Path(__file__).resolve().parents[2] / "deploy" / "systemd").glob("*.service"))
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze here")
 @pytest.mark.parametrize("unit", UNITS, ids=[unit.name for unit in UNITS])
 def test_the_systemd_units_verify(unit: Path, tmp_path: Path) -> None:
+    require_tool("systemd-analyze")
     # ExecStart must name an existing executable: point it at this checkout's command.
     command = Path(sys.executable).with_name("asyncinvoke")
     text = unit.read_text().replace("/opt/asyncinvoke/bin/asyncinvoke", str(command))

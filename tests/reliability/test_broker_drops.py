@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 import socket
 import subprocess
 from pathlib import Path
@@ -16,10 +15,12 @@ import pytest
 
 from asyncinvoke import Client, contract
 from tests.conftest import AMQP_URL, Namespace, WorkerProcess, collect, declare_queue
+from tests.support.infrastructure import require_tool
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("rabbitmqctl") is None, reason="needs rabbitmqctl on this host"
-)
+
+@pytest.fixture(autouse=True)
+def _rabbitmqctl() -> None:
+    require_tool("rabbitmqctl")
 
 
 def _free_port() -> int:

@@ -120,19 +120,22 @@ def test_a_timeout_given_as_an_integer_is_read_as_seconds() -> None:
 
 
 @pytest.mark.parametrize(
-    ("key", "value"),
+    ("key", "value", "attribute", "expected"),
     [
-        ("max_retries", "0"),
-        ("max_retries", "8"),
-        ("max_event_age", "1"),
-        ("max_event_age", "604800"),
-        ("concurrency", "1"),
-        ("delivery_limit", "1000"),
-        ("timeout", "0.001"),
+        ("max_retries", "0", "max_retries", 0),
+        ("max_retries", "8", "max_retries", 8),
+        ("max_event_age", "1", "max_event_age_s", 1),
+        ("max_event_age", "604800", "max_event_age_s", 604800),
+        ("concurrency", "1", "concurrency", 1),
+        ("delivery_limit", "1000", "delivery_limit", 1000),
+        ("timeout", "0.001", "timeout_s", 0.001),
     ],
 )
-def test_the_bounds_of_each_range_are_accepted(key: str, value: str) -> None:
-    parse(f'[functions.f]\nhandler = "m:f"\n{key} = {value}\n')
+def test_the_bounds_of_each_range_are_accepted(
+    key: str, value: str, attribute: str, expected: float
+) -> None:
+    spec = parse(f'[functions.f]\nhandler = "m:f"\n{key} = {value}\n').functions["f"]
+    assert getattr(spec, attribute) == expected
 
 
 def test_policy_shows_the_effective_settings() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -153,20 +154,28 @@ def test_a_delay_longer_than_max_event_age_waits_then_expires_unstarted() -> Non
     assert policy.admit(invocation, spec(max_event_age_s=60), NOW + 120_000) == Expire(120_000)
 
 
-@given(ahead_s=st.integers(min_value=ladder.MAX_DELAY_S + 1, max_value=10 * 365 * DAY_S))
-def test_forward_never_asks_more_than_the_ladder_reaches(ahead_s: int) -> None:
-    created_at = NOW + ahead_s * 1000
-    body = contract.pack({"v": 1, "id": "a", "fn": "f", "payload": None, "created_at": created_at})
-    try:
-        invocation = contract.decode(
-            body, received_at_ms=NOW, max_payload_bytes=1024, max_delay_s=3600
-        )
-    except InvalidMessage:
-        return  # refusing a creation time in the future is a fix as good as any
+@given(
+    ahead_ms=st.integers(min_value=policy.HOLD_LIMIT_MS, max_value=10 * 365 * DAY_S * 1000),
+    via_due_at=st.booleans(),
+)
+def test_forward_never_asks_more_than_the_ladder_reaches(ahead_ms: int, via_due_at: bool) -> None:
+    # Built directly, not decoded: whatever decode lets through (a due time it does not
+    # bound, a clock skew it tolerates), admission alone must stay within the ladder.
+    if via_due_at:
+        invocation = envelope(due_at=NOW + ahead_ms)
+    else:
+        invocation = envelope(created_at=NOW + ahead_ms)
     decision = policy.admit(invocation, spec(), NOW)
-    if isinstance(decision, Forward):
-        assert decision.delay_s <= ladder.MAX_DELAY_S
-        ladder.routing_key(decision.delay_s, invocation.fn)
+    assert isinstance(decision, Forward)
+    assert 1 <= decision.delay_s <= ladder.MAX_DELAY_S
+    assert ladder.delay_of(ladder.routing_key(decision.delay_s, invocation.fn)) == decision.delay_s
+
+
+def test_a_creation_time_beyond_the_clock_skew_is_refused_at_decode() -> None:
+    created_at = NOW + contract.MAX_CLOCK_SKEW_MS + 1000
+    body = contract.pack({"v": 1, "id": "a", "fn": "f", "payload": None, "created_at": created_at})
+    with pytest.raises(InvalidMessage, match="in the future"):
+        contract.decode(body, received_at_ms=NOW, max_payload_bytes=1024, max_delay_s=3600)
 
 
 # -- backoff ------------------------------------------------------------------------------
