@@ -144,7 +144,13 @@ class Client:
             "created_at": created_at,
         }
         if delay:
-            if not isinstance(delay, int | float) or isinstance(delay, bool) or delay < 0:
+            # nan and inf pass a comparison with 0 and then break math.ceil: refuse them here.
+            if (
+                not isinstance(delay, int | float)
+                or isinstance(delay, bool)
+                or not math.isfinite(delay)
+                or delay < 0
+            ):
                 raise InvalidMessage(
                     f"delay must be between 0 and {self.settings.max_delay_s} seconds, "
                     f"got {delay!r}"
@@ -161,7 +167,7 @@ class Client:
         )
         try:
             body = contract.encode(envelope)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             raise InvalidMessage(f"payload cannot be encoded as msgpack: {exc}") from None
         if len(body) > self.settings.max_payload_bytes:
             raise PayloadTooLarge(

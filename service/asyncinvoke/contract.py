@@ -16,6 +16,7 @@ from typing import Any
 import msgpack
 import orjson
 
+from asyncinvoke import ladder
 from asyncinvoke.errors import InvalidMessage, PayloadTooLarge
 
 VERSION = 1
@@ -25,6 +26,14 @@ FUNCTION_HEADER = "x-function"
 CONDITION_HEADER = "x-condition"
 # How far a producer's clock may run ahead of ours before its created_at is refused.
 MAX_CLOCK_SKEW_MS = 300_000
+# The highest 'attempt' accepted. The service writes at most functions.MAX_RETRIES_LIMIT (8);
+# the slack lets an older or newer peer's envelopes through, and the bound keeps the
+# increment of a retry inside msgpack's 64-bit integers.
+MAX_ATTEMPT = 64
+# How far ahead a 'due_at' may lie: the ladder's reach. The service writes at most a
+# backoff or a task lease ahead (both capped at a day), and anything beyond one trip down
+# the ladder would circle it forever without ever becoming due or expiring.
+MAX_DUE_AHEAD_MS = ladder.MAX_DELAY_S * 1000
 ID_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,127}$")
 FUNCTION_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
 
@@ -45,6 +54,14 @@ CONDITIONS = (
     UNKNOWN_FUNCTION,
     DELIVERY_LIMIT_EXCEEDED,
 )
+
+# Keys a record carries beside those of SPEC section 5, when it cannot carry everything
+# (record_codec.py, records.py): the original invocation's msgpack bytes in base64 when
+# 'invocation' cannot hold it; what was replaced by a readable rendering, and why; the
+# size of an original message of which the record keeps only the start.
+INVOCATION_BASE64 = "invocationBase64"
+ENCODING_ERROR = "encodingError"
+INVOCATION_BYTES = "invocationBytes"
 
 # functionError values of a record's responseContext.
 HANDLED = "HandledInvocationError"
@@ -185,8 +202,12 @@ def from_wire(data: dict[str, Any], *, received_at_ms: int, max_delay_s: int) ->
             f"'delay' must be between 0 and {max_delay_s} seconds, got {delay}", partial=data
         )
     attempt = _int(data, "attempt", 0)
-    if attempt < 0:
-        raise InvalidMessage(f"'attempt' must not be negative, got {attempt}", partial=data)
+    if not 0 <= attempt <= MAX_ATTEMPT:
+        raise InvalidMessage(
+            f"'attempt' must be between 0 and {MAX_ATTEMPT} (attempts already made), "
+            f"got {attempt}; a producer leaves it out",
+            partial=data,
+        )
     task = data.get("task")
     if task is not None and not isinstance(task, bool):
         raise InvalidMessage(f"'task' must be a boolean, got {type(task).__name__}", partial=data)
@@ -199,6 +220,12 @@ def from_wire(data: dict[str, Any], *, received_at_ms: int, max_delay_s: int) ->
     due_at = data.get("due_at")
     if due_at is not None and type(due_at) is not int:
         raise InvalidMessage("'due_at' must be an integer", partial=data)
+    if due_at is not None and not 0 <= due_at <= received_at_ms + MAX_DUE_AHEAD_MS:
+        raise InvalidMessage(
+            f"'due_at' ({due_at}) must be a time in ms since the epoch at most "
+            f"{ladder.MAX_DELAY_S} s ahead; it is internal: a producer sends 'delay' instead",
+            partial=data,
+        )
     reply_by = data.get("reply_by")
     if reply_by is not None and type(reply_by) is not int:
         raise InvalidMessage("'reply_by' must be an integer", partial=data)

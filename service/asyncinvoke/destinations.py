@@ -12,13 +12,14 @@ acknowledged.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 from uuid import uuid4
 
 import aiohttp
 import tenacity
 
-from asyncinvoke import _testpoints, contract, dispatch
+from asyncinvoke import _testpoints, contract, dispatch, record_codec
 from asyncinvoke.broker import Broker
 from asyncinvoke.contract import Envelope
 from asyncinvoke.errors import PublishError, PublishTimeout
@@ -93,7 +94,7 @@ class Destinations:
         await self.broker.publish(
             exchange,
             key,
-            contract.pack(record),
+            record_codec.pack_record(record),
             message_id=context["requestId"],
             headers={
                 contract.FUNCTION_HEADER: context["functionName"],
@@ -110,11 +111,17 @@ class Destinations:
             created_at=int(time.time() * 1000),
             meta={"source": context["requestId"], "condition": context["condition"]},
         )
+        # The record is that function's payload: it must fit the payload limit.
+        body = record_codec.encode_record(
+            record,
+            lambda value: contract.encode(replace(envelope, payload=value)),
+            self.broker.settings.max_payload_bytes,
+        )
         await _testpoints.pause("function_destination")
-        await dispatch.send(self.broker, self.names, envelope)
+        await dispatch.send(self.broker, self.names, envelope, body)
 
     async def _to_http(self, record: dict[str, Any], url: str) -> None:
-        body = contract.to_json(record)
+        body = record_codec.record_json(record)
         headers = {
             "content-type": "application/json",
             "x-fc-request-id": record["requestContext"]["requestId"],

@@ -10,13 +10,10 @@ import asyncio
 import logging
 import sys
 import time
-from collections.abc import Callable
 from typing import IO, Any
 
 import orjson
 import structlog
-
-from asyncinvoke.text import encodable
 
 
 class LoopFlushedLogger:
@@ -67,14 +64,32 @@ def _utc_stamp() -> str:
     return f"{_stamp_prefix}.{int((now - second) * 1_000_000):06d}Z"
 
 
-def json_line(value: Any, default: Callable[[Any], Any] = str) -> bytes:
-    """A log line as JSON. orjson refuses a string with a lone surrogate (an exception's
-    text can hold one): such a line is written with U+FFFD in its place, not raised from
-    the code that logs it (after an attempt's ack, say)."""
+def escape_surrogates(value: Any) -> Any:
+    """``value`` with lone surrogates in its texts escaped (``\\udc80``): no encoder of
+    UTF-8 takes them, and they come from exceptions of decoders that let them through."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {escape_surrogates(key): escape_surrogates(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [escape_surrogates(item) for item in value]
+    return value
+
+
+def json_line(value: Any, **kwargs: Any) -> bytes:
+    """orjson for a log line. A text orjson refuses (a lone surrogate, as in the message
+    of an exception from a bad decoder) is escaped: a log call that raised would fail
+    the attempt that logged, after its record was written."""
+    kwargs.setdefault("default", str)
     try:
-        return orjson.dumps(value, default=default)
+        return orjson.dumps(value, **kwargs)
     except TypeError:
-        return orjson.dumps(encodable(value), default=default)
+        pass
+    try:
+        return orjson.dumps(escape_surrogates(value), **kwargs)
+    except (TypeError, RecursionError) as exc:
+        event = value.get("event") if isinstance(value, dict) else None
+        return orjson.dumps({"event": str(event), "log_line_not_encodable": str(exc)})
 
 
 def hot_info(event: str, fields: dict[str, object]) -> None:

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-from asyncinvoke import _testpoints, contract, dispatch, policy, records
+from asyncinvoke import _testpoints, contract, dispatch, policy, record_codec, records
 from asyncinvoke.acks import Acks
 from asyncinvoke.broker import Broker
 from asyncinvoke.consumer import Message
@@ -267,7 +267,7 @@ class Pipeline:
                 function_error=outcome.function_error,
                 status_code=outcome.status_code,
             )
-        except (TypeError, ValueError) as exc:
+        except record_codec.ENCODE_ERRORS as exc:
             body = contract.reply(
                 ok=False,
                 result=None,
@@ -365,7 +365,7 @@ def _checked_result(outcome: policy.Outcome) -> policy.Outcome:
     """A result that msgpack cannot carry fails the attempt for good (retrying won't help)."""
     try:
         contract.pack(outcome.result)
-    except (TypeError, ValueError) as exc:
+    except record_codec.ENCODE_ERRORS as exc:
         return replace(
             outcome,
             ok=False,

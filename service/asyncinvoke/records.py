@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 from uuid import uuid4
 
 from asyncinvoke import contract
 from asyncinvoke.contract import Envelope
-from asyncinvoke.errors import InvalidMessage
+from asyncinvoke.errors import InvalidMessage, PayloadTooLarge
 from asyncinvoke.policy import Outcome
+
+# What a PayloadTooLarge record keeps of the message: enough to recognise it. The
+# whole body could be as big as the broker allows, and a record is no place for it.
+OVERSIZE_KEPT_BYTES = 16 * 1024
+# The longest error text a last-resort record carries.
+LAST_RESORT_REASON_CHARS = 2000
 
 
 def _error(error_type: str, message: str) -> dict[str, Any]:
@@ -105,7 +112,12 @@ def invalid(
     fn = partial.get("fn")
     if not (isinstance(fn, str) and contract.FUNCTION_RE.fullmatch(fn)):
         fn = function
-    return contract.record(
+    reason = exc.reason
+    invocation: Any = partial if partial else body
+    if isinstance(exc, PayloadTooLarge) and len(body) > OVERSIZE_KEPT_BYTES:
+        invocation = body[:OVERSIZE_KEPT_BYTES]
+        reason += f"; the record keeps its first {OVERSIZE_KEPT_BYTES} bytes"
+    record = contract.record(
         request_id=request_id,
         function=fn,
         condition=contract.INVALID_MESSAGE,
@@ -113,7 +125,57 @@ def invalid(
         request_payload=partial.get("payload"),
         status_code=400,
         function_error="",
-        response=_error("InvalidMessage", exc.reason),
-        invocation=partial if partial else body,
+        response=_error("InvalidMessage", reason),
+        invocation=invocation,
         now_ms=now_ms,
     )
+    if invocation is not body and not partial:
+        record[contract.INVOCATION_BYTES] = len(body)
+    return record
+
+
+def _text(value: str, limit: int) -> str:
+    """Text that every encoder takes: lone surrogates escaped, bounded."""
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")[:limit]
+
+
+def last_resort(
+    body: bytes,
+    *,
+    condition: str,
+    reason: str,
+    request_id: str | None,
+    function: str | None,
+    now_ms: int,
+    max_body_bytes: int,
+) -> dict[str, Any]:
+    """The record of a message whose own record could not be written, again and again.
+
+    Every value in it is a plain string or integer, so it always encodes: the message
+    travels whole (or its start, when too big), base64 under ``invocationBase64``.
+    """
+    if not (isinstance(request_id, str) and contract.ID_RE.fullmatch(request_id)):
+        request_id = f"unrecorded_{uuid4().hex}"
+    if not (isinstance(function, str) and contract.FUNCTION_RE.fullmatch(function)):
+        function = "unknown"
+    kept = body[:max_body_bytes]
+    message = (
+        f"no {condition} record could be written for this message, so this minimal one "
+        f"stands in for it: {_text(reason, LAST_RESORT_REASON_CHARS)}"
+    )
+    record = contract.record(
+        request_id=request_id,
+        function=function,
+        condition=condition,
+        attempts=0,
+        request_payload=None,
+        status_code=500,
+        function_error="",
+        response=_error("RecordNotWritten", message),
+        invocation=None,
+        now_ms=now_ms,
+    )
+    record[contract.INVOCATION_BASE64] = base64.b64encode(kept).decode("ascii")
+    if len(kept) < len(body):
+        record[contract.INVOCATION_BYTES] = len(body)
+    return record

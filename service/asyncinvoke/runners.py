@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import aiohttp
 import orjson
 
-from asyncinvoke import contract
+from asyncinvoke import contract, record_codec
 from asyncinvoke.contract import Envelope
 from asyncinvoke.errors import NonRetryableError
 from asyncinvoke.functions import FunctionSpec
@@ -105,6 +105,25 @@ def _error_outcome(exc: BaseException, started: float) -> Outcome:
         function_error=contract.HANDLED if non_retryable else contract.UNHANDLED,
         status_code=500,
         retryable=not non_retryable,
+        duration_ms=(time.perf_counter() - started) * 1000,
+    )
+
+
+def _unsendable_outcome(exc: Exception, started: float) -> Outcome:
+    """An event JSON cannot carry: it would fail the same way on every retry, and a
+    lossy rendering would hand the function data that is not its event."""
+    return Outcome(
+        ok=False,
+        error={
+            "errorType": "EventNotSerializable",
+            "errorMessage": f"the event cannot be sent to an HTTP function as JSON ({exc}); "
+            "send bytes (POSTed as they are) or JSON-shaped data: string, number or "
+            "boolean map keys, nesting under 250 levels",
+            "stackTrace": [],
+        },
+        function_error=contract.UNHANDLED,
+        status_code=400,
+        retryable=False,
         duration_ms=(time.perf_counter() - started) * 1000,
     )
 
@@ -299,7 +318,10 @@ class HttpRunner:
         if isinstance(payload, bytes):
             body, content_type = payload, "application/octet-stream"
         else:
-            body, content_type = contract.to_json(payload), "application/json"
+            try:
+                body, content_type = contract.to_json(payload), "application/json"
+            except record_codec.ENCODE_ERRORS as exc:
+                return _unsendable_outcome(exc, started)
         headers = {
             "content-type": content_type,
             "x-fc-request-id": envelope.id,

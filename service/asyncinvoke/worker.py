@@ -26,6 +26,7 @@ from asyncinvoke.destinations import Destinations
 from asyncinvoke.errors import AsyncInvokeError, InvalidMessage, TaskStoreUnavailable
 from asyncinvoke.functions import FunctionsFile, check_consumer_timeout, load_handler
 from asyncinvoke.gate import Gate
+from asyncinvoke.last_resort import LastResort
 from asyncinvoke.metrics import Metrics, serve_health
 from asyncinvoke.observability import get_logger
 from asyncinvoke.pipeline import Function, Pipeline, now_ms
@@ -94,6 +95,7 @@ class Worker:
         self.in_flight: dict[asyncio.Task[Any], tuple[Message, str]] = {}
         self.redeliveries = Redeliveries()
         self.pipeline: Pipeline | None = None
+        self.last_resort: LastResort | None = None
         self._consumers: list[Consumer | tuple[aio_pika.abc.AbstractQueue, str]] = []
         self._session: aiohttp.ClientSession | None = None
         self._background: list[asyncio.Task[None]] = []
@@ -117,6 +119,7 @@ class Worker:
         self.pipeline = Pipeline(
             self.settings, self.names, self.broker, destinations, self.tracker, self.metrics
         )
+        self.last_resort = LastResort(destinations)
         self.metrics.broker_connected.set_function(lambda: float(self.broker.is_connected))
         for name, spec in self.specs.items():
             runner: Runner
@@ -422,7 +425,7 @@ class Worker:
             self.metrics.count_failure_record(envelope.fn, contract.UNKNOWN_FUNCTION)
             log.warning("unknown_function", invocation_id=envelope.id, function=envelope.fn)
         except Exception as exc:
-            await self._settle_failed(message, exc)
+            await self._system_failed(message, contract.UNKNOWN_FUNCTION, exc)
 
     async def _on_dead(self, message: Message) -> None:
         """A delivery the broker dead-lettered after its delivery limit: a poison message."""
@@ -450,4 +453,19 @@ class Worker:
                 outcome=contract.DELIVERY_LIMIT_EXCEEDED,
             )
         except Exception as exc:
+            await self._system_failed(message, contract.DELIVERY_LIMIT_EXCEEDED, exc)
+
+    async def _system_failed(self, message: Message, condition: str, exc: Exception) -> None:
+        """A system queue's record could not be written: try again, up to a point, then
+        write the minimal record that stands in for it (last_resort.py)."""
+        assert self.last_resort is not None and self.pipeline is not None
+        # A store outage is waited out, not counted: the record is writable once it ends.
+        if isinstance(exc, TaskStoreUnavailable) or not self.last_resort.failed(message):
             await self._settle_failed(message, exc)
+            return
+        try:
+            await self.last_resort.write(message, condition, exc)
+        except Exception as again:
+            await self._settle_failed(message, again)
+            return
+        self.pipeline.acks.ack(message)

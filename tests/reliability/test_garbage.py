@@ -9,7 +9,7 @@ import os
 import aio_pika
 import msgpack
 
-from asyncinvoke import Client, contract, worker
+from asyncinvoke import Client, contract, records, worker
 from tests.conftest import Namespace, collect, declare_queue, records_of, running_worker
 from tests.integration.helpers import assert_empty, assert_namespace_empty
 
@@ -82,7 +82,9 @@ async def test_garbage_becomes_records_and_valid_work_goes_on(namespace: Namespa
     raw_bodies = {r["invocation"] for r in failed if isinstance(r["invocation"], bytes)}
     assert garbage[0][1] in raw_bodies
     oversize = next(r for r in failed if "over the limit" in r["responsePayload"]["errorMessage"])
-    assert oversize["invocation"] == garbage[9][1]
+    # ...but an oversized one only in part: its start, and its size.
+    assert oversize["invocation"] == garbage[9][1][: records.OVERSIZE_KEPT_BYTES]
+    assert oversize[contract.INVOCATION_BYTES] == len(garbage[9][1])
     ghost = next(r for r in failed if r["requestContext"]["condition"] == "UnknownFunction")
     assert ghost["requestContext"]["requestId"] == "for_ghost"
     assert ghost["invocation"]["fn"] == "ghost"

@@ -37,10 +37,11 @@ ENVELOPES = st.builds(
     payload=PAYLOADS,
     created_at=st.integers(min_value=0, max_value=RECEIVED_AT + contract.MAX_CLOCK_SKEW_MS),
     delay=st.integers(min_value=0, max_value=MAX_DELAY_S),
-    attempt=st.integers(min_value=0, max_value=1000),
+    attempt=st.integers(min_value=0, max_value=contract.MAX_ATTEMPT),
     task=st.none() | st.booleans(),
     meta=st.none() | st.dictionaries(st.text(), st.text(), min_size=1, max_size=4),
-    due_at=st.none() | st.integers(min_value=0, max_value=2**53),
+    due_at=st.none()
+    | st.integers(min_value=0, max_value=RECEIVED_AT + contract.MAX_DUE_AHEAD_MS),
     reply_by=st.none() | st.integers(min_value=0, max_value=2**53),
 )
 
@@ -214,6 +215,41 @@ def test_an_integer_key_of_another_type_is_named(key: str, value: Any) -> None:
 @pytest.mark.parametrize("key", ["created_at", "delay", "attempt"])
 def test_a_nil_integer_key_is_named(key: str) -> None:
     assert f"'{key}'" in reason_of(wire(**{key: None})).reason
+
+
+@given(attempt=st.integers(min_value=contract.MAX_ATTEMPT + 1, max_value=2**64 - 1))
+def test_an_attempt_beyond_the_retry_range_is_refused(attempt: int) -> None:
+    assert "'attempt'" in reason_of(wire(attempt=attempt)).reason
+
+
+@given(attempt=st.integers(min_value=-(2**63), max_value=-1))
+def test_a_negative_attempt_is_refused(attempt: int) -> None:
+    assert "'attempt'" in reason_of(wire(attempt=attempt)).reason
+
+
+def test_the_attempt_bound_leaves_room_above_every_retry_the_service_writes() -> None:
+    from asyncinvoke.functions import MAX_RETRIES_LIMIT
+
+    assert decode(contract.pack(wire(attempt=MAX_RETRIES_LIMIT))).attempt == MAX_RETRIES_LIMIT
+    assert contract.MAX_ATTEMPT > MAX_RETRIES_LIMIT
+
+
+@given(ahead_ms=st.integers(min_value=contract.MAX_DUE_AHEAD_MS + 1, max_value=2**63))
+def test_a_due_time_beyond_the_ladders_reach_is_refused(ahead_ms: int) -> None:
+    exc = reason_of(wire(due_at=RECEIVED_AT + ahead_ms))
+    assert "'due_at'" in exc.reason
+    assert "'delay'" in exc.reason  # says what a producer sends instead
+
+
+@pytest.mark.parametrize("due_at", [2**62, 2**64 - 1, -1, -(2**63)])
+def test_an_absurd_due_time_is_refused(due_at: int) -> None:
+    assert "'due_at'" in reason_of(wire(due_at=due_at)).reason
+
+
+def test_a_due_time_a_day_ahead_is_taken() -> None:
+    # The longest the service itself writes: a backoff or a task lease of a day.
+    due_at = RECEIVED_AT + 86_400_000 + 60_000
+    assert decode(contract.pack(wire(due_at=due_at))).due_at == due_at
 
 
 @given(value=WRONG_TYPES | MSGPACK_INTS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import orjson
@@ -233,3 +234,66 @@ def test_a_record_for_an_http_destination_base64_encodes_bytes() -> None:
     assert as_json["requestPayload"] == "AAE="
     assert as_json["responsePayload"] == "/w=="
     assert as_json["invocation"]["payload"] == "AAE="
+
+
+# -- records that cannot carry everything -------------------------------------------------
+
+
+def test_a_payload_too_large_record_keeps_only_the_start_of_the_body_and_its_size() -> None:
+    body = contract.pack({"v": 1, "id": "big", "fn": "resize", "payload": "x" * 100_000})
+    with pytest.raises(InvalidMessage) as info:
+        contract.decode(body, received_at_ms=NOW, max_payload_bytes=1024, max_delay_s=3600)
+    record = records.invalid(body, info.value, function="resize", message_id="big", now_ms=NOW)
+    assert record["invocation"] == body[: records.OVERSIZE_KEPT_BYTES]
+    assert record[contract.INVOCATION_BYTES] == len(body)
+    assert f"first {records.OVERSIZE_KEPT_BYTES} bytes" in record["responsePayload"]["errorMessage"]
+    assert len(contract.pack(record)) < records.OVERSIZE_KEPT_BYTES + 1024
+
+
+def test_a_payload_too_large_record_under_the_kept_size_keeps_the_body_whole() -> None:
+    body = b"x" * 2000
+    record, _ = invalid_from(body)
+    assert record["invocation"] == body
+    assert contract.INVOCATION_BYTES not in record
+
+
+@pytest.mark.parametrize(
+    "reason", ["plain", "lone surrogate \udc80 in it", "x" * 10_000, "[/markup] and\nlines"]
+)
+def test_a_last_resort_record_always_encodes_and_carries_the_message(reason: str) -> None:
+    body = contract.pack({"v": 1, "id": "inv_1", "fn": "resize", "payload": {b"k": 1}})
+    record = records.last_resort(
+        body,
+        condition=contract.DELIVERY_LIMIT_EXCEEDED,
+        reason=reason,
+        request_id="inv_1",
+        function="resize",
+        now_ms=NOW,
+        max_body_bytes=1 << 20,
+    )
+    orjson.loads(contract.to_json(record))
+    assert contract.unpack(contract.pack(record)) == record
+    assert record["requestContext"]["requestId"] == "inv_1"
+    assert record["requestContext"]["condition"] == contract.DELIVERY_LIMIT_EXCEEDED
+    assert record["responsePayload"]["errorType"] == "RecordNotWritten"
+    assert len(record["responsePayload"]["errorMessage"]) < records.LAST_RESORT_REASON_CHARS + 200
+    assert base64.b64decode(record[contract.INVOCATION_BASE64]) == body
+    assert contract.INVOCATION_BYTES not in record
+
+
+def test_a_last_resort_record_distrusts_ids_and_cuts_a_huge_body() -> None:
+    body = b"\xc1" * 5000
+    record = records.last_resort(
+        body,
+        condition=contract.UNKNOWN_FUNCTION,
+        reason="boom",
+        request_id="bad id!",
+        function="a.b",
+        now_ms=NOW,
+        max_body_bytes=100,
+    )
+    assert record["requestContext"]["requestId"].startswith("unrecorded_")
+    assert contract.ID_RE.fullmatch(record["requestContext"]["requestId"])
+    assert record["requestContext"]["functionName"] == "unknown"
+    assert base64.b64decode(record[contract.INVOCATION_BASE64]) == body[:100]
+    assert record[contract.INVOCATION_BYTES] == 5000

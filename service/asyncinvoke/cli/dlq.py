@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from asyncinvoke import contract, topology
+from asyncinvoke import contract, record_codec, topology
 from asyncinvoke import dlq as logic
 from asyncinvoke import settings as settings_module
 from asyncinvoke.cli._common import cells, json_option, load_settings, run
@@ -130,7 +130,8 @@ def _when(timestamp_ms: int | None) -> str:
 
 def _echo_json(value: Any, *, indent: bool = False) -> None:
     option = orjson.OPT_INDENT_2 if indent else 0
-    click.echo(orjson.dumps(orjson.loads(contract.to_json(value)), option=option).decode())
+    shown = orjson.loads(record_codec.json_or_rendering(value))
+    click.echo(orjson.dumps(shown, option=option).decode())
 
 
 @contextlib.contextmanager
@@ -285,7 +286,7 @@ def show(invocation_id: str, as_json: bool) -> None:
 def _print_record(console: Console, record: Any, now: int) -> None:
     if not isinstance(record, dict):
         console.print("the message is not a record:")
-        console.print_json(contract.to_json(record).decode())
+        console.print_json(record_codec.json_or_rendering(record).decode())
         return
     facts = logic.facts_of_record(record)
     context = record.get("requestContext") or {}
@@ -316,12 +317,12 @@ def _print_record(console: Console, record: Any, now: int) -> None:
         sections.append(("delivery error", record["deliveryError"]))
     for title, value in sections:
         console.rule(title, align="left")
-        console.print_json(contract.to_json(value).decode())
+        console.print_json(record_codec.json_or_rendering(value).decode())
     if trace:
         console.rule("stack trace", align="left")
         console.print(Text("".join(str(line) for line in trace).rstrip()))
     console.rule("invocation (what replay sends)", align="left")
-    console.print_json(contract.to_json(record.get("invocation")).decode())
+    console.print_json(record_codec.json_or_rendering(record.get("invocation")).decode())
 
 
 @dlq.command()

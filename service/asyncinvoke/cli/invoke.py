@@ -6,7 +6,7 @@ from typing import Any
 import click
 import orjson
 
-from asyncinvoke import contract
+from asyncinvoke import record_codec
 from asyncinvoke.cli._common import load_settings, run
 from asyncinvoke.client import Client
 
@@ -86,4 +86,4 @@ def invoke(
     elif isinstance(result, bytes):
         click.echo(result, nl=False)
     else:
-        click.echo(contract.to_json(result).decode())
+        click.echo(record_codec.json_or_rendering(result).decode())

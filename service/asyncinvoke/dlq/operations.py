@@ -16,7 +16,7 @@ from typing import IO, Any
 
 import orjson
 
-from asyncinvoke import contract, dispatch, topology
+from asyncinvoke import contract, dispatch, record_codec, topology
 from asyncinvoke.broker import Broker
 from asyncinvoke.client import new_id
 from asyncinvoke.contract import Envelope
@@ -151,8 +151,28 @@ async def show(settings: Settings, invocation_id: str) -> list[Any]:
 
 
 def export_line(record: Any, body: bytes) -> bytes:
-    """One line of an export: the record as JSON, and its exact bytes for a lossless replay."""
-    return contract.to_json({"record": record, "msgpack": base64.b64encode(body).decode()}) + b"\n"
+    """One line of an export: the record as JSON, and its exact bytes for a lossless replay.
+
+    A record JSON cannot carry whole (bytes map keys, deep nesting) is shown degraded
+    (record_codec.py); its exact bytes are in the line all the same.
+    """
+    exact = base64.b64encode(body).decode()
+    try:
+        return contract.to_json({"record": record, "msgpack": exact}) + b"\n"
+    except record_codec.ENCODE_ERRORS as exc:
+        problem = f"the record cannot be shown as JSON: {exc}"
+    if isinstance(record, dict):
+        degraded = record_codec.degrade(
+            record,
+            lambda value: contract.to_json({"record": value, "msgpack": exact}),
+            record_codec.RECORD_MAX_BYTES + len(exact),
+            problem,
+        )
+        with contextlib.suppress(*record_codec.ENCODE_ERRORS):
+            return contract.to_json({"record": degraded, "msgpack": exact}) + b"\n"
+    # Not even the shape of a record (anyone may publish to the failure queue).
+    shown = f"({problem}) {record_codec.render(record)}"
+    return contract.to_json({"record": shown, "msgpack": exact}) + b"\n"
 
 
 @contextlib.contextmanager

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import re
 import time
@@ -171,9 +172,29 @@ class NotReplayable(Exception):
     """A record whose original invocation cannot be sent again; it stays in the queue."""
 
 
+def _carried_invocation(record: dict[str, Any]) -> Any:
+    """The invocation a degraded record carries as msgpack in base64 (record_codec.py)."""
+    carried = record.get(contract.INVOCATION_BASE64)
+    if not isinstance(carried, str):
+        return None
+    try:
+        return contract.unpack(base64.b64decode(carried, validate=True))
+    except Exception as exc:
+        raise NotReplayable(
+            f"'{contract.INVOCATION_BASE64}' is not msgpack in base64: {exc}"
+        ) from None
+
+
 def replay_envelope(record: Any, *, now_ms: int, fresh_id: str | None = None) -> Envelope:
     """The record's original invocation as a new acceptance: now, no delay, attempt 0."""
     invocation = record.get("invocation") if isinstance(record, dict) else None
+    if isinstance(record, dict) and isinstance(record.get(contract.INVOCATION_BYTES), int):
+        raise NotReplayable(
+            f"the record keeps only the start of the original message "
+            f"({record[contract.INVOCATION_BYTES]} bytes); it cannot be sent again"
+        )
+    if invocation is None and isinstance(record, dict):
+        invocation = _carried_invocation(record)
     if isinstance(invocation, bytes | bytearray):
         raise NotReplayable(
             "the original message could not be decoded (the record keeps its raw bytes); "

@@ -19,7 +19,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import Counter
 
-from asyncinvoke import contract, topology
+from asyncinvoke import contract, record_codec, topology
 from asyncinvoke.client import CallTimeout, Client, FunctionError, TaskExistsError, new_id
 from asyncinvoke.contract import UNHANDLED
 from asyncinvoke.errors import PayloadTooLarge
@@ -28,7 +28,6 @@ from asyncinvoke.gateway import fcapi, local
 from asyncinvoke.gateway.auth import Verifier, refuse_replay
 from asyncinvoke.gateway.fcapi import (
     ASYNC_TASK_ID,
-    ERROR_TYPE,
     JSON,
     REQUEST_ID,
     EntityTooLarge,
@@ -291,21 +290,25 @@ class Gateway:
         try:
             result = await self.client.call(spec.name, body, timeout=timeout, id=invocation_id)
         except FunctionError as exc:
-            return web.Response(
-                status=200,
-                body=fcapi.function_error_body(exc.error),
-                headers={
-                    REQUEST_ID: invocation_id,
-                    ERROR_TYPE: exc.function_error or UNHANDLED,
-                    "Content-Type": JSON,
-                },
-            )
+            error_type = exc.function_error or UNHANDLED
+            return fcapi.function_error_response(invocation_id, exc.error, error_type)
         except CallTimeout:
             raise fcapi.InvocationTimeout(
                 f"no reply for invocation {invocation_id} of function '{spec.name}' within "
                 f"{timeout:g} s (its timeout + {self.sync_margin_s:g} s): is a worker serving it?"
             ) from None
-        payload, content_type = fcapi.result_body(result)
+        try:
+            payload, content_type = fcapi.result_body(result)
+        except record_codec.ENCODE_ERRORS as exc:
+            # msgpack carried a result JSON cannot (bytes map keys, deep nesting): the
+            # caller is told so as a function error, not with a 500 and a stack trace.
+            error = {
+                "errorType": "ResultNotSerializable",
+                "errorMessage": f"function '{spec.name}' returned a value JSON cannot carry "
+                f"({exc}): {record_codec.render(result)}",
+                "stackTrace": [],
+            }
+            return fcapi.function_error_response(invocation_id, error, UNHANDLED)
         return web.Response(
             status=200,
             body=payload,

@@ -224,6 +224,17 @@ def result_body(value: Any) -> tuple[bytes, str]:
     return contract.to_json(value), JSON
 
 
+def function_error_response(
+    invocation_id: str, error: dict[str, Any], error_type: str
+) -> web.Response:
+    """A failed synchronous invocation, as FC answers it: 200 and x-fc-error-type."""
+    return web.Response(
+        status=200,
+        body=function_error_body(error),
+        headers={REQUEST_ID: invocation_id, ERROR_TYPE: error_type, "Content-Type": JSON},
+    )
+
+
 def function_error_body(error: dict[str, Any]) -> bytes:
     """The body of a failed synchronous invocation, as FC's runtimes report errors."""
     return contract.to_json(

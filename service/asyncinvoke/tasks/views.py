@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from asyncinvoke import contract
+from asyncinvoke import contract, record_codec
 from asyncinvoke.tasks.store import Task
 
 
 def _text(packed: bytes | None) -> str | None:
-    """A stored msgpack value as FC shows payloads: text as is, anything else as JSON."""
+    """A stored msgpack value as FC shows payloads: text as is, anything else as JSON
+    (or, where JSON cannot carry it, a JSON string with a readable rendering)."""
     if packed is None:
         return None
     value = contract.unpack(packed)
@@ -19,7 +20,9 @@ def _text(packed: bytes | None) -> str | None:
         return value.decode("utf-8", errors="replace")
     if isinstance(value, str):
         return value
-    return contract.to_json(value).decode()
+    # msgpack carries what JSON cannot (bytes map keys, deep nesting): such a payload
+    # shows as a rendering rather than breaking 'task get' and GetAsyncTask.
+    return record_codec.json_or_rendering(value).decode()
 
 
 def async_task(task: Task, *, include_payload: bool = True) -> dict[str, Any]:
