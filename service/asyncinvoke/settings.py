@@ -145,14 +145,17 @@ def loop_factory(event_loop: str) -> Callable[[], asyncio.AbstractEventLoop] | N
 
 
 def redact_url(url: str) -> str:
-    """The URL with its password replaced, for logs and error messages."""
+    """The URL with its password replaced, for logs and error messages. An HTTP URL's
+    user alone (``https://TOKEN@host/``) is a credential too, and is replaced as well."""
     parts = urlsplit(url)
-    if parts.password is None:
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if not at:
         return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    user, colon, _password = userinfo.partition(":")
+    if colon:
+        shown = f"{user}:***"
+    elif parts.scheme.lower() in ("http", "https"):
+        shown = "***"
+    else:
+        return url
+    return urlunsplit(parts._replace(netloc=f"{shown}@{host}"))

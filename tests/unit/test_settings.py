@@ -203,6 +203,20 @@ def test_redact_url_keeps_an_ipv6_host_in_brackets() -> None:
     assert redact_url("amqp://u:secret@[::1]:5672/") == "amqp://u:***@[::1]:5672/"
 
 
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_redact_url_hides_a_token_given_as_an_http_user(scheme: str) -> None:
+    url = f"{scheme}://ghp_T0KEN@hooks.example/notify"
+    assert redact_url(url) == f"{scheme}://***@hooks.example/notify"
+
+
+def test_redact_url_hides_a_password_that_holds_an_at_sign() -> None:
+    assert redact_url("amqp://u:p@ss@host:5672/") == "amqp://u:***@host:5672/"
+
+
+def test_redact_url_takes_a_port_that_is_not_a_number() -> None:
+    assert redact_url("http://u:secret@host:http/") == "http://u:***@host:http/"
+
+
 def test_asyncio_is_the_default_event_loop_and_uvloop_is_opt_in() -> None:
     assert from_env({}).event_loop == "asyncio"
     assert loop_factory("asyncio") is None
