@@ -6,6 +6,7 @@ import asyncio
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aio_pika
@@ -21,11 +22,16 @@ from asyncinvoke.tasks.store import Task, TaskFinished
 from asyncinvoke.worker import Worker
 from tests.conftest import ROOT, Namespace, running_worker
 from tests.support import handlers
+from tests.support.task_stores import KINDS, task_store_url
 
 
-@pytest.fixture
-def task_settings(namespace: Namespace, tmp_path: Path) -> Settings:
-    return namespace.settings.with_overrides(task_store=f"sqlite:///{tmp_path}/tasks.db")
+@pytest.fixture(params=KINDS)
+async def task_settings(
+    request: pytest.FixtureRequest, namespace: Namespace, tmp_path: Path
+) -> AsyncIterator[Settings]:
+    """Each test runs on both stores: SQLite, and PostgreSQL (a database of its own)."""
+    async with task_store_url(request.param, tmp_path) as url:
+        yield namespace.settings.with_overrides(task_store=url)
 
 
 FUNCTIONS = """
