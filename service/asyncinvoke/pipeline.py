@@ -117,6 +117,10 @@ class Pipeline:
         task_mode = spec.task_mode if envelope.task is None else envelope.task
         decision = policy.admit(envelope, spec, received)
         if type(decision) is policy.Forward:
+            if task_mode:
+                # A plain producer's invocation is first seen here: its task must exist
+                # while it waits in the ladder, or it could not be read or stopped.
+                await self.tracker.enqueued(envelope)
             envelope.due_at = envelope.due_at_ms()
             await dispatch.send(self.broker, self.names, envelope)
             self.acks.ack(message)

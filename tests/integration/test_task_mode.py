@@ -260,3 +260,33 @@ async def test_two_workers_racing_on_a_duplicate_run_it_once(
         await second.stop()
     runs = [call[0] for call in handlers.CALLS["sleep"]]
     assert sorted(runs) == sorted(ids)
+
+
+async def test_a_delayed_task_from_plain_amqp_can_be_seen_and_stopped_while_it_waits(
+    namespace: Namespace, task_settings: Settings, amqp
+) -> None:
+    functions_file = namespace.functions(FUNCTIONS)
+    handlers.CALLS["echo"].clear()
+    delay_s = 8
+    # Not our client: nothing wrote the task before the worker saw the invocation.
+    envelope = msgpack.packb(
+        {"v": 1, "id": "plain_delayed", "fn": "echo", "payload": "never", "delay": delay_s}
+    )
+    channel = await amqp.channel(publisher_confirms=True)
+    async with running_worker(namespace, functions_file, task_store=task_settings.task_store), \
+            Client(settings=task_settings) as client:
+        exchange = await channel.get_exchange(namespace.names.invoke)
+        await exchange.publish(aio_pika.Message(envelope, delivery_mode=2), routing_key="echo")
+        # Well before it leaves the ladder (in delay_s) it must be there to see and stop.
+        waiting = await _until_status(client, "plain_delayed", {Status.ENQUEUED},
+                                      timeout=delay_s / 2)
+        listed = await (await client.tasks()).list(function="echo")
+        assert [task.id for task in listed.tasks] == ["plain_delayed"]
+        assert (await client.stop_task("plain_delayed")).status is Status.STOPPED
+        # Published after it and due after it: once this one ran, the stopped one fell due.
+        control = await client.invoke("echo", "after", delay=delay_s + 0.5, task=True)
+        await _until_status(client, control, {Status.SUCCEEDED}, timeout=delay_s + 15)
+        stopped = await _until_status(client, "plain_delayed", {Status.STOPPED}, timeout=1)
+    assert waiting.events[0].detail == "received over AMQP"
+    assert _statuses(stopped) == ["Enqueued", "Stopped"]
+    assert [call[0] for call in handlers.CALLS["echo"]] == [control]

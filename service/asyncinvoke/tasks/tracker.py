@@ -52,6 +52,9 @@ class TaskTracker:
         )
         return store
 
+    async def enqueued(self, envelope: Envelope) -> None:
+        await self._ensured(envelope)
+
     async def claim(self, envelope: Envelope, spec: FunctionSpec, now_ms: int) -> ClaimResult:
         store = await self._ensured(envelope)
         lease_ms = round(spec.timeout_s * 1000) + LEASE_MARGIN_MS
