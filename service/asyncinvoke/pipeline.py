@@ -192,7 +192,11 @@ class Pipeline:
                     spec.on_success,
                 )
         elif type(settlement) is policy.Retry:
-            retry = replace(envelope, attempt=envelope.attempt + 1, due_at=settlement.due_at)
+            # A retry is no replay: if the task fails for good meanwhile, a stray copy of
+            # this retry must not reopen it.
+            retry = replace(
+                envelope, attempt=envelope.attempt + 1, due_at=settlement.due_at, replay=False
+            )
             await dispatch.send(self.broker, self.names, retry)
         else:
             assert type(settlement) is policy.GiveUp
@@ -210,7 +214,8 @@ class Pipeline:
             # Another worker runs it now. Come back when its claim runs out: by then it
             # has finished (and this copy is acknowledged) or died (and this copy runs).
             lease_until = claimed.task.lease_until or now_ms()
-            later = replace(envelope, due_at=lease_until + 1000)
+            # The task is running, so it was reopened already: this copy is a duplicate.
+            later = replace(envelope, due_at=lease_until + 1000, replay=False)
             await dispatch.send(self.broker, self.names, later)
             self.acks.ack(message)
             self._log_attempt(envelope, "deferred_duplicate")

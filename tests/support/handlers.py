@@ -82,3 +82,13 @@ async def marked_sleep(event: Any, context: Context) -> str:
         marks.write(f"{context.invocation_id} {context.attempt}\n")
     await asyncio.sleep(float(event["seconds"]))
     return "slept"
+
+
+async def refuse_first(event: Any, context: Context) -> str:
+    """Fails for good (NonRetryableError) the first time an invocation id runs, then succeeds:
+    a failure an operator fixes, then replays."""
+    _note(context)
+    runs = [call for call in CALLS[context.function] if call[0] == context.invocation_id]
+    if len(runs) == 1:
+        raise NonRetryableError("refused the first time")
+    return f"ok on run {len(runs)}"

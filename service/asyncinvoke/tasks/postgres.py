@@ -26,6 +26,7 @@ from asyncinvoke.tasks.store import (
     TaskNotFound,
     check_limit,
     decide_claim,
+    decide_reopen,
     decide_stop,
     decide_transition,
     decode_events,
@@ -275,6 +276,11 @@ class PostgresTaskStore:
             _TERMINAL, older_than_ms,
         )
         return int(status.split()[-1])
+
+    async def reopen(self, task_id: str, now_ms: int, detail: str) -> Task | None:
+        return await self._change(
+            task_id, lambda task: decide_reopen(task, now_ms, detail), lambda after: after
+        )
 
 
 def _row_of(task: Task) -> tuple[Any, ...]:

@@ -33,6 +33,7 @@ from asyncinvoke.tasks.store import (
     TaskNotFound,
     check_limit,
     decide_claim,
+    decide_reopen,
     decide_stop,
     decide_transition,
     decode_events,
@@ -227,6 +228,11 @@ class SqliteTaskStore:
             return conn.execute(_PURGE, (*_TERMINAL, older_than_ms)).rowcount
 
         return await self._run(delete)
+
+    async def reopen(self, task_id: str, now_ms: int, detail: str) -> Task | None:
+        return await self._run(lambda conn: _change(
+            conn, task_id, lambda task: decide_reopen(task, now_ms, detail), lambda after: after
+        ))
 
 
 def _row_of(task: Task) -> tuple[Any, ...]:

@@ -17,7 +17,7 @@ import orjson
 
 from asyncinvoke.contract import pack
 from asyncinvoke.errors import AsyncInvokeError
-from asyncinvoke.tasks.states import TERMINAL, WAITING, Status, can_transition
+from asyncinvoke.tasks.states import REPLAYABLE, TERMINAL, WAITING, Status, can_transition
 
 DEFAULT_RESULT_MAX_BYTES = 64 * 1024
 DEFAULT_RETENTION_S = 7 * 86400
@@ -157,6 +157,11 @@ class TaskStore(Protocol):
         """Delete terminal tasks that ended before ``older_than_ms``; how many."""
         ...
 
+    async def reopen(self, task_id: str, now_ms: int, detail: str) -> Task | None:
+        """A replayed task that ended without success (states.REPLAYABLE) is Enqueued
+        again; None if it is in any other status."""
+        ...
+
 
 # Decisions shared by the implementations, pure over Task values. A store reads the task,
 # asks one of these what it becomes, and writes that back with a compare-and-set on the
@@ -260,6 +265,20 @@ def decide_stop(task: Task, now_ms: int) -> Task:
     if task.status is Status.RUNNING:
         return _moved(task, Status.STOPPING, now_ms, STOP_REQUESTED)
     return task  # Stopping already
+
+
+def decide_reopen(task: Task, now_ms: int, detail: str) -> Task | None:
+    """The task Enqueued again for a replay, or None if its status does not allow one."""
+    if task.status not in REPLAYABLE:
+        return None
+    return replace(
+        task,
+        status=Status.ENQUEUED,
+        updated_at=now_ms,
+        ended_at=None,  # it has not ended now; its next end sets this again
+        lease_until=None,
+        events=(*task.events, Event(Status.ENQUEUED, now_ms, detail)),
+    )
 
 
 def encode_events(events: tuple[Event, ...]) -> str:

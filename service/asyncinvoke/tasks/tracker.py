@@ -12,7 +12,7 @@ from typing import Any
 from asyncinvoke import contract, policy
 from asyncinvoke.contract import Envelope
 from asyncinvoke.functions import FunctionSpec
-from asyncinvoke.tasks.states import Status
+from asyncinvoke.tasks.states import REPLAYABLE, Status
 from asyncinvoke.tasks.store import ClaimResult, Task, TaskStore
 
 # A Running claim outlives its attempt's timeout by this much; a claim whose worker
@@ -56,9 +56,17 @@ class TaskTracker:
         await self._ensured(envelope)
 
     async def claim(self, envelope: Envelope, spec: FunctionSpec, now_ms: int) -> ClaimResult:
+        """Claim the task to run it now. A replay of a task that ended without success
+        reopens it first (Enqueued, "replayed"): it is a new attempt of the same task."""
         store = await self._ensured(envelope)
         lease_ms = round(spec.timeout_s * 1000) + LEASE_MARGIN_MS
-        return await store.claim(envelope.id, envelope.attempt, now_ms, lease_ms)
+        claimed = await store.claim(envelope.id, envelope.attempt, now_ms, lease_ms)
+        ended = claimed.task
+        if envelope.replay and ended is not None and ended.status in REPLAYABLE:
+            detail = f"replayed from the failure queue after it ended {ended.status.value}"
+            if await store.reopen(envelope.id, now_ms, detail) is not None:
+                claimed = await store.claim(envelope.id, envelope.attempt, now_ms, lease_ms)
+        return claimed
 
     async def dequeued(self, envelope: Envelope, now_ms: int, detail: str) -> None:
         store = await self._ensured(envelope)
