@@ -16,11 +16,12 @@ import pytest
 
 from asyncinvoke import Client
 from asyncinvoke.client import TaskExistsError
+from asyncinvoke.errors import PublishTimeout
 from asyncinvoke.settings import Settings
 from asyncinvoke.tasks.states import Status
 from asyncinvoke.tasks.store import Task, TaskFinished
 from asyncinvoke.worker import Worker
-from tests.conftest import ROOT, Namespace, running_worker
+from tests.conftest import ROOT, Namespace, collect, declare_queue, records_of, running_worker
 from tests.support import handlers
 from tests.support.task_stores import KINDS, task_store_url
 
@@ -290,3 +291,41 @@ async def test_a_delayed_task_from_plain_amqp_can_be_seen_and_stopped_while_it_w
     assert waiting.events[0].detail == "received over AMQP"
     assert _statuses(stopped) == ["Enqueued", "Stopped"]
     assert [call[0] for call in handlers.CALLS["echo"]] == [control]
+
+
+async def test_a_task_whose_record_was_not_confirmed_runs_again_and_its_record_arrives(
+    namespace: Namespace, task_settings: Settings, amqp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    done = namespace.queue_name("done")
+    await declare_queue(amqp, done)
+    functions_file = namespace.functions(FUNCTIONS + f"""
+    [functions.reported]
+    handler = "tests.support.handlers:echo"
+    task_mode = true
+    on_success = "queue:{done}"
+    """)
+    handlers.CALLS["reported"].clear()
+    async with running_worker(namespace, functions_file,
+                              task_store=task_settings.task_store) as worker, \
+            Client(settings=task_settings) as client:
+        assert worker.pipeline is not None
+        destinations = worker.pipeline.destinations
+        send, lost = destinations.send, []
+
+        async def first_confirm_lost(record: dict[str, object], destination: object) -> None:
+            # As the broker does when a connection drops mid-publish: no confirm, in time.
+            if not lost:
+                lost.append(record)
+                raise PublishTimeout("no confirm within 10 s (injected by the test)")
+            await send(record, destination)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(destinations, "send", first_confirm_lost)
+        task_id = await client.invoke("reported", "x", task=True)
+        # The record comes, only now is the task Succeeded (before: at once, no record ever).
+        received = await collect(amqp, done, 1, timeout=30)
+        task = await _until_status(client, task_id, {Status.SUCCEEDED})
+    assert lost
+    assert [record["requestContext"]["requestId"] for record in records_of(received)] == [task_id]
+    assert [call[0] for call in handlers.CALLS["reported"]] == [task_id, task_id]
+    assert _statuses(task) == ["Enqueued", "Running", "Retrying", "Running", "Succeeded"]
+    assert "was not settled (PublishTimeout" in task.events[2].detail

@@ -92,3 +92,15 @@ async def refuse_first(event: Any, context: Context) -> str:
     if len(runs) == 1:
         raise NonRetryableError("refused the first time")
     return f"ok on run {len(runs)}"
+
+
+# Not 1, the command line's exit status for any error: a test must not count an ordinary
+# failure of the worker as a death by poison.
+POISON_EXIT_STATUS = 86
+
+
+async def die_on_poison(event: Any, context: Context) -> str:
+    """Kills the whole worker process (status POISON_EXIT_STATUS) for a poison event."""
+    if isinstance(event, dict) and event.get("poison"):
+        os._exit(POISON_EXIT_STATUS)
+    return "fine"

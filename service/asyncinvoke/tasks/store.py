@@ -61,6 +61,9 @@ class Claim(Enum):
     FINISHED = "finished"  # terminal already: acknowledge the message, do not run
     BUSY = "busy"  # another worker holds a live lease: try again after it ends
     STOPPED = "stopped"  # a stop was requested before it started: it is now Stopped
+    # Never returned by a store: the tracker's answer, without claiming, for a task still
+    # Running whose lease ran out (its worker died running it): run it alone, as a suspect.
+    ORPHANED = "orphaned"
 
 
 @dataclass(frozen=True, slots=True)
