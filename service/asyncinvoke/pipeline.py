@@ -28,6 +28,7 @@ from asyncinvoke.metrics import Metrics
 from asyncinvoke.observability import get_logger, hot_info
 from asyncinvoke.runners import Runner, make_context
 from asyncinvoke.settings import Settings
+from asyncinvoke.tasks.running import RunningAttempts
 from asyncinvoke.tasks.states import Status
 from asyncinvoke.tasks.store import Claim
 from asyncinvoke.tasks.tracker import STOPPED_RESULT_DISCARDED, TaskTracker, deaths
@@ -68,9 +69,7 @@ class Pipeline:
         self.metrics = metrics
         self.acks = Acks()
         self._counters: dict[tuple[str, str], tuple[Any, ...]] = {}
-        # Task-mode attempts running here, by invocation id, so a stop can cancel them.
-        self.running: dict[str, tuple[asyncio.Task[policy.Outcome], bool]] = {}
-        self.stop_requested: set[str] = set()
+        self.attempts = RunningAttempts()  # task mode's, so a stop can reach them
 
     def decode(self, message: Message, received_ms: int) -> Envelope:
         return contract.decode(
@@ -166,7 +165,11 @@ class Pipeline:
     async def _run_task(self, message: Message, envelope: Envelope, function: Function) -> None:
         """Run a claimed task-mode attempt and settle it."""
         async with function.slots:
-            outcome, stop_asked = await self._run_stoppable(envelope, function)
+            outcome, stop_asked = await self.attempts.run(
+                envelope.id,
+                function.runner.run(envelope, make_context(envelope, function.spec)),
+                cancellable=function.runner.cancellable,
+            )
         if outcome is None:  # stopped by request while running
             await self.tracker.stopped(envelope, now_ms(), "stopped while running")
             self.acks.ack(message)
@@ -302,41 +305,9 @@ class Pipeline:
                 envelope, contract.DELIVERY_LIMIT_EXCEEDED, response["errorMessage"], now_ms()
             )
 
-    async def _run_stoppable(
-        self, envelope: Envelope, function: Function
-    ) -> tuple[policy.Outcome | None, bool]:
-        """Run in a task of its own, so ``stop`` can cancel it: the outcome (None if the
-        stop cancelled it) and whether a stop was asked for while it ran."""
-        attempt = asyncio.create_task(
-            function.runner.run(envelope, make_context(envelope, function.spec))
-        )
-        self.running[envelope.id] = (attempt, function.runner.cancellable)
-        try:
-            outcome = await attempt
-            return outcome, envelope.id in self.stop_requested
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if envelope.id in self.stop_requested and not (current and current.cancelling()):
-                return None, True
-            raise
-        finally:
-            self.running.pop(envelope.id, None)
-            self.stop_requested.discard(envelope.id)
-
     def stop(self, task_id: str) -> bool:
-        """Cancel a task-mode attempt running here; whether it was here.
-
-        A sync handler's thread cannot be interrupted: it runs to its end, and its result
-        is discarded (here, or by ``TaskTracker.settled`` if this request came too late).
-        """
-        running = self.running.get(task_id)
-        if running is None:
-            return False
-        attempt, cancellable = running
-        self.stop_requested.add(task_id)
-        if cancellable:
-            attempt.cancel()
-        return True
+        """Stop a task-mode attempt running here; whether it was here."""
+        return self.attempts.stop(task_id)
 
     async def _call(self, message: Message, envelope: Envelope, function: Function) -> None:
         """A synchronous call: run once, answer the caller, no retries, no destinations."""
