@@ -329,3 +329,24 @@ async def test_a_task_whose_record_was_not_confirmed_runs_again_and_its_record_a
     assert [call[0] for call in handlers.CALLS["reported"]] == [task_id, task_id]
     assert _statuses(task) == ["Enqueued", "Running", "Retrying", "Running", "Succeeded"]
     assert "was not settled (PublishTimeout" in task.events[2].detail
+
+
+async def test_a_task_cut_short_by_shutdown_runs_again_at_once_after_a_restart(
+    namespace: Namespace, task_settings: Settings
+) -> None:
+    functions_file = namespace.functions(FUNCTIONS)
+    handlers.CALLS["sleep"].clear()
+    store_url = task_settings.task_store
+    async with Client(settings=task_settings) as client:
+        async with running_worker(namespace, functions_file, task_store=store_url,
+                                  shutdown_grace_s=0.2):
+            task_id = await client.invoke("sleep", {"seconds": 2}, task=True)
+            await _until_status(client, task_id, {Status.RUNNING})
+        # Its claim was given up: not held until the timeout (60 s) runs out, as a dead
+        # worker's would be, and not counted as a death.
+        released = await _until_status(client, task_id, {Status.RETRYING}, timeout=5)
+        async with running_worker(namespace, functions_file, task_store=store_url):
+            task = await _until_status(client, task_id, {Status.SUCCEEDED}, timeout=20)
+    assert "was not settled (CancelledError" in released.events[-1].detail
+    assert _statuses(task) == ["Enqueued", "Running", "Retrying", "Running", "Succeeded"]
+    assert [call[0] for call in handlers.CALLS["sleep"]] == [task_id, task_id]
