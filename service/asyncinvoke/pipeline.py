@@ -1,7 +1,8 @@
 """One delivery's path, from bytes to acknowledgement:
 
     contract.decode → policy.admit → (task mode: claim) → runners.run → policy.settle
-      → destinations / dispatch, each publish confirmed → ack, only now
+      → destinations / dispatch, each publish confirmed → (task mode: the task's end)
+      → ack, only now
 
 Nothing here decides: ``policy`` decides, this module carries it out, in order,
 so that a crash at any point leaves the delivery unacknowledged (it runs again)
