@@ -260,7 +260,7 @@ class Pipeline:
             # Deaths are counted in the task's history, so they add up across the
             # deferrals below, each of which sends the delivery on as a new message.
             died = deaths(claimed.task)
-            if died > spec.delivery_limit:
+            if policy.poisoned(died, spec):
                 await self._give_up_poison(message, envelope, spec, died)
                 return False
             return True

@@ -6,6 +6,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
+from asyncinvoke import policy
+from asyncinvoke.functions import FunctionSpec
 from asyncinvoke.tasks.states import Status
 from asyncinvoke.tasks.store import Event, Task
 from asyncinvoke.tasks.tracker import deaths, orphaned
@@ -47,3 +49,11 @@ def test_a_running_task_whose_lease_ran_out_is_orphaned() -> None:
     assert not orphaned(task(E, R, lease_until=NOW), NOW)  # still held, as a claim sees it
     assert not orphaned(task(E, R, T), NOW)
     assert not orphaned(task(E, R, Status.STOPPING, lease_until=NOW - 1), NOW)
+
+
+@given(st.integers(1, 1000))
+def test_a_poison_runs_once_and_then_delivery_limit_times_more(delivery_limit: int) -> None:
+    spec = FunctionSpec("f", delivery_limit=delivery_limit)
+    assert not policy.poisoned(0, spec)
+    assert not policy.poisoned(delivery_limit, spec)
+    assert policy.poisoned(delivery_limit + 1, spec)
