@@ -71,9 +71,10 @@ TIMEOUT = "TimeoutError"
 _PUBLIC_KEYS = frozenset(
     {"v", "id", "fn", "payload", "created_at", "delay", "attempt", "task", "meta"}
 )
-# Added by the service, never by a producer: a due time (ms), and for a synchronous call
-# the time (ms) after which its caller no longer waits for the reply.
-_INTERNAL_KEYS = frozenset({"due_at", "reply_by"})
+# Added by the service, never by a producer: a due time (ms), for a synchronous call
+# the time (ms) after which its caller no longer waits for the reply, and the mark of a
+# replay from the failure queue (a task that failed may run again; one that succeeded never).
+_INTERNAL_KEYS = frozenset({"due_at", "reply_by", "replay"})
 _KNOWN_KEYS = _PUBLIC_KEYS | _INTERNAL_KEYS
 
 
@@ -91,6 +92,7 @@ class Envelope:
     meta: dict[str, str] | None = None
     due_at: int | None = None  # internal: start no earlier than this (ms)
     reply_by: int | None = None  # internal: a sync caller waits until then (ms)
+    replay: bool = False  # internal: sent again by 'dlq replay'
 
     def due_at_ms(self) -> int:
         """When this invocation may start (ms since the epoch)."""
@@ -118,6 +120,8 @@ class Envelope:
             wire["due_at"] = self.due_at
         if self.reply_by is not None:
             wire["reply_by"] = self.reply_by
+        if self.replay:
+            wire["replay"] = True
         return wire
 
     def for_replay(self) -> dict[str, Any]:
@@ -126,6 +130,7 @@ class Envelope:
         wire.pop("attempt", None)
         wire.pop("due_at", None)
         wire.pop("reply_by", None)
+        wire.pop("replay", None)
         return wire
 
 
@@ -229,6 +234,9 @@ def from_wire(data: dict[str, Any], *, received_at_ms: int, max_delay_s: int) ->
     reply_by = data.get("reply_by")
     if reply_by is not None and type(reply_by) is not int:
         raise InvalidMessage("'reply_by' must be an integer", partial=data)
+    replay = data.get("replay", False)
+    if not isinstance(replay, bool):
+        raise InvalidMessage("'replay' must be a boolean", partial=data)
     return Envelope(
         id=inv_id,
         fn=fn,
@@ -240,6 +248,7 @@ def from_wire(data: dict[str, Any], *, received_at_ms: int, max_delay_s: int) ->
         meta=meta,
         due_at=due_at,
         reply_by=reply_by,
+        replay=replay,
     )
 
 

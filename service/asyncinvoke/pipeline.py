@@ -1,7 +1,8 @@
 """One delivery's path, from bytes to acknowledgement:
 
     contract.decode → policy.admit → (task mode: claim) → runners.run → policy.settle
-      → destinations / dispatch, each publish confirmed → ack, only now
+      → destinations / dispatch, each publish confirmed → (task mode: the task's end)
+      → ack, only now
 
 Nothing here decides: ``policy`` decides, this module carries it out, in order,
 so that a crash at any point leaves the delivery unacknowledged (it runs again)
@@ -11,6 +12,7 @@ rather than lost.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -27,8 +29,10 @@ from asyncinvoke.metrics import Metrics
 from asyncinvoke.observability import get_logger, hot_info
 from asyncinvoke.runners import Runner, make_context
 from asyncinvoke.settings import Settings
+from asyncinvoke.tasks.running import RunningAttempts
+from asyncinvoke.tasks.states import Status
 from asyncinvoke.tasks.store import Claim
-from asyncinvoke.tasks.tracker import TaskTracker
+from asyncinvoke.tasks.tracker import STOPPED_RESULT_DISCARDED, TaskTracker, deaths
 from asyncinvoke.topology import Names
 
 log = get_logger(component="worker")
@@ -66,9 +70,7 @@ class Pipeline:
         self.metrics = metrics
         self.acks = Acks()
         self._counters: dict[tuple[str, str], tuple[Any, ...]] = {}
-        # Task-mode attempts running here, by invocation id, so a stop can cancel them.
-        self.running: dict[str, tuple[asyncio.Task[policy.Outcome], bool]] = {}
-        self.stop_requested: set[str] = set()
+        self.attempts = RunningAttempts()  # task mode's, so a stop can reach them
 
     def decode(self, message: Message, received_ms: int) -> Envelope:
         return contract.decode(
@@ -97,7 +99,8 @@ class Pipeline:
         await self.republish(message, self.names.suspect_queue(function.spec.name))
         log.warning("suspect", function=function.spec.name, message_id=message.message_id)
 
-    async def handle(self, message: Message, function: Function) -> None:
+    async def handle(self, message: Message, function: Function, *, suspect: bool = False) -> None:
+        """Carry one delivery through; ``suspect``: it runs alone (the suspect queue's)."""
         spec = function.spec
         received = now_ms()
         try:
@@ -117,6 +120,10 @@ class Pipeline:
         task_mode = spec.task_mode if envelope.task is None else envelope.task
         decision = policy.admit(envelope, spec, received)
         if type(decision) is policy.Forward:
+            if task_mode:
+                # A plain producer's invocation is first seen here: its task must exist
+                # while it waits in the ladder, or it could not be read or stopped.
+                await self.tracker.enqueued(envelope)
             envelope.due_at = envelope.due_at_ms()
             await _testpoints.pause("forward")
             await dispatch.send(self.broker, self.names, envelope)
@@ -143,29 +150,70 @@ class Pipeline:
         if envelope.due_at is not None or envelope.delay:
             self.metrics.delay_lateness.observe(max(0, now_ms() - envelope.due_at_ms()) / 1000)
         if task_mode:
-            if not await self._claim(message, envelope, spec):
+            if not await self._claim(message, envelope, function, suspect):
                 return
-            async with function.slots:
-                outcome = await self._run_stoppable(envelope, function)
-            if outcome is None:  # stopped by request while running
-                await self.tracker.stopped(envelope, now_ms(), "stopped while running")
-                self.acks.ack(message)
-                self._log_attempt(envelope, "stopped")
-                return
+            try:
+                await self._run_task(message, envelope, function)
+            except BaseException as exc:
+                # Cut short (shutdown) or not settled (a publish that failed): this worker
+                # lives on, so its claim must not pass for a death. The delivery runs again.
+                with contextlib.suppress(Exception):  # the store may be what failed
+                    await asyncio.shield(self.tracker.released(envelope, now_ms(), repr(exc)))
+                raise
         else:
             async with function.slots:
                 outcome = await function.runner.run(envelope, make_context(envelope, spec))
+            await self._settle(message, envelope, spec, outcome, task_mode=False)
+
+    async def _run_task(self, message: Message, envelope: Envelope, function: Function) -> None:
+        """Run a claimed task-mode attempt and settle it."""
+        async with function.slots:
+            outcome, stop_asked = await self.attempts.run(
+                envelope.id,
+                function.runner.run(envelope, make_context(envelope, function.spec)),
+                cancellable=function.runner.cancellable,
+            )
+        if outcome is None:  # stopped by request while running
+            await self.tracker.stopped(envelope, now_ms(), "stopped while running")
+            self.acks.ack(message)
+            self._log_attempt(envelope, "stopped")
+            return
+        if stop_asked:  # a sync handler, stopped while it ran on: what it did is discarded
+            await self.tracker.stopped(envelope, now_ms(), STOPPED_RESULT_DISCARDED)
+            self.acks.ack(message)
+            self._log_attempt(envelope, "stopped", outcome)
+            return
+        await self._settle(message, envelope, function.spec, outcome, task_mode=True)
+
+    async def _settle(
+        self,
+        message: Message,
+        envelope: Envelope,
+        spec: FunctionSpec,
+        outcome: policy.Outcome,
+        *,
+        task_mode: bool,
+    ) -> None:
+        """Send what follows an attempt, record it in its task, then acknowledge it."""
         if outcome.ok and outcome.result is not None and (task_mode or spec.on_success):
             outcome = _checked_result(outcome)
         finished = now_ms()
         settlement = policy.settle(outcome, envelope, spec, finished)
-        if task_mode:
+        retry = type(settlement) is policy.Retry
+        if task_mode and retry:
+            # Before the retry is sent, whose copy may be claimed at once: it must find the
+            # task Retrying. A worker that dies in between leaves it so: it runs again.
             task = await self.tracker.settled(envelope, outcome, settlement, finished)
-            if task is not None and task.status == "Stopped":
+            if task is not None and task.status is Status.STOPPED:
                 self.acks.ack(message)
                 self._log_attempt(envelope, "stopped", outcome)
                 return
         await self._follow_up(envelope, spec, outcome, settlement, finished)
+        if task_mode and not retry:
+            # An end state only once its record is confirmed: a worker that dies in between
+            # leaves the task Running, and the delivery runs again. Written first, it made
+            # the delivery's next copy be acknowledged unrun, its record never sent.
+            await self.tracker.settled(envelope, outcome, settlement, finished)
         self.acks.ack(message)
         result = (
             settlement.condition
@@ -190,7 +238,11 @@ class Pipeline:
                     spec.on_success,
                 )
         elif type(settlement) is policy.Retry:
-            retry = replace(envelope, attempt=envelope.attempt + 1, due_at=settlement.due_at)
+            # A retry is no replay: if the task fails for good meanwhile, a stray copy of
+            # this retry must not reopen it.
+            retry = replace(
+                envelope, attempt=envelope.attempt + 1, due_at=settlement.due_at, replay=False
+            )
             await _testpoints.pause("retry")
             await dispatch.send(self.broker, self.names, retry)
         else:
@@ -200,16 +252,31 @@ class Pipeline:
                 spec.on_failure,
             )
 
-    async def _claim(self, message: Message, envelope: Envelope, spec: FunctionSpec) -> bool:
+    async def _claim(
+        self, message: Message, envelope: Envelope, function: Function, suspect: bool
+    ) -> bool:
         """Claim the task; False when this delivery must not run (and was settled)."""
-        claimed = await self.tracker.claim(envelope, spec, now_ms())
+        spec = function.spec
+        claimed = await self.tracker.claim(envelope, spec, now_ms(), alone=suspect)
         if claimed.claim is Claim.CLAIMED:
+            assert claimed.task is not None
+            # Deaths are counted in the task's history, so they add up across the
+            # deferrals below, each of which sends the delivery on as a new message.
+            died = deaths(claimed.task)
+            if policy.poisoned(died, spec):
+                await self._give_up_poison(message, envelope, spec, died)
+                return False
             return True
+        if claimed.claim is Claim.ORPHANED:
+            # Its last attempt's worker died: this copy (back from a deferral) runs alone.
+            await self.move_to_suspects(message, function)
+            return False
         if claimed.claim is Claim.BUSY and claimed.task is not None:
             # Another worker runs it now. Come back when its claim runs out: by then it
             # has finished (and this copy is acknowledged) or died (and this copy runs).
             lease_until = claimed.task.lease_until or now_ms()
-            later = replace(envelope, due_at=lease_until + 1000)
+            # The task is running, so it was reopened already: this copy is a duplicate.
+            later = replace(envelope, due_at=lease_until + 1000, replay=False)
             await dispatch.send(self.broker, self.names, later)
             self.acks.ack(message)
             self._log_attempt(envelope, "deferred_duplicate")
@@ -219,37 +286,32 @@ class Pipeline:
         self._log_attempt(envelope, f"not_run_task_{status}")
         return False
 
-    async def _run_stoppable(self, envelope: Envelope, function: Function) -> policy.Outcome | None:
-        """Run in a task of its own, so ``stop`` can cancel it; None if it was stopped."""
-        attempt = asyncio.create_task(
-            function.runner.run(envelope, make_context(envelope, function.spec))
-        )
-        self.running[envelope.id] = (attempt, function.runner.cancellable)
-        try:
-            return await attempt
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if envelope.id in self.stop_requested and not (current and current.cancelling()):
-                return None
-            raise
-        finally:
-            self.running.pop(envelope.id, None)
-            self.stop_requested.discard(envelope.id)
+    async def _give_up_poison(
+        self, message: Message, envelope: Envelope, spec: FunctionSpec, died: int
+    ) -> None:
+        """Its worker died each time it ran: not again. One record, and the task Failed."""
+        finished = now_ms()
+        record = records.delivery_limit(envelope, died, finished)
+        await self.destinations.send(record, spec.on_failure)
+        # After the record, as in handle: this delivery's claim holds the task meanwhile.
+        await self.task_poisoned(envelope, spec, record)
+        self.acks.ack(message)
+        self._log_attempt(envelope, contract.DELIVERY_LIMIT_EXCEEDED)
+
+    async def task_poisoned(
+        self, envelope: Envelope, spec: FunctionSpec | None, record: dict[str, Any]
+    ) -> None:
+        """A poison message's task (if in task mode) ends Failed with the record's reason."""
+        in_task_mode = spec.task_mode if spec is not None else False
+        if envelope.task if envelope.task is not None else in_task_mode:
+            response = record["responsePayload"]
+            await self.tracker.gave_up(
+                envelope, contract.DELIVERY_LIMIT_EXCEEDED, response["errorMessage"], now_ms()
+            )
 
     def stop(self, task_id: str) -> bool:
-        """Cancel a task-mode attempt running here; whether it was here.
-
-        A sync handler's thread cannot be interrupted: it runs to its end, and as its
-        task is Stopping by then, its result is discarded (``TaskTracker.settled``).
-        """
-        running = self.running.get(task_id)
-        if running is None:
-            return False
-        attempt, cancellable = running
-        if cancellable:
-            self.stop_requested.add(task_id)
-            attempt.cancel()
-        return True
+        """Stop a task-mode attempt running here; whether it was here."""
+        return self.attempts.stop(task_id)
 
     async def _call(self, message: Message, envelope: Envelope, function: Function) -> None:
         """A synchronous call: run once, answer the caller, no retries, no destinations."""

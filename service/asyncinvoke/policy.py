@@ -79,6 +79,12 @@ def admit(envelope: Envelope, spec: FunctionSpec, now_ms: int) -> Admission:
     return RUN
 
 
+def poisoned(deaths: int, spec: FunctionSpec) -> bool:
+    """Whether an invocation whose worker died ``deaths`` times must not run again: as the
+    suspect queue counts, the first death and then ``delivery_limit`` more."""
+    return deaths > spec.delivery_limit
+
+
 # -- settlement ---------------------------------------------------------------------------
 
 

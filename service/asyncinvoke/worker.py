@@ -322,7 +322,7 @@ class Worker:
                         # broker before a suspect runs: if it kills the process, they
                         # would otherwise be redelivered and run again.
                         await self._flush_acks()
-                        await pipeline.handle(message, function)
+                        await pipeline.handle(message, function, suspect=True)
                 elif message.redelivered and known is None:
                     async with gate.shared():
                         await pipeline.move_to_suspects(message, function)
@@ -439,10 +439,9 @@ class Worker:
             spec = self.all_specs.get(envelope.fn)
             # Once in its function queue, then delivery_limit times alone as a suspect.
             deliveries = spec.delivery_limit + 1 if spec else None
-            await self.pipeline.destinations.send(
-                records.delivery_limit(envelope, deliveries, now_ms()),
-                spec.on_failure if spec else None,
-            )
+            record = records.delivery_limit(envelope, deliveries, now_ms())
+            await self.pipeline.task_poisoned(envelope, spec, record)
+            await self.pipeline.destinations.send(record, spec.on_failure if spec else None)
             self.pipeline.acks.ack(message)
             self.metrics.count_failure_record(envelope.fn, contract.DELIVERY_LIMIT_EXCEEDED)
             log.error(

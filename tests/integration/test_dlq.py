@@ -525,7 +525,9 @@ def test_a_replay_envelope_drops_attempts_delay_and_due_time() -> None:
     invocation = {"v": 1, "id": "a", "fn": "f", "payload": 1, "created_at": 5, "delay": 30}
     envelope = dlq.replay_envelope({"invocation": invocation}, now_ms=1000)
     assert (envelope.id, envelope.created_at, envelope.delay, envelope.attempt) == ("a", 1000, 0, 0)
-    assert dlq.replay_envelope({"invocation": invocation}, now_ms=1, fresh_id="b").id == "b"
+    assert envelope.replay, "under its own id it is marked a replay (a failed task reruns)"
+    fresh = dlq.replay_envelope({"invocation": invocation}, now_ms=1, fresh_id="b")
+    assert (fresh.id, fresh.replay) == ("b", False)
     with pytest.raises(dlq.NotReplayable, match="could not be decoded"):
         dlq.replay_envelope({"invocation": b"\x00"}, now_ms=1)
     with pytest.raises(dlq.NotReplayable, match="breaks the contract"):

@@ -6,6 +6,7 @@ import asyncio
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aio_pika
@@ -15,17 +16,23 @@ import pytest
 
 from asyncinvoke import Client
 from asyncinvoke.client import TaskExistsError
+from asyncinvoke.errors import PublishTimeout
 from asyncinvoke.settings import Settings
 from asyncinvoke.tasks.states import Status
 from asyncinvoke.tasks.store import Task, TaskFinished
 from asyncinvoke.worker import Worker
-from tests.conftest import ROOT, Namespace, running_worker
+from tests.conftest import ROOT, Namespace, collect, declare_queue, records_of, running_worker
 from tests.support import handlers
+from tests.support.task_stores import KINDS, task_store_url
 
 
-@pytest.fixture
-def task_settings(namespace: Namespace, tmp_path: Path) -> Settings:
-    return namespace.settings.with_overrides(task_store=f"sqlite:///{tmp_path}/tasks.db")
+@pytest.fixture(params=KINDS)
+async def task_settings(
+    request: pytest.FixtureRequest, namespace: Namespace, tmp_path: Path
+) -> AsyncIterator[Settings]:
+    """Each test runs on both stores: SQLite, and PostgreSQL (a database of its own)."""
+    async with task_store_url(request.param, tmp_path) as url:
+        yield namespace.settings.with_overrides(task_store=url)
 
 
 FUNCTIONS = """
@@ -254,3 +261,92 @@ async def test_two_workers_racing_on_a_duplicate_run_it_once(
         await second.stop()
     runs = [call[0] for call in handlers.CALLS["sleep"]]
     assert sorted(runs) == sorted(ids)
+
+
+async def test_a_delayed_task_from_plain_amqp_can_be_seen_and_stopped_while_it_waits(
+    namespace: Namespace, task_settings: Settings, amqp
+) -> None:
+    functions_file = namespace.functions(FUNCTIONS)
+    handlers.CALLS["echo"].clear()
+    delay_s = 8
+    # Not our client: nothing wrote the task before the worker saw the invocation.
+    envelope = msgpack.packb(
+        {"v": 1, "id": "plain_delayed", "fn": "echo", "payload": "never", "delay": delay_s}
+    )
+    channel = await amqp.channel(publisher_confirms=True)
+    async with running_worker(namespace, functions_file, task_store=task_settings.task_store), \
+            Client(settings=task_settings) as client:
+        exchange = await channel.get_exchange(namespace.names.invoke)
+        await exchange.publish(aio_pika.Message(envelope, delivery_mode=2), routing_key="echo")
+        # Well before it leaves the ladder (in delay_s) it must be there to see and stop.
+        waiting = await _until_status(client, "plain_delayed", {Status.ENQUEUED},
+                                      timeout=delay_s / 2)
+        listed = await (await client.tasks()).list(function="echo")
+        assert [task.id for task in listed.tasks] == ["plain_delayed"]
+        assert (await client.stop_task("plain_delayed")).status is Status.STOPPED
+        # Published after it and due after it: once this one ran, the stopped one fell due.
+        control = await client.invoke("echo", "after", delay=delay_s + 0.5, task=True)
+        await _until_status(client, control, {Status.SUCCEEDED}, timeout=delay_s + 15)
+        stopped = await _until_status(client, "plain_delayed", {Status.STOPPED}, timeout=1)
+    assert waiting.events[0].detail == "received over AMQP"
+    assert _statuses(stopped) == ["Enqueued", "Stopped"]
+    assert [call[0] for call in handlers.CALLS["echo"]] == [control]
+
+
+async def test_a_task_whose_record_was_not_confirmed_runs_again_and_its_record_arrives(
+    namespace: Namespace, task_settings: Settings, amqp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    done = namespace.queue_name("done")
+    await declare_queue(amqp, done)
+    functions_file = namespace.functions(FUNCTIONS + f"""
+    [functions.reported]
+    handler = "tests.support.handlers:echo"
+    task_mode = true
+    on_success = "queue:{done}"
+    """)
+    handlers.CALLS["reported"].clear()
+    async with running_worker(namespace, functions_file,
+                              task_store=task_settings.task_store) as worker, \
+            Client(settings=task_settings) as client:
+        assert worker.pipeline is not None
+        destinations = worker.pipeline.destinations
+        send, lost = destinations.send, []
+
+        async def first_confirm_lost(record: dict[str, object], destination: object) -> None:
+            # As the broker does when a connection drops mid-publish: no confirm, in time.
+            if not lost:
+                lost.append(record)
+                raise PublishTimeout("no confirm within 10 s (injected by the test)")
+            await send(record, destination)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(destinations, "send", first_confirm_lost)
+        task_id = await client.invoke("reported", "x", task=True)
+        # The record comes, only now is the task Succeeded (before: at once, no record ever).
+        received = await collect(amqp, done, 1, timeout=30)
+        task = await _until_status(client, task_id, {Status.SUCCEEDED})
+    assert lost
+    assert [record["requestContext"]["requestId"] for record in records_of(received)] == [task_id]
+    assert [call[0] for call in handlers.CALLS["reported"]] == [task_id, task_id]
+    assert _statuses(task) == ["Enqueued", "Running", "Retrying", "Running", "Succeeded"]
+    assert "was not settled (PublishTimeout" in task.events[2].detail
+
+
+async def test_a_task_cut_short_by_shutdown_runs_again_at_once_after_a_restart(
+    namespace: Namespace, task_settings: Settings
+) -> None:
+    functions_file = namespace.functions(FUNCTIONS)
+    handlers.CALLS["sleep"].clear()
+    store_url = task_settings.task_store
+    async with Client(settings=task_settings) as client:
+        async with running_worker(namespace, functions_file, task_store=store_url,
+                                  shutdown_grace_s=0.2):
+            task_id = await client.invoke("sleep", {"seconds": 2}, task=True)
+            await _until_status(client, task_id, {Status.RUNNING})
+        # Its claim was given up: not held until the timeout (60 s) runs out, as a dead
+        # worker's would be, and not counted as a death.
+        released = await _until_status(client, task_id, {Status.RETRYING}, timeout=5)
+        async with running_worker(namespace, functions_file, task_store=store_url):
+            task = await _until_status(client, task_id, {Status.SUCCEEDED}, timeout=20)
+    assert "was not settled (CancelledError" in released.events[-1].detail
+    assert _statuses(task) == ["Enqueued", "Running", "Retrying", "Running", "Succeeded"]
+    assert [call[0] for call in handlers.CALLS["sleep"]] == [task_id, task_id]

@@ -104,3 +104,24 @@ async def fail_with_lone_surrogate(event: Any, context: Context) -> str:
     if context.attempt == 0:
         raise RuntimeError("cannot read b'\\x80' as \udc80")
     return f"ok on attempt {context.attempt}"
+
+async def refuse_first(event: Any, context: Context) -> str:
+    """Fails for good (NonRetryableError) the first time an invocation id runs, then succeeds:
+    a failure an operator fixes, then replays."""
+    _note(context)
+    runs = [call for call in CALLS[context.function] if call[0] == context.invocation_id]
+    if len(runs) == 1:
+        raise NonRetryableError("refused the first time")
+    return f"ok on run {len(runs)}"
+
+
+# Not 1, the command line's exit status for any error: a test must not count an ordinary
+# failure of the worker as a death by poison.
+POISON_EXIT_STATUS = 86
+
+
+async def die_on_poison(event: Any, context: Context) -> str:
+    """Kills the whole worker process (status POISON_EXIT_STATUS) for a poison event."""
+    if isinstance(event, dict) and event.get("poison"):
+        os._exit(POISON_EXIT_STATUS)
+    return "fine"

@@ -43,6 +43,7 @@ ENVELOPES = st.builds(
     due_at=st.none()
     | st.integers(min_value=0, max_value=RECEIVED_AT + contract.MAX_DUE_AHEAD_MS),
     reply_by=st.none() | st.integers(min_value=0, max_value=2**53),
+    replay=st.booleans(),
 )
 
 
@@ -88,6 +89,11 @@ def test_a_minimal_producer_envelope_gets_its_defaults() -> None:
     assert envelope.meta is None
 
 
+def test_a_replay_mark_must_be_a_boolean() -> None:
+    assert decode(contract.pack(wire(replay=True))).replay is True
+    assert "'replay' must be a boolean" in reason_of(wire(replay=1)).reason
+
+
 def test_a_nil_payload_is_a_valid_event() -> None:
     assert decode(contract.pack(wire(payload=None))).payload is None
 
@@ -120,6 +126,7 @@ def test_for_replay_drops_the_attempt_count_and_internal_keys() -> None:
         meta={"trace": "t"},
         due_at=9,
         reply_by=11,
+        replay=True,
     )
     assert envelope.for_replay() == {
         "v": 1,

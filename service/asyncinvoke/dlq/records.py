@@ -186,7 +186,11 @@ def _carried_invocation(record: dict[str, Any]) -> Any:
 
 
 def replay_envelope(record: Any, *, now_ms: int, fresh_id: str | None = None) -> Envelope:
-    """The record's original invocation as a new acceptance: now, no delay, attempt 0."""
+    """The record's original invocation as a new acceptance: now, no delay, attempt 0.
+
+    Under its own id it is marked a replay: a task-mode worker then runs the task again
+    if it failed, where a plain duplicate of a finished task is not run.
+    """
     invocation = record.get("invocation") if isinstance(record, dict) else None
     if isinstance(record, dict) and isinstance(record.get(contract.INVOCATION_BYTES), int):
         raise NotReplayable(
@@ -215,6 +219,7 @@ def replay_envelope(record: Any, *, now_ms: int, fresh_id: str | None = None) ->
         delay=0,
         attempt=0,
         due_at=None,
+        replay=fresh_id is None,
     )
 
 

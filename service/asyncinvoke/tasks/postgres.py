@@ -29,6 +29,7 @@ from asyncinvoke.tasks.store import (
     TaskNotFound,
     check_limit,
     decide_claim,
+    decide_reopen,
     decide_stop,
     decide_transition,
     decode_events,
@@ -340,6 +341,11 @@ class PostgresTaskStore:
                 _remember_nonce_sql(table), nonce, expires_at_ms, now_ms, NONCE_PRUNE_BATCH
             )
         return bool(status == "INSERT 0 1")
+
+    async def reopen(self, task_id: str, now_ms: int, detail: str) -> Task | None:
+        return await self._change(
+            task_id, lambda task: decide_reopen(task, now_ms, detail), lambda after: after
+        )
 
 
 def _row_of(task: Task) -> tuple[Any, ...]:

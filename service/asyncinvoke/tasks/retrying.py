@@ -252,6 +252,15 @@ class RetryingTaskStore:
     async def purge(self, older_than_ms: int) -> int:
         return await self._call(lambda: self.store.purge(older_than_ms))
 
+    async def reopen(self, task_id: str, now_ms: int, detail: str) -> Task | None:
+        reopened, tries = await self._retrying(
+            lambda: self.store.reopen(task_id, now_ms, detail)
+        )
+        if reopened is None and tries > 1:
+            # Our own reopen that lost its answer: a replay must not be dropped for it.
+            return await self._written(task_id, Event(Status.ENQUEUED, now_ms, detail))
+        return reopened
+
     async def remember_nonce(self, nonce: str, expires_at_ms: int, now_ms: int) -> bool:
         # Not tried again: an insert that committed and lost its answer would find its own
         # nonce and refuse a genuine request as a replay. The gateway answers 503 instead,

@@ -35,6 +35,7 @@ from asyncinvoke.tasks.store import (
     TaskNotFound,
     check_limit,
     decide_claim,
+    decide_reopen,
     decide_stop,
     decide_transition,
     decode_events,
@@ -246,6 +247,11 @@ class SqliteTaskStore:
 
     async def remember_nonce(self, nonce: str, expires_at_ms: int, now_ms: int) -> bool:
         return await self._run(lambda conn: _remember_nonce(conn, nonce, expires_at_ms, now_ms))
+
+    async def reopen(self, task_id: str, now_ms: int, detail: str) -> Task | None:
+        return await self._run(lambda conn: _change(
+            conn, task_id, lambda task: decide_reopen(task, now_ms, detail), lambda after: after
+        ))
 
 
 def _row_of(task: Task) -> tuple[Any, ...]:

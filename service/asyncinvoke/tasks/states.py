@@ -7,7 +7,10 @@
         └───────────┴──(stop before start)──────► Stopped
     (not started in time: Expired; broke the contract: Invalid)
 
-A terminal state is never left.
+A terminal state is never left by a transition. Only a replay from the failure queue
+(``asyncinvoke dlq replay``) reopens a task that ended without success (Failed, Expired,
+Invalid): it is Enqueued again, a new attempt of the same task. Succeeded is final, and so
+is Stopped, which an operator asked for.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ class Status(StrEnum):
 
 TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.STOPPED, Status.EXPIRED,
                       Status.INVALID})
+# Ended without success and not by a stop: a replay makes these Enqueued again.
+REPLAYABLE = frozenset({Status.FAILED, Status.EXPIRED, Status.INVALID})
 # Not started yet: a stop makes these Stopped at once.
 WAITING = frozenset({Status.ENQUEUED, Status.DEQUEUED, Status.RETRYING})
 

@@ -17,7 +17,7 @@ import orjson
 
 from asyncinvoke.contract import pack
 from asyncinvoke.errors import AsyncInvokeError
-from asyncinvoke.tasks.states import TERMINAL, WAITING, Status, can_transition
+from asyncinvoke.tasks.states import REPLAYABLE, TERMINAL, WAITING, Status, can_transition
 from asyncinvoke.text import encodable
 
 DEFAULT_RESULT_MAX_BYTES = 64 * 1024
@@ -69,6 +69,9 @@ class Claim(Enum):
     FINISHED = "finished"  # terminal already: acknowledge the message, do not run
     BUSY = "busy"  # another worker holds a live lease: try again after it ends
     STOPPED = "stopped"  # a stop was requested before it started: it is now Stopped
+    # Never returned by a store: the tracker's answer, without claiming, for a task still
+    # Running whose lease ran out (its worker died running it): run it alone, as a suspect.
+    ORPHANED = "orphaned"
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +185,11 @@ class TaskStore(Protocol):
         database. Expired nonces are pruned along the way."""
         ...
 
+    async def reopen(self, task_id: str, now_ms: int, detail: str) -> Task | None:
+        """A replayed task that ended without success (states.REPLAYABLE) is Enqueued
+        again; None if it is in any other status."""
+        ...
+
 
 # Decisions shared by the implementations, pure over Task values. A store reads the task,
 # asks one of these what it becomes, and writes that back with a compare-and-set on the
@@ -285,6 +293,20 @@ def decide_stop(task: Task, now_ms: int) -> Task:
     if task.status is Status.RUNNING:
         return _moved(task, Status.STOPPING, now_ms, STOP_REQUESTED)
     return task  # Stopping already
+
+
+def decide_reopen(task: Task, now_ms: int, detail: str) -> Task | None:
+    """The task Enqueued again for a replay, or None if its status does not allow one."""
+    if task.status not in REPLAYABLE:
+        return None
+    return replace(
+        task,
+        status=Status.ENQUEUED,
+        updated_at=now_ms,
+        ended_at=None,  # it has not ended now; its next end sets this again
+        lease_until=None,
+        events=(*task.events, Event(Status.ENQUEUED, now_ms, detail)),
+    )
 
 
 def encode_events(events: tuple[Event, ...]) -> str:

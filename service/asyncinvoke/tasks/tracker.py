@@ -7,6 +7,7 @@ store. The store is opened on first use.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import Any
 
 from asyncinvoke import contract, policy
@@ -14,12 +15,13 @@ from asyncinvoke.contract import Envelope
 from asyncinvoke.functions import FunctionSpec
 from asyncinvoke.settings import DEFAULT_TASK_STORE_RETRY_S
 from asyncinvoke.tasks.retrying import RetryingTaskStore
-from asyncinvoke.tasks.states import Status
-from asyncinvoke.tasks.store import ClaimResult, Task, TaskStore
+from asyncinvoke.tasks.states import REPLAYABLE, Status
+from asyncinvoke.tasks.store import Claim, ClaimResult, Task, TaskStore
 
 # A Running claim outlives its attempt's timeout by this much; a claim whose worker
 # died is taken over by a redelivery once it has run out.
 LEASE_MARGIN_MS = 10_000
+STOPPED_RESULT_DISCARDED = "stopped while running; result discarded"
 
 
 class TaskTracker:
@@ -61,16 +63,39 @@ class TaskTracker:
     async def _ensured(self, envelope: Envelope) -> TaskStore:
         """The store, with this invocation's task in it (inserted Enqueued if missing:
         a plain AMQP producer's invocation is first seen here)."""
+        return (await self._ensured_task(envelope))[0]
+
+    async def _ensured_task(self, envelope: Envelope) -> tuple[TaskStore, Task]:
         store = await self.store()
-        await store.ensure(
+        task = await store.ensure(
             envelope.id, envelope.fn, contract.pack(envelope.payload), envelope.created_at
         )
-        return store
+        return store, task
 
-    async def claim(self, envelope: Envelope, spec: FunctionSpec, now_ms: int) -> ClaimResult:
-        store = await self._ensured(envelope)
+    async def enqueued(self, envelope: Envelope) -> None:
+        await self._ensured(envelope)
+
+    async def claim(
+        self, envelope: Envelope, spec: FunctionSpec, now_ms: int, *, alone: bool
+    ) -> ClaimResult:
+        """Claim the task to run it now. A replay of a task that ended without success
+        reopens it first (Enqueued, "replayed"): it is a new attempt of the same task.
+
+        A task whose last attempt's worker died (orphaned) is claimed only by a delivery
+        that runs ``alone`` (a suspect): otherwise the answer is ORPHANED, and nothing
+        changed, so that what killed one worker cannot take innocent attempts with it.
+        """
+        store, task = await self._ensured_task(envelope)
+        if not alone and orphaned(task, now_ms):
+            return ClaimResult(Claim.ORPHANED, task)
         lease_ms = round(spec.timeout_s * 1000) + LEASE_MARGIN_MS
-        return await store.claim(envelope.id, envelope.attempt, now_ms, lease_ms)
+        claimed = await store.claim(envelope.id, envelope.attempt, now_ms, lease_ms)
+        ended = claimed.task
+        if envelope.replay and ended is not None and ended.status in REPLAYABLE:
+            detail = f"replayed from the failure queue after it ended {ended.status.value}"
+            if await store.reopen(envelope.id, now_ms, detail) is not None:
+                claimed = await store.claim(envelope.id, envelope.attempt, now_ms, lease_ms)
+        return claimed
 
     async def dequeued(self, envelope: Envelope, now_ms: int, detail: str) -> None:
         store = await self._ensured(envelope)
@@ -92,8 +117,8 @@ class TaskTracker:
         settlement: policy.Settlement,
         now_ms: int,
     ) -> Task | None:
-        """Record how an attempt ended. A task stopped meanwhile ends Stopped instead,
-        its result discarded."""
+        """Record how an attempt ended, once what follows it was sent. A task whose stop
+        came as the attempt ended ends Stopped instead."""
         store = await self.store()
         error = _error_text(outcome)
         if type(settlement) is policy.Done:
@@ -123,12 +148,64 @@ class TaskTracker:
                 error=error,
             )
         if task is None:
-            return await self.stopped(envelope, now_ms, "stopped while running; result discarded")
+            return await self.stopped(envelope, now_ms, "stopped as its attempt ended")
         return task
 
     async def stopped(self, envelope: Envelope, now_ms: int, detail: str) -> Task | None:
         store = await self.store()
         return await store.transition(envelope.id, Status.STOPPED, now_ms, detail)
+
+    async def released(self, envelope: Envelope, now_ms: int, reason: str) -> None:
+        """Give up the claim of an attempt this worker could not settle (it runs again):
+        Retrying, where a claim left Running would hold a lease period and count as a death.
+        A task that moved on already (it ended, or a stop was asked for) stays as it is."""
+        store = await self.store()
+        await store.transition(
+            envelope.id,
+            Status.RETRYING,
+            now_ms,
+            f"attempt {envelope.attempt} was not settled ({reason}); it runs again",
+        )
+
+    async def gave_up(
+        self, envelope: Envelope, condition: str, reason: str, now_ms: int
+    ) -> Task | None:
+        """The invocation ends without another attempt (a poison message): Failed, or
+        Stopped if a stop was asked for meanwhile; a task that ended already stays as it is.
+        """
+        store = await self._ensured(envelope)
+        error = f"{condition}: {reason}"
+        task = await store.transition(envelope.id, Status.FAILED, now_ms, error, error=error)
+        if task is None:
+            return await self.stopped(envelope, now_ms, f"stopped; {error}")
+        return task
+
+
+def orphaned(task: Task, now_ms: int) -> bool:
+    """Running, but its lease ran out: the worker that claimed it died while running it."""
+    return (
+        task.status is Status.RUNNING
+        and task.lease_until is not None
+        and task.lease_until < now_ms
+    )
+
+
+def deaths(task: Task) -> int:
+    """How many attempts since the task was (re)enqueued ended with their worker's death.
+
+    A store records a claim as a Running event. An attempt that ends records its end; one
+    whose worker died records nothing, so the next claim (which took over once its lease
+    ran out) follows it directly: each Running followed by a Running is one death.
+    """
+    events = task.events
+    start = max((i for i, event in enumerate(events) if event.status is Status.ENQUEUED),
+                default=0)
+    since = events[start:]
+    return sum(
+        1
+        for earlier, later in itertools.pairwise(since)
+        if earlier.status is Status.RUNNING and later.status is Status.RUNNING
+    )
 
 
 def _error_text(outcome: policy.Outcome) -> str | None:
