@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import ssl
 import weakref
 from typing import Any
@@ -52,12 +51,6 @@ PERSISTENT = 2
 log = get_logger(component="broker")
 RECONNECT_INTERVAL_S = 2.0  # between attempts while the broker is away
 ANSWER_POLL_S = 0.1  # how often a timed-out publish is checked for the broker's late answer
-
-
-def parse_version(version: str | None) -> tuple[int, int] | None:
-    """``(major, minor)`` of a RabbitMQ version string ("3.10.8", "4.0.0-rc.2"), or None."""
-    match = re.match(r"\s*(\d+)\.(\d+)", version or "")
-    return (int(match[1]), int(match[2])) if match else None
 
 
 class _BlockedWatch(logging.Filter):
@@ -102,7 +95,6 @@ class Broker:
         # Up from connect until the connection is lost, and again once aio-pika has
         # reconnected and restored every channel and consumer.
         self._up = False
-        self.server_version: str | None = None
         # The broker's reason while a resource alarm blocks this connection, else None.
         self.blocked_reason: str | None = None
         self._unblocked = asyncio.Event()
@@ -125,7 +117,6 @@ class Broker:
                 f"cannot connect to RabbitMQ at {redact_url(url)}: {exc or type(exc).__name__}; "
                 "start it (make broker) or set ASYNCINVOKE_AMQP_URL"
             ) from None
-        self.server_version = _server_version(self.connection)
         self._publisher = await self.connection.channel(
             publisher_confirms=True, on_return_raises=True
         )
@@ -143,8 +134,6 @@ class Broker:
 
     def _on_restored(self, _: object) -> None:
         self._up = True
-        if self.connection is not None:
-            self.server_version = _server_version(self.connection) or self.server_version
         log.info("broker_reconnected")
 
     def _is_mine(self, connection: object) -> bool:
@@ -381,14 +370,3 @@ class Broker:
             exchange=exchange,
             routing_key=routing_key,
         )
-
-
-def _server_version(connection: aio_pika.abc.AbstractRobustConnection) -> str | None:
-    """The broker's version as it announced itself at connect (``server_properties``)."""
-    transport = getattr(connection, "transport", None)
-    underlay = getattr(transport, "connection", None)
-    properties = getattr(underlay, "server_properties", None) or {}
-    version = properties.get("version")
-    if isinstance(version, bytes):
-        version = version.decode(errors="replace")
-    return version if isinstance(version, str) else None

@@ -8,6 +8,7 @@ import asyncio
 import aio_pika
 import pytest
 
+from asyncinvoke import topology
 from asyncinvoke.broker import Broker
 from asyncinvoke.errors import PublishError, UnroutableError
 from tests.conftest import Namespace, declare_queue
@@ -58,7 +59,11 @@ async def test_a_publish_the_broker_refuses_raises_publish_error(
         await channel.declare_queue(
             full,
             durable=True,
-            arguments={"x-queue-type": "classic", "x-max-length": 1, "x-overflow": "reject-publish"},
+            arguments={
+                "x-queue-type": "classic",
+                "x-max-length": 1,
+                "x-overflow": "reject-publish",
+            },
         )
     async with Broker(namespace.settings) as broker:
         await broker.publish("", full, b"first", message_id="a")
@@ -66,3 +71,21 @@ async def test_a_publish_the_broker_refuses_raises_publish_error(
             await broker.publish("", full, b"second", message_id="b")
     assert not isinstance(refused.value, UnroutableError)
     assert await _depth(amqp, full) == 1
+
+
+async def test_records_survive_many_browses_of_the_failure_queue_on_this_broker(
+    namespace: Namespace, amqp: aio_pika.abc.AbstractConnection
+) -> None:
+    # The dlq tool browses by taking messages and returning them. On 4.x a default
+    # delivery limit of 20 would drop the record; on 3.x a limit of -1 would drop it at
+    # the first return. Declared for the broker's own version, it survives 30 browses.
+    async with Broker(namespace.settings) as broker:
+        await topology.declare(broker.publisher, namespace.names, [])
+        await broker.publish(namespace.names.failed, "fn", b"record", message_id="inv-1")
+    async with amqp.channel() as channel:
+        queue = await channel.get_queue(namespace.names.failed)
+        for browse in range(30):
+            message = await queue.get(timeout=5, fail=False)
+            assert message is not None, f"the record was dropped after {browse} browses"
+            await message.nack(requeue=True)
+    assert await _depth(amqp, namespace.names.failed) == 1
