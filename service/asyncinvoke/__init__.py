@@ -3,6 +3,7 @@
 from asyncinvoke.client import Client, InvokeManyError, UnknownFunctionError
 from asyncinvoke.errors import (
     AsyncInvokeError,
+    BrokerBlocked,
     BrokerUnavailable,
     ConfigError,
     InvalidMessage,
@@ -18,6 +19,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AsyncInvokeError",
+    "BrokerBlocked",
     "BrokerUnavailable",
     "Client",
     "ConfigError",

@@ -4,11 +4,30 @@ Thin over aio-pika. Everything that publishes goes through ``Broker.publish``,
 which always waits for the broker's confirm, always has a timeout (a publish
 during a reconnect can otherwise hang), and raises ``UnroutableError`` when a
 mandatory publish is returned.
+
+Two things the broker does to publishers are handled here:
+
+- **Returns.** aiormq matches a returned message to its publish by ``message_id``,
+  and only the latest publish of an id is on file: with two publishes of one id in
+  flight, the return of the first would fail the second, and the first would count
+  as delivered. Records carry the invocation id as their ``message_id`` (the
+  contract says so), so one id can be in flight twice (a duplicate delivery, a
+  record and a retry). ``publish`` lets one publish per ``message_id`` be in flight
+  at a time, and after a timeout keeps the id until the broker answered it.
+- **Resource alarms.** A node low on memory or disk blocks every connection that
+  publishes: no confirm comes until the alarm clears, and RabbitMQ says so
+  (``connection.blocked``, with its reason) only once a publish went out. The
+  producer (``wait_while_blocked=False``) gets ``BrokerBlocked`` naming the alarm.
+  The worker (``wait_while_blocked=True``) holds its follow-up publishes until the
+  alarm clears instead: the attempt already ran, and timing out would run it again.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import ssl
+import weakref
 from typing import Any
 from uuid import uuid4
 
@@ -18,24 +37,71 @@ from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
 
 from asyncinvoke import contract
-from asyncinvoke.errors import BrokerUnavailable, PublishError, PublishTimeout, UnroutableError
+from asyncinvoke.errors import (
+    BrokerBlocked,
+    BrokerUnavailable,
+    PublishError,
+    PublishTimeout,
+    UnroutableError,
+)
 from asyncinvoke.observability import get_logger
 from asyncinvoke.settings import Settings, redact_url
 
 PERSISTENT = 2
 log = get_logger(component="broker")
 RECONNECT_INTERVAL_S = 2.0  # between attempts while the broker is away
+ANSWER_POLL_S = 0.1  # how often a timed-out publish is checked for the broker's late answer
+
+
+class _BlockedWatch(logging.Filter):
+    """Hears aiormq's ``connection.blocked`` / ``unblocked``, which aio-pika does not expose.
+
+    aiormq logs both frames (with the broker's reason) and keeps no callback for them,
+    so its log records are the one place they surface. The records pass on unchanged.
+    """
+
+    brokers: weakref.WeakSet[Broker] = weakref.WeakSet()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        if message.startswith("Connection %r was") and isinstance(record.args, tuple):
+            connection = record.args[0]
+            if "blocked by" in message and len(record.args) > 1:
+                for broker in list(self.brokers):
+                    broker._on_blocked(connection, str(record.args[1]))
+            elif message.endswith("was unblocked"):
+                for broker in list(self.brokers):
+                    broker._on_unblocked(connection)
+        return True
+
+
+_WATCH = _BlockedWatch()
+logging.getLogger("aiormq.connection").addFilter(_WATCH)
 
 
 class Broker:
-    def __init__(self, settings: Settings, *, name: str = "asyncinvoke"):
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        name: str = "asyncinvoke",
+        wait_while_blocked: bool = False,
+    ):
         self.settings = settings
         self.name = name
+        self.wait_while_blocked = wait_while_blocked
         self.connection: aio_pika.abc.AbstractRobustConnection | None = None
         self._publisher: aio_pika.abc.AbstractChannel | None = None
         # Up from connect until the connection is lost, and again once aio-pika has
         # reconnected and restored every channel and consumer.
         self._up = False
+        # The broker's reason while a resource alarm blocks this connection, else None.
+        self.blocked_reason: str | None = None
+        self._unblocked = asyncio.Event()
+        self._unblocked.set()
+        self._deadlines: set[asyncio.Timeout] = set()  # of the publishes awaiting a confirm
+        self._publishing: dict[str, asyncio.Future[None]] = {}  # message_id → its publish
+        self._releasing: set[asyncio.Task[None]] = set()
 
     async def connect(self) -> None:
         url = self.settings.amqp_url
@@ -56,19 +122,61 @@ class Broker:
         )
         self.connection.close_callbacks.add(self._on_lost)
         self.connection.reconnect_callbacks.add(self._on_restored)
+        _BlockedWatch.brokers.add(self)
         self._up = True
 
     def _on_lost(self, _: object, exc: BaseException | None = None) -> None:
         if self._up:
             log.warning("broker_connection_lost", error=str(exc) if exc else None)
         self._up = False
+        # A new connection starts unblocked; the broker says so again should the alarm last.
+        self._set_unblocked()
 
     def _on_restored(self, _: object) -> None:
         self._up = True
         log.info("broker_reconnected")
 
+    def _is_mine(self, connection: object) -> bool:
+        transport = getattr(self.connection, "transport", None)
+        return transport is not None and getattr(transport, "connection", None) is connection
+
+    def _on_blocked(self, connection: object, reason: str) -> None:
+        if not self._is_mine(connection):
+            return
+        self.blocked_reason = reason or "resource alarm"
+        self._unblocked.clear()
+        log.error(
+            "broker_blocked",
+            reason=self.blocked_reason,
+            effect="publishes wait until the alarm clears"
+            if self.wait_while_blocked
+            else "publishes fail with BrokerBlocked until the alarm clears",
+        )
+        if self.wait_while_blocked:
+            for deadline in list(self._deadlines):
+                if not deadline.expired():
+                    deadline.reschedule(None)
+
+    def _on_unblocked(self, connection: object) -> None:
+        if self._is_mine(connection) and self.blocked_reason is not None:
+            log.warning("broker_unblocked", reason=self.blocked_reason)
+            self._set_unblocked()
+
+    def _set_unblocked(self) -> None:
+        self.blocked_reason = None
+        self._unblocked.set()
+        when = asyncio.get_running_loop().time() + self.settings.publish_timeout_s
+        for deadline in list(self._deadlines):
+            if not deadline.expired() and deadline.when() is None:
+                deadline.reschedule(when)
+
+    async def wait_unblocked(self) -> None:
+        """Return once no resource alarm blocks this connection."""
+        await self._unblocked.wait()
+
     async def close(self) -> None:
         self._up = False
+        _BlockedWatch.brokers.discard(self)
         if self.connection is not None:
             await self.connection.close()
             self.connection = None
@@ -110,28 +218,28 @@ class Broker:
         correlation_id: str | None = None,
     ) -> None:
         """Publish persistently and wait for the confirm; raise if refused or returned."""
+        message_id = message_id or uuid4().hex
         properties = spec.Basic.Properties(
             content_type=contract.CONTENT_TYPE,
             delivery_mode=PERSISTENT,
-            # Returns are matched to publishes by message_id: keep it unique per publish.
-            message_id=message_id or uuid4().hex,
+            message_id=message_id,
             headers=headers,
             reply_to=reply_to,
             correlation_id=correlation_id,
         )
-        channel = await self.publisher.get_underlay_channel()
+        sent = False
         try:
-            result = await channel.basic_publish(  # type: ignore[call-arg]  # the ABC lacks wait
-                body,
-                exchange=exchange,
-                routing_key=routing_key,
-                properties=properties,
-                mandatory=mandatory,
-                timeout=self.settings.publish_timeout_s,
-                # The confirm is still awaited; not waiting for the socket write as
-                # well (under the channel's lock) keeps publishes pipelined.
-                wait=False,
-            )
+            async with asyncio.timeout(self.settings.publish_timeout_s) as deadline:
+                self._deadlines.add(deadline)
+                try:
+                    await self._hold_while_blocked(deadline)
+                    mine = await self._take_message_id(message_id)
+                    sent = True
+                    result = await self._publish_alone(
+                        body, exchange, routing_key, properties, mandatory, mine
+                    )
+                finally:
+                    self._deadlines.discard(deadline)
         except aiormq.exceptions.ChannelNotFoundEntity:
             raise PublishError(
                 f"exchange {exchange!r} does not exist: run 'asyncinvoke topology declare'",
@@ -151,15 +259,114 @@ class Broker:
                 routing_key=routing_key,
             ) from None
         except TimeoutError:
-            raise PublishTimeout(
-                f"no confirm from the broker within {self.settings.publish_timeout_s:g} s "
-                f"for {exchange!r}/{routing_key!r}",
-                exchange=exchange,
-                routing_key=routing_key,
-            ) from None
+            raise self._timeout_error(exchange, routing_key, sent) from None
         if isinstance(result, DeliveredMessage):  # returned, should on_return_raises be off
             raise UnroutableError(
                 f"no queue is bound to exchange {exchange!r} for routing key {routing_key!r}",
                 exchange=exchange,
                 routing_key=routing_key,
             )
+
+    async def _hold_while_blocked(self, deadline: asyncio.Timeout) -> None:
+        """While an alarm is known, send nothing: a publish then would only add to the doubt.
+
+        The producer waits out its timeout for the alarm to clear; the worker waits as
+        long as the alarm lasts (its deadline runs again from the moment it clears).
+        """
+        if self._unblocked.is_set():
+            return
+        if self.wait_while_blocked:
+            deadline.reschedule(None)
+        await self._unblocked.wait()
+
+    async def _take_message_id(self, message_id: str) -> asyncio.Future[None]:
+        """Wait until no other publish of ``message_id`` is in flight, then take it."""
+        while (earlier := self._publishing.get(message_id)) is not None:
+            await asyncio.wait({earlier})
+        mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._publishing[message_id] = mine
+        return mine
+
+    async def _publish_alone(
+        self,
+        body: bytes,
+        exchange: str,
+        routing_key: str,
+        properties: spec.Basic.Properties,
+        mandatory: bool,
+        mine: asyncio.Future[None],
+    ) -> Any:
+        """The publish itself, its message_id taken (``mine``) until the broker answered."""
+        message_id = properties.message_id
+        assert message_id is not None
+        channel: Any = None
+        answered = True
+        try:
+            channel = await self.publisher.get_underlay_channel()
+            return await channel.basic_publish(
+                body,
+                exchange=exchange,
+                routing_key=routing_key,
+                properties=properties,
+                mandatory=mandatory,
+                # The confirm is still awaited; not waiting for the socket write as
+                # well (under the channel's lock) keeps publishes pipelined.
+                wait=False,
+            )
+        except asyncio.CancelledError:
+            # Timed out (or cancelled) after it may have gone out: the broker may still
+            # return it, and the return must not meet a newer publish of the same id.
+            answered = channel is None
+            raise
+        finally:
+            if answered:
+                self._release(message_id, mine)
+            else:
+                task = asyncio.get_running_loop().create_task(
+                    self._release_once_answered(channel, channel.delivery_tag, message_id, mine)
+                )
+                self._releasing.add(task)
+                task.add_done_callback(self._releasing.discard)
+
+    def _release(self, message_id: str, mine: asyncio.Future[None]) -> None:
+        if self._publishing.get(message_id) is mine:
+            del self._publishing[message_id]
+        mine.set_result(None)
+
+    async def _release_once_answered(
+        self, channel: Any, sent_up_to: int, message_id: str, mine: asyncio.Future[None]
+    ) -> None:
+        """Hold a timed-out publish's message_id until the broker answered it (ack, nack
+        or return) or its channel is gone: a late return must not meet a newer publish."""
+        try:
+            while not channel.is_closed and any(
+                tag <= sent_up_to for tag in list(channel.confirmations)
+            ):
+                await asyncio.sleep(ANSWER_POLL_S)
+        finally:
+            self._release(message_id, mine)
+
+    def _timeout_error(self, exchange: str, routing_key: str, sent: bool) -> PublishTimeout:
+        if self.blocked_reason is not None:
+            outcome = (
+                "the message went out before the alarm was known: the broker may take it "
+                "when the alarm clears"
+                if sent
+                else "the message was not published"
+            )
+            return BrokerBlocked(
+                f"RabbitMQ blocks publishing: resource alarm ({self.blocked_reason}); "
+                f"no confirm for {exchange!r}/{routing_key!r} within "
+                f"{self.settings.publish_timeout_s:g} s, {outcome}. Free memory or disk on "
+                "the broker ('rabbitmqctl status' names the alarm), then try again",
+                reason=self.blocked_reason,
+                published=sent,
+                exchange=exchange,
+                routing_key=routing_key,
+            )
+        return PublishTimeout(
+            f"no confirm from the broker within {self.settings.publish_timeout_s:g} s "
+            f"for {exchange!r}/{routing_key!r}",
+            exchange=exchange,
+            routing_key=routing_key,
+        )

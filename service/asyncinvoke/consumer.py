@@ -8,6 +8,11 @@ docs/benchmarks.md). So the worker's consumers sit one layer lower, and the call
 gets a ``Delivery``, a slim view of the few properties the pipeline reads. It runs in a
 task of ours rather than aiormq's, which a closing channel would cancel.
 
+While a resource alarm blocks the connection (``Broker.blocked_reason``), a delivery
+is held before its attempt starts: its follow-ups could not be confirmed, so it
+would only run and wait. The prefetch bounds what is held; the attempts start once
+the alarm clears.
+
 The robust channel still does the reconnecting: once it is reopened on a new
 connection (its prefetch restored), ``reopen_callbacks`` tell the consumer to
 subscribe again. A consumer the broker cancels (its queue deleted) subscribes again
@@ -25,6 +30,7 @@ import aio_pika
 import aiormq
 from aiormq.abc import DeliveredMessage
 
+from asyncinvoke.broker import Broker
 from asyncinvoke.observability import get_logger
 
 log = get_logger(component="consumer")
@@ -91,10 +97,17 @@ async def _handed_over() -> None:
 class Consumer:
     """One queue consumed on one robust channel; survives reconnects."""
 
-    def __init__(self, channel: aio_pika.RobustChannel, queue: str, callback: Callback):
+    def __init__(
+        self,
+        channel: aio_pika.RobustChannel,
+        queue: str,
+        callback: Callback,
+        broker: Broker | None = None,
+    ):
         self.channel = channel
         self.queue = queue
         self.callback = callback
+        self.broker = broker  # whose resource alarms hold deliveries back
         self.tag: str | None = None
         self._cancelled = False
         self._resubscribing: asyncio.Task[None] | None = None
@@ -114,10 +127,20 @@ class Consumer:
         # The attempt runs in a task of ours: aiormq cancels the tasks it made for a
         # channel when the channel closes, and a connection drop must not cut a running
         # attempt short (redelivery.py settles its redelivery once it ends).
-        task = asyncio.get_running_loop().create_task(self.callback(Delivery(message)))
+        delivery = Delivery(message)
+        if self.broker is not None and self.broker.blocked_reason is not None:
+            attempt = self._after_alarm(delivery)
+        else:
+            attempt = self.callback(delivery)
+        task = asyncio.get_running_loop().create_task(attempt)
         self._running.add(task)
         task.add_done_callback(self._running.discard)
         return _handed_over()
+
+    async def _after_alarm(self, delivery: Delivery) -> None:
+        assert self.broker is not None
+        await self.broker.wait_unblocked()
+        await self.callback(delivery)
 
     async def _on_reopen(self, _channel: Any = None) -> None:
         if not self._cancelled:

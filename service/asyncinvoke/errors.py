@@ -5,7 +5,9 @@
     ├── InvalidMessage         an envelope cannot be decoded or breaks the contract
     │   └── PayloadTooLarge    over the size limit
     ├── PublishError           the broker refused, returned or did not confirm a publish
-    │   └── UnroutableError    no queue is bound for the routing key
+    │   ├── UnroutableError    no queue is bound for the routing key
+    │   └── PublishTimeout     no confirm in time (the broker may have the message)
+    │       └── BrokerBlocked  a resource alarm (memory, disk) blocks publishing
     ├── BrokerUnavailable      no connection to the broker could be made
     ├── TaskStoreUnavailable   the task store cannot be reached or cannot write now (transient)
     └── NonRetryableError      raised by a handler: fail now, do not retry
@@ -73,6 +75,28 @@ class UnroutableError(PublishError):
 
 class PublishTimeout(PublishError):
     """No confirm came in time: the broker may or may not have the message (transient)."""
+
+
+class BrokerBlocked(PublishTimeout):
+    """RabbitMQ blocks publishing while a resource alarm (memory or disk) lasts.
+
+    ``reason`` is the broker's own words ("low on memory"); ``published`` says whether
+    the message had gone out before the alarm was known (then the broker may still take
+    it when the alarm clears) or was held back (then it was not published at all).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str,
+        published: bool,
+        exchange: str = "",
+        routing_key: str = "",
+    ):
+        super().__init__(message, exchange=exchange, routing_key=routing_key)
+        self.reason = reason
+        self.published = published
 
 
 class BrokerUnavailable(AsyncInvokeError):

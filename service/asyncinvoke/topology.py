@@ -7,12 +7,15 @@
     {ns}.failed (topic, key = fn) ─(#)─► {ns}.failed    (the failure-destination queue)
 
 Quorum queues everywhere: replicated on a cluster, at-least-once dead-lettering,
-and a delivery limit for poison messages.
+and a delivery limit for poison messages. The system queues that hold records
+({ns}.failed, .dead, .unrouted) must have no delivery limit at all, and what says
+so depends on the broker's version (``system_queue_arguments``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +30,9 @@ from asyncinvoke.functions import FunctionSpec
 QUORUM = {"x-queue-type": "quorum"}
 AT_LEAST_ONCE = {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
 DIRECT, TOPIC, FANOUT = "direct", "topic", "fanout"
+UNLIMITED_DELIVERIES = {"x-delivery-limit": -1}
+# The first RabbitMQ with a default delivery limit (20) on quorum queues.
+DEFAULT_DELIVERY_LIMIT_SINCE = (4, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,8 +132,40 @@ def suspect_queue_arguments(names: Names, spec: FunctionSpec) -> dict[str, Any]:
     }
 
 
-def core_plan(names: Names) -> Plan:
-    """What every namespace has, whatever its functions."""
+def parse_version(version: str | None) -> tuple[int, int] | None:
+    """``(major, minor)`` of a RabbitMQ version string ("3.10.8", "4.0.0-rc.2"), or None."""
+    match = re.match(r"\s*(\d+)\.(\d+)", version or "")
+    return (int(match[1]), int(match[2])) if match else None
+
+
+def server_version(connection: Any) -> str | None:
+    """The version an aiormq connection's broker announced at connect, if any."""
+    properties = getattr(connection, "server_properties", None) or {}
+    version = properties.get("version")
+    if isinstance(version, bytes):
+        version = version.decode(errors="replace")
+    return version if isinstance(version, str) else None
+
+
+def system_queue_arguments(broker_version: tuple[int, int] | None) -> dict[str, Any]:
+    """Arguments of the queues that keep records: {ns}.failed, {ns}.dead, {ns}.unrouted.
+
+    Browsing {ns}.failed (the dlq tool) and a consumer's retries return messages to
+    these queues, and a delivery limit would drop a record after so many returns.
+    RabbitMQ 4.x limits quorum queues to 20 deliveries unless the queue is declared
+    with ``x-delivery-limit: -1`` (a policy cannot lift it). RabbitMQ 3.x has no limit
+    by default and reads a negative limit as 0, which would drop every record on its
+    first return: there the argument must be left out. An unknown version is treated
+    as 3.x, the choice that cannot drop everything.
+    """
+    if broker_version is not None and broker_version >= DEFAULT_DELIVERY_LIMIT_SINCE:
+        return {**QUORUM, **UNLIMITED_DELIVERIES}
+    return dict(QUORUM)
+
+
+def core_plan(names: Names, broker_version: tuple[int, int] | None = None) -> Plan:
+    """What every namespace has, whatever its functions, on a broker of that version."""
+    system = system_queue_arguments(broker_version)
     exchanges = [
         ExchangeDecl(names.unrouted, FANOUT),
         ExchangeDecl(names.dead, FANOUT),
@@ -137,9 +175,9 @@ def core_plan(names: Names) -> Plan:
         ExchangeDecl(names.deliver, TOPIC, {"alternate-exchange": names.unrouted}),
     ]
     queues = [
-        QueueDecl(names.unrouted, dict(QUORUM)),
-        QueueDecl(names.dead, dict(QUORUM)),
-        QueueDecl(names.failed, dict(QUORUM)),
+        QueueDecl(names.unrouted, dict(system)),
+        QueueDecl(names.dead, dict(system)),
+        QueueDecl(names.failed, dict(system)),
     ]
     bindings = [
         Binding(names.unrouted, names.unrouted, ""),
@@ -194,6 +232,11 @@ async def apply(channel: aio_pika.abc.AbstractChannel, plan: Plan) -> None:
         try:
             await channel.declare_queue(queue.name, durable=True, arguments=queue.arguments)
         except aiormq.exceptions.ChannelPreconditionFailed as exc:
+            if (
+                "x-delivery-limit" in str(exc)
+                and UNLIMITED_DELIVERIES.items() <= queue.arguments.items()
+            ):
+                raise _limited(queue.name, exc) from None
             raise _clash("queue", queue.name, exc) from None
     underlay = await channel.get_underlay_channel()
     for binding in plan.bindings:
@@ -217,16 +260,35 @@ def _clash(kind: str, name: str, exc: Exception) -> ConfigError:
     )
 
 
+def _limited(name: str, exc: Exception) -> ConfigError:
+    return ConfigError(
+        f"queue {name!r} was declared with a delivery limit, or without one on RabbitMQ 3.x "
+        f"({exc}); on RabbitMQ 4.x such a queue drops a record once it was returned 20 times "
+        f"(a dlq browse returns it). Move its messages out ('asyncinvoke dlq export FILE' for "
+        f"{{ns}}.failed), delete the queue, and start again: it is then declared with "
+        f"x-delivery-limit -1"
+    )
+
+
 async def declare(
     channel: aio_pika.abc.AbstractChannel, names: Names, specs: Iterable[FunctionSpec]
 ) -> None:
-    await apply(channel, core_plan(names))
+    """Declare the namespace, shaped for the version of the broker ``channel`` is on."""
+    underlay = await channel.get_underlay_channel()
+    version = parse_version(server_version(underlay.connection))
+    await apply(channel, core_plan(names, version))
     await apply(channel, functions_plan(names, specs))
 
 
-def definitions(names: Names, specs: Iterable[FunctionSpec], vhost: str = "/") -> dict[str, Any]:
-    """The namespace as a RabbitMQ definitions document, for ``load_definitions`` at boot."""
-    plans = [core_plan(names), functions_plan(names, specs)]
+def definitions(
+    names: Names,
+    specs: Iterable[FunctionSpec],
+    vhost: str = "/",
+    broker_version: tuple[int, int] | None = None,
+) -> dict[str, Any]:
+    """The namespace as a RabbitMQ definitions document, for ``load_definitions`` at boot
+    on a broker of ``broker_version`` (3.x when not given)."""
+    plans = [core_plan(names, broker_version), functions_plan(names, specs)]
     return {
         "exchanges": [
             {

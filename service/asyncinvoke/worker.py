@@ -84,7 +84,11 @@ class Worker:
         self.all_specs = dict(functions_file.functions)
         self.specs = specs
         self.config_dir = functions_file.path.parent.resolve()
-        self.broker = Broker(settings, name=f"asyncinvoke-worker-{os.getpid()}")
+        # An attempt that ran waits out a resource alarm for its follow-ups, rather than
+        # time out and run again.
+        self.broker = Broker(
+            settings, name=f"asyncinvoke-worker-{os.getpid()}", wait_while_blocked=True
+        )
         self.tracker = TaskTracker(
             settings.task_store,
             retry_s=settings.task_store_retry_s,
@@ -191,7 +195,7 @@ class Worker:
             raise AsyncInvokeError(
                 f"queue {queue_name!r} does not exist: run 'asyncinvoke topology declare'"
             ) from None
-        consumer = Consumer(channel, queue_name, callback)
+        consumer = Consumer(channel, queue_name, callback, self.broker)
         await consumer.start()
         self._consumers.append(consumer)
 

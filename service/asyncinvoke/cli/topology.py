@@ -43,17 +43,30 @@ def declare(config_path: str | None) -> None:
 @topology.command()
 @config_option
 @click.option("--vhost", default="/", show_default=True, help="Virtual host of the definitions.")
+@click.option(
+    "--rabbitmq-version",
+    default="3.13",
+    show_default=True,
+    help="Version of the broker that loads them: 4.x needs x-delivery-limit -1 on the "
+    "record queues, which 3.x must not get.",
+)
 @click.argument("output", type=click.File("wb"), default="-")
-def export(config_path: str | None, vhost: str, output: Any) -> None:
+def export(config_path: str | None, vhost: str, rabbitmq_version: str, output: Any) -> None:
     """Write the topology as a RabbitMQ definitions file (OUTPUT, default stdout).
 
     Load it at boot with `load_definitions = /path/definitions.json` in rabbitmq.conf,
     or once with `rabbitmqctl import_definitions FILE`.
     """
+    version = topo.parse_version(rabbitmq_version)
+    if version is None:
+        raise click.BadParameter(
+            f"{rabbitmq_version!r} is not a version such as 3.13 or 4.1",
+            param_hint="--rabbitmq-version",
+        )
     settings = load_settings(config_path=config_path)
     functions_file = functions.load(settings.config_path)
     document = topo.definitions(
-        topo.Names(settings.namespace), functions_file.functions.values(), vhost
+        topo.Names(settings.namespace), functions_file.functions.values(), vhost, version
     )
     output.write(orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n")
 

@@ -261,6 +261,12 @@ class Gateway:
         body = await request.read()
         if not self.client.broker.is_connected:
             raise fcapi.ServiceUnavailable("RabbitMQ is not reachable now; try again shortly")
+        alarm = self.client.broker.blocked_reason
+        if alarm is not None:
+            raise fcapi.ServiceUnavailable(
+                f"RabbitMQ blocks publishing: resource alarm ({alarm}); the invocation was "
+                "not accepted. Try again once the broker's memory or disk alarm clears"
+            )
         try:
             if invocation.asynchronous:
                 return await self._invoke_async(spec, invocation, body)

@@ -1,0 +1,243 @@
+"""The broker's application stops and starts again (``rabbitmqctl stop_app; start_app``)
+in the middle of 5,000 invocations: some run at once, some wait 1-3 s in the delay
+ladder, some fail once and are retried, some fail for good. Afterwards every accepted
+invocation has its record, and each failure record is there exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import aio_pika
+import pytest
+
+from asyncinvoke import AsyncInvokeError, Client, InvokeManyError, contract
+from tests.chaos.conftest import NodeNamespace
+from tests.conftest import WorkerProcess, declare_queue, write_functions
+
+pytestmark = pytest.mark.timeout(420)
+
+TOTAL = 5000
+WORKERS = 2
+DRAIN_TIMEOUT_S = 240.0
+
+
+@dataclass
+class Seen:
+    """Records as they arrive, by invocation id."""
+
+    successes: Counter[str] = field(default_factory=Counter)
+    failures: Counter[str] = field(default_factory=Counter)
+    conditions: dict[str, str] = field(default_factory=dict)
+    last_at: float = 0.0
+
+    def note(self, record: dict[str, Any], failed: bool) -> None:
+        context = record["requestContext"]
+        (self.failures if failed else self.successes)[context["requestId"]] += 1
+        self.conditions[context["requestId"]] = context["condition"]
+        self.last_at = time.monotonic()
+
+    def ended(self) -> set[str]:
+        return set(self.successes) | set(self.failures)
+
+
+async def _consume(
+    connection: aio_pika.abc.AbstractRobustConnection, queue_name: str, seen: Seen, failed: bool
+) -> tuple[aio_pika.abc.AbstractQueue, str]:
+    channel = await connection.channel()
+    await channel.set_qos(prefetch_count=500)
+    # Declared (passively) on the robust channel: the consumer is restored after the restart.
+    queue = await channel.declare_queue(queue_name, passive=True)
+
+    async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        seen.note(contract.unpack(message.body), failed)
+        await message.ack()
+
+    return queue, await queue.consume(on_message)
+
+
+async def _depth(connection: aio_pika.abc.AbstractConnection, queue_name: str) -> int:
+    async with connection.channel() as channel:
+        queue = await channel.declare_queue(queue_name, passive=True)
+        return queue.declaration_result.message_count or 0
+
+
+async def _read_all(
+    connection: aio_pika.abc.AbstractConnection, queue_name: str, seen: Seen
+) -> None:
+    """Take every failure record out of its queue, once, with nothing disrupting it."""
+    async with connection.channel() as channel:
+        queue = await channel.declare_queue(queue_name, passive=True)
+        while (message := await queue.get(timeout=10, fail=False)) is not None:
+            seen.note(contract.unpack(message.body), failed=True)
+            await message.ack()
+
+
+def _came_back(workers: list[WorkerProcess]) -> set[str]:
+    """Invocations whose delivery came back with the connection: a follow-up without its
+    confirm (settle_failed), or a redelivery (suspect, or already settled)."""
+    events = ('"settle_failed"', '"suspect"', '"redelivery_already_settled"')
+    ids = set()
+    for worker in workers:
+        for line in worker.lines:
+            if any(event in line for event in events):
+                ids.add(json.loads(line).get("message_id"))
+    return ids
+
+
+def _lines_about(workers: list[WorkerProcess], ids: list[str]) -> list[str]:
+    return [line for worker in workers for line in worker.lines if any(i in line for i in ids)]
+
+
+def _plan(count: int) -> list[tuple[str, Any, float]]:
+    """``count`` invocations: 50% at once, 20% delayed 1-3 s, 15% fail once, 15% doomed."""
+    plan: list[tuple[str, Any, float]] = []
+    for n in range(count):
+        kind = n % 20
+        if kind < 10:
+            plan.append(("ok", {"n": n}, 0))
+        elif kind < 14:
+            plan.append(("ok", {"n": n}, 1 + n % 3))
+        elif kind < 17:
+            plan.append(("flaky", {"fail_times": 1}, 0))
+        else:
+            plan.append(("doomed", {"n": n}, 0))
+    return plan
+
+
+async def _send(client: Client, plan: list[tuple[str, Any, float]]) -> dict[str, str]:
+    """Hand ``plan`` over, grouped by (function, delay); id → function."""
+    groups: dict[tuple[str, float], list[Any]] = {}
+    for function, payload, delay in plan:
+        groups.setdefault((function, delay), []).append(payload)
+    by_id: dict[str, str] = {}
+    for (function, delay), payloads in groups.items():
+        ids = await _hand_over_many(client, function, payloads, delay)
+        by_id.update(dict.fromkeys(ids, function))
+    return by_id
+
+
+async def _hand_over_many(
+    client: Client, function: str, payloads: list[Any], delay: float
+) -> list[str]:
+    accepted: list[str] = []
+    pending = payloads
+    while pending:
+        try:
+            accepted += await client.invoke_many([(function, p) for p in pending], delay=delay)
+            pending = []
+        except InvokeManyError as exc:
+            accepted += exc.accepted
+            pending = pending[: len(exc.failed)]
+            await asyncio.sleep(0.5)
+        except AsyncInvokeError:
+            await asyncio.sleep(0.5)
+    return accepted
+
+
+async def test_a_broker_restart_mid_traffic_loses_nothing_and_duplicates_no_failure_record(
+    node_namespace: NodeNamespace, node_amqp: aio_pika.abc.AbstractRobustConnection
+) -> None:
+    space = node_namespace
+    node = space.node
+    results = space.queue_name("results")
+    config = write_functions(
+        space.tmp_path,
+        f"""
+        [defaults]
+        concurrency = 32
+        backoff = {{ initial = 0.2, multiplier = 1.0, max = 0.5, jitter = 0.1 }}
+
+        [functions.ok]
+        handler = "tests.support.handlers:echo"
+        on_success = "queue:{results}"
+
+        [functions.flaky]
+        handler = "tests.support.handlers:fail_until"
+        on_success = "queue:{results}"
+
+        [functions.doomed]
+        handler = "tests.support.handlers:refuse"
+        """,
+    )
+    space.functions(config.read_text())
+    await declare_queue(node_amqp, results)
+    workers = [WorkerProcess(space, config) for _ in range(WORKERS)]
+    seen = Seen()
+    plan = _plan(TOTAL)
+    try:
+        for worker in workers:
+            await worker.start()
+        # Successes are read as they come (a success seen twice is allowed: at least once).
+        # Failure records stay in their queue until the end and are counted there: a
+        # record the test read just before the restart would come back to the test too.
+        await _consume(node_amqp, results, seen, failed=False)
+        async with Client(settings=space.settings) as client:
+            started = time.monotonic()
+            sent = await _send(client, plan[: TOTAL // 2])
+            # The restart lands while the first half runs, waits in the ladder, retries.
+            while len(seen.ended()) < TOTAL // 8:
+                assert time.monotonic() - started < 60, "no progress before the restart"
+                await asyncio.sleep(0.05)
+            in_flight_at_stop = len(sent) - len(seen.ended() & set(sent))
+            stopped_at = time.monotonic()
+            await asyncio.to_thread(node.stop_app)
+            await asyncio.sleep(2)
+            await asyncio.to_thread(node.start_app)
+            restarted_at = time.monotonic()
+            ended_at_restart = len(seen.ended())
+            while len(seen.ended()) == ended_at_restart:
+                assert time.monotonic() - restarted_at < 60, "no record after the restart"
+                await asyncio.sleep(0.05)
+            recovered_s = time.monotonic() - restarted_at
+            while not client.broker.is_connected:
+                await asyncio.sleep(0.1)
+            sent.update(await _send(client, plan[TOTAL // 2 :]))
+        doomed = {i for i, function in sent.items() if function == "doomed"}
+        succeeding = set(sent) - doomed
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        while time.monotonic() < deadline and not (
+            succeeding <= set(seen.successes)
+            and await _depth(node_amqp, space.names.failed) >= len(doomed)
+        ):
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(3)  # late duplicates, if any, arrive now
+        await _read_all(node_amqp, space.names.failed, seen)
+        lost = set(sent) - seen.ended()
+        failure_duplicates = {i: n for i, n in seen.failures.items() if n > 1}
+        wrongly_failed = set(seen.failures) - doomed
+        success_duplicates = sum(n - 1 for n in seen.successes.values())
+        exactly_once = len(doomed) - len(failure_duplicates)
+        print(
+            f"\nbroker restart: {len(sent)} accepted, lost {len(lost)}, failure records "
+            f"{sum(seen.failures.values())} for {len(doomed)} doomed ({exactly_once} exactly once, "
+            f"{len(failure_duplicates)} twice: their delivery came back), success duplicates "
+            f"{success_duplicates}, "
+            f"{in_flight_at_stop} in flight at the stop, app down "
+            f"{restarted_at - stopped_at:.1f} s, first record {recovered_s:.1f} s after "
+            f"start_app, all done {seen.last_at - started:.1f} s after the first publish"
+        )
+        assert not lost, f"{len(lost)} lost, e.g. {sorted(lost)[:5]}"
+        # Exactly once by invocation id is what the broker restart must not break; the
+        # one duplicate at-least-once cannot rule out is a delivery that came back from
+        # the broker with the connection: its ack was lost (the redelivery is a suspect
+        # and runs again), or its follow-up's confirm was (it runs again). A failure
+        # record twice for an invocation whose delivery never came back is a bug.
+        came_back = _came_back(workers)
+        unexplained = {i: n for i, n in failure_duplicates.items() if i not in came_back}
+        assert not unexplained, (
+            f"failure records duplicated for deliveries that never came back: {unexplained}; "
+            f"the worker said: {_lines_about(workers, list(unexplained)[:3])}"
+        )
+        assert all(n == 2 for n in failure_duplicates.values()), failure_duplicates
+        assert set(seen.failures) >= doomed
+        assert not wrongly_failed, {i: seen.conditions[i] for i in list(wrongly_failed)[:5]}
+        assert all(seen.conditions[i] == contract.NON_RETRYABLE for i in doomed)
+    finally:
+        for worker in workers:
+            await worker.kill()
