@@ -20,7 +20,13 @@ import aio_pika
 from asyncinvoke import contract, dispatch, topology
 from asyncinvoke.broker import Broker
 from asyncinvoke.contract import Envelope
-from asyncinvoke.errors import AsyncInvokeError, InvalidMessage, PayloadTooLarge
+from asyncinvoke.errors import (
+    AsyncInvokeError,
+    BrokerBlocked,
+    InvalidMessage,
+    PayloadTooLarge,
+    PublishTimeout,
+)
 from asyncinvoke.settings import Settings, from_env
 from asyncinvoke.tasks.states import Status
 from asyncinvoke.tasks.store import Task, TaskExists, TaskStore
@@ -259,10 +265,16 @@ class Client:
 
     async def _not_accepted(self, envelope: Envelope, exc: Exception) -> None:
         store = await self.tasks()
+        now = time.time_ns() // 1_000_000
+        if _maybe_published(exc):
+            # The broker may still take it (a lost confirm, an alarm that clears): a Failed
+            # task would make the worker drop it unrun. It stays Enqueued, and runs if the
+            # broker has it; the caller's exception says the outcome is unknown.
+            return
         await store.transition(
             envelope.id,
             Status.FAILED,
-            time.time_ns() // 1_000_000,
+            now,
             f"not accepted by the broker: {exc}",
             error=str(exc),
         )
@@ -373,3 +385,10 @@ class Client:
         if failed:
             raise InvokeManyError([i for i in ids if i not in failed], failed)
         return ids
+
+
+def _maybe_published(exc: Exception) -> bool:
+    """Whether a failed publish may still have reached the broker."""
+    if isinstance(exc, BrokerBlocked):
+        return exc.published
+    return isinstance(exc, PublishTimeout)

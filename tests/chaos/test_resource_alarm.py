@@ -178,3 +178,66 @@ async def test_an_alarm_refuses_new_work_clearly_and_loses_nothing_accepted(
             await channel.close()
         await gateway.stop()
         await worker.kill()
+
+
+async def test_a_task_whose_publish_may_have_gone_out_stays_enqueued_and_runs_after_the_alarm(
+    node_namespace: NodeNamespace, node_amqp: aio_pika.abc.AbstractConnection
+) -> None:
+    """A publish that timed out under the alarm may still be taken by the broker: its task
+    must not be marked Failed (the worker would then drop the invocation unrun). One that
+    was held back never went out: its task is Failed, and says why."""
+    space = node_namespace
+    node = space.node
+    store = f"sqlite:///{space.tmp_path / 'tasks.db'}"
+    config = write_functions(
+        space.tmp_path,
+        """
+        [functions.echo]
+        handler = "tests.support.handlers:echo"
+        task_mode = true
+        """,
+    )
+    space.functions(config.read_text())
+    settings = space.settings.with_overrides(
+        publish_timeout_s=PUBLISH_TIMEOUT_S, task_store=store
+    )
+    worker = WorkerProcess(space, config, ASYNCINVOKE_TASK_STORE=store)
+    alarm = False
+    try:
+        await worker.start()
+        async with Client(settings=settings) as client:
+            await client.invoke("echo", {"warm": True})
+            node.raise_memory_alarm()
+            alarm = True
+            with pytest.raises(BrokerBlocked) as first:
+                await client.invoke("echo", {"during": 1}, id="maybe-out", task=True)
+            assert first.value.published
+            with pytest.raises(BrokerBlocked) as second:
+                await client.invoke("echo", {"during": 2}, id="held-back", task=True)
+            assert not second.value.published
+            store_api = await client.tasks()
+            maybe = await store_api.get("maybe-out")
+            held = await store_api.get("held-back")
+            assert maybe is not None and maybe.status.value == "Enqueued", maybe
+            assert held is not None and held.status.value == "Failed", held
+            assert "not accepted by the broker" in (held.events[-1].detail or "")
+
+            node.clear_memory_alarm()
+            alarm = False
+
+            async def ended() -> str:
+                task = await store_api.get("maybe-out")
+                assert task is not None
+                return task.status.value
+
+            deadline = time.monotonic() + 60
+            status = await ended()
+            while status != "Succeeded" and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+                status = await ended()
+            assert status == "Succeeded", "the publish the broker took after the alarm ran"
+            assert (await store_api.get("held-back")).status.value == "Failed"  # type: ignore[union-attr]
+    finally:
+        if alarm:
+            node.clear_memory_alarm()
+        await worker.kill()
