@@ -150,15 +150,19 @@ class Pipeline:
         if envelope.due_at is not None or envelope.delay:
             self.metrics.delay_lateness.observe(max(0, now_ms() - envelope.due_at_ms()) / 1000)
         if task_mode:
-            if not await self._claim(message, envelope, function, suspect):
+            lease_until = await self._claim(message, envelope, function, suspect)
+            if lease_until is None:
                 return
             try:
                 await self._run_task(message, envelope, function)
             except BaseException as exc:
-                # Cut short (shutdown) or not settled (a publish that failed): this worker
-                # lives on, so its claim must not pass for a death. The delivery runs again.
+                # Cut short (shutdown) or not settled (a publish that failed, the store
+                # down): this worker lives on, so its claim must not pass for a death.
+                # The delivery runs again.
                 with contextlib.suppress(Exception):  # the store may be what failed
-                    await asyncio.shield(self.tracker.released(envelope, now_ms(), repr(exc)))
+                    await asyncio.shield(self.tracker.released(
+                        envelope, now_ms(), repr(exc), lease_until=lease_until
+                    ))
                 raise
         else:
             async with function.slots:
@@ -254,8 +258,9 @@ class Pipeline:
 
     async def _claim(
         self, message: Message, envelope: Envelope, function: Function, suspect: bool
-    ) -> bool:
-        """Claim the task; False when this delivery must not run (and was settled)."""
+    ) -> int | None:
+        """Claim the task: until when the claim holds, or None when this delivery must not
+        run (and was settled)."""
         spec = function.spec
         claimed = await self.tracker.claim(envelope, spec, now_ms(), alone=suspect)
         if claimed.claim is Claim.CLAIMED:
@@ -265,12 +270,12 @@ class Pipeline:
             died = deaths(claimed.task)
             if policy.poisoned(died, spec):
                 await self._give_up_poison(message, envelope, spec, died)
-                return False
-            return True
+                return None
+            return claimed.task.lease_until or now_ms()
         if claimed.claim is Claim.ORPHANED:
             # Its last attempt's worker died: this copy (back from a deferral) runs alone.
             await self.move_to_suspects(message, function)
-            return False
+            return None
         if claimed.claim is Claim.BUSY and claimed.task is not None:
             # Another worker runs it now. Come back when its claim runs out: by then it
             # has finished (and this copy is acknowledged) or died (and this copy runs).
@@ -280,11 +285,11 @@ class Pipeline:
             await dispatch.send(self.broker, self.names, later)
             self.acks.ack(message)
             self._log_attempt(envelope, "deferred_duplicate")
-            return False
+            return None
         self.acks.ack(message)
         status = claimed.task.status if claimed.task is not None else "missing"
         self._log_attempt(envelope, f"not_run_task_{status}")
-        return False
+        return None
 
     async def _give_up_poison(
         self, message: Message, envelope: Envelope, spec: FunctionSpec, died: int

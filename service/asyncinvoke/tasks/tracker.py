@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from typing import Any
 
 from asyncinvoke import contract, policy
 from asyncinvoke.contract import Envelope
+from asyncinvoke.errors import TaskStoreUnavailable
 from asyncinvoke.functions import FunctionSpec
+from asyncinvoke.observability import get_logger
 from asyncinvoke.settings import DEFAULT_TASK_STORE_RETRY_S
 from asyncinvoke.tasks.retrying import RetryingTaskStore
 from asyncinvoke.tasks.states import REPLAYABLE, Status
@@ -22,6 +25,12 @@ from asyncinvoke.tasks.store import Claim, ClaimResult, Task, TaskStore
 # died is taken over by a redelivery once it has run out.
 LEASE_MARGIN_MS = 10_000
 STOPPED_RESULT_DISCARDED = "stopped while running; result discarded"
+# A claim given up while the task store was down is released once it is back: tried this
+# often, and only until this long before the claim runs out (clocks of hosts differ a bit).
+RELEASE_RETRY_EVERY_S = 0.5
+RELEASE_SAFETY_MS = 2_000
+
+log = get_logger(component="tasks")
 
 
 class TaskTracker:
@@ -35,6 +44,8 @@ class TaskTracker:
         self._retrying: RetryingTaskStore | None = None
         self._store: TaskStore | None = None
         self._opening = asyncio.Lock()
+        # Releases waiting for the store to come back (see ``released``).
+        self._pending_releases: set[asyncio.Task[None]] = set()
 
     async def store(self) -> TaskStore:
         """The store, open; every call on it rides out an outage of up to ``retry_s``."""
@@ -56,6 +67,8 @@ class TaskTracker:
         return None if self._retrying is None else self._retrying.outage
 
     async def close(self) -> None:
+        for pending in list(self._pending_releases):
+            pending.cancel()
         if self._retrying is not None:
             retrying, self._retrying, self._store = self._retrying, None, None
             await retrying.close()
@@ -155,17 +168,48 @@ class TaskTracker:
         store = await self.store()
         return await store.transition(envelope.id, Status.STOPPED, now_ms, detail)
 
-    async def released(self, envelope: Envelope, now_ms: int, reason: str) -> None:
+    async def released(
+        self, envelope: Envelope, now_ms: int, reason: str, *, lease_until: int | None = None
+    ) -> None:
         """Give up the claim of an attempt this worker could not settle (it runs again):
         Retrying, where a claim left Running would hold a lease period and count as a death.
-        A task that moved on already (it ended, or a stop was asked for) stays as it is."""
+        A task that moved on already (it ended, or a stop was asked for) stays as it is.
+
+        When the store itself is what failed, the release is tried again in the background
+        until the store is back, but only while the claim (``lease_until``) is still ours:
+        after that another delivery may hold the task, and its claim must not be undone.
+        The copy this worker gave up waits in the ladder until the lease ends, so it finds
+        the task Retrying, not orphaned, and is not taken for a poison message.
+        """
+        detail = f"attempt {envelope.attempt} was not settled ({reason}); it runs again"
+        try:
+            await self._release(envelope, now_ms, detail)
+        except TaskStoreUnavailable:
+            if lease_until is not None:
+                pending = asyncio.create_task(self._release_while_ours(envelope, detail,
+                                                                       lease_until))
+                self._pending_releases.add(pending)
+                pending.add_done_callback(self._pending_releases.discard)
+            raise
+
+    async def _release(self, envelope: Envelope, now_ms: int, detail: str) -> None:
         store = await self.store()
-        await store.transition(
-            envelope.id,
-            Status.RETRYING,
-            now_ms,
-            f"attempt {envelope.attempt} was not settled ({reason}); it runs again",
-        )
+        await store.transition(envelope.id, Status.RETRYING, now_ms, detail)
+
+    async def _release_while_ours(self, envelope: Envelope, detail: str, lease_until: int) -> None:
+        while True:
+            await asyncio.sleep(RELEASE_RETRY_EVERY_S)
+            now = time.time_ns() // 1_000_000
+            if now >= lease_until - RELEASE_SAFETY_MS:
+                log.warning("task_release_abandoned", invocation_id=envelope.id,
+                            reason="the claim ran out while the task store was down")
+                return
+            try:
+                await self._release(envelope, now, detail)
+            except TaskStoreUnavailable:
+                continue
+            log.info("task_released_after_outage", invocation_id=envelope.id)
+            return
 
     async def gave_up(
         self, envelope: Envelope, condition: str, reason: str, now_ms: int
