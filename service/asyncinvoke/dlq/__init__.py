@@ -4,7 +4,8 @@
   is told there);
 - ``records``: what a record says (its function, condition, error line), selections,
   and the invocation a replay sends again;
-- ``operations``: the commands, stats, list, show, export, purge and replay;
+- ``operations``: the reading commands (stats, list, show, export) and purge;
+- ``replay``: sending failed invocations again, from the queue or an export file;
 - ``errors``: each failure as one line that says what to do::
 
     DlqError
@@ -34,14 +35,11 @@ from asyncinvoke.dlq.errors import (
 from asyncinvoke.dlq.operations import (
     Group,
     PurgeReport,
-    ReplayReport,
     Stats,
     count,
     export,
     list_records,
     purge,
-    replay,
-    replay_file,
     show,
     stats,
 )
@@ -58,6 +56,7 @@ from asyncinvoke.dlq.records import (
     replay_envelope,
     summarize,
 )
+from asyncinvoke.dlq.replay import ReplayReport, replay, replay_file
 
 __all__ = [
     "ALL",
