@@ -6,6 +6,7 @@
   and the invocation a replay sends again;
 - ``operations``: the reading commands (stats, list, show, export) and purge;
 - ``replay``: sending failed invocations again, from the queue or an export file;
+- ``copies``: which records are copies of one failure (delivery is at least once);
 - ``errors``: each failure as one line that says what to do::
 
     DlqError
@@ -20,6 +21,7 @@
 """
 
 from asyncinvoke.dlq.browse import Browser, Delivery, Progress
+from asyncinvoke.dlq.copies import Copies, FailureKey, failure_key
 from asyncinvoke.dlq.errors import (
     BadReplayFile,
     BrowseInterrupted,
@@ -33,7 +35,9 @@ from asyncinvoke.dlq.errors import (
     ReplayIncomplete,
 )
 from asyncinvoke.dlq.operations import (
+    Exported,
     Group,
+    Listing,
     PurgeReport,
     Stats,
     count,
@@ -64,11 +68,15 @@ __all__ = [
     "BrowseInterrupted",
     "Browser",
     "Busy",
+    "Copies",
     "Delivery",
     "DlqError",
     "EmptyQueue",
+    "Exported",
     "Facts",
+    "FailureKey",
     "Group",
+    "Listing",
     "NotReplayable",
     "NothingSelected",
     "Progress",
@@ -85,6 +93,7 @@ __all__ = [
     "error_line",
     "export",
     "facts_of_record",
+    "failure_key",
     "list_records",
     "now_ms",
     "parse_since",

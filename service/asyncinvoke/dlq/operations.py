@@ -22,6 +22,7 @@ from asyncinvoke.dlq.browse import (
     _browse,
     _no_progress,
 )
+from asyncinvoke.dlq.copies import Copies, failure_key
 from asyncinvoke.dlq.errors import (
     DlqError,
     NothingSelected,
@@ -59,9 +60,14 @@ class Group:
 @dataclass(slots=True)
 class Stats:
     queue: str
-    total: int
+    total: int  # failures: the copies of one failure count once
     groups: list[Group]
     other_consumers: int
+    duplicates: int = 0  # records that are a further copy of a failure counted
+
+    @property
+    def records(self) -> int:
+        return self.total + self.duplicates
 
     @property
     def oldest_ms(self) -> int | None:
@@ -75,6 +81,8 @@ class Stats:
         return {
             "queue": self.queue,
             "total": self.total,
+            "duplicates": self.duplicates,
+            "records": self.records,
             "oldest": self.oldest_ms,
             "newest": self.newest_ms,
             "other_consumers": self.other_consumers,
@@ -83,21 +91,42 @@ class Stats:
 
 
 async def stats(settings: Settings, progress: Progress = _no_progress) -> Stats:
-    """Counts by function and condition, with the oldest and newest record of each."""
+    """Failures by function and condition, with the oldest and newest of each.
+
+    Copies of one failure (copies.py) count once, at the first copy in the queue; how
+    many further copies there were is ``duplicates``.
+    """
     groups: dict[tuple[str | None, str | None], Group] = {}
-    total = 0
+    total = scanned = 0
+    copies = Copies()
     async with _browse(settings, require_records=False) as (_, browser):
         async for delivery in browser.deliveries():
+            scanned += 1
+            progress(scanned, browser.count)
+            if not copies.first(failure_key(delivery.record())):
+                continue
             facts = delivery.facts(need_timestamp=True)
             key = (facts.function, facts.condition)
             if key not in groups:
                 groups[key] = Group(facts.function, facts.condition)
             groups[key].add(facts.timestamp_ms)
             total += 1
-            progress(total, browser.count)
         other_consumers = browser.consumers
     ordered = sorted(groups.values(), key=lambda g: (-g.count, str(g.function), str(g.condition)))
-    return Stats(topology.Names(settings.namespace).failed, total, ordered, other_consumers)
+    return Stats(
+        topology.Names(settings.namespace).failed,
+        total,
+        ordered,
+        other_consumers,
+        copies.duplicates,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    listed: int  # failures emitted
+    in_queue: int  # records in the queue when the listing began
+    duplicates: int  # further copies of a listed failure, read and not listed
 
 
 async def list_records(
@@ -106,25 +135,38 @@ async def list_records(
     emit: Callable[[Summary], None],
     *,
     limit: int | None = None,
-) -> tuple[int, int]:
-    """Emit a summary of each selected record, in queue order; (listed, in the queue)."""
+) -> Listing:
+    """Emit a summary of each selected failure, in queue order, once.
+
+    A failure is listed at its first copy; later copies (copies.py) are counted, not
+    listed. With a limit the read stops at the limit-th failure, and so does the count
+    of copies: copies further down the queue are not read.
+    """
     listed = 0
+    copies = Copies()
     async with _browse(settings) as (_, browser):
         async for delivery in browser.deliveries():
             facts = delivery.facts(need_timestamp=selector.needs_timestamp)
             if not selector.matches(facts):
                 continue
-            emit(summarize(delivery.record(), facts))
+            record = delivery.record()
+            if not copies.first(failure_key(record)):
+                continue
+            emit(summarize(record, facts))
             listed += 1
             if limit is not None and listed >= limit:
                 break
         if not listed:
             raise NothingSelected(browser.queue, selector, browser.count)
-        return listed, browser.count
+        return Listing(listed, browser.count, copies.duplicates)
 
 
 async def show(settings: Settings, invocation_id: str) -> list[Any]:
-    """Every record of this invocation id (normally one), decoded whole."""
+    """Every record of this invocation id, decoded whole: duplicate copies too.
+
+    An id has several records when it failed again after a replay, or when a failure
+    was recorded twice (copies.py); ``show`` is for looking closely, so it hides none.
+    """
     found: list[Any] = []
     scanned = 0
     async with _browse(settings) as (_, browser):
@@ -138,29 +180,33 @@ async def show(settings: Settings, invocation_id: str) -> list[Any]:
     return found
 
 
-def export_line(record: Any, body: bytes) -> bytes:
+def export_line(record: Any, body: bytes, *, duplicate: bool = False) -> bytes:
     """One line of an export: the record as JSON, and its exact bytes for a lossless replay.
 
     A record JSON cannot carry whole (bytes map keys, deep nesting) is shown degraded
-    (record_codec.py); its exact bytes are in the line all the same.
+    (record_codec.py); its exact bytes are in the line all the same. A further copy of
+    a failure already exported says ``"duplicate": true``.
     """
     exact = base64.b64encode(body).decode()
+
+    def line(shown: Any) -> bytes:
+        document: dict[str, Any] = {"record": shown, "msgpack": exact}
+        if duplicate:
+            document["duplicate"] = True
+        return contract.to_json(document)
+
     try:
-        return contract.to_json({"record": record, "msgpack": exact}) + b"\n"
+        return line(record) + b"\n"
     except record_codec.ENCODE_ERRORS as exc:
         problem = f"the record cannot be shown as JSON: {exc}"
     if isinstance(record, dict):
         degraded = record_codec.degrade(
-            record,
-            lambda value: contract.to_json({"record": value, "msgpack": exact}),
-            record_codec.RECORD_MAX_BYTES + len(exact),
-            problem,
+            record, line, record_codec.RECORD_MAX_BYTES + len(exact), problem
         )
         with contextlib.suppress(*record_codec.ENCODE_ERRORS):
-            return contract.to_json({"record": degraded, "msgpack": exact}) + b"\n"
+            return line(degraded) + b"\n"
     # Not even the shape of a record (anyone may publish to the failure queue).
-    shown = f"({problem}) {record_codec.render(record)}"
-    return contract.to_json({"record": shown, "msgpack": exact}) + b"\n"
+    return line(f"({problem}) {record_codec.render(record)}") + b"\n"
 
 
 @contextlib.contextmanager
@@ -193,11 +239,22 @@ def _write(stream: IO[bytes], data: bytes, path: str) -> None:
         raise DlqError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
+@dataclass(frozen=True, slots=True)
+class Exported:
+    written: int  # records, every copy included
+    duplicates: int  # of which further copies of a failure written before
+
+
 async def export(
     settings: Settings, path: str, selector: Selector = ALL, progress: Progress = _no_progress
-) -> int:
-    """Write the selected records to ``path`` as JSON lines; returns how many."""
+) -> Exported:
+    """Write the selected records to ``path`` as JSON lines.
+
+    An export is a backup: every record is written, a further copy of a failure
+    (copies.py) marked ``"duplicate": true``; ``replay --from-file`` sends it once.
+    """
     written = scanned = 0
+    copies = Copies()
     async with _browse(settings) as (_, browser):
         with _output(path) as stream:
             async for delivery in browser.deliveries():
@@ -205,12 +262,14 @@ async def export(
                 if selector is ALL or selector.matches(
                     delivery.facts(need_timestamp=selector.needs_timestamp)
                 ):
-                    _write(stream, export_line(delivery.record(), delivery.body), path)
+                    record = delivery.record()
+                    duplicate = not copies.first(failure_key(record))
+                    _write(stream, export_line(record, delivery.body, duplicate=duplicate), path)
                     written += 1
                 progress(scanned, browser.count)
             if not written:
                 raise NothingSelected(browser.queue, selector, scanned)
-    return written
+    return Exported(written, copies.duplicates)
 
 
 async def count(settings: Settings, selector: Selector, progress: Progress = _no_progress) -> int:

@@ -2,6 +2,12 @@
 
 Each record's invocation is republished as a new acceptance; a record leaves the queue
 only after the broker confirmed its replay (the "possibly both" of docs/dlq.md).
+
+A failure recorded twice (copies.py) is sent once per command: the first selected
+copy is replayed, and the others, wherever they are in the queue, leave with it once
+its replay is confirmed. The keys of the failures taken are remembered for the whole
+command (a set, about 100 bytes a failure), so copies in different slices of the
+browse, or on different lines of a file, are still recognised.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from asyncinvoke.dlq.browse import (
     _browse,
     _no_progress,
 )
+from asyncinvoke.dlq.copies import FailureKey, failure_key
 from asyncinvoke.dlq.errors import BadReplayFile, DlqError, NothingSelected, ReplayIncomplete
 from asyncinvoke.dlq.records import (
     ALL,
@@ -43,9 +50,11 @@ from asyncinvoke.settings import Settings
 class ReplayReport:
     source: str  # the queue, or the file replayed from
     dry_run: bool
+    from_file: bool = False
     scanned: int = 0
-    selected: int = 0
+    selected: int = 0  # failures: the copies of one count once
     replayed: int = 0  # confirmed by the broker (dry run: would be)
+    duplicates: int = 0  # further copies of a selected failure: never sent
     skipped: list[tuple[str | None, str]] = field(default_factory=list)  # (id, why)
     new_ids: dict[str, str] = field(default_factory=dict)  # old id → new id (--new-id)
     by_function: dict[str, int] = field(default_factory=dict)
@@ -57,6 +66,7 @@ class ReplayReport:
             "scanned": self.scanned,
             "selected": self.selected,
             "replayed": self.replayed,
+            "duplicates": self.duplicates,
             "by_function": self.by_function,
             "skipped": [{"id": i, "reason": why} for i, why in self.skipped],
             "new_ids": self.new_ids,
@@ -64,7 +74,11 @@ class ReplayReport:
 
 
 class _Replayer:
-    """Publishes replays with a window of confirms in flight; acks each after its confirm."""
+    """Publishes replays with a window of confirms in flight; acks each after its confirm.
+
+    Each failure is offered once: a copy of one already taken is not sent; it is
+    removed once that replay is confirmed, and stays when that failure stays.
+    """
 
     def __init__(
         self,
@@ -85,6 +99,8 @@ class _Replayer:
         self._window = asyncio.Semaphore(REPLAY_WINDOW)
         self._tasks: set[asyncio.Task[None]] = set()
         self._functions: dict[str, bool] = {}
+        self._taken: dict[FailureKey, bool] = {}  # failure → its copies go (replay confirmed)
+        self._waiting: dict[FailureKey, list[Delivery]] = {}  # copies of a replay in flight
 
     async def _function_exists(self, function: str) -> bool:
         if function not in self._functions:
@@ -95,8 +111,25 @@ class _Replayer:
             self._functions[function] = depth is not None
         return self._functions[function]
 
+    async def _copy_taken(self, key: FailureKey | None, delivery: Delivery | None) -> bool:
+        """Whether this record is a copy of a failure this command took already."""
+        if key is None or (key not in self._taken and key not in self._waiting):
+            return False
+        self.report.duplicates += 1
+        if delivery is not None:
+            if key in self._waiting:
+                self._waiting[key].append(delivery)
+            elif self._taken[key]:
+                await self._remove(delivery)
+        return True
+
     async def offer(self, record: Any, delivery: Delivery | None, fallback_id: str | None) -> None:
         """Replay one selected record, or note why it is skipped."""
+        key = failure_key(record)
+        if await self._copy_taken(key, delivery):
+            return
+        if key is not None:
+            self._taken[key] = False  # until its replay is confirmed, copies stay
         self.report.selected += 1
         try:
             envelope = replay_envelope(
@@ -121,7 +154,10 @@ class _Replayer:
             self._count(envelope)
             return
         await self._window.acquire()
-        task = asyncio.create_task(self._publish(envelope, delivery))
+        if key is not None:
+            del self._taken[key]
+            self._waiting[key] = []
+        task = asyncio.create_task(self._publish(envelope, delivery, key))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -129,20 +165,35 @@ class _Replayer:
         self.report.replayed += 1
         self.report.by_function[envelope.fn] = self.report.by_function.get(envelope.fn, 0) + 1
 
-    async def _publish(self, envelope: Envelope, delivery: Delivery | None) -> None:
+    async def _publish(
+        self, envelope: Envelope, delivery: Delivery | None, key: FailureKey | None
+    ) -> None:
         try:
             await dispatch.send(self.broker, self.names, envelope)
         except Exception as exc:  # refused, returned, timed out, or the connection is gone
             self.error = self.error or exc
+            if key is not None:
+                self._taken[key] = False  # not replayed: its copies stay with it
+                del self._waiting[key]
             return
         finally:
             self._window.release()
         self._count(envelope)
-        if delivery is not None and self.on_confirmed is not None:
-            try:
-                await self.on_confirmed(delivery)  # only now: the record outlives a crash
-            except DlqError as exc:
-                self.error = self.error or exc
+        copies: list[Delivery] = []
+        if key is not None:
+            self._taken[key] = True
+            copies = self._waiting.pop(key)
+        # Only now: until the confirm, the records outlive a crash.
+        for held in (delivery, *copies):
+            await self._remove(held)
+
+    async def _remove(self, delivery: Delivery | None) -> None:
+        if delivery is None or self.on_confirmed is None:
+            return
+        try:
+            await self.on_confirmed(delivery)
+        except DlqError as exc:
+            self.error = self.error or exc
 
     async def drain(self) -> None:
         if self._tasks:
@@ -225,7 +276,7 @@ async def replay_file(
 ) -> ReplayReport:
     """Replay the records of an export file; the failure queue is not touched."""
     total = sum(1 for _ in _file_records(path))  # the whole file is checked before any publish
-    report = ReplayReport(path, dry_run)
+    report = ReplayReport(path, dry_run, from_file=True)
     async with Broker(settings, name=f"asyncinvoke-dlq-{os.getpid()}") as broker:
         replayer = _Replayer(broker, report, dry_run=dry_run, fresh_ids=fresh_ids)
         try:
