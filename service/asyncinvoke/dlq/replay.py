@@ -6,7 +6,7 @@ only after the broker confirmed its replay (the "possibly both" of docs/dlq.md).
 A failure recorded twice (copies.py) is sent once per command: the first selected
 copy is replayed, and the others, wherever they are in the queue, leave with it once
 its replay is confirmed. The keys of the failures taken are remembered for the whole
-command (a set, about 100 bytes a failure), so copies in different slices of the
+command (a digest each, about 100 bytes a failure), so copies in different slices of the
 browse, or on different lines of a file, are still recognised.
 """
 
