@@ -14,6 +14,7 @@ import contextlib
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -410,6 +411,94 @@ async def test_an_export_replays_losslessly_from_the_file(
     assert sorted((e.id, e.payload["raw"]) for e in envelopes) == [
         (f"r{i:06d}", bytes([i, 0, 255])) for i in range(20)
     ]
+
+
+# -- duplicate copies of a failure -------------------------------------------------------
+
+
+def copy_of(record: dict[str, Any], later_ms: int = 1500) -> dict[str, Any]:
+    """The record of the same failure made again a moment later, as a worker whose
+    delivery came back after a lost connection makes it (docs/dlq.md)."""
+    again = orjson.loads(orjson.dumps(record))
+    again["timestamp"] = record["timestamp"] + later_ms
+    again["responsePayload"]["errorMessage"] = "disk full (again)"
+    return again
+
+
+async def test_a_failure_recorded_twice_is_counted_listed_and_replayed_once(
+    namespace: Namespace, amqp: Connection
+) -> None:
+    await declare(namespace, amqp, NOOP_FUNCTIONS)
+    records = [failure_record(i, "alpha") for i in range(1100)]
+    same_id_other_failure = failure_record(7, "alpha")
+    same_id_other_failure["requestContext"]["approximateInvokeCount"] = 1
+    # One copy beside its original, one past the replay's first slice of 1,000 records:
+    # each must be recognised within one command.
+    queued = [*records[:6], copy_of(records[5]), *records[6:], same_id_other_failure]
+    queued.append(copy_of(records[0]))
+    await publish_records(amqp, namespace.names, queued)
+    failures = 1101  # 1,100 invocations; r000007 failed twice, after 1 and after 4 attempts
+
+    stats = await dlq_cli(namespace, "stats", "--json")
+    people_stats = await dlq_cli(namespace, "stats")
+    listed = await dlq_cli(namespace, "list", "--json")
+    people_list = await dlq_cli(namespace, "list", COLUMNS="200")
+
+    assert stats.returncode == 0 and listed.returncode == 0, stats.stderr + listed.stderr
+    counted = orjson.loads(stats.stdout)
+    assert (counted["total"], counted["duplicates"], counted["records"]) == (failures, 2, 1103)
+    assert counted["groups"][0]["count"] == failures
+    assert "1101 failure(s)" in people_stats.stdout, people_stats.stdout
+    assert "1103 records: 2 of them a duplicate" in people_stats.stdout, people_stats.stdout
+    ids = [orjson.loads(line)["id"] for line in listed.stdout.splitlines()]
+    assert len(ids) == failures
+    assert sorted(ids) == sorted([*(r["requestContext"]["requestId"] for r in records), "r000007"])
+    assert "1 duplicate copy of a failure shown left out" in people_list.stdout, people_list.stdout
+    assert await topology.queue_depth(amqp, namespace.names.failed) == 1103  # reading took none
+
+    replayed = await dlq_cli(namespace, "replay", "--all", "--json")
+
+    assert replayed.returncode == 0, replayed.stderr
+    report = orjson.loads(replayed.stdout)
+    assert (report["selected"], report["replayed"], report["duplicates"]) == (failures, failures, 2)
+    assert report["scanned"] == 1103
+    envelopes = await envelopes_in(amqp, namespace.names.function_queue("alpha"), failures)
+    sent = Counter(e.id for e in envelopes)
+    assert sent["r000000"] == sent["r000005"] == 1 and sent["r000007"] == 2
+    assert sum(sent.values()) == failures
+    assert await topology.queue_depth(amqp, namespace.names.function_queue("alpha")) == 0
+    assert await topology.queue_depth(amqp, namespace.names.failed) == 0  # copies went too
+
+
+async def test_an_export_keeps_every_copy_marked_and_a_replay_from_it_sends_each_once(
+    namespace: Namespace, amqp: Connection, tmp_path: Path
+) -> None:
+    await declare(namespace, amqp, NOOP_FUNCTIONS)
+    records = [failure_record(i, "alpha") for i in range(5)]
+    copies = [copy_of(records[1]), copy_of(records[3])]
+    await publish_records(amqp, namespace.names, [*records, *copies])
+    export_file = tmp_path / "failed.jsonl"
+
+    exported = await dlq_cli(namespace, "export", str(export_file))
+    shown = await dlq_cli(namespace, "show", "r000001", COLUMNS="200")
+
+    assert exported.returncode == 0, exported.stderr
+    assert "exported 7 record(s) (2 of them a duplicate copy" in exported.stdout
+    lines = [orjson.loads(line) for line in export_file.read_bytes().splitlines()]
+    assert [line.get("duplicate", False) for line in lines] == [False] * 5 + [True, True]
+    assert "record 2 of 2 with id r000001: a duplicate copy of record 1" in shown.stdout
+    assert "disk full (again)" in shown.stdout
+
+    purged = await dlq_cli(namespace, "purge", "--all", "--yes")
+    replayed = await dlq_cli(namespace, "replay", "--from-file", str(export_file), "--json")
+
+    assert purged.returncode == 0 and "purged 7 record(s)" in purged.stdout, purged.stderr
+    assert replayed.returncode == 0, replayed.stderr
+    report = orjson.loads(replayed.stdout)
+    assert (report["replayed"], report["duplicates"]) == (5, 2)
+    envelopes = await envelopes_in(amqp, namespace.names.function_queue("alpha"), 5)
+    assert sorted(e.id for e in envelopes) == [f"r{i:06d}" for i in range(5)]
+    assert await topology.queue_depth(amqp, namespace.names.function_queue("alpha")) == 0
 
 
 # -- purge -------------------------------------------------------------------------------

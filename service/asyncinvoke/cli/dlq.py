@@ -128,6 +128,10 @@ def _when(timestamp_ms: int | None) -> str:
     return moment.isoformat(timespec="seconds")
 
 
+def _copies(count: int) -> str:
+    return f"{count} duplicate cop{'y' if count == 1 else 'ies'}"
+
+
 def _echo_json(value: Any, *, indent: bool = False) -> None:
     option = orjson.OPT_INDENT_2 if indent else 0
     shown = orjson.loads(record_codec.json_or_rendering(value))
@@ -167,7 +171,11 @@ def dlq() -> None:
 @dlq.command()
 @json_option
 def stats(as_json: bool) -> None:
-    """Count the failure records by function and condition, with the oldest and newest."""
+    """Count the failure records by function and condition, with the oldest and newest.
+
+    A failure recorded twice (at-least-once delivery across a lost connection) counts
+    once; the copies are counted apart ("duplicates").
+    """
     settings = _settings()
     with _progress("reading") as progress:
         result = run(logic.stats(settings, progress))
@@ -178,9 +186,9 @@ def stats(as_json: bool) -> None:
         click.echo(f"{result.queue} is empty: no failed invocations")
         return
     now = logic.now_ms()
-    table = Table(title=f"{result.total} failure record(s) in {escape(result.queue)}")
-    for column in ("function", "condition", "records", "oldest", "newest"):
-        table.add_column(column, justify="right" if column == "records" else "left")
+    table = Table(title=f"{result.total} failure(s) in {escape(result.queue)}")
+    for column in ("function", "condition", "failures", "oldest", "newest"):
+        table.add_column(column, justify="right" if column == "failures" else "left")
     for group in result.groups:
         # Function and condition come from the records' headers: any producer's text.
         table.add_row(
@@ -197,6 +205,13 @@ def stats(as_json: bool) -> None:
     console.print(
         f"oldest {_when(result.oldest_ms)}, newest {_when(result.newest_ms)}", highlight=False
     )
+    if result.duplicates:
+        console.print(
+            f"{result.records} records: {result.duplicates} of them a duplicate copy of a "
+            "failure above (recorded twice across a lost connection), counted once; list "
+            "and replay take each failure once, 'dlq show ID' shows every copy",
+            highlight=False,
+        )
     if result.other_consumers:
         console.print(
             f"[yellow]{result.other_consumers} other consumer(s) on {escape(result.queue)}: "
@@ -224,7 +239,8 @@ def list_(
 ) -> None:
     """List failure records in queue order: id, function, condition, attempts, age, error.
 
-    With --json: one JSON document per record and line, for scripts.
+    Each failure once: a duplicate copy of a failure listed above is left out (and
+    counted). With --json: one JSON document per failure and line, for scripts.
     """
     settings = _settings()
     selector = _selector(function=function, condition=condition, since=since)
@@ -242,7 +258,7 @@ def list_(
         )
         return
     rows: list[logic.Summary] = []
-    listed, total = run(logic.list_records(settings, selector, rows.append, limit=limit or None))
+    listing = run(logic.list_records(settings, selector, rows.append, limit=limit or None))
     table = Table(title=f"failure records in {escape(topology.Names(settings.namespace).failed)}")
     for column in ("id", "function", "condition", "attempts", "age", "error"):
         table.add_column(column, overflow="fold" if column == "id" else "ellipsis")
@@ -260,15 +276,27 @@ def list_(
         )
     console = terminal()
     console.print(table)
-    more = " (--limit reached; --limit 0 shows all)" if limit and listed >= limit else ""
-    console.print(f"{listed} shown, {total} record(s) in the queue{more}", highlight=False)
+    more = " (--limit reached; --limit 0 shows all)" if limit and listing.listed >= limit else ""
+    copies = (
+        f"; {_copies(listing.duplicates)} of a failure shown left out ('dlq show ID' shows "
+        "every copy)"
+        if listing.duplicates
+        else ""
+    )
+    console.print(
+        f"{listing.listed} shown, {listing.in_queue} record(s) in the queue{copies}{more}",
+        highlight=False,
+    )
 
 
 @dlq.command()
 @click.argument("invocation_id", metavar="ID")
 @json_option
 def show(invocation_id: str, as_json: bool) -> None:
-    """Show the whole record of invocation ID: payload, error, stack trace, invocation."""
+    """Show the whole record of invocation ID: payload, error, stack trace, invocation.
+
+    Every record of that id, a duplicate copy of the same failure included (it says so).
+    """
     settings = _settings()
     found = run(logic.show(settings, invocation_id))
     if as_json:
@@ -277,9 +305,13 @@ def show(invocation_id: str, as_json: bool) -> None:
         return
     console = terminal()
     now = logic.now_ms()
+    first_of: dict[logic.FailureKey, int] = {}
     for number, record in enumerate(found, 1):
         if len(found) > 1:
-            console.rule(f"record {number} of {len(found)} with id {escape(invocation_id)}")
+            key = logic.failure_key(record)
+            copy_of = first_of.setdefault(key, number) if key is not None else number
+            same = f": a duplicate copy of record {copy_of}" if copy_of != number else ""
+            console.rule(f"record {number} of {len(found)} with id {escape(invocation_id)}{same}")
         _print_record(console, record, now)
 
 
@@ -349,7 +381,8 @@ def replay(
     """Send failed invocations again, then remove their records.
 
     Each record's original invocation is published as a new one (now, no delay,
-    attempt 0, the same id unless --new-id). A record is removed only after the
+    attempt 0, the same id unless --new-id). A failure recorded twice is sent once;
+    its duplicate copies are removed with it. A record is removed only after the
     broker confirmed its replay: if this command dies midway, a record is replayed,
     still in the queue, or both, never lost. Records that cannot be replayed (an
     undecodable message, a function without a queue) stay and are listed.
@@ -390,6 +423,12 @@ def _print_replay(report: logic.ReplayReport) -> None:
         + (f"; {len(report.skipped)} skipped" if report.skipped else ""),
         highlight=False,
     )
+    if report.duplicates:
+        fate = "" if report.dry_run or report.from_file else ", removed with it"
+        console.print(
+            f"{_copies(report.duplicates)} of a selected failure: not sent{fate}",
+            highlight=False,
+        )
     if report.by_function:
         table = Table("function", "invocations")
         for function, count in sorted(report.by_function.items()):
@@ -456,8 +495,9 @@ def export(file: str, function: str | None, condition: str | None, since: str | 
     """Write failure records to FILE as JSON lines (- for stdout); the queue keeps them.
 
     Each line is {"record": <the record as JSON>, "msgpack": <its exact bytes, base64>};
-    'asyncinvoke dlq replay --from-file FILE' replays them. The file appears only when
-    complete (it is written as FILE.partial first).
+    'asyncinvoke dlq replay --from-file FILE' replays them. Every record is written: a
+    duplicate copy of a failure written before is marked "duplicate": true. The file
+    appears only when complete (it is written as FILE.partial first).
     """
     settings = _settings()
     selector = _selector(function=function, condition=condition, since=since)
@@ -465,9 +505,14 @@ def export(file: str, function: str | None, condition: str | None, since: str | 
         selector = logic.ALL
     started = time.monotonic()
     with _progress("exporting") as progress:
-        written = run(logic.export(settings, file, selector, progress))
+        exported = run(logic.export(settings, file, selector, progress))
     elapsed = time.monotonic() - started
+    copies = (
+        f" ({exported.duplicates} of them a duplicate copy, marked \"duplicate\": true)"
+        if exported.duplicates
+        else ""
+    )
     click.echo(
-        f"exported {written} record(s) to {file} in {elapsed:.1f} s",
+        f"exported {exported.written} record(s){copies} to {file} in {elapsed:.1f} s",
         err=file == "-",
     )

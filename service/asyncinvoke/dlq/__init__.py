@@ -4,7 +4,9 @@
   is told there);
 - ``records``: what a record says (its function, condition, error line), selections,
   and the invocation a replay sends again;
-- ``operations``: the commands, stats, list, show, export, purge and replay;
+- ``operations``: the reading commands (stats, list, show, export) and purge;
+- ``replay``: sending failed invocations again, from the queue or an export file;
+- ``copies``: which records are copies of one failure (delivery is at least once);
 - ``errors``: each failure as one line that says what to do::
 
     DlqError
@@ -19,6 +21,7 @@
 """
 
 from asyncinvoke.dlq.browse import Browser, Delivery, Progress
+from asyncinvoke.dlq.copies import Copies, FailureKey, failure_key
 from asyncinvoke.dlq.errors import (
     BadReplayFile,
     BrowseInterrupted,
@@ -32,16 +35,15 @@ from asyncinvoke.dlq.errors import (
     ReplayIncomplete,
 )
 from asyncinvoke.dlq.operations import (
+    Exported,
     Group,
+    Listing,
     PurgeReport,
-    ReplayReport,
     Stats,
     count,
     export,
     list_records,
     purge,
-    replay,
-    replay_file,
     show,
     stats,
 )
@@ -58,6 +60,7 @@ from asyncinvoke.dlq.records import (
     replay_envelope,
     summarize,
 )
+from asyncinvoke.dlq.replay import ReplayReport, replay, replay_file
 
 __all__ = [
     "ALL",
@@ -65,11 +68,15 @@ __all__ = [
     "BrowseInterrupted",
     "Browser",
     "Busy",
+    "Copies",
     "Delivery",
     "DlqError",
     "EmptyQueue",
+    "Exported",
     "Facts",
+    "FailureKey",
     "Group",
+    "Listing",
     "NotReplayable",
     "NothingSelected",
     "Progress",
@@ -86,6 +93,7 @@ __all__ = [
     "error_line",
     "export",
     "facts_of_record",
+    "failure_key",
     "list_records",
     "now_ms",
     "parse_since",

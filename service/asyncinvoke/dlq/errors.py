@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 from asyncinvoke.errors import AsyncInvokeError
 
 if TYPE_CHECKING:
-    from asyncinvoke.dlq.operations import ReplayReport
     from asyncinvoke.dlq.records import Selector
+    from asyncinvoke.dlq.replay import ReplayReport
 
 # -- errors ------------------------------------------------------------------------------
 
