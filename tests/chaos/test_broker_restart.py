@@ -24,6 +24,7 @@ import pytest
 from asyncinvoke import AsyncInvokeError, Client, InvokeManyError, contract, dlq
 from tests.chaos.conftest import NodeNamespace
 from tests.conftest import WorkerProcess, declare_queue, write_functions
+from tests.support.private_broker import PrivateBroker
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -145,6 +146,20 @@ async def _hand_over_many(
     return accepted
 
 
+def _state(node: PrivateBroker, workers: list[WorkerProcess]) -> str:
+    """What the node and the workers say, for a failure's report."""
+    try:
+        queues = node.ctl("list_queues", "-q", "name", "messages_ready",
+                          "messages_unacknowledged", "consumers", "type")
+    except Exception as exc:  # the report must not hide the failure it explains
+        queues = f"(list_queues failed: {exc})"
+    logs = "\n".join(
+        f"worker {n}: " + "\n  ".join(line[:300] for line in worker.lines[-15:])
+        for n, worker in enumerate(workers)
+    )
+    return f"queues on the node:\n{queues}\n{logs}"
+
+
 async def test_a_broker_restart_mid_traffic_loses_nothing_and_duplicates_no_failure_record(
     node_namespace: NodeNamespace, node_amqp: aio_pika.abc.AbstractRobustConnection
 ) -> None:
@@ -197,7 +212,8 @@ async def test_a_broker_restart_mid_traffic_loses_nothing_and_duplicates_no_fail
             restarted_at = time.monotonic()
             ended_at_restart = len(seen.ended())
             while len(seen.ended()) == ended_at_restart:
-                assert time.monotonic() - restarted_at < 60, "no record after the restart"
+                if time.monotonic() - restarted_at > 90:
+                    pytest.fail("no record within 90 s after the restart\n" + _state(node, workers))
                 await asyncio.sleep(0.05)
             recovered_s = time.monotonic() - restarted_at
             while not client.broker.is_connected:
