@@ -98,12 +98,16 @@ async def test_an_alarm_refuses_new_work_clearly_and_loses_nothing_accepted(
         await worker.start()
         await gateway.start("127.0.0.1", 0)
         consumer = await _consume_ids(node_amqp, results, seen)
-        async with Client(settings=settings) as client:
-            before = [await client.invoke("echo", {"n": n}) for n in range(5)]
+        # Before the alarm, with the ordinary publish timeout: a node still busy with an
+        # earlier chaos test (a restart's recovery) may take more than 3 s to confirm.
+        async with Client(settings=space.settings) as warm:
+            before = [await warm.invoke("echo", {"n": n}) for n in range(5)]
             # Due while the alarm lasts: they reach the worker then, through the ladder.
-            delayed = await client.invoke_many(
+            delayed = await warm.invoke_many(
                 [("echo", {"n": n}) for n in range(DELAYED)], delay=3
             )
+        async with Client(settings=settings) as client:
+            await client.invoke("echo", {"warm": True})
             await _eventually(lambda: set(before) <= set(seen), 30, "the first results")
 
             node.raise_memory_alarm()
@@ -205,6 +209,8 @@ async def test_a_task_whose_publish_may_have_gone_out_stays_enqueued_and_runs_af
     alarm = False
     try:
         await worker.start()
+        async with Client(settings=space.settings) as warm:
+            await warm.invoke("echo", {"warm": True})
         async with Client(settings=settings) as client:
             await client.invoke("echo", {"warm": True})
             node.raise_memory_alarm()
