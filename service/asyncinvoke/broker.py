@@ -57,7 +57,12 @@ class _BlockedWatch(logging.Filter):
     """Hears aiormq's ``connection.blocked`` / ``unblocked``, which aio-pika does not expose.
 
     aiormq logs both frames (with the broker's reason) and keeps no callback for them,
-    so its log records are the one place they surface. The records pass on unchanged.
+    so its log records are the one place they surface. A logger drops a record below its
+    level before any filter sees it, and quiet commands (the dlq tool) or an operator's
+    logging setup may raise aiormq's level: so ``hear_alarms`` keeps aiormq.connection
+    at WARNING, and this filter lets its other records through only at the level the
+    ``aiormq`` logger above it asks for. The two frames' records are taken here and not
+    passed on: the broker logs its own ``broker_blocked`` / ``broker_unblocked`` lines.
     """
 
     brokers: weakref.WeakSet[Broker] = weakref.WeakSet()
@@ -69,14 +74,25 @@ class _BlockedWatch(logging.Filter):
             if "blocked by" in message and len(record.args) > 1:
                 for broker in list(self.brokers):
                     broker._on_blocked(connection, str(record.args[1]))
-            elif message.endswith("was unblocked"):
+                return False
+            if message.endswith("was unblocked"):
                 for broker in list(self.brokers):
                     broker._on_unblocked(connection)
-        return True
+                return False
+        return record.levelno >= _AIORMQ_LOG.getEffectiveLevel()
 
 
 _WATCH = _BlockedWatch()
-logging.getLogger("aiormq.connection").addFilter(_WATCH)
+_AIORMQ_LOG = logging.getLogger("aiormq")
+_AIORMQ_CONNECTION_LOG = logging.getLogger("aiormq.connection")
+_AIORMQ_CONNECTION_LOG.addFilter(_WATCH)
+
+
+def hear_alarms() -> None:
+    """Make sure aiormq.connection's WARNING records (the alarm frames) are made at all."""
+    _AIORMQ_CONNECTION_LOG.disabled = False  # dictConfig disables loggers it was not told of
+    if not _AIORMQ_CONNECTION_LOG.isEnabledFor(logging.WARNING):
+        _AIORMQ_CONNECTION_LOG.setLevel(logging.WARNING)
 
 
 class Broker:
@@ -104,6 +120,7 @@ class Broker:
         self._releasing: set[asyncio.Task[None]] = set()
 
     async def connect(self) -> None:
+        hear_alarms()
         url = self.settings.amqp_url
         kwargs: dict[str, Any] = {"client_properties": {"connection_name": self.name}}
         if url.startswith("amqps://"):

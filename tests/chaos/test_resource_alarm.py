@@ -9,6 +9,7 @@ could not confirm. Once it clears, everything accepted runs and nothing is lost.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 
@@ -31,19 +32,9 @@ PUBLISH_TIMEOUT_S = 3.0  # the producer's and the gateway's, so the test stays s
 
 def _queue_counts(node: PrivateBroker, queue: str) -> tuple[int, int]:
     """(ready, unacknowledged) of ``queue`` on the node."""
-    out = node.ctl(
-        "list_queues",
-        "-q",
-        "--no-table-headers",
-        "name",
-        "messages_ready",
-        "messages_unacknowledged",
-    )
-    for line in out.splitlines():
-        parts = line.split()
-        if parts and parts[0] == queue:
-            return int(parts[1]), int(parts[2])
-    raise AssertionError(f"queue {queue} not on the node:\n{out}")
+    counts = node.queue_counts()
+    assert queue in counts, f"queue {queue} not on the node: {sorted(counts)}"
+    return counts[queue]
 
 
 async def _eventually(check: Callable[[], bool], timeout: float, what: str) -> float:
@@ -77,6 +68,10 @@ async def test_an_alarm_refuses_new_work_clearly_and_loses_nothing_accepted(
     space = node_namespace
     node = space.node
     results = space.queue_name("results")
+    # As quiet as the dlq tool makes aiormq (cli/dlq.py): the alarm must be heard anyway.
+    aiormq_log = logging.getLogger("aiormq")
+    quiet_before = aiormq_log.level
+    aiormq_log.setLevel(logging.CRITICAL)
     config = write_functions(
         space.tmp_path,
         f"""
@@ -174,6 +169,7 @@ async def test_an_alarm_refuses_new_work_clearly_and_loses_nothing_accepted(
         )
         assert not lost
     finally:
+        aiormq_log.setLevel(quiet_before)
         if alarm:
             node.clear_memory_alarm()
         if consumer is not None:
