@@ -27,20 +27,8 @@ FULL = json.dumps({"max-length": 0, "overflow": "reject-publish"})
 
 def _in_broker(space: NodeNamespace, queues: list[str]) -> int:
     """Messages ready or unacknowledged in ``queues``, as the node counts them."""
-    out = space.node.ctl(
-        "list_queues",
-        "-q",
-        "--no-table-headers",
-        "name",
-        "messages_ready",
-        "messages_unacknowledged",
-    )
-    total = 0
-    for line in out.splitlines():
-        parts = line.split()
-        if parts and parts[0] in queues:
-            total += int(parts[1]) + int(parts[2])
-    return total
+    counts = space.node.queue_counts()
+    return sum(sum(counts.get(queue, (0, 0))) for queue in queues)
 
 
 async def _eventually(check: Callable[[], bool], timeout: float, what: str) -> None:

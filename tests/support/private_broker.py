@@ -77,6 +77,19 @@ class PrivateBroker:
     def clear_memory_alarm(self) -> None:
         self.ctl("set_vm_memory_high_watermark", "0.6")
 
+    def queue_counts(self) -> dict[str, tuple[int, int]]:
+        """(ready, unacknowledged) of every queue on the node, by name."""
+        out = self.ctl(
+            "list_queues", "-q", "--no-table-headers",
+            "name", "messages_ready", "messages_unacknowledged",
+        )
+        counts = {}
+        for line in out.splitlines():
+            parts = line.split()
+            if len(parts) == 3:
+                counts[parts[0]] = (int(parts[1]), int(parts[2]))
+        return counts
+
     def stop_app(self) -> None:
         self.ctl("stop_app")
 
