@@ -310,3 +310,82 @@ async def test_a_write_that_committed_and_lost_its_answer_is_recognised_as_ours(
     assert claimed.claim is Claim.CLAIMED
     assert succeeded is not None and succeeded.status is Status.SUCCEEDED
     assert stopped.status is Status.STOPPED
+
+
+async def test_a_claim_written_but_unanswered_before_the_outage_is_released_once_it_ends(
+    tmp_path: Path,
+) -> None:
+    """The claim reached the store, its answer was lost, and the store stayed down past
+    ASYNCINVOKE_TASK_STORE_RETRY: the delivery goes back to its queue, and the claim,
+    which nobody would otherwise end, is released (Retrying) once the store is back, so
+    the copy does not find its task orphaned and run alone as a suspect."""
+    from asyncinvoke.contract import Envelope
+    from asyncinvoke.functions import FunctionSpec
+    from asyncinvoke.tasks.tracker import TaskTracker
+
+    tracker = TaskTracker(f"sqlite:///{tmp_path / 'tasks.db'}", retry_s=0.3)
+    retrying = await tracker.store()
+    assert isinstance(retrying, RetryingTaskStore)
+    inner = retrying.store
+    real_claim = inner.claim
+    down = True
+    calls = 0
+
+    async def claim_then_go_down(*args: Any) -> ClaimResult:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await real_claim(*args)  # written; the answer is lost with the store
+        if down:
+            raise TaskStoreUnavailable("sqlite", "the test took it down")
+        return await real_claim(*args)
+
+    inner.claim = claim_then_go_down  # type: ignore[method-assign]
+    envelope = Envelope(id="unanswered", fn="f", payload=None, created_at=int(time.time() * 1000))
+    spec = FunctionSpec("f", handler="m:f", task_mode=True, timeout_s=20.0)
+    try:
+        with pytest.raises(TaskStoreUnavailable):
+            await tracker.claim(envelope, spec, int(time.time() * 1000), alone=False)
+        held = await inner.get("unanswered")
+        assert held is not None and held.status is Status.RUNNING  # the lost claim holds it
+        down = False
+        deadline = time.monotonic() + 10
+        task = held
+        while task.status is Status.RUNNING and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            found = await inner.get("unanswered")
+            assert found is not None
+            task = found
+        assert task.status is Status.RETRYING, task
+        assert "was not started" in task.events[-1].detail
+    finally:
+        await tracker.close()
+
+
+async def test_a_claim_that_never_reached_the_store_releases_nothing(tmp_path: Path) -> None:
+    """The same outage, but the claim was not written: once the store is back, the task
+    is left as it was (Enqueued), not moved by a release meant for a claim that isn't."""
+    from asyncinvoke.contract import Envelope
+    from asyncinvoke.functions import FunctionSpec
+    from asyncinvoke.tasks.tracker import TaskTracker
+
+    tracker = TaskTracker(f"sqlite:///{tmp_path / 'tasks.db'}", retry_s=0.3)
+    retrying = await tracker.store()
+    assert isinstance(retrying, RetryingTaskStore)
+    inner = retrying.store
+
+    async def down_claim(*args: Any) -> ClaimResult:
+        raise TaskStoreUnavailable("sqlite", "the test took it down")
+
+    inner.claim = down_claim  # type: ignore[method-assign]
+    envelope = Envelope(id="unwritten", fn="f", payload=None, created_at=int(time.time() * 1000))
+    spec = FunctionSpec("f", handler="m:f", task_mode=True, timeout_s=20.0)
+    try:
+        with pytest.raises(TaskStoreUnavailable):
+            await tracker.claim(envelope, spec, int(time.time() * 1000), alone=False)
+        # Nothing happening can only be waited for: three turns of the release's retry.
+        await asyncio.sleep(1.5)
+        task = await inner.get("unwritten")
+        assert task is not None and task.status is Status.ENQUEUED, task
+    finally:
+        await tracker.close()

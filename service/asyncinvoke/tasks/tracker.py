@@ -102,7 +102,19 @@ class TaskTracker:
         if not alone and orphaned(task, now_ms):
             return ClaimResult(Claim.ORPHANED, task)
         lease_ms = round(spec.timeout_s * 1000) + LEASE_MARGIN_MS
-        claimed = await store.claim(envelope.id, envelope.attempt, now_ms, lease_ms)
+        try:
+            claimed = await store.claim(envelope.id, envelope.attempt, now_ms, lease_ms)
+        except TaskStoreUnavailable:
+            # The claim may have been written and only its answer lost: if so, it is
+            # released once the store is back, as an attempt that was not settled is.
+            self._release_later(
+                envelope,
+                f"attempt {envelope.attempt} was not started (the task store was down); "
+                "it runs again",
+                lease_until=now_ms + lease_ms,
+                claimed_at=now_ms,
+            )
+            raise
         ended = claimed.task
         if envelope.replay and ended is not None and ended.status in REPLAYABLE:
             detail = f"replayed from the failure queue after it ended {ended.status.value}"
@@ -186,17 +198,27 @@ class TaskTracker:
             await self._release(envelope, now_ms, detail)
         except TaskStoreUnavailable:
             if lease_until is not None:
-                pending = asyncio.create_task(self._release_while_ours(envelope, detail,
-                                                                       lease_until))
-                self._pending_releases.add(pending)
-                pending.add_done_callback(self._pending_releases.discard)
+                self._release_later(envelope, detail, lease_until=lease_until)
             raise
+
+    def _release_later(
+        self, envelope: Envelope, detail: str, *, lease_until: int, claimed_at: int | None = None
+    ) -> None:
+        pending = asyncio.create_task(
+            self._release_while_ours(envelope, detail, lease_until, claimed_at)
+        )
+        self._pending_releases.add(pending)
+        pending.add_done_callback(self._pending_releases.discard)
 
     async def _release(self, envelope: Envelope, now_ms: int, detail: str) -> None:
         store = await self.store()
         await store.transition(envelope.id, Status.RETRYING, now_ms, detail)
 
-    async def _release_while_ours(self, envelope: Envelope, detail: str, lease_until: int) -> None:
+    async def _release_while_ours(
+        self, envelope: Envelope, detail: str, lease_until: int, claimed_at: int | None
+    ) -> None:
+        """``claimed_at``: the claim's own time, when it is not known whether it was
+        written; then the task is released only if its last event is that claim."""
         while True:
             await asyncio.sleep(RELEASE_RETRY_EVERY_S)
             now = time.time_ns() // 1_000_000
@@ -205,6 +227,10 @@ class TaskTracker:
                             reason="the claim ran out while the task store was down")
                 return
             try:
+                if claimed_at is not None and not _claimed_by(
+                    await (await self.store()).get(envelope.id), claimed_at, lease_until
+                ):
+                    return  # the claim was never written: nothing to release
                 await self._release(envelope, now, detail)
             except TaskStoreUnavailable:
                 continue
@@ -223,6 +249,18 @@ class TaskTracker:
         if task is None:
             return await self.stopped(envelope, now_ms, f"stopped; {error}")
         return task
+
+
+def _claimed_by(task: Task | None, claimed_at: int, lease_until: int) -> bool:
+    """Whether ``task`` is held by the claim made at ``claimed_at`` (its last event)."""
+    return (
+        task is not None
+        and task.status is Status.RUNNING
+        and task.lease_until == lease_until
+        and bool(task.events)
+        and task.events[-1].status is Status.RUNNING
+        and task.events[-1].timestamp == claimed_at
+    )
 
 
 def orphaned(task: Task, now_ms: int) -> bool:
