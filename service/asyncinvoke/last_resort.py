@@ -85,5 +85,5 @@ class LastResort:
             invocation_id=record["requestContext"]["requestId"],
             function=record["requestContext"]["functionName"],
             condition=condition,
-            error=str(error)[:500].encode("utf-8", "backslashreplace").decode("utf-8"),
+            error=str(error)[:500],  # the log line escapes what JSON cannot take
         )

@@ -15,6 +15,8 @@ from typing import IO, Any
 import orjson
 import structlog
 
+from asyncinvoke.text import escape_surrogates
+
 
 class LoopFlushedLogger:
     """Writes JSON lines to a byte stream and flushes once per turn of the event loop.
@@ -62,18 +64,6 @@ def _utc_stamp() -> str:
         _stamp_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         _stamp_second = second
     return f"{_stamp_prefix}.{int((now - second) * 1_000_000):06d}Z"
-
-
-def escape_surrogates(value: Any) -> Any:
-    """``value`` with lone surrogates in its texts escaped (``\\udc80``): no encoder of
-    UTF-8 takes them, and they come from exceptions of decoders that let them through."""
-    if isinstance(value, str):
-        return value.encode("utf-8", "backslashreplace").decode("utf-8")
-    if isinstance(value, dict):
-        return {escape_surrogates(key): escape_surrogates(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [escape_surrogates(item) for item in value]
-    return value
 
 
 def json_line(value: Any, **kwargs: Any) -> bytes:

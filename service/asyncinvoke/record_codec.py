@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from asyncinvoke import contract
-from asyncinvoke.observability import escape_surrogates
+from asyncinvoke.text import escape_surrogates
 
 # What an encoder raises on a value it cannot carry: orjson (TypeError, its own
 # JSONEncodeError for a key type or a nesting depth), msgpack (TypeError, ValueError for

@@ -10,6 +10,7 @@ from asyncinvoke import contract
 from asyncinvoke.contract import Envelope
 from asyncinvoke.errors import InvalidMessage, PayloadTooLarge
 from asyncinvoke.policy import Outcome
+from asyncinvoke.text import escape_surrogates
 
 # What a PayloadTooLarge record keeps of the message: enough to recognise it. The
 # whole body could be as big as the broker allows, and a record is no place for it.
@@ -134,11 +135,6 @@ def invalid(
     return record
 
 
-def _text(value: str, limit: int) -> str:
-    """Text that every encoder takes: lone surrogates escaped, bounded."""
-    return value.encode("utf-8", "backslashreplace").decode("utf-8")[:limit]
-
-
 def last_resort(
     body: bytes,
     *,
@@ -161,7 +157,7 @@ def last_resort(
     kept = body[:max_body_bytes]
     message = (
         f"no {condition} record could be written for this message, so this minimal one "
-        f"stands in for it: {_text(reason, LAST_RESORT_REASON_CHARS)}"
+        f"stands in for it: {escape_surrogates(reason)[:LAST_RESORT_REASON_CHARS]}"
     )
     record = contract.record(
         request_id=request_id,

@@ -3,8 +3,9 @@
 A handler's error text can hold what no UTF-8 encoder takes (a lone surrogate, as
 ``bytes.decode(errors="surrogateescape")`` leaves), and what PostgreSQL refuses in text
 and JSONB (NUL). Such text is made encodable before it reaches a task store
-(tasks/store.py) or a JSON log line (observability.py): a write or a log line that
-raises would make an innocent attempt look like a message that kills its worker.
+(``encodable``, tasks/store.py), and escaped where it is shown (``escape_surrogates``:
+JSON log lines, records): a write or a log line that raises would make an innocent
+attempt look like a message that kills its worker.
 """
 
 from __future__ import annotations
@@ -30,4 +31,16 @@ def encodable(value: Any) -> Any:
         return {encodable(key): encodable(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
         return type(value)(encodable(item) for item in value)
+    return value
+
+
+def escape_surrogates(value: Any) -> Any:
+    """``value`` with lone surrogates in its texts (dict keys included, at any depth)
+    escaped as ``\\udc80``: kept readable, where ``encodable`` replaces them."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {escape_surrogates(key): escape_surrogates(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [escape_surrogates(item) for item in value]
     return value

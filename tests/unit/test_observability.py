@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import orjson
 
-from asyncinvoke.observability import escape_surrogates, json_line
+from asyncinvoke.observability import json_line
+from asyncinvoke.text import escape_surrogates
 
 
 def test_a_lone_surrogate_in_a_log_field_is_escaped_not_raised() -> None:
