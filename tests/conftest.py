@@ -28,6 +28,7 @@ from tests.support.ci_skips import (  # noqa: F401  (hooks: a skip fails the run
     pytest_runtest_makereport,
     pytest_sessionfinish,
 )
+from tests.support.poison import POISON_EXIT_STATUS
 
 ROOT = Path(__file__).resolve().parent.parent
 AMQP_URL = os.environ.get("ASYNCINVOKE_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
@@ -234,3 +235,22 @@ class WorkerProcess:
         assert self.process is not None
         self.process.terminate()
         return await self.wait_exit(timeout)
+
+
+class PoisonedWorker(WorkerProcess):
+    """A worker the poison may kill before it reports that it started.
+
+    The worker logs ``worker_started`` after it began consuming, and the poison may be
+    its first delivery: a restarted worker can die before it says it is up. That death
+    counts like any other (the exit status tells it from any other failure); the test
+    notices the exit and starts it again.
+    """
+
+    async def start(self, timeout: float = 30.0) -> PoisonedWorker:
+        try:
+            await super().start(timeout)
+        except pytest.fail.Exception:
+            assert self.process is not None
+            if self.process.returncode != POISON_EXIT_STATUS:
+                raise
+        return self

@@ -14,10 +14,8 @@ import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 from asyncinvoke import Client, contract
-from tests.conftest import Namespace, WorkerProcess, declare_queue
+from tests.conftest import Namespace, PoisonedWorker, declare_queue
 from tests.integration.helpers import (
     Connection,
     Incoming,
@@ -38,22 +36,6 @@ INNOCENT_S = 1.0
 RECORDS_TIMEOUT_S = 60.0  # from a start to the next death or the last record, suspects included
 
 
-class PoisonedWorker(WorkerProcess):
-    """A worker the poison may kill before it reports that it started.
-
-    The worker logs ``worker_started`` after it began consuming, and the poison is
-    delivered first: a restarted worker can die before it says it is up. That death
-    counts like any other; the test's loop notices the exit and starts it again.
-    """
-
-    async def start(self, timeout: float = 30.0) -> PoisonedWorker:
-        try:
-            await super().start(timeout)
-        except pytest.fail.Exception:
-            assert self.process is not None
-            if self.process.returncode != POISON_EXIT_STATUS:
-                raise
-        return self
 
 
 @dataclass

@@ -23,7 +23,7 @@ from asyncinvoke import Client, contract, ladder
 from asyncinvoke.tasks.states import TERMINAL, Status
 from asyncinvoke.tasks.store import Task, TaskStore
 from asyncinvoke.tasks.tracker import LEASE_MARGIN_MS
-from tests.conftest import Namespace, WorkerProcess, declare_queue
+from tests.conftest import Namespace, PoisonedWorker, declare_queue
 from tests.integration.helpers import (
     Connection,
     RecordSink,
@@ -32,7 +32,7 @@ from tests.integration.helpers import (
     by_request_id,
     first_done,
 )
-from tests.support.handlers import POISON_EXIT_STATUS
+from tests.support.poison import POISON_EXIT_STATUS
 from tests.support.task_stores import KINDS, task_store_url
 
 INNOCENTS = 6
@@ -41,18 +41,6 @@ TIMEOUT_S = 1  # the function's timeout: with the lease margin, how long a dead 
 DEATH_CYCLE_S = TIMEOUT_S + LEASE_MARGIN_MS / 1000 + 30
 
 
-class PoisonedWorker(WorkerProcess):
-    """A worker the poison may kill before it reports that it started (the poison may be
-    its first delivery): that death counts like any other, and the test restarts it."""
-
-    async def start(self, timeout: float = 30.0) -> PoisonedWorker:
-        try:
-            await super().start(timeout)
-        except pytest.fail.Exception:
-            assert self.process is not None
-            if self.process.returncode != POISON_EXIT_STATUS:
-                raise
-        return self
 
 
 async def _ended(store: TaskStore, task_id: str, timeout: float = 15) -> Task | None:

@@ -11,6 +11,7 @@ from collections import defaultdict
 from typing import Any
 
 from asyncinvoke import Context, NonRetryableError
+from tests.support.poison import POISON_EXIT_STATUS
 
 CALLS: dict[str, list[tuple[str, int, float]]] = defaultdict(list)  # fn -> (id, attempt, t)
 
@@ -81,13 +82,6 @@ def sync_hang(event: Any, context: Context) -> str:
     return "released"
 
 
-async def die_if_poison(event: Any, context: Context) -> str:
-    """Kills the whole worker process for a poison event, like a segfault would."""
-    if isinstance(event, dict) and event.get("poison"):
-        os._exit(1)
-    return "fine"
-
-
 async def marked_sleep(event: Any, context: Context) -> str:
     """Appends "id attempt" to the file event["marks"] at its start, then sleeps: a test in
     another process sees when attempts started, and how many times each ran."""
@@ -105,6 +99,7 @@ async def fail_with_lone_surrogate(event: Any, context: Context) -> str:
         raise RuntimeError("cannot read b'\\x80' as \udc80")
     return f"ok on attempt {context.attempt}"
 
+
 async def refuse_first(event: Any, context: Context) -> str:
     """Fails for good (NonRetryableError) the first time an invocation id runs, then succeeds:
     a failure an operator fixes, then replays."""
@@ -113,11 +108,6 @@ async def refuse_first(event: Any, context: Context) -> str:
     if len(runs) == 1:
         raise NonRetryableError("refused the first time")
     return f"ok on run {len(runs)}"
-
-
-# Not 1, the command line's exit status for any error: a test must not count an ordinary
-# failure of the worker as a death by poison.
-POISON_EXIT_STATUS = 86
 
 
 async def die_on_poison(event: Any, context: Context) -> str:
