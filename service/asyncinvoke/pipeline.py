@@ -117,7 +117,7 @@ class Pipeline:
         if message.reply_to:
             await self._call(message, envelope, function)
             return
-        task_mode = spec.task_mode if envelope.task is None else envelope.task
+        task_mode = policy.task_mode(envelope, spec)
         decision = policy.admit(envelope, spec, received)
         if type(decision) is policy.Forward:
             if task_mode:
@@ -307,8 +307,7 @@ class Pipeline:
         self, envelope: Envelope, spec: FunctionSpec | None, record: dict[str, Any]
     ) -> None:
         """A poison message's task (if in task mode) ends Failed with the record's reason."""
-        in_task_mode = spec.task_mode if spec is not None else False
-        if envelope.task if envelope.task is not None else in_task_mode:
+        if policy.task_mode(envelope, spec):
             response = record["responsePayload"]
             await self.tracker.gave_up(
                 envelope, contract.DELIVERY_LIMIT_EXCEEDED, response["errorMessage"], now_ms()

@@ -67,6 +67,14 @@ RUN = Run()
 Admission = Run | Hold | Forward | Expire
 
 
+def task_mode(envelope: Envelope, spec: FunctionSpec | None) -> bool:
+    """Whether an invocation is tracked as a task: its own say, else its function's
+    (a function no longer configured tracks nothing)."""
+    if envelope.task is not None:
+        return envelope.task
+    return spec.task_mode if spec is not None else False
+
+
 def admit(envelope: Envelope, spec: FunctionSpec, now_ms: int) -> Admission:
     remaining_ms = envelope.due_at_ms() - now_ms
     if remaining_ms >= HOLD_LIMIT_MS:

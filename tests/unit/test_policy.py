@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -303,3 +304,22 @@ def test_a_retry_that_starts_exactly_at_max_event_age_is_allowed() -> None:
 def test_with_no_retries_the_first_failure_gives_up() -> None:
     settled = policy.settle(FAILURE, envelope(), spec(max_retries=0), NOW)
     assert settled == GiveUp(contract.RETRIES_EXHAUSTED)
+
+
+# -- task mode ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("asked", "configured", "expected"),
+    [(None, True, True), (None, False, False), (True, False, True), (False, True, False)],
+)
+def test_an_invocation_says_whether_it_is_a_task_and_else_its_function_does(
+    asked: bool | None, configured: bool, expected: bool
+) -> None:
+    invocation = replace(envelope(), task=asked)
+    assert policy.task_mode(invocation, spec(task_mode=configured)) is expected
+
+
+def test_a_function_no_longer_configured_tracks_no_task_unless_the_invocation_asks() -> None:
+    assert policy.task_mode(envelope(), None) is False
+    assert policy.task_mode(replace(envelope(), task=True), None) is True
