@@ -20,7 +20,7 @@ import aio_pika
 from asyncinvoke import contract, dispatch, topology
 from asyncinvoke.broker import Broker
 from asyncinvoke.clock import new_id
-from asyncinvoke.contract import Envelope
+from asyncinvoke.contract import Envelope, ErrorInfo, Reply
 from asyncinvoke.errors import (
     AsyncInvokeError,
     BrokerBlocked,
@@ -47,12 +47,14 @@ class UnknownFunctionError(AsyncInvokeError):
 
 
 class FunctionError(AsyncInvokeError):
-    """A synchronous call's function failed; ``error`` is its errorType/errorMessage map."""
+    """A synchronous call's function failed: ``info`` says how, ``error`` is the same as
+    its errorType/errorMessage/stackTrace map."""
 
-    def __init__(self, function: str, error: dict[str, Any], function_error: str, status: int):
-        super().__init__(f"{function}: {error.get('errorType')}: {error.get('errorMessage')}")
+    def __init__(self, function: str, info: ErrorInfo, function_error: str, status: int):
+        super().__init__(f"{function}: {info.summary()}")
         self.function = function
-        self.error = error
+        self.info = info
+        self.error = info.to_wire()
         self.function_error = function_error
         self.status_code = status
 
@@ -102,7 +104,7 @@ class Client:
         self.names = topology.Names(self.settings.namespace)
         self.broker = Broker(self.settings, name=f"asyncinvoke-client-{os.getpid()}")
         self._known_functions: set[str] = set()
-        self._replies: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._replies: dict[str, asyncio.Future[Reply]] = {}
         self._reply_consumer: str | None = None
         self._reply_lock = asyncio.Lock()
         self._tracker: TaskTracker | None = None
@@ -295,7 +297,7 @@ class Client:
         await self.ensure_function(function)
         await self.prepare_calls()
         correlation_id = uuid4().hex
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._replies[correlation_id] = future
         try:
             await self.broker.publish(
@@ -313,14 +315,14 @@ class Client:
                 raise CallTimeout(function, envelope.id, timeout) from None
         finally:
             self._replies.pop(correlation_id, None)
-        if not reply.get("ok"):
+        if not reply.ok:
             raise FunctionError(
                 function,
-                reply.get("error") or {},
-                str(reply.get("functionError") or ""),
-                int(reply.get("statusCode") or 500),
+                reply.error or ErrorInfo("", ""),
+                reply.function_error,
+                reply.status_code,
             )
-        return reply.get("result")
+        return reply.result
 
     async def prepare_calls(self) -> None:
         """Ready synchronous calls: consume direct reply-to on the channel that publishes.
@@ -346,7 +348,10 @@ class Client:
         except Exception as exc:
             future.set_exception(AsyncInvokeError(f"undecodable reply: {exc}"))
             return
-        future.set_result(reply)
+        if not isinstance(reply, dict):
+            future.set_exception(AsyncInvokeError("undecodable reply: not a map"))
+            return
+        future.set_result(Reply.from_wire(reply))
 
     async def invoke_many(
         self,

@@ -1,7 +1,9 @@
-"""The wire contract (SPEC sections 4 and 5): envelopes and records.
+"""The wire contract (SPEC sections 4 and 5): envelopes, sync replies and records, and
+the Outcome of an attempt that replies and records are made from.
 
-This is the only module that knows the wire keys. Times are integer
-milliseconds since the Unix epoch; AMQP float headers are 32-bit in common
+This is the only module that knows the wire keys: the rest of the service builds and
+reads typed values, which ``to_wire`` / ``from_wire`` turn into maps and back. Times
+are integer milliseconds since the Unix epoch; AMQP float headers are 32-bit in common
 clients, so a time never travels as a float.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 import base64
 import re
 import traceback
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -252,65 +255,252 @@ def from_wire(data: dict[str, Any], *, received_at_ms: int, max_delay_s: int) ->
     )
 
 
+# -- what an attempt produced, and how a caller or a record is told ----------------------
+
+RESULT_NOT_SERIALIZABLE = "ResultNotSerializable"
+
+
+def _shown(value: Any) -> str:
+    """A text part of a map another process wrote, as text ('' when absent)."""
+    return "" if value is None else str(value)
+
+
+def _text(value: Any) -> str:
+    """A name or id another process wrote: text as it is, bytes decoded, else ''."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return value if isinstance(value, str) else ""
+
+
+def _whole(value: Any) -> int | None:
+    """A count or a time another process wrote (None when absent or not an integer)."""
+    return value if type(value) is int else None
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """An error as records and sync replies carry it: errorType, errorMessage, stackTrace."""
+
+    error_type: str
+    message: str
+    stack_trace: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, exc: BaseException) -> ErrorInfo:
+        return cls(type(exc).__name__, str(exc), tuple(traceback.format_exception(exc)))
+
+    @classmethod
+    def result_not_serializable(cls, message: str) -> ErrorInfo:
+        """A result that cannot travel (msgpack, or JSON at the gateway): never retried."""
+        return cls(RESULT_NOT_SERIALIZABLE, message)
+
+    def summary(self) -> str:
+        return f"{self.error_type}: {self.message}"
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "errorType": self.error_type,
+            "errorMessage": self.message,
+            "stackTrace": list(self.stack_trace),
+        }
+
+    @classmethod
+    def from_wire(cls, data: Any) -> ErrorInfo | None:
+        """The error in a map another process wrote; None when it is no error map (one
+        with neither errorType nor errorMessage). A part that is missing reads as ''."""
+        if not isinstance(data, dict) or ("errorType" not in data and "errorMessage" not in data):
+            return None
+        trace = data.get("stackTrace")
+        return cls(
+            _shown(data.get("errorType")),
+            _shown(data.get("errorMessage")),
+            tuple(map(str, trace)) if isinstance(trace, list) else (),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one attempt produced."""
+
+    ok: bool
+    result: Any = None
+    error: ErrorInfo | None = None
+    function_error: str = ""  # "" | HANDLED | UNHANDLED | TIMEOUT
+    status_code: int = 200
+    retryable: bool = True
+    duration_ms: float = 0.0
+
+
 # -- synchronous replies -----------------------------------------------------------------
 # A synchronous call is an envelope published with AMQP reply_to (direct reply-to) and a
 # correlation_id; the worker that runs it answers with one reply map and no retries.
 
 
-def reply(
-    *, ok: bool, result: Any, error: dict[str, Any] | None, function_error: str, status_code: int
-) -> bytes:
-    return pack(
-        {
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The answer to a synchronous call."""
+
+    ok: bool
+    result: Any = None
+    error: ErrorInfo | None = None
+    function_error: str = ""
+    status_code: int = 200
+
+    @classmethod
+    def of(cls, outcome: Outcome) -> Reply:
+        return cls(
+            ok=outcome.ok,
+            result=outcome.result,
+            error=outcome.error,
+            function_error=outcome.function_error,
+            status_code=outcome.status_code,
+        )
+
+    def to_wire(self) -> dict[str, Any]:
+        error = None if self.ok or self.error is None else self.error.to_wire()
+        return {
             "v": VERSION,
-            "ok": ok,
-            "result": result if ok else None,
-            "error": None if ok else error,
-            "functionError": function_error,
-            "statusCode": status_code,
+            "ok": self.ok,
+            "result": self.result if self.ok else None,
+            "error": error,
+            "functionError": self.function_error,
+            "statusCode": self.status_code,
         }
-    )
+
+    @classmethod
+    def from_wire(cls, data: Mapping[str, Any]) -> Reply:
+        """A reply as a worker sent it; a part that is missing reads as a failure's."""
+        return cls(
+            ok=bool(data.get("ok")),
+            result=data.get("result"),
+            error=ErrorInfo.from_wire(data.get("error")),
+            function_error=str(data.get("functionError") or ""),
+            status_code=int(data.get("statusCode") or 500),
+        )
 
 
 # -- records (SPEC section 5) ------------------------------------------------------------
 
+# The parts of a record that carry values from users (record_codec.py gives them up).
+REQUEST_PAYLOAD = "requestPayload"
+RESPONSE_PAYLOAD = "responsePayload"
+INVOCATION = "invocation"
+DELIVERY_ERROR = "deliveryError"
+REQUEST_CONTEXT = "requestContext"
 
-def error_payload(exc: BaseException) -> dict[str, Any]:
-    return {
-        "errorType": type(exc).__name__,
-        "errorMessage": str(exc),
-        "stackTrace": traceback.format_exception(exc),
-    }
+
+@dataclass(frozen=True, slots=True)
+class DeliveryError:
+    """Why a record is in the failure queue and not at its destination."""
+
+    destination: str
+    error: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"destination": self.destination, "error": self.error}
+
+    @classmethod
+    def from_wire(cls, data: Any) -> DeliveryError | None:
+        if not isinstance(data, dict):
+            return None
+        return cls(_shown(data.get("destination")), _shown(data.get("error")))
 
 
-def record(
-    *,
-    request_id: str,
-    function: str,
-    condition: str,
-    attempts: int,
-    request_payload: Any,
-    status_code: int,
-    function_error: str,
-    response: Any,
-    invocation: Any,
-    now_ms: int,
-) -> dict[str, Any]:
-    """A destination record, shaped like FC / Lambda destination records."""
-    return {
-        "v": VERSION,
-        "timestamp": now_ms,
-        "requestContext": {
-            "requestId": request_id,
-            "functionName": function,
-            "condition": condition,
-            "approximateInvokeCount": attempts,
-        },
-        "requestPayload": request_payload,
-        "responseContext": {"statusCode": status_code, "functionError": function_error},
-        "responsePayload": response,
-        "invocation": invocation,
-    }
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A destination record, shaped like FC / Lambda destination records.
+
+    The service writes every part. A record read back may come from anyone who can
+    publish to ``{ns}.failed``: there a name that is missing or not text reads as '',
+    a count or a time as None.
+    """
+
+    request_id: str
+    function: str
+    condition: str
+    attempts: int | None  # approximateInvokeCount
+    request_payload: Any
+    status_code: int | None
+    function_error: str  # "" | HANDLED | UNHANDLED | TIMEOUT
+    response: Any  # the result; for a failure its ErrorInfo (a text when degraded)
+    invocation: Any  # the original envelope's map, for replay (bytes: undecodable)
+    timestamp: int | None
+    # When the record cannot carry everything (see INVOCATION_BASE64 and the others).
+    invocation_base64: str | None = None
+    invocation_bytes: int | None = None
+    delivery_error: DeliveryError | None = None
+    encoding_error: str | None = None
+
+    @property
+    def error(self) -> ErrorInfo | None:
+        return self.response if isinstance(self.response, ErrorInfo) else None
+
+    def to_wire(self) -> dict[str, Any]:
+        response = self.response
+        wire: dict[str, Any] = {
+            "v": VERSION,
+            "timestamp": self.timestamp,
+            REQUEST_CONTEXT: {
+                "requestId": self.request_id,
+                "functionName": self.function,
+                "condition": self.condition,
+                "approximateInvokeCount": self.attempts,
+            },
+            REQUEST_PAYLOAD: self.request_payload,
+            "responseContext": {
+                "statusCode": self.status_code,
+                "functionError": self.function_error,
+            },
+            RESPONSE_PAYLOAD: response.to_wire() if isinstance(response, ErrorInfo) else response,
+            INVOCATION: self.invocation,
+        }
+        if self.invocation_base64 is not None:
+            wire[INVOCATION_BASE64] = self.invocation_base64
+        if self.invocation_bytes is not None:
+            wire[INVOCATION_BYTES] = self.invocation_bytes
+        if self.delivery_error is not None:
+            wire[DELIVERY_ERROR] = self.delivery_error.to_wire()
+        if self.encoding_error is not None:
+            wire[ENCODING_ERROR] = self.encoding_error
+        return wire
+
+    @classmethod
+    def from_wire(cls, data: Mapping[str, Any]) -> Record:
+        """Read a record's map, whoever wrote it (see the class doc): never raises."""
+        context = data.get(REQUEST_CONTEXT)
+        if not isinstance(context, dict):
+            context = {}
+        response_context = data.get("responseContext")
+        if not isinstance(response_context, dict):
+            response_context = {}
+        condition = _text(context.get("condition"))
+        response = data.get(RESPONSE_PAYLOAD)
+        if condition != SUCCESS:
+            response = ErrorInfo.from_wire(response) or response
+        carried = data.get(INVOCATION_BASE64)
+        kept = data.get(INVOCATION_BYTES)
+        encoding_error = data.get(ENCODING_ERROR)
+        return cls(
+            request_id=_text(context.get("requestId")),
+            function=_text(context.get("functionName")),
+            condition=condition,
+            attempts=_whole(context.get("approximateInvokeCount")),
+            request_payload=data.get(REQUEST_PAYLOAD),
+            status_code=_whole(response_context.get("statusCode")),
+            function_error=_text(response_context.get("functionError")),
+            response=response,
+            invocation=data.get(INVOCATION),
+            timestamp=_whole(data.get("timestamp")),
+            invocation_base64=carried if isinstance(carried, str) else None,
+            invocation_bytes=kept if isinstance(kept, int) else None,
+            delivery_error=DeliveryError.from_wire(data.get(DELIVERY_ERROR)),
+            encoding_error=encoding_error if isinstance(encoding_error, str) else None,
+        )
+
+
+def is_record(value: Any) -> bool:
+    """Whether a decoded value has the shape of a record, to be read or shown as one."""
+    return isinstance(value, dict) and REQUEST_CONTEXT in value
 
 
 def _json_default(value: Any) -> Any:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import Any
 from uuid import uuid4
 
 import aiohttp
@@ -21,7 +20,7 @@ import tenacity
 
 from asyncinvoke import _testpoints, contract, dispatch, record_codec
 from asyncinvoke.broker import Broker
-from asyncinvoke.contract import Envelope
+from asyncinvoke.contract import DeliveryError, Envelope, Record
 from asyncinvoke.errors import PublishError, PublishTimeout
 from asyncinvoke.functions import Destination
 from asyncinvoke.observability import get_logger
@@ -55,7 +54,7 @@ class Destinations:
         self.http_attempts = http_attempts
         self.http_wait_s = http_wait_s
 
-    async def send(self, record: dict[str, Any], destination: Destination | None) -> None:
+    async def send(self, record: Record, destination: Destination | None) -> None:
         """Deliver ``record``; None means the failure queue."""
         if destination is None:
             await self.to_failed(record)
@@ -76,56 +75,53 @@ class Destinations:
             log.warning(
                 "destination_failed",
                 destination=str(destination),
-                invocation_id=record["requestContext"]["requestId"],
+                invocation_id=record.request_id,
                 error=str(exc),
             )
             await self.to_failed(
-                {**record, "deliveryError": {"destination": str(destination), "error": str(exc)}}
+                replace(record, delivery_error=DeliveryError(str(destination), str(exc)))
             )
 
-    async def to_failed(self, record: dict[str, Any]) -> None:
+    async def to_failed(self, record: Record) -> None:
         await _testpoints.pause("failure_record")
-        await self._publish_record(
-            record, self.names.failed, record["requestContext"]["functionName"]
-        )
+        await self._publish_record(record, self.names.failed, record.function)
 
-    async def _publish_record(self, record: dict[str, Any], exchange: str, key: str) -> None:
-        context = record["requestContext"]
+    async def _publish_record(self, record: Record, exchange: str, key: str) -> None:
         await self.broker.publish(
             exchange,
             key,
-            record_codec.pack_record(record),
-            message_id=context["requestId"],
+            record_codec.pack_record(record.to_wire()),
+            message_id=record.request_id,
             headers={
-                contract.FUNCTION_HEADER: context["functionName"],
-                contract.CONDITION_HEADER: context["condition"],
+                contract.FUNCTION_HEADER: record.function,
+                contract.CONDITION_HEADER: record.condition,
             },
         )
 
-    async def _to_function(self, record: dict[str, Any], function: str) -> None:
-        context = record["requestContext"]
+    async def _to_function(self, record: Record, function: str) -> None:
+        wire = record.to_wire()
         envelope = Envelope(
-            id=f"{context['requestId'][:100]}_{uuid4().hex[:16]}",
+            id=f"{record.request_id[:100]}_{uuid4().hex[:16]}",
             fn=function,
-            payload=record,
+            payload=wire,
             created_at=int(time.time() * 1000),
-            meta={"source": context["requestId"], "condition": context["condition"]},
+            meta={"source": record.request_id, "condition": record.condition},
         )
         # The record is that function's payload: it must fit the payload limit.
         body = record_codec.encode_record(
-            record,
+            wire,
             lambda value: contract.encode(replace(envelope, payload=value)),
             self.broker.settings.max_payload_bytes,
         )
         await _testpoints.pause("function_destination")
         await dispatch.send(self.broker, self.names, envelope, body)
 
-    async def _to_http(self, record: dict[str, Any], url: str) -> None:
-        body = record_codec.record_json(record)
+    async def _to_http(self, record: Record, url: str) -> None:
+        body = record_codec.record_json(record.to_wire())
         headers = {
             "content-type": "application/json",
-            "x-fc-request-id": record["requestContext"]["requestId"],
-            "x-asyncinvoke-condition": record["requestContext"]["condition"],
+            "x-fc-request-id": record.request_id,
+            "x-asyncinvoke-condition": record.condition,
         }
         retrying = tenacity.AsyncRetrying(
             stop=tenacity.stop_after_attempt(self.http_attempts)

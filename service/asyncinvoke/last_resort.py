@@ -82,8 +82,8 @@ class LastResort:
         self._failed.pop(_key(message), None)
         log.error(
             "last_resort_record",
-            invocation_id=record["requestContext"]["requestId"],
-            function=record["requestContext"]["functionName"],
+            invocation_id=record.request_id,
+            function=record.function,
             condition=condition,
             error=str(error)[:500],  # the log line escapes what JSON cannot take
         )

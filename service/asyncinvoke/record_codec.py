@@ -14,6 +14,9 @@ would run again and fail the same way, forever. So such a record is sent degrade
   under ``invocationBase64``, which ``asyncinvoke dlq replay`` reads;
 - ``encodingError`` says what was replaced and why.
 
+It works on a record's map (``contract.Record.to_wire()``): what it gives up is a
+matter of encoded sizes, and the map keeps the order of its keys.
+
 A record that cannot be encoded even then (a bug, not an input) is the caller's to
 handle: the worker's last resort writes a minimal record (``records.last_resort``).
 """
@@ -42,7 +45,12 @@ RECORD_MAX_BYTES = 8 * 1024 * 1024
 RENDERING_MAX_CHARS = 4096
 # The parts of a record that carry values from users, in the order they are given up.
 # The request payload goes before the invocation: the invocation holds it too.
-_PARTS = ("responsePayload", "requestPayload", "deliveryError", "invocation")
+_PARTS = (
+    contract.RESPONSE_PAYLOAD,
+    contract.REQUEST_PAYLOAD,
+    contract.DELIVERY_ERROR,
+    contract.INVOCATION,
+)
 
 _repr = reprlib.Repr()
 _repr.maxlevel = 12
@@ -88,8 +96,8 @@ def degrade(
 
     def replace(key: str) -> None:
         value = degraded[key]
-        if key == "invocation":
-            degraded["invocation"] = None
+        if key == contract.INVOCATION:
+            degraded[key] = None
             packed = _invocation_bytes(value)
             if packed is None:
                 notes.append("the original invocation could not be kept")
@@ -166,7 +174,7 @@ def json_or_rendering(value: Any) -> bytes:
         return contract.to_json(value)
     except ENCODE_ERRORS as exc:
         problem = f"not JSON: {exc}"
-    if isinstance(value, dict) and "requestContext" in value:
+    if contract.is_record(value):
         degraded = degrade(value, contract.to_json, sys.maxsize, problem)
         with contextlib.suppress(*ENCODE_ERRORS):
             return contract.to_json(degraded)

@@ -7,9 +7,8 @@ from typing import Any
 from uuid import uuid4
 
 from asyncinvoke import contract
-from asyncinvoke.contract import Envelope
+from asyncinvoke.contract import Envelope, ErrorInfo, Outcome, Record
 from asyncinvoke.errors import InvalidMessage, PayloadTooLarge
-from asyncinvoke.policy import Outcome
 from asyncinvoke.text import escape_surrogates
 
 # What a PayloadTooLarge record keeps of the message: enough to recognise it. The
@@ -19,13 +18,9 @@ OVERSIZE_KEPT_BYTES = 16 * 1024
 LAST_RESORT_REASON_CHARS = 2000
 
 
-def _error(error_type: str, message: str) -> dict[str, Any]:
-    return {"errorType": error_type, "errorMessage": message, "stackTrace": []}
-
-
-def of_outcome(envelope: Envelope, outcome: Outcome, condition: str, now_ms: int) -> dict[str, Any]:
+def of_outcome(envelope: Envelope, outcome: Outcome, condition: str, now_ms: int) -> Record:
     """The record of an attempt that ended the invocation, successful or not."""
-    return contract.record(
+    return Record(
         request_id=envelope.id,
         function=envelope.fn,
         condition=condition,
@@ -35,12 +30,12 @@ def of_outcome(envelope: Envelope, outcome: Outcome, condition: str, now_ms: int
         function_error=outcome.function_error,
         response=outcome.result if outcome.ok else outcome.error,
         invocation=envelope.for_replay(),
-        now_ms=now_ms,
+        timestamp=now_ms,
     )
 
 
-def expired(envelope: Envelope, age_ms: int, max_age_s: int, now_ms: int) -> dict[str, Any]:
-    return contract.record(
+def expired(envelope: Envelope, age_ms: int, max_age_s: int, now_ms: int) -> Record:
+    return Record(
         request_id=envelope.id,
         function=envelope.fn,
         condition=contract.EVENT_AGE_EXCEEDED,
@@ -48,18 +43,18 @@ def expired(envelope: Envelope, age_ms: int, max_age_s: int, now_ms: int) -> dic
         request_payload=envelope.payload,
         status_code=410,
         function_error="",
-        response=_error(
+        response=ErrorInfo(
             "EventAgeExceeded",
             f"invocation is {age_ms / 1000:.1f} s old, older than the function's "
             f"max_event_age of {max_age_s} s; it was not started",
         ),
         invocation=envelope.for_replay(),
-        now_ms=now_ms,
+        timestamp=now_ms,
     )
 
 
-def unknown_function(envelope: Envelope, now_ms: int) -> dict[str, Any]:
-    return contract.record(
+def unknown_function(envelope: Envelope, now_ms: int) -> Record:
+    return Record(
         request_id=envelope.id,
         function=envelope.fn,
         condition=contract.UNKNOWN_FUNCTION,
@@ -67,19 +62,19 @@ def unknown_function(envelope: Envelope, now_ms: int) -> dict[str, Any]:
         request_payload=envelope.payload,
         status_code=404,
         function_error="",
-        response=_error(
+        response=ErrorInfo(
             "UnknownFunction",
             f"no queue serves function {envelope.fn!r}: add it to the functions file and "
             "start a worker (or run 'asyncinvoke topology declare'), then replay this record",
         ),
         invocation=envelope.for_replay(),
-        now_ms=now_ms,
+        timestamp=now_ms,
     )
 
 
-def delivery_limit(envelope: Envelope, deliveries: int | None, now_ms: int) -> dict[str, Any]:
+def delivery_limit(envelope: Envelope, deliveries: int | None, now_ms: int) -> Record:
     times = f"{deliveries} times" if deliveries else "too many times"
-    return contract.record(
+    return Record(
         request_id=envelope.id,
         function=envelope.fn,
         condition=contract.DELIVERY_LIMIT_EXCEEDED,
@@ -87,13 +82,13 @@ def delivery_limit(envelope: Envelope, deliveries: int | None, now_ms: int) -> d
         request_payload=envelope.payload,
         status_code=500,
         function_error=contract.UNHANDLED,
-        response=_error(
+        response=ErrorInfo(
             "DeliveryLimitExceeded",
             f"delivered {times} without being settled: the worker running it died "
             "(a crash, an out-of-memory kill, os._exit) or was stopped each time",
         ),
         invocation=envelope.for_replay(),
-        now_ms=now_ms,
+        timestamp=now_ms,
     )
 
 
@@ -104,7 +99,7 @@ def invalid(
     function: str,
     message_id: str | None,
     now_ms: int,
-) -> dict[str, Any]:
+) -> Record:
     """A message that breaks the contract. The original is kept whole, for replay."""
     partial = exc.partial or {}
     request_id = partial.get("id")
@@ -118,7 +113,7 @@ def invalid(
     if isinstance(exc, PayloadTooLarge) and len(body) > OVERSIZE_KEPT_BYTES:
         invocation = body[:OVERSIZE_KEPT_BYTES]
         reason += f"; the record keeps its first {OVERSIZE_KEPT_BYTES} bytes"
-    record = contract.record(
+    return Record(
         request_id=request_id,
         function=fn,
         condition=contract.INVALID_MESSAGE,
@@ -126,13 +121,11 @@ def invalid(
         request_payload=partial.get("payload"),
         status_code=400,
         function_error="",
-        response=_error("InvalidMessage", reason),
+        response=ErrorInfo("InvalidMessage", reason),
         invocation=invocation,
-        now_ms=now_ms,
+        timestamp=now_ms,
+        invocation_bytes=len(body) if invocation is not body and not partial else None,
     )
-    if invocation is not body and not partial:
-        record[contract.INVOCATION_BYTES] = len(body)
-    return record
 
 
 def last_resort(
@@ -144,7 +137,7 @@ def last_resort(
     function: str | None,
     now_ms: int,
     max_body_bytes: int,
-) -> dict[str, Any]:
+) -> Record:
     """The record of a message whose own record could not be written, again and again.
 
     Every value in it is a plain string or integer, so it always encodes: the message
@@ -159,7 +152,7 @@ def last_resort(
         f"no {condition} record could be written for this message, so this minimal one "
         f"stands in for it: {escape_surrogates(reason)[:LAST_RESORT_REASON_CHARS]}"
     )
-    record = contract.record(
+    return Record(
         request_id=request_id,
         function=function,
         condition=condition,
@@ -167,11 +160,9 @@ def last_resort(
         request_payload=None,
         status_code=500,
         function_error="",
-        response=_error("RecordNotWritten", message),
+        response=ErrorInfo("RecordNotWritten", message),
         invocation=None,
-        now_ms=now_ms,
+        timestamp=now_ms,
+        invocation_base64=base64.b64encode(kept).decode("ascii"),
+        invocation_bytes=len(body) if len(kept) < len(body) else None,
     )
-    record[contract.INVOCATION_BASE64] = base64.b64encode(kept).decode("ascii")
-    if len(kept) < len(body):
-        record[contract.INVOCATION_BYTES] = len(body)
-    return record

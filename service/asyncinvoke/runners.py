@@ -1,4 +1,4 @@
-"""Run one attempt of a function under its timeout → ``policy.Outcome``.
+"""Run one attempt of a function under its timeout → ``contract.Outcome``.
 
 Python handlers: async ones run on the event loop and are cancelled at their
 timeout; sync ones run in a thread pool of their function's own, as many threads
@@ -27,11 +27,10 @@ import aiohttp
 import orjson
 
 from asyncinvoke import contract, record_codec
-from asyncinvoke.contract import Envelope
+from asyncinvoke.contract import Envelope, ErrorInfo, Outcome
 from asyncinvoke.errors import NonRetryableError
 from asyncinvoke.functions import FunctionSpec
 from asyncinvoke.observability import get_logger
-from asyncinvoke.policy import Outcome
 
 # Threads for one function's sync handlers at most, whatever its concurrency: beyond
 # this its attempts queue for a thread, and their timeouts start when they get one.
@@ -86,11 +85,9 @@ def make_context(envelope: Envelope, spec: FunctionSpec) -> Context:
 def _timeout_outcome(spec: FunctionSpec, started: float) -> Outcome:
     return Outcome(
         ok=False,
-        error={
-            "errorType": "TimeoutError",
-            "errorMessage": f"attempt exceeded the function's timeout of {spec.timeout_s:g} s",
-            "stackTrace": [],
-        },
+        error=ErrorInfo(
+            "TimeoutError", f"attempt exceeded the function's timeout of {spec.timeout_s:g} s"
+        ),
         function_error=contract.TIMEOUT,
         status_code=504,
         duration_ms=(time.perf_counter() - started) * 1000,
@@ -101,7 +98,7 @@ def _error_outcome(exc: BaseException, started: float) -> Outcome:
     non_retryable = isinstance(exc, NonRetryableError)
     return Outcome(
         ok=False,
-        error=contract.error_payload(exc),
+        error=ErrorInfo.of(exc),
         function_error=contract.HANDLED if non_retryable else contract.UNHANDLED,
         status_code=500,
         retryable=not non_retryable,
@@ -114,13 +111,12 @@ def _unsendable_outcome(exc: Exception, started: float) -> Outcome:
     lossy rendering would hand the function data that is not its event."""
     return Outcome(
         ok=False,
-        error={
-            "errorType": "EventNotSerializable",
-            "errorMessage": f"the event cannot be sent to an HTTP function as JSON ({exc}); "
+        error=ErrorInfo(
+            "EventNotSerializable",
+            f"the event cannot be sent to an HTTP function as JSON ({exc}); "
             "send bytes (POSTed as they are) or JSON-shaped data: string, number or "
             "boolean map keys, nesting under 250 levels",
-            "stackTrace": [],
-        },
+        ),
         function_error=contract.UNHANDLED,
         status_code=400,
         retryable=False,
@@ -240,13 +236,12 @@ class PythonRunner:
         threads = min(self.spec.concurrency, MAX_THREADS)
         return Outcome(
             ok=False,
-            error={
-                "errorType": "TimeoutError",
-                "errorMessage": f"not started: no thread of function {self.spec.name!r} was "
+            error=ErrorInfo(
+                "TimeoutError",
+                f"not started: no thread of function {self.spec.name!r} was "
                 f"free within its timeout of {self.spec.timeout_s:g} s; its {threads} "
                 "thread(s) still run handlers that overran their timeout (hung?)",
-                "stackTrace": [],
-            },
+            ),
             function_error=contract.TIMEOUT,
             status_code=504,
         )
@@ -358,11 +353,7 @@ class HttpRunner:
             message = response_body[:2000].decode("utf-8", errors="replace")
         return Outcome(
             ok=False,
-            error={
-                "errorType": f"HTTP{status}",
-                "errorMessage": message,
-                "stackTrace": [],
-            },
+            error=ErrorInfo(f"HTTP{status}", message),
             function_error=contract.HANDLED,
             status_code=status,
             duration_ms=duration_ms,

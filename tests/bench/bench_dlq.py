@@ -34,14 +34,14 @@ FUNCTION = "resize"
 WINDOW = 1000
 
 
-def _error() -> dict[str, Any]:
+def _error() -> contract.ErrorInfo:
     try:
         raise TimeoutError("the image service did not answer within 30 s")
     except TimeoutError as exc:
-        return contract.error_payload(exc)
+        return contract.ErrorInfo.of(exc)
 
 
-def record(index: int, now_ms: int, error: dict[str, Any]) -> dict[str, Any]:
+def record(index: int, now_ms: int, error: contract.ErrorInfo) -> dict[str, Any]:
     envelope = Envelope(
         id=f"bench{index:08d}",
         fn=FUNCTION,
@@ -50,7 +50,7 @@ def record(index: int, now_ms: int, error: dict[str, Any]) -> dict[str, Any]:
         attempt=3,
         meta={"trace_id": uuid.UUID(int=index).hex},
     )
-    return contract.record(
+    return contract.Record(
         request_id=envelope.id,
         function=FUNCTION,
         condition=contract.RETRIES_EXHAUSTED,
@@ -60,8 +60,8 @@ def record(index: int, now_ms: int, error: dict[str, Any]) -> dict[str, Any]:
         function_error=contract.TIMEOUT,
         response=error,
         invocation=envelope.for_replay(),
-        now_ms=now_ms + index,
-    )
+        timestamp=now_ms + index,
+    ).to_wire()
 
 
 async def fill(names: topology.Names, n: int) -> int:

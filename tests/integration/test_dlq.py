@@ -37,11 +37,11 @@ RETRIES = contract.RETRIES_EXHAUSTED
 REFUSED = contract.NON_RETRYABLE
 
 
-def _error() -> dict[str, Any]:
+def _error() -> contract.ErrorInfo:
     try:
         raise ValueError("disk full\nwhile writing /var/spool/out")
     except ValueError as exc:
-        return contract.error_payload(exc)
+        return contract.ErrorInfo.of(exc)
 
 
 ERROR = _error()
@@ -65,7 +65,7 @@ def failure_record(
         created_at=now - 60_000,
         attempt=3,
     )
-    return contract.record(
+    return contract.Record(
         request_id=envelope.id,
         function=function,
         condition=condition,
@@ -75,8 +75,8 @@ def failure_record(
         function_error=contract.UNHANDLED,
         response=ERROR,
         invocation=envelope.for_replay() if invocation is None else invocation,
-        now_ms=now - 10_000 + index,
-    )
+        timestamp=now - 10_000 + index,
+    ).to_wire()
 
 
 async def publish_records(

@@ -405,14 +405,14 @@ def test_error_payload_names_the_type_message_and_stack() -> None:
     try:
         raise KeyError("missing")
     except KeyError as exc:
-        payload = contract.error_payload(exc)
+        payload = contract.ErrorInfo.of(exc).to_wire()
     assert payload["errorType"] == "KeyError"
     assert payload["errorMessage"] == "'missing'"
     assert any("raise KeyError" in line for line in payload["stackTrace"])
 
 
 def test_a_record_has_the_shape_of_a_destination_record() -> None:
-    record = contract.record(
+    record = contract.Record(
         request_id="inv_1",
         function="resize",
         condition=contract.SUCCESS,
@@ -422,8 +422,8 @@ def test_a_record_has_the_shape_of_a_destination_record() -> None:
         function_error="",
         response="ok",
         invocation={"v": 1},
-        now_ms=42,
-    )
+        timestamp=42,
+    ).to_wire()
     assert record == {
         "v": 1,
         "timestamp": 42,

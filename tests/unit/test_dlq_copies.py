@@ -25,7 +25,7 @@ def record(
     now_ms: int = NOW,
     error: str = "disk full",
 ) -> dict[str, Any]:
-    return contract.record(
+    return contract.Record(
         request_id=request_id,
         function=function,
         condition=condition,
@@ -35,8 +35,8 @@ def record(
         function_error=contract.UNHANDLED,
         response={"errorType": "OSError", "errorMessage": error, "stackTrace": [error]},
         invocation={"v": 1, "id": request_id, "fn": function, "payload": None},
-        now_ms=now_ms,
-    )
+        timestamp=now_ms,
+    ).to_wire()
 
 
 def test_a_record_made_again_later_with_other_words_is_a_copy_of_the_same_failure() -> None:

@@ -11,15 +11,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from asyncinvoke import contract, ladder, policy
-from asyncinvoke.contract import Envelope
+from asyncinvoke.contract import Envelope, ErrorInfo, Outcome
 from asyncinvoke.errors import InvalidMessage
 from asyncinvoke.functions import Backoff, FunctionSpec
-from asyncinvoke.policy import DONE, RUN, Expire, Forward, GiveUp, Hold, Outcome, Retry
+from asyncinvoke.policy import DONE, RUN, Expire, Forward, GiveUp, Hold, Retry
 
 NOW = 1_700_000_000_000
 DAY_S = 86400
 
-FAILURE = Outcome(ok=False, error={"errorType": "E", "errorMessage": "", "stackTrace": []})
+FAILURE = Outcome(ok=False, error=ErrorInfo("E", ""))
 SUCCESS = Outcome(ok=True, result="ok")
 FATAL = Outcome(ok=False, retryable=False, function_error=contract.HANDLED)
 

@@ -11,11 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from asyncinvoke import contract, record_codec, records
-from asyncinvoke.contract import Envelope
+from asyncinvoke.contract import Envelope, ErrorInfo, Outcome
 from asyncinvoke.dlq.operations import export_line
 from asyncinvoke.dlq.records import NotReplayable, replay_envelope
 from asyncinvoke.errors import InvalidMessage
-from asyncinvoke.policy import Outcome
 from asyncinvoke.tasks import views
 from tests.support.hostile import PAYLOADS, nested
 
@@ -24,7 +23,8 @@ NOW = 1_700_000_000_000
 
 def success_record(payload: Any, result: Any = "done") -> dict[str, Any]:
     envelope = Envelope(id="inv_1", fn="resize", payload=payload, created_at=NOW)
-    return records.of_outcome(envelope, Outcome(ok=True, result=result), contract.SUCCESS, NOW)
+    outcome = Outcome(ok=True, result=result)
+    return records.of_outcome(envelope, outcome, contract.SUCCESS, NOW).to_wire()
 
 
 def carried(record: dict[str, Any]) -> Any:
@@ -124,7 +124,7 @@ def test_a_last_resort_record_replays_the_message_it_carries() -> None:
         function="resize",
         now_ms=NOW,
         max_body_bytes=1 << 20,
-    )
+    ).to_wire()
     again = replay_envelope(record, now_ms=NOW)
     assert (again.id, again.payload, again.attempt) == ("inv_2", {b"k": 1}, 0)
 
@@ -161,10 +161,10 @@ def test_a_task_payload_json_cannot_carry_shows_as_a_rendering() -> None:
 
 def test_a_lone_surrogate_in_an_error_is_escaped_and_the_error_keeps_its_shape() -> None:
     envelope = Envelope(id="inv_1", fn="resize", payload=None, created_at=NOW)
-    error = {"errorType": "RuntimeError", "errorMessage": "bad \udc80 text", "stackTrace": []}
+    error = ErrorInfo("RuntimeError", "bad \udc80 text")
     record = records.of_outcome(
         envelope, Outcome(ok=False, error=error), contract.RETRIES_EXHAUSTED, NOW
-    )
+    ).to_wire()
     for encoded in (record_codec.pack_record(record), record_codec.record_json(record)):
         sent = contract.unpack(encoded) if encoded[:1] != b"{" else orjson.loads(encoded)
         assert sent["responsePayload"]["errorType"] == "RuntimeError"
@@ -183,6 +183,8 @@ def test_a_payload_too_large_record_is_not_replayable_and_says_why() -> None:
     body = contract.pack({"v": 1, "id": "big", "fn": "resize", "payload": "x" * 100_000})
     with pytest.raises(InvalidMessage) as info:
         contract.decode(body, received_at_ms=NOW, max_payload_bytes=1024, max_delay_s=3600)
-    record = records.invalid(body, info.value, function="resize", message_id="big", now_ms=NOW)
+    record = records.invalid(
+        body, info.value, function="resize", message_id="big", now_ms=NOW
+    ).to_wire()
     with pytest.raises(NotReplayable, match=f"only the start.*{len(body)} bytes"):
         replay_envelope(record, now_ms=NOW)

@@ -11,9 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from asyncinvoke import contract, records
-from asyncinvoke.contract import Envelope
+from asyncinvoke.contract import Envelope, ErrorInfo, Outcome
 from asyncinvoke.errors import InvalidMessage
-from asyncinvoke.policy import Outcome
 
 NOW = 1_700_000_000_000
 TOP_KEYS = {
@@ -88,7 +87,7 @@ def assert_replayable(record: dict[str, Any], original: Envelope) -> None:
 def test_a_success_record_carries_the_result() -> None:
     original = envelope()
     outcome = Outcome(ok=True, result={"size": 10}, status_code=200)
-    record = records.of_outcome(original, outcome, contract.SUCCESS, NOW)
+    record = records.of_outcome(original, outcome, contract.SUCCESS, NOW).to_wire()
     assert_record_shape(record, contract.SUCCESS)
     assert record["requestContext"]["requestId"] == "inv_1"
     assert record["requestContext"]["functionName"] == "resize"
@@ -112,9 +111,13 @@ def test_a_failure_record_carries_the_error(condition: str, function_error: str)
     original = envelope()
     error = {"errorType": "ValueError", "errorMessage": "bad", "stackTrace": ["line 1\n"]}
     outcome = Outcome(
-        ok=False, result="ignored", error=error, function_error=function_error, status_code=500
+        ok=False,
+        result="ignored",
+        error=ErrorInfo("ValueError", "bad", ("line 1\n",)),
+        function_error=function_error,
+        status_code=500,
     )
-    record = records.of_outcome(original, outcome, condition, NOW)
+    record = records.of_outcome(original, outcome, condition, NOW).to_wire()
     assert_record_shape(record, condition)
     assert record["responsePayload"] == error
     assert record["responseContext"] == {"statusCode": 500, "functionError": function_error}
@@ -123,7 +126,9 @@ def test_a_failure_record_carries_the_error(condition: str, function_error: str)
 
 @given(attempt=st.integers(min_value=0, max_value=8))
 def test_an_attempt_record_counts_the_attempt_that_just_ran(attempt: int) -> None:
-    record = records.of_outcome(envelope(attempt=attempt), Outcome(ok=True), contract.SUCCESS, NOW)
+    record = records.of_outcome(
+        envelope(attempt=attempt), Outcome(ok=True), contract.SUCCESS, NOW
+    ).to_wire()
     assert record["requestContext"]["approximateInvokeCount"] == attempt + 1
 
 
@@ -133,7 +138,7 @@ def test_an_attempt_record_counts_the_attempt_that_just_ran(attempt: int) -> Non
 @given(attempt=st.integers(min_value=0, max_value=8))
 def test_an_expired_record_counts_only_attempts_already_made(attempt: int) -> None:
     original = envelope(attempt=attempt)
-    record = records.expired(original, age_ms=90_500, max_age_s=60, now_ms=NOW)
+    record = records.expired(original, age_ms=90_500, max_age_s=60, now_ms=NOW).to_wire()
     assert_record_shape(record, contract.EVENT_AGE_EXCEEDED)
     assert record["requestContext"]["approximateInvokeCount"] == attempt
     assert record["responseContext"] == {"statusCode": 410, "functionError": ""}
@@ -146,7 +151,7 @@ def test_an_expired_record_counts_only_attempts_already_made(attempt: int) -> No
 
 def test_an_unknown_function_record_names_the_function_and_the_fix() -> None:
     original = envelope(fn="resise", attempt=0)
-    record = records.unknown_function(original, NOW)
+    record = records.unknown_function(original, NOW).to_wire()
     assert_record_shape(record, contract.UNKNOWN_FUNCTION)
     assert record["requestContext"]["functionName"] == "resise"
     assert record["requestContext"]["approximateInvokeCount"] == 0
@@ -162,7 +167,7 @@ def test_a_delivery_limit_record_says_how_often_it_was_delivered(
     deliveries: int | None, said: str
 ) -> None:
     original = envelope(attempt=1)
-    record = records.delivery_limit(original, deliveries, NOW)
+    record = records.delivery_limit(original, deliveries, NOW).to_wire()
     assert_record_shape(record, contract.DELIVERY_LIMIT_EXCEEDED)
     # The earlier attempt, then each delivery of this one (one when the count is unknown).
     assert record["requestContext"]["approximateInvokeCount"] == 1 + (deliveries or 1)
@@ -182,7 +187,7 @@ def invalid_from(body: bytes, **kwargs: Any) -> tuple[dict[str, Any], InvalidMes
         contract.decode(body, received_at_ms=NOW, max_payload_bytes=1024, max_delay_s=3600)
     arguments: dict[str, Any] = {"function": "resize", "message_id": None, "now_ms": NOW}
     arguments.update(kwargs)
-    return records.invalid(body, info.value, **arguments), info.value
+    return records.invalid(body, info.value, **arguments).to_wire(), info.value
 
 
 @pytest.mark.parametrize("body", [b"\xc1 not msgpack", contract.pack([1, 2]), b"x" * 2000])
@@ -229,7 +234,7 @@ def test_an_invalid_id_or_function_in_the_map_is_not_trusted() -> None:
 def test_a_record_for_an_http_destination_base64_encodes_bytes() -> None:
     record = records.of_outcome(
         envelope(payload=b"\x00\x01"), Outcome(ok=True, result=b"\xff"), contract.SUCCESS, NOW
-    )
+    ).to_wire()
     as_json = orjson.loads(contract.to_json(record))
     assert as_json["requestPayload"] == "AAE="
     assert as_json["responsePayload"] == "/w=="
@@ -243,7 +248,9 @@ def test_a_payload_too_large_record_keeps_only_the_start_of_the_body_and_its_siz
     body = contract.pack({"v": 1, "id": "big", "fn": "resize", "payload": "x" * 100_000})
     with pytest.raises(InvalidMessage) as info:
         contract.decode(body, received_at_ms=NOW, max_payload_bytes=1024, max_delay_s=3600)
-    record = records.invalid(body, info.value, function="resize", message_id="big", now_ms=NOW)
+    record = records.invalid(
+        body, info.value, function="resize", message_id="big", now_ms=NOW
+    ).to_wire()
     assert record["invocation"] == body[: records.OVERSIZE_KEPT_BYTES]
     assert record[contract.INVOCATION_BYTES] == len(body)
     assert f"first {records.OVERSIZE_KEPT_BYTES} bytes" in record["responsePayload"]["errorMessage"]
@@ -270,7 +277,7 @@ def test_a_last_resort_record_always_encodes_and_carries_the_message(reason: str
         function="resize",
         now_ms=NOW,
         max_body_bytes=1 << 20,
-    )
+    ).to_wire()
     orjson.loads(contract.to_json(record))
     assert contract.unpack(contract.pack(record)) == record
     assert record["requestContext"]["requestId"] == "inv_1"
@@ -291,7 +298,7 @@ def test_a_last_resort_record_distrusts_ids_and_cuts_a_huge_body() -> None:
         function="a.b",
         now_ms=NOW,
         max_body_bytes=100,
-    )
+    ).to_wire()
     assert record["requestContext"]["requestId"].startswith("unrecorded_")
     assert contract.ID_RE.fullmatch(record["requestContext"]["requestId"])
     assert record["requestContext"]["functionName"] == "unknown"

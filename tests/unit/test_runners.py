@@ -64,7 +64,8 @@ async def test_a_timeout_error_raised_by_the_handler_is_its_own_error() -> None:
 
     outcome = await _run(own_timeout, timeout_s=5)
     assert outcome.function_error == contract.UNHANDLED
-    assert outcome.error["errorMessage"] == "the database did not answer"
+    assert outcome.error is not None
+    assert outcome.error.message == "the database did not answer"
 
 
 async def test_a_sync_handler_past_its_timeout_is_reported_while_its_thread_ends() -> None:
@@ -91,7 +92,8 @@ async def test_errors_say_whether_to_retry(
 
     outcome = await _run(failing, timeout_s=5)
     assert (outcome.retryable, outcome.function_error) == (retryable, function_error)
-    assert outcome.error["errorType"] == type(error).__name__
+    assert outcome.error is not None
+    assert outcome.error.error_type == type(error).__name__
 
 
 async def test_the_result_and_the_context_reach_the_handler() -> None:
@@ -155,8 +157,8 @@ async def test_a_sync_attempt_that_finds_no_free_thread_within_its_timeout_says_
     assert timed_out.function_error == contract.TIMEOUT
     assert waited.function_error == contract.TIMEOUT and waited.retryable
     assert waited.error is not None
-    assert "not started" in waited.error["errorMessage"]
-    assert "'stuck'" in waited.error["errorMessage"]
+    assert "not started" in waited.error.message
+    assert "'stuck'" in waited.error.message
 
 
 async def test_a_function_whose_sync_handlers_hang_leaves_another_its_threads() -> None:
@@ -195,5 +197,6 @@ async def test_a_function_whose_sync_handlers_hang_leaves_another_its_threads() 
     assert len(stuck_threads) == stuck_spec.concurrency
     # Two ran into their timeout; the two behind them found no free thread within theirs.
     assert [o.function_error for o in stuck_outcomes] == [contract.TIMEOUT] * 4
-    unstarted = [(o.error or {})["errorMessage"].startswith("not started") for o in stuck_outcomes]
+    unstarted = [o.error is not None and o.error.message.startswith("not started")
+                 for o in stuck_outcomes]
     assert sorted(unstarted) == [False, False, True, True]

@@ -7,13 +7,12 @@ import base64
 import dataclasses
 import re
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from asyncinvoke import contract, ladder
-from asyncinvoke.contract import Envelope
+from asyncinvoke.contract import Envelope, Record
 from asyncinvoke.errors import InvalidMessage
 
 # -- selection and record views (pure) ---------------------------------------------------
@@ -91,45 +90,48 @@ class Selector:
 ALL = Selector()
 
 
-def _context(record: Any) -> Mapping[str, Any]:
-    context = record.get("requestContext") if isinstance(record, dict) else None
-    return context if isinstance(context, dict) else {}
-
-
 def _str_or_none(value: Any) -> str | None:
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
     return value if isinstance(value, str) else None
 
 
-def _int_or_none(value: Any) -> int | None:
-    return value if type(value) is int else None
+def _read(record: Any) -> Record | None:
+    """A decoded message as a record; None when it is not even a map."""
+    return Record.from_wire(record) if isinstance(record, dict) else None
+
+
+def _facts(read: Record | None) -> Facts:
+    if read is None:
+        return Facts(id=None, function=None, condition=None)
+    return Facts(
+        id=read.request_id or None,
+        function=read.function or None,
+        condition=read.condition or None,
+        timestamp_ms=read.timestamp,
+    )
 
 
 def facts_of_record(record: Any) -> Facts:
-    context = _context(record)
-    return Facts(
-        id=_str_or_none(context.get("requestId")),
-        function=_str_or_none(context.get("functionName")),
-        condition=_str_or_none(context.get("condition")),
-        timestamp_ms=_int_or_none(record.get("timestamp")) if isinstance(record, dict) else None,
-    )
+    return _facts(_read(record))
+
+
+def _error_line(read: Record | None) -> str:
+    if read is None:
+        return "(the message is not a record)"
+    text = ""
+    if read.error is not None:
+        parts = (read.error.error_type, read.error.message)
+        text = ": ".join(part for part in parts if part)
+    if not text and read.delivery_error is not None:
+        text = f"destination {read.delivery_error.destination}: {read.delivery_error.error}"
+    lines = text.strip().splitlines()
+    return lines[0] if lines else ""
 
 
 def error_line(record: Any) -> str:
     """The first line of the record's error, for a table."""
-    if not isinstance(record, dict):
-        return "(the message is not a record)"
-    response = record.get("responsePayload")
-    text = ""
-    if isinstance(response, dict) and ("errorType" in response or "errorMessage" in response):
-        kind, message = response.get("errorType"), response.get("errorMessage")
-        text = ": ".join(str(part) for part in (kind, message) if part not in (None, ""))
-    delivery = record.get("deliveryError")
-    if not text and isinstance(delivery, dict):
-        text = f"destination {delivery.get('destination')}: {delivery.get('error')}"
-    lines = text.strip().splitlines()
-    return lines[0] if lines else ""
+    return _error_line(_read(record))
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,14 +159,15 @@ class Summary:
 
 
 def summarize(record: Any, fallback: Facts) -> Summary:
-    facts = facts_of_record(record)
+    read = _read(record)
+    facts = _facts(read)
     return Summary(
         id=facts.id or fallback.id,
         function=facts.function or fallback.function,
         condition=facts.condition or fallback.condition,
-        attempts=_int_or_none(_context(record).get("approximateInvokeCount")),
+        attempts=read.attempts if read is not None else None,
         timestamp_ms=facts.timestamp_ms,
-        error=error_line(record),
+        error=_error_line(read),
     )
 
 
@@ -172,10 +175,9 @@ class NotReplayable(Exception):
     """A record whose original invocation cannot be sent again; it stays in the queue."""
 
 
-def _carried_invocation(record: dict[str, Any]) -> Any:
+def _carried_invocation(carried: str | None) -> Any:
     """The invocation a degraded record carries as msgpack in base64 (record_codec.py)."""
-    carried = record.get(contract.INVOCATION_BASE64)
-    if not isinstance(carried, str):
+    if carried is None:
         return None
     try:
         return contract.unpack(base64.b64decode(carried, validate=True))
@@ -191,14 +193,15 @@ def replay_envelope(record: Any, *, now_ms: int, fresh_id: str | None = None) ->
     Under its own id it is marked a replay: a task-mode worker then runs the task again
     if it failed, where a plain duplicate of a finished task is not run.
     """
-    invocation = record.get("invocation") if isinstance(record, dict) else None
-    if isinstance(record, dict) and isinstance(record.get(contract.INVOCATION_BYTES), int):
+    read = _read(record)
+    invocation = read.invocation if read is not None else None
+    if read is not None and read.invocation_bytes is not None:
         raise NotReplayable(
             f"the record keeps only the start of the original message "
-            f"({record[contract.INVOCATION_BYTES]} bytes); it cannot be sent again"
+            f"({read.invocation_bytes} bytes); it cannot be sent again"
         )
-    if invocation is None and isinstance(record, dict):
-        invocation = _carried_invocation(record)
+    if invocation is None and read is not None:
+        invocation = _carried_invocation(read.invocation_base64)
     if isinstance(invocation, bytes | bytearray):
         raise NotReplayable(
             "the original message could not be decoded (the record keeps its raw bytes); "

@@ -254,7 +254,7 @@ def _file_records(path: str) -> Iterator[tuple[int, Any]]:
                         record = contract.unpack(base64.b64decode(document["msgpack"]))
                     except Exception as exc:
                         raise BadReplayFile(path, number, f"bad 'msgpack' field ({exc})") from None
-                elif isinstance(document, dict) and "requestContext" in document:
+                elif contract.is_record(document):
                     record = document  # a record as JSON: bytes were base64, they stay text
                 else:
                     raise BadReplayFile(

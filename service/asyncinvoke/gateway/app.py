@@ -22,7 +22,7 @@ from prometheus_client import Counter
 from asyncinvoke import contract, record_codec, topology
 from asyncinvoke.client import CallTimeout, Client, FunctionError, TaskExistsError
 from asyncinvoke.clock import new_id
-from asyncinvoke.contract import UNHANDLED
+from asyncinvoke.contract import UNHANDLED, ErrorInfo
 from asyncinvoke.errors import PayloadTooLarge
 from asyncinvoke.functions import FunctionsFile, FunctionSpec
 from asyncinvoke.gateway import fcapi, local
@@ -298,7 +298,7 @@ class Gateway:
             result = await self.client.call(spec.name, body, timeout=timeout, id=invocation_id)
         except FunctionError as exc:
             error_type = exc.function_error or UNHANDLED
-            return fcapi.function_error_response(invocation_id, exc.error, error_type)
+            return fcapi.function_error_response(invocation_id, exc.info, error_type)
         except CallTimeout:
             raise fcapi.InvocationTimeout(
                 f"no reply for invocation {invocation_id} of function '{spec.name}' within "
@@ -309,12 +309,10 @@ class Gateway:
         except record_codec.ENCODE_ERRORS as exc:
             # msgpack carried a result JSON cannot (bytes map keys, deep nesting): the
             # caller is told so as a function error, not with a 500 and a stack trace.
-            error = {
-                "errorType": "ResultNotSerializable",
-                "errorMessage": f"function '{spec.name}' returned a value JSON cannot carry "
-                f"({exc}): {record_codec.render(result)}",
-                "stackTrace": [],
-            }
+            error = ErrorInfo.result_not_serializable(
+                f"function '{spec.name}' returned a value JSON cannot carry "
+                f"({exc}): {record_codec.render(result)}"
+            )
             return fcapi.function_error_response(invocation_id, error, UNHANDLED)
         return web.Response(
             status=200,

@@ -28,6 +28,7 @@ from multidict import CIMultiDictProxy, MultiMapping
 
 from asyncinvoke import contract
 from asyncinvoke.client import CallTimeout, TaskExistsError, UnknownFunctionError
+from asyncinvoke.contract import ErrorInfo
 from asyncinvoke.errors import (
     AsyncInvokeError,
     BrokerUnavailable,
@@ -225,7 +226,7 @@ def result_body(value: Any) -> tuple[bytes, str]:
 
 
 def function_error_response(
-    invocation_id: str, error: dict[str, Any], error_type: str
+    invocation_id: str, error: ErrorInfo, error_type: str
 ) -> web.Response:
     """A failed synchronous invocation, as FC answers it: 200 and x-fc-error-type."""
     return web.Response(
@@ -235,15 +236,9 @@ def function_error_response(
     )
 
 
-def function_error_body(error: dict[str, Any]) -> bytes:
+def function_error_body(error: ErrorInfo) -> bytes:
     """The body of a failed synchronous invocation, as FC's runtimes report errors."""
-    return contract.to_json(
-        {
-            "errorType": error.get("errorType"),
-            "errorMessage": error.get("errorMessage"),
-            "stackTrace": error.get("stackTrace") or [],
-        }
-    )
+    return contract.to_json(error.to_wire())
 
 
 # -- ListAsyncTasks ------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Coroutine
 from typing import Any
 
-from asyncinvoke.policy import Outcome
+from asyncinvoke.contract import Outcome
 
 
 class RunningAttempts:
