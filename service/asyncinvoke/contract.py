@@ -435,6 +435,11 @@ class Record:
     def error(self) -> ErrorInfo | None:
         return self.response if isinstance(self.response, ErrorInfo) else None
 
+    @property
+    def error_message(self) -> str:
+        """Why it failed ('' for a record without an error)."""
+        return self.response.message if isinstance(self.response, ErrorInfo) else ""
+
     def to_wire(self) -> dict[str, Any]:
         response = self.response
         wire: dict[str, Any] = {

@@ -6,10 +6,9 @@ from typing import Any
 
 from asyncinvoke import contract
 from asyncinvoke.clock import now_ms
-from asyncinvoke.contract import Envelope
+from asyncinvoke.contract import Envelope, Outcome
 from asyncinvoke.metrics import Metrics
 from asyncinvoke.observability import hot_info
-from asyncinvoke.policy import Outcome
 
 FAILURE_CONDITIONS = frozenset(contract.CONDITIONS) - {contract.SUCCESS}
 
@@ -36,9 +35,9 @@ class Journal:
         if outcome is not None:
             fields["duration_ms"] = round(outcome.duration_ms, 3)
             if not outcome.ok:
-                error = outcome.error or {}
-                fields["error_type"] = error.get("errorType")
-                fields["error"] = str(error.get("errorMessage"))[:500]
+                error = outcome.error
+                fields["error_type"] = error.error_type if error is not None else None
+                fields["error"] = str(error.message if error is not None else None)[:500]
         if extra:
             fields.update(extra)
         hot_info("attempt", fields)

@@ -25,7 +25,7 @@ from asyncinvoke.acks import Acks
 from asyncinvoke.broker import Broker
 from asyncinvoke.clock import now_ms
 from asyncinvoke.consumer import Callback, Message
-from asyncinvoke.contract import Envelope
+from asyncinvoke.contract import Envelope, ErrorInfo, Outcome, Reply
 from asyncinvoke.destinations import Destinations
 from asyncinvoke.errors import InvalidMessage, TaskStoreUnavailable
 from asyncinvoke.functions import FunctionSpec
@@ -211,7 +211,7 @@ class Pipeline:
         now: int,
     ) -> None:
         record = records.expired(envelope, age_ms, spec.max_event_age_s, now)
-        await tasks.expired(envelope, now, record["responsePayload"]["errorMessage"])
+        await tasks.expired(envelope, now, record.error_message)
         await self.destinations.send(record, spec.on_failure)
         self.acks.ack(message)
         self.journal.attempt(envelope, contract.EVENT_AGE_EXCEEDED)
@@ -283,7 +283,7 @@ class Pipeline:
         self,
         envelope: Envelope,
         spec: FunctionSpec,
-        outcome: policy.Outcome,
+        outcome: Outcome,
         settlement: policy.Settlement,
         finished: int,
     ) -> None:
@@ -325,25 +325,15 @@ class Pipeline:
         async with function.slots:
             outcome = await function.runner.run(envelope, make_context(envelope, function.spec))
         try:
-            body = contract.reply(
-                ok=outcome.ok,
-                result=outcome.result,
-                error=outcome.error,
-                function_error=outcome.function_error,
-                status_code=outcome.status_code,
-            )
+            body = contract.pack(Reply.of(outcome).to_wire())
         except record_codec.ENCODE_ERRORS as exc:
-            body = contract.reply(
+            unsendable = Reply(
                 ok=False,
-                result=None,
-                error={
-                    "errorType": "ResultNotSerializable",
-                    "errorMessage": str(exc),
-                    "stackTrace": [],
-                },
+                error=ErrorInfo.result_not_serializable(str(exc)),
                 function_error=contract.UNHANDLED,
                 status_code=500,
             )
+            body = contract.pack(unsendable.to_wire())
         assert message.reply_to is not None
         # The caller may have given up (its reply queue is gone): not mandatory, not an error.
         await self.broker.publish(
@@ -362,19 +352,16 @@ class Pipeline:
         record = records.invalid(
             message.body, exc, function=function, message_id=message.message_id, now_ms=received
         )
-        context = record["requestContext"]
         partial = exc.partial or {}
-        if (task_mode or partial.get("task") is True) and context["requestId"] == partial.get("id"):
-            await self.tasks.invalid(
-                context["requestId"], context["functionName"], received, exc.reason
-            )
+        if (task_mode or partial.get("task") is True) and record.request_id == partial.get("id"):
+            await self.tasks.invalid(record.request_id, record.function, received, exc.reason)
         await self.destinations.to_failed(record)
         self.acks.ack(message)
-        self.journal.failure_record(context["functionName"], contract.INVALID_MESSAGE)
+        self.journal.failure_record(record.function, contract.INVALID_MESSAGE)
         log.warning(
             "invalid_message",
             function=function,
-            invocation_id=context["requestId"],
+            invocation_id=record.request_id,
             reason=exc.reason,
         )
 
@@ -458,7 +445,7 @@ class Pipeline:
             await self.barrier()
 
 
-def _checked_result(outcome: policy.Outcome) -> policy.Outcome:
+def _checked_result(outcome: Outcome) -> Outcome:
     """A result that msgpack cannot carry fails the attempt for good (retrying won't help)."""
     try:
         contract.pack(outcome.result)
@@ -467,13 +454,11 @@ def _checked_result(outcome: policy.Outcome) -> policy.Outcome:
             outcome,
             ok=False,
             result=None,
-            error={
-                "errorType": "ResultNotSerializable",
-                "errorMessage": f"the handler returned {type(outcome.result).__name__}, which "
+            error=ErrorInfo.result_not_serializable(
+                f"the handler returned {type(outcome.result).__name__}, which "
                 f"msgpack cannot encode ({exc}); return None, bool, numbers, str, bytes, "
-                "lists and dicts",
-                "stackTrace": [],
-            },
+                "lists and dicts"
+            ),
             function_error=contract.UNHANDLED,
             status_code=500,
             retryable=False,

@@ -10,28 +10,15 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any
 
 from asyncinvoke import contract, ladder
 from asyncinvoke.contract import Envelope
+from asyncinvoke.contract import Outcome as Outcome  # lives in contract; re-exported for now
 from asyncinvoke.functions import Backoff, FunctionSpec
 
 # A copy of a task that another worker runs now comes back this long after that
 # worker's claim runs out: by then it has finished, or died.
 BUSY_RETRY_AFTER_LEASE_MS = 1000
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What one attempt produced."""
-
-    ok: bool
-    result: Any = None
-    error: dict[str, Any] | None = None  # {"errorType", "errorMessage", "stackTrace"}
-    function_error: str = ""  # "" | HANDLED | UNHANDLED | TIMEOUT
-    status_code: int = 200
-    retryable: bool = True
-    duration_ms: float = 0.0
 
 
 # -- admission ----------------------------------------------------------------------------

@@ -16,10 +16,9 @@ from typing import Any
 
 from asyncinvoke import contract, policy
 from asyncinvoke.clock import now_ms
-from asyncinvoke.contract import Envelope
+from asyncinvoke.contract import Envelope, Outcome, Record
 from asyncinvoke.functions import FunctionSpec
 from asyncinvoke.observability import get_logger
-from asyncinvoke.policy import Outcome
 from asyncinvoke.tasks.running import RunningAttempts
 from asyncinvoke.tasks.states import Status
 from asyncinvoke.tasks.store import Claim
@@ -149,10 +148,11 @@ class TaskMode:
     async def invalid(self, task_id: str, function: str, now: int, reason: str) -> None:
         await self.tracker.invalid(task_id, function, now, reason)
 
-    async def poisoned(self, envelope: Envelope, record: dict[str, Any]) -> None:
+    async def poisoned(self, envelope: Envelope, record: Record) -> None:
         """A poison message's task ends Failed with the record's reason."""
-        reason = record["responsePayload"]["errorMessage"]
-        await self.tracker.gave_up(envelope, contract.DELIVERY_LIMIT_EXCEEDED, reason, now_ms())
+        await self.tracker.gave_up(
+            envelope, contract.DELIVERY_LIMIT_EXCEEDED, record.error_message, now_ms()
+        )
 
     async def on_control(self, message: Any) -> None:
         """A broadcast on the control exchange: ``{"stop": task_id}`` stops the attempt of
@@ -205,7 +205,7 @@ class NoTasks(TaskMode):
     ) -> None:
         pass
 
-    async def poisoned(self, envelope: Envelope, record: dict[str, Any]) -> None:
+    async def poisoned(self, envelope: Envelope, record: Record) -> None:
         pass
 
 

@@ -11,7 +11,7 @@ import itertools
 from typing import Any
 
 from asyncinvoke import clock, contract, policy
-from asyncinvoke.contract import Envelope
+from asyncinvoke.contract import Envelope, Outcome
 from asyncinvoke.errors import TaskStoreUnavailable
 from asyncinvoke.functions import FunctionSpec
 from asyncinvoke.observability import get_logger
@@ -137,7 +137,7 @@ class TaskTracker:
     async def settled(
         self,
         envelope: Envelope,
-        outcome: policy.Outcome,
+        outcome: Outcome,
         settlement: policy.Settlement,
         now_ms: int,
     ) -> Task | None:
@@ -279,7 +279,7 @@ def deaths(task: Task) -> int:
     )
 
 
-def _error_text(outcome: policy.Outcome) -> str | None:
+def _error_text(outcome: Outcome) -> str | None:
     if outcome.ok or outcome.error is None:
         return None
-    return f"{outcome.error.get('errorType')}: {outcome.error.get('errorMessage')}"
+    return outcome.error.summary()
