@@ -24,69 +24,33 @@ from asyncinvoke.contract import Envelope
 from asyncinvoke.errors import (
     AsyncInvokeError,
     BrokerBlocked,
+    CallTimeout,
+    FunctionError,
     InvalidMessage,
+    InvokeManyError,
     PayloadTooLarge,
     PublishTimeout,
+    TaskExists,
+    TaskExistsError,
+    UnknownFunctionError,
 )
 from asyncinvoke.settings import Settings, from_env
 from asyncinvoke.tasks.states import Status
-from asyncinvoke.tasks.store import Task, TaskExists, TaskStore
+from asyncinvoke.tasks.store import Task, TaskStore
 from asyncinvoke.tasks.tracker import TaskTracker
+
+# Raised by Client and imported from here by older code: the classes live in errors.
+__all__ = [
+    "CallTimeout",
+    "Client",
+    "FunctionError",
+    "InvokeManyError",
+    "TaskExistsError",
+    "UnknownFunctionError",
+]
 
 DEFAULT_WINDOW = 1000  # publishes in flight in invoke_many
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
-
-
-class UnknownFunctionError(AsyncInvokeError):
-    def __init__(self, function: str, namespace: str):
-        super().__init__(
-            f"function {function!r} has no queue in namespace {namespace!r}: start a worker "
-            f"whose functions file has it, or run 'asyncinvoke topology declare'"
-        )
-        self.function = function
-
-
-class FunctionError(AsyncInvokeError):
-    """A synchronous call's function failed; ``error`` is its errorType/errorMessage map."""
-
-    def __init__(self, function: str, error: dict[str, Any], function_error: str, status: int):
-        super().__init__(f"{function}: {error.get('errorType')}: {error.get('errorMessage')}")
-        self.function = function
-        self.error = error
-        self.function_error = function_error
-        self.status_code = status
-
-
-class CallTimeout(AsyncInvokeError):
-    def __init__(self, function: str, invocation_id: str, timeout: float):
-        super().__init__(
-            f"{function}: no reply for invocation {invocation_id} within {timeout:g} s "
-            "(is a worker serving it?)"
-        )
-        self.function = function
-        self.invocation_id = invocation_id
-
-
-class TaskExistsError(AsyncInvokeError):
-    def __init__(self, task_id: str, status: str):
-        super().__init__(
-            f"task {task_id!r} already exists ({status}): in task mode an id is used once; "
-            "leave --id out for a generated one"
-        )
-        self.task_id = task_id
-
-
-class InvokeManyError(AsyncInvokeError):
-    """Some publishes of an invoke_many failed; ``accepted`` were confirmed."""
-
-    def __init__(self, accepted: list[str], failed: dict[str, BaseException]):
-        first_id, first_error = next(iter(failed.items()))
-        super().__init__(
-            f"{len(failed)} of {len(accepted) + len(failed)} invocations were not accepted "
-            f"(first: {first_id}: {first_error})"
-        )
-        self.accepted = accepted
-        self.failed = failed
 
 
 class Client:
@@ -203,7 +167,7 @@ class Client:
         """Hand over one invocation; returns its id once the broker confirmed it.
 
         With ``task=True`` the task is recorded (Enqueued) before it is published, and an
-        id that already exists is refused with TaskExistsError.
+        id that already exists is refused with TaskExists.
         """
         envelope, body = self.envelope(function, payload, delay=delay, id=id, task=task, meta=meta)
         await self.ensure_function(function)
@@ -256,9 +220,8 @@ class Client:
             )
         except TaskExists:
             existing = await store.get(envelope.id)
-            raise TaskExistsError(
-                envelope.id, existing.status.value if existing else "unknown"
-            ) from None
+            status = existing.status.value if existing else "unknown"
+            raise TaskExists(envelope.id, status) from None
 
     async def _not_accepted(self, envelope: Envelope, exc: Exception) -> None:
         store = await self.tasks()

@@ -11,8 +11,8 @@ from rich.table import Table
 from asyncinvoke.cli._common import cells, json_option, load_settings, run
 from asyncinvoke.cli._common import console as terminal
 from asyncinvoke.client import Client
+from asyncinvoke.errors import TaskNotFound
 from asyncinvoke.tasks.states import Status
-from asyncinvoke.tasks.store import TaskNotFound
 from asyncinvoke.tasks.views import async_task
 
 

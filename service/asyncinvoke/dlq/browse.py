@@ -57,8 +57,8 @@ from pamqp.common import FieldValue
 
 from asyncinvoke import contract, topology
 from asyncinvoke.broker import Broker
-from asyncinvoke.dlq.errors import BrowseInterrupted, Busy, EmptyQueue, QueueMissing
 from asyncinvoke.dlq.records import Facts, _str_or_none, facts_of_record
+from asyncinvoke.errors import BrowseInterrupted, Busy, EmptyQueue, QueueMissing
 from asyncinvoke.settings import Settings
 
 READ_SLICE = 5000  # deliveries one consumer holds when only reading: the memory bound

@@ -34,7 +34,6 @@ from asyncinvoke.dlq.browse import (
     _no_progress,
 )
 from asyncinvoke.dlq.copies import FailureKey, failure_key
-from asyncinvoke.dlq.errors import BadReplayFile, DlqError, NothingSelected, ReplayIncomplete
 from asyncinvoke.dlq.records import (
     ALL,
     NotReplayable,
@@ -43,6 +42,7 @@ from asyncinvoke.dlq.records import (
     now_ms,
     replay_envelope,
 )
+from asyncinvoke.errors import BadReplayFile, DlqError, NothingSelected, ReplayIncomplete
 from asyncinvoke.settings import Settings
 
 

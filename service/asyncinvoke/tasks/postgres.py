@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from asyncinvoke.errors import ConfigError, TaskStoreUnavailable
+from asyncinvoke.errors import ConfigError, TaskExists, TaskNotFound, TaskStoreUnavailable
 from asyncinvoke.settings import redact_url
 from asyncinvoke.tasks.states import TERMINAL, Status
 from asyncinvoke.tasks.store import (
@@ -25,8 +25,6 @@ from asyncinvoke.tasks.store import (
     ClaimResult,
     Page,
     Task,
-    TaskExists,
-    TaskNotFound,
     check_limit,
     decide_claim,
     decide_reopen,

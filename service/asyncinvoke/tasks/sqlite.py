@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from asyncinvoke.errors import ConfigError, TaskStoreUnavailable
+from asyncinvoke.errors import ConfigError, TaskExists, TaskNotFound, TaskStoreUnavailable
 from asyncinvoke.tasks.states import TERMINAL, Status
 from asyncinvoke.tasks.store import (
     DEFAULT_RESULT_MAX_BYTES,
@@ -31,8 +31,6 @@ from asyncinvoke.tasks.store import (
     ClaimResult,
     Page,
     Task,
-    TaskExists,
-    TaskNotFound,
     check_limit,
     decide_claim,
     decide_reopen,
