@@ -10,16 +10,14 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 from uuid import uuid4
 
 import aio_pika
 
-from asyncinvoke import contract, dispatch, topology
+from asyncinvoke import clock, contract, dispatch, topology
 from asyncinvoke.broker import Broker
-from asyncinvoke.clock import new_id
 from asyncinvoke.contract import Envelope
 from asyncinvoke.errors import (
     AsyncInvokeError,
@@ -102,10 +100,10 @@ class Client:
         ``delay`` is in seconds and may have a fraction: the wire's ``delay`` is whole
         seconds, so a fractional delay travels as the service's own due time (ms).
         """
-        created_at = now_ms if now_ms is not None else time.time_ns() // 1_000_000
+        created_at = now_ms if now_ms is not None else clock.now_ms()
         wire: dict[str, Any] = {
             "v": contract.VERSION,
-            "id": id if id is not None else new_id(),
+            "id": id if id is not None else clock.new_id(),
             "fn": function,
             "payload": payload,
             "created_at": created_at,
@@ -200,7 +198,7 @@ class Client:
         Raises TaskNotFound, or TaskFinished for a task that already ended.
         """
         store = await self.tasks()
-        task = await store.request_stop(task_id, time.time_ns() // 1_000_000)
+        task = await store.request_stop(task_id, clock.now_ms())
         if task.status is Status.STOPPING:
             # Every worker hears it; the one running the task cancels it.
             await self.broker.publish(
@@ -225,7 +223,7 @@ class Client:
 
     async def _not_accepted(self, envelope: Envelope, exc: Exception) -> None:
         store = await self.tasks()
-        now = time.time_ns() // 1_000_000
+        now = clock.now_ms()
         if _maybe_published(exc):
             # The broker may still take it (a lost confirm, an alarm that clears): a Failed
             # task would make the worker drop it unrun. It stays Enqueued, and runs if the
@@ -323,7 +321,7 @@ class Client:
         Returns the ids in order once every publish was confirmed. If some fail,
         raises InvokeManyError listing the accepted and the failed ids.
         """
-        now = time.time_ns() // 1_000_000
+        now = clock.now_ms()
         built = [
             self.envelope(function, payload, delay=delay, now_ms=now)
             for function, payload in invocations

@@ -12,9 +12,7 @@ cannot drop a republished message.
 
 from __future__ import annotations
 
-import time
-
-from asyncinvoke import contract, ladder
+from asyncinvoke import clock, contract, ladder
 from asyncinvoke.broker import Broker
 from asyncinvoke.contract import Envelope
 from asyncinvoke.topology import Names
@@ -29,7 +27,7 @@ async def send(
     envelope was made: in a burst the two lie a hundred milliseconds and more apart.
     ``body`` is the envelope already encoded, when the caller has it.
     """
-    delay_s = ladder.seconds_to_wait(envelope.due_at_ms() - time.time_ns() // 1_000_000)
+    delay_s = ladder.seconds_to_wait(envelope.due_at_ms() - clock.now_ms())
     if body is None:
         body = contract.encode(envelope)
     if delay_s > 0:

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 
 import click
@@ -8,6 +7,7 @@ import orjson
 from rich.markup import escape
 from rich.table import Table
 
+from asyncinvoke import clock
 from asyncinvoke.cli._common import cells, json_option, load_settings, run
 from asyncinvoke.cli._common import console as terminal
 from asyncinvoke.client import Client
@@ -134,4 +134,4 @@ def stop(task_id: str, as_json: bool) -> None:
     if as_json:
         click.echo(orjson.dumps(view).decode())
     else:
-        click.echo(f"{task_id}: {view['status']} at {_when(int(time.time() * 1000))}")
+        click.echo(f"{task_id}: {view['status']} at {_when(clock.now_ms())}")

@@ -11,6 +11,7 @@
   ``asyncinvoke.errors``; each is one line that says what to do.
 """
 
+from asyncinvoke.clock import now_ms
 from asyncinvoke.dlq.browse import Browser, Delivery, Progress
 from asyncinvoke.dlq.copies import Copies, FailureKey, failure_key
 from asyncinvoke.dlq.operations import (
@@ -34,7 +35,6 @@ from asyncinvoke.dlq.records import (
     Summary,
     error_line,
     facts_of_record,
-    now_ms,
     parse_since,
     replay_envelope,
     summarize,

@@ -23,7 +23,7 @@ import orjson
 
 from asyncinvoke import contract, dispatch, topology
 from asyncinvoke.broker import Broker
-from asyncinvoke.clock import new_id
+from asyncinvoke.clock import new_id, now_ms
 from asyncinvoke.contract import Envelope
 from asyncinvoke.dlq.browse import (
     REPLAY_WINDOW,
@@ -39,7 +39,6 @@ from asyncinvoke.dlq.records import (
     NotReplayable,
     Selector,
     facts_of_record,
-    now_ms,
     replay_envelope,
 )
 from asyncinvoke.errors import BadReplayFile, DlqError, NothingSelected, ReplayIncomplete
