@@ -24,6 +24,14 @@ config_option = click.option(
     help="Functions file (default: $ASYNCINVOKE_CONFIG or functions.toml).",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+shutdown_grace_option = click.option(
+    "--shutdown-grace",
+    type=float,
+    default=None,
+    metavar="S",
+    help="Seconds in-flight attempts may finish after SIGTERM "
+    f"(default {settings_module.DEFAULT_SHUTDOWN_GRACE_S:g}).",
+)
 
 
 def console() -> Console:
