@@ -144,11 +144,7 @@ class Client:
     async def ensure_function(self, function: str) -> None:
         if function in self._known_functions:
             return
-        assert self.broker.connection is not None, "use 'async with Client()' or connect()"
-        depth = await topology.queue_depth(
-            self.broker.connection, self.names.function_queue(function)
-        )
-        if depth is None:
+        if not await topology.function_exists(self.broker.connection, self.names, function):
             raise UnknownFunctionError(function, self.names.ns)
         self._known_functions.add(function)
 

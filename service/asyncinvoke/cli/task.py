@@ -1,14 +1,12 @@
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import click
 import orjson
 from rich.markup import escape
 from rich.table import Table
 
 from asyncinvoke import clock
-from asyncinvoke.cli._common import cells, json_option, load_settings, run
+from asyncinvoke.cli._common import cells, json_option, load_settings, run, when
 from asyncinvoke.cli._common import console as terminal
 from asyncinvoke.client import Client
 from asyncinvoke.errors import TaskNotFound
@@ -24,7 +22,7 @@ def task() -> None:
 def _when(ms: int | None) -> str:
     if ms is None:
         return "-"
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    return when(ms)
 
 
 @task.command()

@@ -103,11 +103,9 @@ class _Replayer:
 
     async def _function_exists(self, function: str) -> bool:
         if function not in self._functions:
-            assert self.broker.connection is not None
-            depth = await topology.queue_depth(
-                self.broker.connection, self.names.function_queue(function)
+            self._functions[function] = await topology.function_exists(
+                self.broker.connection, self.names, function
             )
-            self._functions[function] = depth is not None
         return self._functions[function]
 
     async def _copy_taken(self, key: FailureKey | None, delivery: Delivery | None) -> bool:
