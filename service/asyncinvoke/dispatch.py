@@ -1,7 +1,8 @@
 """Where an invocation goes next: its function's queue now, or the delay ladder.
 
-Used by the client (first publish), and by the worker (forwarding a delayed
-invocation a plain producer sent, and scheduling a retry). Whole seconds wait in
+Used by the client (``invoke``, ``invoke_many``), by the pipeline (forwarding a delayed
+invocation a plain producer sent, scheduling a retry, deferring a copy of a task another
+worker runs), by a function destination, and by ``dlq replay``. Whole seconds wait in
 the ladder, ending at least ``ladder.LEAD_MS`` before the due time; the rest is held
 by the worker that receives it (``policy.Hold``), so an invocation is never early, and
 the broker's latency along the ladder does not make it late.

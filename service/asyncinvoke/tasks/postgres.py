@@ -16,11 +16,10 @@ from typing import Any, TypeVar
 import asyncpg
 
 from asyncinvoke.errors import ConfigError, TaskExists, TaskNotFound, TaskStoreUnavailable
-from asyncinvoke.settings import redact_url
+from asyncinvoke.settings import DEFAULT_TASK_RESULT_MAX_BYTES, redact_url
 from asyncinvoke.tasks.query import list_query, page_of, postgres_prefix
 from asyncinvoke.tasks.states import TERMINAL, Status
 from asyncinvoke.tasks.store import (
-    DEFAULT_RESULT_MAX_BYTES,
     ENQUEUED_OVER_AMQP,
     NONCE_PRUNE_BATCH,
     ClaimResult,
@@ -77,7 +76,7 @@ class PostgresTaskStore:
         self,
         dsn: str,
         *,
-        result_max_bytes: int = DEFAULT_RESULT_MAX_BYTES,
+        result_max_bytes: int = DEFAULT_TASK_RESULT_MAX_BYTES,
         schema: str = DEFAULT_SCHEMA,
     ):
         if not _SCHEMA_NAME.match(schema):

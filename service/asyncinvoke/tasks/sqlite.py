@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from asyncinvoke.errors import ConfigError, TaskExists, TaskNotFound, TaskStoreUnavailable
+from asyncinvoke.settings import DEFAULT_TASK_RESULT_MAX_BYTES
 from asyncinvoke.tasks.query import list_query, page_of, sqlite_prefix
 from asyncinvoke.tasks.states import TERMINAL, Status
 from asyncinvoke.tasks.store import (
-    DEFAULT_RESULT_MAX_BYTES,
     ENQUEUED_OVER_AMQP,
     NONCE_PRUNE_BATCH,
     ClaimResult,
@@ -101,7 +101,7 @@ _PURGE = (
 class SqliteTaskStore:
     """TaskStore on one SQLite file (``path``), shared by the processes of one host."""
 
-    def __init__(self, path: str, *, result_max_bytes: int = DEFAULT_RESULT_MAX_BYTES):
+    def __init__(self, path: str, *, result_max_bytes: int = DEFAULT_TASK_RESULT_MAX_BYTES):
         self.path = path
         self.result_max_bytes = result_max_bytes
         self._thread: _SqliteThread | None = None

@@ -22,8 +22,6 @@ from asyncinvoke.errors import TaskNotFound as TaskNotFound
 from asyncinvoke.tasks.states import REPLAYABLE, TERMINAL, WAITING, Status, can_transition
 from asyncinvoke.text import encodable
 
-DEFAULT_RESULT_MAX_BYTES = 64 * 1024
-DEFAULT_RETENTION_S = 7 * 86400
 
 @dataclass(frozen=True, slots=True)
 class Event:
