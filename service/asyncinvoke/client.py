@@ -1,4 +1,5 @@
-"""The producer API: ``Client.invoke`` and ``Client.invoke_many``.
+"""The producer API: ``Client.invoke`` and ``invoke_many`` (asynchronous), ``call``
+(synchronous, through direct reply-to), and the task store (``tasks``, ``stop_task``).
 
 ``invoke`` returns only after the broker confirmed the message. Before the first
 publish for a function the client checks once that its queue exists, so a typo

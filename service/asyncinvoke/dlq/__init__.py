@@ -1,7 +1,7 @@
 """The dead-letter tool: read, replay, purge and export the records in ``{ns}.failed``.
 
-- ``browse``: reading the queue without taking anything away (how, and why it is safe,
-  is told there);
+- ``browse``: reading the queue without taking anything away (why it is safe:
+  docs/dlq.md);
 - ``records``: what a record says (its function, condition, error line), selections,
   and the invocation a replay sends again;
 - ``operations``: the reading commands (stats, list, show, export) and purge;
