@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from asyncinvoke.errors import ConfigError
+from asyncinvoke.ladder import MAX_DELAY_S as LADDER_REACH_S
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 DEFAULT_NAMESPACE = "asyncinvoke"
@@ -87,8 +88,6 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
 def from_env(env: Mapping[str, str] | None = None, *, tty: bool = False) -> Settings:
     """Read ``ASYNCINVOKE_*`` variables; anything absent keeps its default."""
     env = os.environ if env is None else env
-    from asyncinvoke.ladder import MAX_DELAY_S as LADDER_REACH_S
-
     namespace = env.get("ASYNCINVOKE_NAMESPACE") or DEFAULT_NAMESPACE
     if not NAMESPACE_RE.fullmatch(namespace):
         raise ConfigError(f"ASYNCINVOKE_NAMESPACE={namespace!r} must match {NAMESPACE_RE.pattern}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Coroutine
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import click
@@ -24,6 +25,14 @@ config_option = click.option(
     help="Functions file (default: $ASYNCINVOKE_CONFIG or functions.toml).",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+shutdown_grace_option = click.option(
+    "--shutdown-grace",
+    type=float,
+    default=None,
+    metavar="S",
+    help="Seconds in-flight attempts may finish after SIGTERM "
+    f"(default {settings_module.DEFAULT_SHUTDOWN_GRACE_S:g}).",
+)
 
 
 def console() -> Console:
@@ -37,6 +46,13 @@ def cells(*values: object) -> list[Text]:
     as Rich markup: an error text with ``[/path]`` in it would otherwise end the command
     with a MarkupError, and ``[bold]`` would change what the operator sees."""
     return [value if isinstance(value, Text) else Text(str(value)) for value in values]
+
+
+def when(timestamp_ms: int) -> str:
+    """The one way the CLI shows a moment: ISO 8601 in UTC to the millisecond
+    (``2026-11-29T22:23:03.120Z``), as ``dlq --since`` takes it back."""
+    moment = datetime.fromtimestamp(timestamp_ms / 1000, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def load_settings(**overrides: Any) -> settings_module.Settings:

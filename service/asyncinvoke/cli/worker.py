@@ -3,7 +3,7 @@ from __future__ import annotations
 import click
 
 from asyncinvoke import functions
-from asyncinvoke.cli._common import config_option, load_settings, run
+from asyncinvoke.cli._common import config_option, load_settings, run, shutdown_grace_option
 from asyncinvoke.worker import Worker
 
 
@@ -16,13 +16,7 @@ from asyncinvoke.worker import Worker
     metavar="NAME",
     help="Serve only this function (repeatable); default: all in the file.",
 )
-@click.option(
-    "--shutdown-grace",
-    type=float,
-    default=None,
-    metavar="S",
-    help="Seconds in-flight attempts may finish after SIGTERM (default 30).",
-)
+@shutdown_grace_option
 @click.option(
     "--metrics-port",
     type=click.IntRange(0, 65535),
