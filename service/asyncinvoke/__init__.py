@@ -1,5 +1,6 @@
 """asyncinvoke: asynchronous function invocation on RabbitMQ."""
 
+from asyncinvoke.app import App, Function
 from asyncinvoke.client import Client, InvokeManyError, UnknownFunctionError
 from asyncinvoke.errors import (
     AsyncInvokeError,
@@ -11,25 +12,31 @@ from asyncinvoke.errors import (
     PayloadTooLarge,
     PublishError,
     PublishTimeout,
+    SyncClientClosed,
     UnroutableError,
 )
 from asyncinvoke.runners import Context
+from asyncinvoke.sync_client import SyncClient
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "App",
     "AsyncInvokeError",
     "BrokerBlocked",
     "BrokerUnavailable",
     "Client",
     "ConfigError",
     "Context",
+    "Function",
     "InvalidMessage",
     "InvokeManyError",
     "NonRetryableError",
     "PayloadTooLarge",
     "PublishError",
     "PublishTimeout",
+    "SyncClient",
+    "SyncClientClosed",
     "UnknownFunctionError",
     "UnroutableError",
     "__version__",

@@ -9,6 +9,7 @@
     │   └── PublishTimeout     no confirm in time (the broker may have the message)
     │       └── BrokerBlocked  a resource alarm (memory, disk) blocks publishing
     ├── BrokerUnavailable      no connection to the broker could be made
+    ├── SyncClientClosed       a SyncClient was used after close()
     ├── TaskStoreUnavailable   the task store cannot be reached or cannot write now (transient)
     └── NonRetryableError      raised by a handler: fail now, do not retry
 
@@ -101,6 +102,14 @@ class BrokerBlocked(PublishTimeout):
 
 class BrokerUnavailable(AsyncInvokeError):
     """No connection to the broker could be made."""
+
+
+class SyncClientClosed(AsyncInvokeError):
+    """A ``SyncClient`` was called after it was closed (by ``close()``, its ``with``
+    block, or the interpreter's exit)."""
+
+    def __init__(self) -> None:
+        super().__init__("this SyncClient was closed: make a new one")
 
 
 class TaskStoreUnavailable(AsyncInvokeError):
