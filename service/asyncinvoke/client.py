@@ -16,6 +16,7 @@ from typing import Any
 from uuid import uuid4
 
 import aio_pika
+import aiormq
 
 from asyncinvoke import contract, dispatch, topology
 from asyncinvoke.broker import Broker
@@ -23,6 +24,7 @@ from asyncinvoke.contract import Envelope
 from asyncinvoke.errors import (
     AsyncInvokeError,
     BrokerBlocked,
+    BrokerUnavailable,
     InvalidMessage,
     PayloadTooLarge,
     PublishTimeout,
@@ -186,9 +188,18 @@ class Client:
         if function in self._known_functions:
             return
         assert self.broker.connection is not None, "use 'async with Client()' or connect()"
-        depth = await topology.queue_depth(
-            self.broker.connection, self.names.function_queue(function)
-        )
+        try:
+            depth = await topology.queue_depth(
+                self.broker.connection, self.names.function_queue(function)
+            )
+        except (
+            aiormq.exceptions.AMQPConnectionError,
+            aiormq.exceptions.ChannelInvalidStateError,
+            ConnectionError,
+        ) as exc:
+            raise BrokerUnavailable(
+                f"not connected to the broker ({exc}); the client reconnects, try again"
+            ) from None
         if depth is None:
             raise UnknownFunctionError(function, self.names.ns)
         self._known_functions.add(function)

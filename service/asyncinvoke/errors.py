@@ -7,7 +7,8 @@
     ├── PublishError           the broker refused, returned or did not confirm a publish
     │   ├── UnroutableError    no queue is bound for the routing key
     │   └── PublishTimeout     no confirm in time (the broker may have the message)
-    │       └── BrokerBlocked  a resource alarm (memory, disk) blocks publishing
+    │       ├── BrokerBlocked  a resource alarm (memory, disk) blocks publishing
+    │       └── PublishInterrupted  the connection was lost before the confirm came
     ├── BrokerUnavailable      no connection to the broker could be made
     ├── SyncClientClosed       a SyncClient was used after close()
     ├── TaskStoreUnavailable   the task store cannot be reached or cannot write now (transient)
@@ -98,6 +99,11 @@ class BrokerBlocked(PublishTimeout):
         super().__init__(message, exchange=exchange, routing_key=routing_key)
         self.reason = reason
         self.published = published
+
+
+class PublishInterrupted(PublishTimeout):
+    """The connection was lost after the message may have gone out and before the broker
+    confirmed it: the broker may or may not have it (transient; the client reconnects)."""
 
 
 class BrokerUnavailable(AsyncInvokeError):
