@@ -149,20 +149,20 @@ def test_a_bad_override_names_the_file_and_a_function_only_in_the_file_needs_a_h
         f"{path}: function 'shout': key 'max_retries': must be between 0 and 8, got 12"
     )
     path = _write(tmp_path, "[functions.orphan]\ntimeout = 3\n")
-    with pytest.raises(ConfigError, match="'orphan'.*needs exactly one of 'handler' or 'url'"):
+    with pytest.raises(ConfigError, match=r"'orphan'.*needs exactly one of 'handler' or 'url'"):
         code_app.app.functions_file(path)
 
 
 def test_an_empty_app_without_a_file_has_no_functions() -> None:
-    with pytest.raises(ConfigError, match="no functions: register one with @app.function"):
+    with pytest.raises(ConfigError, match=r"no functions: register one with @app\.function"):
         App().functions_file()
 
 
 def test_load_app_finds_the_app_and_says_what_is_wrong_otherwise() -> None:
     assert load_app("tests.support.code_app:app") is code_app.app
-    with pytest.raises(ConfigError, match="use package.module:attribute"):
+    with pytest.raises(ConfigError, match=r"use package\.module:attribute"):
         load_app("tests.support.code_app")
     with pytest.raises(ConfigError, match="cannot import module 'no_such_module'"):
         load_app("no_such_module:app")
-    with pytest.raises(ConfigError, match="is not an asyncinvoke.App"):
+    with pytest.raises(ConfigError, match=r"is not an asyncinvoke\.App"):
         load_app("tests.support.code_app:shout")
