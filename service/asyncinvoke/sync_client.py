@@ -186,7 +186,9 @@ class SyncClient:
     async def run_async(self, operation: Callable[[Client], Coroutine[Any, Any, T]]) -> T:
         """Run ``operation`` on this client's loop from another event loop, without
         blocking it (``Function.invoke`` uses this)."""
-        runtime = await asyncio.to_thread(self._ready)
+        runtime = self._runtime
+        if runtime is None or runtime.pid != os.getpid():
+            runtime = await asyncio.to_thread(self._ready)  # connecting blocks
         client = runtime.client
         if client is None:
             raise SyncClientClosed()
