@@ -180,7 +180,7 @@ def show(config_path: str | None, app_ref: str | None, as_json: bool) -> None:
 
 def _sources_table(sources: Mapping[str, Mapping[str, str]]) -> Table:
     """Where each value came from, for functions defined in code (and a file over them)."""
-    table = Table(title="where each value comes from (file over code over [defaults])")
+    table = Table(title=escape("where each value comes from (file over code over [defaults])"))
     for column in ("function", "key", "from"):
         table.add_column(column)
     for name, keys in sources.items():
