@@ -31,7 +31,7 @@ import weakref
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any, TypeVar
 
-from asyncinvoke.client import Client
+from asyncinvoke.client import DEFAULT_WINDOW, Client
 from asyncinvoke.errors import BrokerUnavailable, SyncClientClosed
 from asyncinvoke.settings import Settings, from_env, loop_factory
 from asyncinvoke.tasks.states import Status
@@ -214,11 +214,15 @@ class SyncClient:
         )
 
     def invoke_many(
-        self, invocations: Iterable[tuple[str, Any]], *, delay: float = 0
+        self,
+        invocations: Iterable[tuple[str, Any]],
+        *,
+        delay: float = 0,
+        window: int = DEFAULT_WINDOW,
     ) -> list[str]:
         """Hand over many invocations, pipelined; their ids once all were confirmed."""
         batch = list(invocations)
-        return self._run(lambda client: client.invoke_many(batch, delay=delay))
+        return self._run(lambda client: client.invoke_many(batch, delay=delay, window=window))
 
     def call(
         self,
