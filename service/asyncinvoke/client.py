@@ -20,6 +20,7 @@ import aiormq
 
 from asyncinvoke import contract, dispatch, topology
 from asyncinvoke.broker import Broker
+from asyncinvoke.clock import new_id
 from asyncinvoke.contract import Envelope
 from asyncinvoke.errors import (
     AsyncInvokeError,
@@ -88,10 +89,6 @@ class InvokeManyError(AsyncInvokeError):
         )
         self.accepted = accepted
         self.failed = failed
-
-
-def new_id() -> str:
-    return "i" + uuid4().hex
 
 
 class Client:
