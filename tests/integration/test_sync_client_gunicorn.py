@@ -11,18 +11,19 @@ import sys
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 import pytest
 
 from asyncinvoke import contract
-from tests.conftest import ROOT, Namespace, collect, declare_queue, running_worker
+from tests.conftest import AMQP_URL, ROOT, Namespace, collect, declare_queue, running_worker
 from tests.support.infrastructure import require_tool
 from tests.support.sockets import broker_peer_ports, holders_of_connections
 
 THREADS = 8
 REQUESTS_PER_THREAD = 40
-BROKER_PORT = 5672
+BROKER_PORT = urlsplit(AMQP_URL).port or 5672
 
 
 def _free_port() -> int:
