@@ -1,5 +1,6 @@
 """asyncinvoke: asynchronous function invocation on RabbitMQ."""
 
+from asyncinvoke.app import App, Function
 from asyncinvoke.client import Client
 from asyncinvoke.errors import (
     AsyncInvokeError,
@@ -13,7 +14,9 @@ from asyncinvoke.errors import (
     NonRetryableError,
     PayloadTooLarge,
     PublishError,
+    PublishInterrupted,
     PublishTimeout,
+    SyncClientClosed,
     TaskExists,
     TaskExistsError,
     TaskFinished,
@@ -23,10 +26,12 @@ from asyncinvoke.errors import (
     UnroutableError,
 )
 from asyncinvoke.runners import Context
+from asyncinvoke.sync_client import SyncClient
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "App",
     "AsyncInvokeError",
     "BrokerBlocked",
     "BrokerUnavailable",
@@ -34,13 +39,17 @@ __all__ = [
     "Client",
     "ConfigError",
     "Context",
+    "Function",
     "FunctionError",
     "InvalidMessage",
     "InvokeManyError",
     "NonRetryableError",
     "PayloadTooLarge",
     "PublishError",
+    "PublishInterrupted",
     "PublishTimeout",
+    "SyncClient",
+    "SyncClientClosed",
     "TaskExists",
     "TaskExistsError",
     "TaskFinished",

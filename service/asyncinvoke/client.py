@@ -16,6 +16,7 @@ from typing import Any
 from uuid import uuid4
 
 import aio_pika
+import aiormq
 
 from asyncinvoke import clock, contract, dispatch, topology
 from asyncinvoke.broker import Broker
@@ -23,6 +24,7 @@ from asyncinvoke.contract import Envelope
 from asyncinvoke.errors import (
     AsyncInvokeError,
     BrokerBlocked,
+    BrokerUnavailable,
     CallTimeout,
     FunctionError,
     InvalidMessage,
@@ -145,7 +147,18 @@ class Client:
     async def ensure_function(self, function: str) -> None:
         if function in self._known_functions:
             return
-        if not await topology.function_exists(self.broker.connection, self.names, function):
+        assert self.broker.connection is not None, "use 'async with Client()' or connect()"
+        try:
+            exists = await topology.function_exists(self.broker.connection, self.names, function)
+        except (
+            aiormq.exceptions.AMQPConnectionError,
+            aiormq.exceptions.ChannelInvalidStateError,
+            ConnectionError,
+        ) as exc:
+            raise BrokerUnavailable(
+                f"not connected to the broker ({exc}); the client reconnects, try again"
+            ) from None
+        if not exists:
             raise UnknownFunctionError(function, self.names.ns)
         self._known_functions.add(function)
 

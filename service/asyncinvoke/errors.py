@@ -7,7 +7,8 @@
     ├── PublishError           the broker refused, returned or did not confirm a publish
     │   ├── UnroutableError    no queue is bound for the routing key
     │   └── PublishTimeout     no confirm in time (the broker may have the message)
-    │       └── BrokerBlocked  a resource alarm (memory, disk) blocks publishing
+    │       ├── BrokerBlocked  a resource alarm (memory, disk) blocks publishing
+    │       └── PublishInterrupted  the connection was lost before the confirm came
     ├── BrokerUnavailable      no connection to the broker could be made
     ├── UnknownFunctionError   the function has no queue in the namespace (Client)
     ├── FunctionError          a synchronous call's function failed (Client.call)
@@ -16,6 +17,7 @@
     ├── TaskExists             the task id is taken (also named TaskExistsError)
     ├── TaskNotFound           no task with that id
     ├── TaskFinished           the task already ended (a stop came too late)
+    ├── SyncClientClosed       a SyncClient was used after close()
     ├── TaskStoreUnavailable   the task store cannot be reached or cannot write now (transient)
     ├── HttpDeliveryError      an HTTP destination refused a record or could not be reached
     ├── NonRetryableError      raised by a handler: fail now, do not retry
@@ -150,6 +152,11 @@ class BrokerBlocked(PublishTimeout):
         self.published = published
 
 
+class PublishInterrupted(PublishTimeout):
+    """The connection was lost after the message may have gone out and before the broker
+    confirmed it: the broker may or may not have it (transient; the client reconnects)."""
+
+
 class BrokerUnavailable(AsyncInvokeError):
     """No connection to the broker could be made."""
 
@@ -227,6 +234,12 @@ class TaskFinished(AsyncInvokeError):
     def __init__(self, task: _EndedTask):
         super().__init__(f"task {task.id!r} already ended as {task.status.value}")
         self.task = task
+class SyncClientClosed(AsyncInvokeError):
+    """A ``SyncClient`` was called after it was closed (by ``close()``, its ``with``
+    block, or the interpreter's exit)."""
+
+    def __init__(self) -> None:
+        super().__init__("this SyncClient was closed: make a new one")
 
 
 class TaskStoreUnavailable(AsyncInvokeError):

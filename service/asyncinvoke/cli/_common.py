@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import Coroutine
 from datetime import UTC, datetime
@@ -12,6 +13,7 @@ import click
 from rich.console import Console
 from rich.text import Text
 
+from asyncinvoke import functions
 from asyncinvoke import settings as settings_module
 from asyncinvoke.errors import AsyncInvokeError
 from asyncinvoke.observability import configure_logging
@@ -32,6 +34,15 @@ shutdown_grace_option = click.option(
     metavar="S",
     help="Seconds in-flight attempts may finish after SIGTERM "
     f"(default {settings_module.DEFAULT_SHUTDOWN_GRACE_S:g}).",
+)
+
+
+app_option = click.option(
+    "--app",
+    "app_ref",
+    metavar="MODULE:APP",
+    help="Functions defined in code (an asyncinvoke.App); a functions file given with "
+    "--config or ASYNCINVOKE_CONFIG overrides them key by key.",
 )
 
 
@@ -59,6 +70,19 @@ def load_settings(**overrides: Any) -> settings_module.Settings:
     settings = settings_module.from_env(tty=sys.stderr.isatty()).with_overrides(**overrides)
     configure_logging(settings.log_format)
     return settings
+
+
+def load_functions(
+    settings: settings_module.Settings, config_path: str | None, app_ref: str | None
+) -> functions.FunctionsFile:
+    """The functions file; with ``--app``, the app's functions under the file, if one was
+    named (a functions.toml that merely lies in the current folder is not read)."""
+    if app_ref is None:
+        return functions.load(settings.config_path)
+    from asyncinvoke.app import load_app
+
+    file = config_path or os.environ.get("ASYNCINVOKE_CONFIG") or None
+    return load_app(app_ref).functions_file(file)
 
 
 def run(coroutine: Coroutine[Any, Any, T]) -> T:
