@@ -1,4 +1,5 @@
-"""The HTTP gateway: Function Compute's OpenAPI (2023-03-30 subset) over asyncinvoke.
+"""The HTTP gateway: Function Compute's OpenAPI (2023-03-30 subset) over asyncinvoke,
+and FC 2.0's (2016-08-15, 2021-04-06: ``fc2routes``) over the same implementation.
 
 One ``Client`` (one broker connection) serves every request. Async invocations
 are answered 202 only after the broker confirmed them; sync invocations go through
@@ -24,8 +25,10 @@ from asyncinvoke.client import CallTimeout, Client, FunctionError, TaskExistsErr
 from asyncinvoke.contract import UNHANDLED
 from asyncinvoke.errors import PayloadTooLarge
 from asyncinvoke.functions import FunctionsFile, FunctionSpec
-from asyncinvoke.gateway import fcapi, local
-from asyncinvoke.gateway.auth import Verifier, refuse_replay
+from asyncinvoke.gateway import fc2api, fcapi, local
+from asyncinvoke.gateway.auth import SignedRequest, Verifier, refuse_replay
+from asyncinvoke.gateway.auth2 import Fc2Verifier
+from asyncinvoke.gateway.fc2routes import INVOKE_ROUTES, Fc2Routes
 from asyncinvoke.gateway.fcapi import (
     ASYNC_TASK_ID,
     JSON,
@@ -38,7 +41,7 @@ from asyncinvoke.observability import get_logger
 from asyncinvoke.settings import Settings
 from asyncinvoke.systemd import Notifier
 from asyncinvoke.tasks.states import Status
-from asyncinvoke.tasks.store import Task, TaskFinished
+from asyncinvoke.tasks.store import Page, Task, TaskFinished
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9000
@@ -68,6 +71,7 @@ class Gateway:
         self.names = topology.Names(settings.namespace)
         self.client = Client(settings=settings)
         self.verifier = Verifier(access_keys) if access_keys else None
+        self.fc2_verifier = Fc2Verifier(access_keys) if access_keys else None
         self.config_modified_ms = _modified_ms(functions_file.path)
         self.metrics = metrics or Metrics()
         if metrics is None:
@@ -123,6 +127,7 @@ class Gateway:
             url=self.url,
             namespace=self.names.ns,
             functions=sorted(self.specs),
+            services=sorted({spec.service for spec in self.specs.values()}),
             authentication=(
                 f"ACS3-HMAC-SHA256 ({self.verifier.key_count} access keys)"
                 if self.verifier is not None
@@ -178,6 +183,7 @@ class Gateway:
         base = fcapi.API_PREFIX + "/{fn}"
         app.add_routes(
             [
+                *Fc2Routes(self).routes(),
                 web.post(base + "/invocations", self.invoke, name="InvokeFunction"),
                 web.get(base + "/async-tasks", self.list_tasks, name="ListAsyncTasks"),
                 web.get(base + "/async-tasks/{task_id}", self.get_task, name="GetAsyncTask"),
@@ -198,18 +204,13 @@ class Gateway:
         try:
             if self.verifier is None:
                 local.check_unsigned_request(request.path, request.headers)
-                if request.match_info.route.name == "InvokeFunction":
+                if request.match_info.route.name in INVOKE_ROUTES:
                     local.check_unsigned_invocation(request.headers, request.content_type)
-            elif request.path.startswith(fcapi.API_PREFIX):
-                body = await request.read()
-                signed = self.verifier.verify(
-                    request.method,
-                    request.rel_url.raw_path,
-                    request.rel_url.query.items(),
-                    request.headers,
-                    body,
-                )
-                await refuse_replay(await self.client.tasks(), signed, time.time_ns() // 1_000_000)
+            else:
+                signed = await self._verify(request)
+                if signed is not None:
+                    now_ms = time.time_ns() // 1_000_000
+                    await refuse_replay(await self.client.tasks(), signed, now_ms)
             response = await handler(request)
         except web.HTTPException as exc:
             response = self._error_response(
@@ -227,6 +228,23 @@ class Gateway:
         self.requests.labels(route, str(response.status)).inc()
         return response
 
+    async def _verify(self, request: web.Request) -> SignedRequest | None:
+        """The signature of an API request, checked; None for the FC scheme (no nonce)
+        and for paths that need none (probes, metrics)."""
+        assert self.verifier is not None and self.fc2_verifier is not None
+        url = request.rel_url
+        if fc2api.is_fc2_path(request.path):
+            return self.fc2_verifier.verify(
+                request.method, request.path, url.raw_path, url.query.items(),
+                request.headers, await request.read(),
+            )
+        if request.path.startswith(fcapi.API_PREFIX):
+            return self.verifier.verify(
+                request.method, url.raw_path, url.query.items(), request.headers,
+                await request.read(),
+            )
+        return None
+
     def _error_response(self, request: web.Request, error: FcError) -> web.Response:
         request_id = uuid4().hex
         level = log.error if error.status >= 500 else log.info
@@ -239,9 +257,10 @@ class Gateway:
             reason=error.message,
             request_id=request_id,
         )
+        shape = fc2api if fc2api.is_fc2_path(request.path) else fcapi
         return web.Response(
             status=error.status,
-            body=fcapi.error_body(error, request_id),
+            body=shape.error_body(error, request_id),
             content_type=JSON,
             headers={REQUEST_ID: request_id},
         )
@@ -258,7 +277,12 @@ class Gateway:
     async def invoke(self, request: web.Request) -> web.Response:
         spec = self._spec(request)
         invocation = fcapi.parse_invocation(request.headers, self.settings.max_delay_s)
-        body = await request.read()
+        return await self.run_invocation(spec, invocation, await request.read())
+
+    async def run_invocation(
+        self, spec: FunctionSpec, invocation: fcapi.Invocation, body: bytes
+    ) -> web.Response:
+        """An InvokeFunction of either face: 202 once the broker took it, or the result."""
         if not self.client.broker.is_connected:
             raise fcapi.ServiceUnavailable("RabbitMQ is not reachable now; try again shortly")
         alarm = self.client.broker.blocked_reason
@@ -270,7 +294,7 @@ class Gateway:
         try:
             if invocation.asynchronous:
                 return await self._invoke_async(spec, invocation, body)
-            return await self._invoke_sync(spec, body)
+            return await self._invoke_sync(spec, body, dict(invocation.meta) or None)
         except PayloadTooLarge as exc:
             raise EntityTooLarge(str(exc)) from None
 
@@ -278,11 +302,19 @@ class Gateway:
         self, spec: FunctionSpec, invocation: fcapi.Invocation, body: bytes
     ) -> web.Response:
         # A caller-chosen task id means task mode for this invocation (FC's stateful
-        # async invocation), whatever the function's setting.
-        task = True if invocation.task_id is not None or spec.task_mode else None
+        # async invocation), whatever the function's setting; FC 2.0's header may also
+        # ask for task mode, or refuse it.
+        task = invocation.task if invocation.task is not None else spec.task_mode or None
+        if invocation.task_id is not None:
+            task = True
         try:
             invocation_id = await self.client.invoke(
-                spec.name, body, delay=invocation.delay_s, id=invocation.task_id, task=task
+                spec.name,
+                body,
+                delay=invocation.delay_s,
+                id=invocation.task_id,
+                task=task,
+                meta=dict(invocation.meta) or None,
             )
         except TaskExistsError as exc:
             raise fcapi.Conflict(
@@ -290,11 +322,15 @@ class Gateway:
             ) from None
         return web.Response(status=202, headers={REQUEST_ID: invocation_id})
 
-    async def _invoke_sync(self, spec: FunctionSpec, body: bytes) -> web.Response:
+    async def _invoke_sync(
+        self, spec: FunctionSpec, body: bytes, meta: dict[str, str] | None
+    ) -> web.Response:
         invocation_id = new_id()
         timeout = spec.timeout_s + self.sync_margin_s
         try:
-            result = await self.client.call(spec.name, body, timeout=timeout, id=invocation_id)
+            result = await self.client.call(
+                spec.name, body, timeout=timeout, id=invocation_id, meta=meta
+            )
         except FunctionError as exc:
             error_type = exc.function_error or UNHANDLED
             return fcapi.function_error_response(invocation_id, exc.error, error_type)
@@ -327,13 +363,18 @@ class Gateway:
         """The task the path names, if it is a task of the function the path names."""
         spec = self._spec(request)
         task_id = request.match_info["task_id"]
-        if not contract.ID_RE.fullmatch(task_id):  # no such task; and no NUL for the store
-            raise fcapi.task_not_found(spec.name, task_id)
-        store = await self.client.tasks()
-        task = await store.get(task_id)
-        if task is None or task.function != spec.name:
+        task = await self.find_task(spec, task_id)
+        if task is None:
             raise fcapi.task_not_found(spec.name, task_id)
         return task
+
+    async def find_task(self, spec: FunctionSpec, task_id: str) -> Task | None:
+        """The task ``task_id`` if it is a task of ``spec``'s function."""
+        if not contract.ID_RE.fullmatch(task_id):  # no such task; and no NUL for the store
+            return None
+        store = await self.client.tasks()
+        task = await store.get(task_id)
+        return task if task is not None and task.function == spec.name else None
 
     async def get_task(self, request: web.Request) -> web.Response:
         task = await self._task(request)
@@ -342,6 +383,10 @@ class Gateway:
     async def list_tasks(self, request: web.Request) -> web.Response:
         spec = self._spec(request)
         query = fcapi.parse_list_query(request.query)
+        page = await self.list_page(spec, query)
+        return _json(fcapi.list_output(page, query.include_payload))
+
+    async def list_page(self, spec: FunctionSpec, query: fcapi.ListQuery) -> Page:
         store = await self.client.tasks()
         try:
             page = await store.list(
@@ -356,16 +401,19 @@ class Gateway:
             )
         except ValueError as exc:
             raise fcapi.InvalidArgument(str(exc)) from None
-        return _json(fcapi.list_output(page, query.include_payload))
+        return page
 
     async def stop_task(self, request: web.Request) -> web.Response:
         task = await self._task(request)
+        await self.stop_task_of(task, "AsyncTaskFinished")
+        return web.Response(status=200)
+
+    async def stop_task_of(self, task: Task, finished_code: str) -> None:
         try:
             await self.client.stop_task(task.id)
         except TaskFinished as exc:
             if exc.task.status is not Status.STOPPED:  # stopping a stopped task is no error
-                raise fcapi.Conflict(str(exc), code="AsyncTaskFinished") from None
-        return web.Response(status=200)
+                raise fcapi.Conflict(str(exc), code=finished_code) from None
 
     # -- GetAsyncInvokeConfig ----------------------------------------------------------
 
