@@ -253,7 +253,7 @@ _SIGNED_NAMES = frozenset({"accept", "content-md5", "content-type", "date", "aut
 def _refuse_repeated_signed_headers(headers: Headers) -> None:
     """A signed header sent twice: which value was signed would be the gateway's guess."""
     seen: set[str] = set()
-    for name in headers:
+    for name, _ in headers.items():  # iterating the names would skip repeats
         lower = name.lower()
         if lower in _SIGNED_NAMES or lower.startswith((FC_HEADER_PREFIX, ACS_HEADER_PREFIX)):
             if lower in seen:
