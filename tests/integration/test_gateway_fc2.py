@@ -30,6 +30,7 @@ from alibabacloud_tea_openapi import models as openapi
 from alibabacloud_tea_openapi.exceptions import ClientException
 from alibabacloud_tea_util.models import RuntimeOptions
 
+from asyncinvoke.clock import now_ms
 from asyncinvoke.gateway import Gateway
 from tests.conftest import Namespace, running_worker, wait_for
 from tests.integration.test_gateway import AK_ID, AK_SECRET, call, running_gateway, task_store
@@ -97,10 +98,6 @@ def tea_client(gateway: Gateway, *, roa: bool = False, secret: str = AK_SECRET) 
     if roa:
         config.signature_algorithm = "v2"  # the SDK's ROA signature (acs ID:HMAC-SHA1)
     return Fc21Client(config)
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 async def fc2_error(function: Any, *args: Any, **kwargs: Any) -> fc2.fc_exceptions.FcError:

@@ -22,7 +22,7 @@ from prometheus_client import Counter
 
 from asyncinvoke import contract, record_codec, topology
 from asyncinvoke.client import CallTimeout, Client, FunctionError, TaskExistsError
-from asyncinvoke.clock import new_id
+from asyncinvoke.clock import new_id, now_ms
 from asyncinvoke.contract import UNHANDLED
 from asyncinvoke.errors import PayloadTooLarge
 from asyncinvoke.functions import FunctionsFile, FunctionSpec
@@ -210,8 +210,7 @@ class Gateway:
             else:
                 signed = await self._verify(request)
                 if signed is not None:
-                    now_ms = time.time_ns() // 1_000_000
-                    await refuse_replay(await self.client.tasks(), signed, now_ms)
+                    await refuse_replay(await self.client.tasks(), signed, now_ms())
             response = await handler(request)
         except web.HTTPException as exc:
             response = self._error_response(
