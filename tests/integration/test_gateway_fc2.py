@@ -235,6 +235,10 @@ async def test_fc2_sdk_reads_the_function_async_invoke_config(
     )
     assert (tea.body.service, tea.body.function) == ("shop", "clock")
     assert tea.body.stateful_invocation is False
+    listed = await call(fc2_client(gateway).list_function_async_invoke_configs, "shop", "echo")
+    assert [(c["function"], c["qualifier"]) for c in listed.data["configs"]] == [
+        ("echo", "LATEST")
+    ]
 
 
 # -- alibabacloud-fc-open20210406 (2021-04-06) ---------------------------------------------

@@ -58,6 +58,11 @@ class Fc2Routes:
                 self.get_async_config,
                 name="FC2.GetFunctionAsyncInvokeConfig",
             ),
+            web.get(
+                base + "/async-invoke-configs",
+                self.list_async_configs,
+                name="FC2.ListFunctionAsyncInvokeConfigs",
+            ),
         ]
 
     def _spec(self, request: web.Request) -> FunctionSpec:
@@ -111,12 +116,19 @@ class Fc2Routes:
     async def list_functions(self, request: web.Request) -> web.Response:
         return _json(fc2api.stateful_functions(self.gateway.specs.values(), request.query))
 
-    # -- GetFunctionAsyncInvokeConfig ----------------------------------------------------
+    # -- Get/ListFunctionAsyncInvokeConfig(s) --------------------------------------------
 
     async def get_async_config(self, request: web.Request) -> web.Response:
         spec = self._spec(request)
         gateway = self.gateway
         return _json(fc2api.async_config(spec, gateway.names, gateway.config_modified_ms))
+
+    async def list_async_configs(self, request: web.Request) -> web.Response:
+        """A function's configs, one per qualifier: here only LATEST's."""
+        spec = self._spec(request)
+        gateway = self.gateway
+        config = fc2api.async_config(spec, gateway.names, gateway.config_modified_ms)
+        return _json({"configs": [config]})
 
 
 def _json(value: object) -> web.Response:
