@@ -20,37 +20,29 @@ import orjson
 from aiohttp import web
 from prometheus_client import Counter
 
-from asyncinvoke import contract, record_codec, topology
-from asyncinvoke.client import CallTimeout, Client, FunctionError, TaskExistsError
-from asyncinvoke.clock import new_id, now_ms
-from asyncinvoke.contract import UNHANDLED
-from asyncinvoke.errors import PayloadTooLarge
+from asyncinvoke import topology
+from asyncinvoke.client import Client
+from asyncinvoke.clock import now_ms
 from asyncinvoke.functions import FunctionsFile, FunctionSpec
 from asyncinvoke.gateway import fc2api, fcapi, local
 from asyncinvoke.gateway.auth import SignedRequest, Verifier, refuse_replay
 from asyncinvoke.gateway.auth2 import Fc2Verifier
 from asyncinvoke.gateway.fc2routes import INVOKE_ROUTES, Fc2Routes
 from asyncinvoke.gateway.fcapi import (
-    ASYNC_TASK_ID,
     JSON,
     REQUEST_ID,
-    EntityTooLarge,
     FcError,
 )
+from asyncinvoke.gateway.operations import SYNC_MARGIN_S, Operations
 from asyncinvoke.metrics import Metrics, health_routes
 from asyncinvoke.observability import get_logger
 from asyncinvoke.settings import Settings
 from asyncinvoke.systemd import Notifier
-from asyncinvoke.tasks.states import Status
-from asyncinvoke.tasks.store import Page, Task, TaskFinished
+from asyncinvoke.tasks.store import Task
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9000
 LOOPBACK = "127.0.0.1"
-# A sync invocation waits for the function's timeout plus this, for the trip through the
-# broker and the reply; after that it is a FunctionTimeout answer, never a hang.
-SYNC_MARGIN_S = 5.0
-
 log = get_logger(component="gateway")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -67,10 +59,10 @@ class Gateway:
         sync_margin_s: float = SYNC_MARGIN_S,
     ):
         self.settings = settings
-        self.sync_margin_s = sync_margin_s
         self.specs: dict[str, FunctionSpec] = dict(functions_file.functions)
         self.names = topology.Names(settings.namespace)
         self.client = Client(settings=settings)
+        self.operations = Operations(self.client, sync_margin_s)
         self.verifier = Verifier(access_keys) if access_keys else None
         self.fc2_verifier = Fc2Verifier(access_keys) if access_keys else None
         self.config_modified_ms = _modified_ms(functions_file.path)
@@ -277,85 +269,8 @@ class Gateway:
     async def invoke(self, request: web.Request) -> web.Response:
         spec = self._spec(request)
         invocation = fcapi.parse_invocation(request.headers, self.settings.max_delay_s)
-        return await self.run_invocation(spec, invocation, await request.read())
+        return await self.operations.invoke(spec, invocation, await request.read())
 
-    async def run_invocation(
-        self, spec: FunctionSpec, invocation: fcapi.Invocation, body: bytes
-    ) -> web.Response:
-        """An InvokeFunction of either face: 202 once the broker took it, or the result."""
-        if not self.client.broker.is_connected:
-            raise fcapi.ServiceUnavailable("RabbitMQ is not reachable now; try again shortly")
-        alarm = self.client.broker.blocked_reason
-        if alarm is not None:
-            raise fcapi.ServiceUnavailable(
-                f"RabbitMQ blocks publishing: resource alarm ({alarm}); the invocation was "
-                "not accepted. Try again once the broker's memory or disk alarm clears"
-            )
-        try:
-            if invocation.asynchronous:
-                return await self._invoke_async(spec, invocation, body)
-            return await self._invoke_sync(spec, body, dict(invocation.meta) or None)
-        except PayloadTooLarge as exc:
-            raise EntityTooLarge(str(exc)) from None
-
-    async def _invoke_async(
-        self, spec: FunctionSpec, invocation: fcapi.Invocation, body: bytes
-    ) -> web.Response:
-        # A caller-chosen task id means task mode for this invocation (FC's stateful
-        # async invocation), whatever the function's setting; FC 2.0's header may also
-        # ask for task mode, or refuse it.
-        task = invocation.task if invocation.task is not None else spec.task_mode or None
-        if invocation.task_id is not None:
-            task = True
-        try:
-            invocation_id = await self.client.invoke(
-                spec.name,
-                body,
-                delay=invocation.delay_s,
-                id=invocation.task_id,
-                task=task,
-                meta=dict(invocation.meta) or None,
-            )
-        except TaskExistsError as exc:
-            raise fcapi.Conflict(
-                f"{ASYNC_TASK_ID} '{exc.task_id}': {exc}", code="AsyncTaskAlreadyExists"
-            ) from None
-        return web.Response(status=202, headers={REQUEST_ID: invocation_id})
-
-    async def _invoke_sync(
-        self, spec: FunctionSpec, body: bytes, meta: dict[str, str] | None
-    ) -> web.Response:
-        invocation_id = new_id()
-        timeout = spec.timeout_s + self.sync_margin_s
-        try:
-            result = await self.client.call(
-                spec.name, body, timeout=timeout, id=invocation_id, meta=meta
-            )
-        except FunctionError as exc:
-            error_type = exc.function_error or UNHANDLED
-            return fcapi.function_error_response(invocation_id, exc.error, error_type)
-        except CallTimeout:
-            raise fcapi.InvocationTimeout(
-                f"no reply for invocation {invocation_id} of function '{spec.name}' within "
-                f"{timeout:g} s (its timeout + {self.sync_margin_s:g} s): is a worker serving it?"
-            ) from None
-        try:
-            payload, content_type = fcapi.result_body(result)
-        except record_codec.ENCODE_ERRORS as exc:
-            # msgpack carried a result JSON cannot (bytes map keys, deep nesting): the
-            # caller is told so as a function error, not with a 500 and a stack trace.
-            error = {
-                "errorType": "ResultNotSerializable",
-                "errorMessage": f"function '{spec.name}' returned a value JSON cannot carry "
-                f"({exc}): {record_codec.render(result)}",
-                "stackTrace": [],
-            }
-            return fcapi.function_error_response(invocation_id, error, UNHANDLED)
-        return web.Response(
-            status=200,
-            body=payload,
-            headers={REQUEST_ID: invocation_id, "Content-Type": content_type},
-        )
 
     # -- async tasks -------------------------------------------------------------------
 
@@ -363,18 +278,10 @@ class Gateway:
         """The task the path names, if it is a task of the function the path names."""
         spec = self._spec(request)
         task_id = request.match_info["task_id"]
-        task = await self.find_task(spec, task_id)
+        task = await self.operations.find_task(spec, task_id)
         if task is None:
             raise fcapi.task_not_found(spec.name, task_id)
         return task
-
-    async def find_task(self, spec: FunctionSpec, task_id: str) -> Task | None:
-        """The task ``task_id`` if it is a task of ``spec``'s function."""
-        if not contract.ID_RE.fullmatch(task_id):  # no such task; and no NUL for the store
-            return None
-        store = await self.client.tasks()
-        task = await store.get(task_id)
-        return task if task is not None and task.function == spec.name else None
 
     async def get_task(self, request: web.Request) -> web.Response:
         task = await self._task(request)
@@ -383,37 +290,13 @@ class Gateway:
     async def list_tasks(self, request: web.Request) -> web.Response:
         spec = self._spec(request)
         query = fcapi.parse_list_query(request.query)
-        page = await self.list_page(spec, query)
+        page = await self.operations.list_page(spec, query)
         return _json(fcapi.list_output(page, query.include_payload))
-
-    async def list_page(self, spec: FunctionSpec, query: fcapi.ListQuery) -> Page:
-        store = await self.client.tasks()
-        try:
-            page = await store.list(
-                function=spec.name,
-                status=query.status,
-                prefix=query.prefix,
-                started_from=query.started_from,
-                started_to=query.started_to,
-                limit=query.limit,
-                next_token=query.next_token,
-                newest_first=query.newest_first,
-            )
-        except ValueError as exc:
-            raise fcapi.InvalidArgument(str(exc)) from None
-        return page
 
     async def stop_task(self, request: web.Request) -> web.Response:
         task = await self._task(request)
-        await self.stop_task_of(task, "AsyncTaskFinished")
+        await self.operations.stop(task, "AsyncTaskFinished")
         return web.Response(status=200)
-
-    async def stop_task_of(self, task: Task, finished_code: str) -> None:
-        try:
-            await self.client.stop_task(task.id)
-        except TaskFinished as exc:
-            if exc.task.status is not Status.STOPPED:  # stopping a stopped task is no error
-                raise fcapi.Conflict(str(exc), code=finished_code) from None
 
     # -- GetAsyncInvokeConfig ----------------------------------------------------------
 

@@ -1,9 +1,9 @@
 """FC 2.0's routes (2016-08-15 and 2021-04-06), served by the gateway's one implementation.
 
 Each handler finds the function through its service (``fc2api``), then calls what the
-2023-03-30 routes call (``Gateway.run_invocation``, ``find_task``, ``list_page``,
-``stop``) and answers in FC 2.0's shapes. The gateway's middleware checks the signature
-(``auth2``) and writes errors in FC 2.0's JSON for these paths.
+2023-03-30 routes call (``operations``) and answers in FC 2.0's shapes. The gateway's
+middleware checks the signature (``auth2``) and writes errors in FC 2.0's JSON for these
+paths.
 
 Put/Delete of the async config and the trigger routes join here when live configuration
 and triggers exist: a handler each, over the implementation the 2023-03-30 routes use,
@@ -76,7 +76,7 @@ class Fc2Routes:
     async def _task(self, request: web.Request) -> tuple[FunctionSpec, Task]:
         spec = self._spec(request)
         invocation_id = request.match_info["invocation_id"]
-        task = await self.gateway.find_task(spec, invocation_id)
+        task = await self.gateway.operations.find_task(spec, invocation_id)
         if task is None:
             raise fc2api.invocation_not_found(spec.service, spec.name, invocation_id)
         return spec, task
@@ -88,7 +88,7 @@ class Fc2Routes:
         invocation = fc2api.parse_invocation(request.headers, self.gateway.settings.max_delay_s)
         body = await request.read()
         try:
-            return await self.gateway.run_invocation(spec, invocation, body)
+            return await self.gateway.operations.invoke(spec, invocation, body)
         except fcapi.Conflict:
             raise fcapi.Conflict(
                 f"{fc2api.STATEFUL_ID} '{invocation.task_id}': a stateful async invocation "
@@ -105,12 +105,12 @@ class Fc2Routes:
     async def list_invocations(self, request: web.Request) -> web.Response:
         spec = self._spec(request)
         query = fc2api.parse_list_query(request.query)
-        page = await self.gateway.list_page(spec, query)
+        page = await self.gateway.operations.list_page(spec, query)
         return _json(fc2api.list_output(page, spec.service, query.include_payload))
 
     async def stop_invocation(self, request: web.Request) -> web.Response:
         _, task = await self._task(request)
-        await self.gateway.stop_task_of(task, "StatefulAsyncInvocationFinished")
+        await self.gateway.operations.stop(task, "StatefulAsyncInvocationFinished")
         return web.Response(status=200)
 
     async def list_functions(self, request: web.Request) -> web.Response:
