@@ -23,12 +23,15 @@ from asyncinvoke.ladder import HOLD_LIMIT_MS
 FUNCTION_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
 QUEUE_NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,255}$")
 HANDLER_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+# FC 2.0's service names; no dot, which separates a service from its qualifier in a path.
+SERVICE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,127}$")
 
 DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_MAX_RETRIES = 3
 DEFAULT_MAX_EVENT_AGE_S = 86400
 DEFAULT_CONCURRENCY = 16
 DEFAULT_DELIVERY_LIMIT = 5
+DEFAULT_SERVICE = "default"
 MAX_RETRIES_LIMIT = 8
 MAX_EVENT_AGE_LIMIT_S = 604800
 
@@ -69,6 +72,7 @@ class FunctionSpec:
     on_success: Destination | None = None
     on_failure: Destination | None = None  # None: the failure queue {ns}.failed
     delivery_limit: int = DEFAULT_DELIVERY_LIMIT
+    service: str = DEFAULT_SERVICE  # FC 2.0's grouping: /2016-08-15/services/{service}/...
 
     def policy(self) -> dict[str, Any]:
         """The effective policy, as ``topology show`` prints it."""
@@ -89,6 +93,7 @@ class FunctionSpec:
             "on_success": str(self.on_success) if self.on_success else None,
             "on_failure": str(self.on_failure) if self.on_failure else "(failure queue)",
             "delivery_limit": self.delivery_limit,
+            "service": self.service,
         }
 
 
@@ -99,6 +104,17 @@ class FunctionsFile:
     # Functions from code and a file (``combine``): function → key → where its value
     # came from. Empty for a file alone.
     sources: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+
+    def services(self) -> dict[str, list[str]]:
+        """Each service (FC 2.0's grouping) with its functions, both sorted by name."""
+        return services_of(self.functions.values())
+
+
+def services_of(specs: Iterable[FunctionSpec]) -> dict[str, list[str]]:
+    grouped: dict[str, list[str]] = {}
+    for spec in sorted(specs, key=lambda spec: (spec.service, spec.name)):
+        grouped.setdefault(spec.service, []).append(spec.name)
+    return grouped
 
 
 _KEYS = {
@@ -113,6 +129,7 @@ _KEYS = {
     "on_success",
     "on_failure",
     "delivery_limit",
+    "service",
 }
 _DEFAULT_KEYS = _KEYS - {"handler", "url"}
 _BACKOFF_KEYS = {"initial", "multiplier", "max", "jitter"}
@@ -170,6 +187,14 @@ class _Reader:
             max=sub.number("backoff.max", default.max, 0.0, 86400.0),
             jitter=sub.number("backoff.jitter", default.jitter, 0.0, 1.0),
         )
+
+    def service(self, default: str) -> str:
+        value = self.table.get("service", default)
+        if not isinstance(value, str) or not SERVICE_NAME_RE.fullmatch(value):
+            raise self.error(
+                "service", f"must be a name matching {SERVICE_NAME_RE.pattern}, got {value!r}"
+            )
+        return value
 
     def destination(self, key: str) -> Destination | None:
         raw = self.table.get(key)
@@ -235,6 +260,7 @@ def _spec(
         on_success=reader.destination("on_success") or defaults.on_success,
         on_failure=reader.destination("on_failure") or defaults.on_failure,
         delivery_limit=reader.integer("delivery_limit", defaults.delivery_limit, 1, 1000),
+        service=reader.service(defaults.service),
     )
 
 

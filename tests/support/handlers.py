@@ -40,6 +40,12 @@ async def started_at(event: Any, context: Context) -> int:
     return time.time_ns() // 1_000_000
 
 
+async def meta(event: Any, context: Context) -> dict[str, str]:
+    """Returns the invocation's meta (trace ids), so a test can see what arrived."""
+    _note(context)
+    return dict(context.meta)
+
+
 async def fail_until(event: Any, context: Context) -> str:
     """Fails while attempt < event["fail_times"]."""
     _note(context)

@@ -541,3 +541,28 @@ def test_a_timeout_past_the_brokers_consumer_timeout_is_refused_naming_both_and_
     assert "rabbitmq.conf to at least 1801000 (milliseconds)" in message
     assert "ASYNCINVOKE_BROKER_CONSUMER_TIMEOUT=1801" in message
     assert "timeout to 1798.95 s or less" in message
+
+
+# -- services (FC 2.0's grouping) --------------------------------------------------------
+
+
+def test_a_function_is_in_the_default_service_unless_defaults_or_it_name_another() -> None:
+    plain = parse('[functions.a]\nhandler = "m:f"\n').functions["a"]
+    assert plain.service == "default"
+    loaded = parse(
+        '[defaults]\nservice = "shop"\n'
+        '[functions.a]\nhandler = "m:f"\n'
+        '[functions.b]\nhandler = "m:f"\nservice = "mail"\n'
+        '[functions.c]\nhandler = "m:f"\n'
+    )
+    assert {name: spec.service for name, spec in loaded.functions.items()} == {
+        "a": "shop", "b": "mail", "c": "shop",
+    }
+    assert loaded.services() == {"mail": ["b"], "shop": ["a", "c"]}
+    assert loaded.functions["b"].policy()["service"] == "mail"
+
+
+@pytest.mark.parametrize("value", ['"a.b"', '""', '"9lives"', "3", '"' + "s" * 129 + '"'])
+def test_a_bad_service_name_names_the_key(value: str) -> None:
+    exc = refusal(f'[functions.resize]\nhandler = "m:f"\nservice = {value}\n')
+    assert (exc.function, exc.key) == ("resize", "service")

@@ -98,7 +98,8 @@ async def _depths(settings: Settings, queues: list[str]) -> dict[str, int | None
 @app_option
 @json_option
 def show(config_path: str | None, app_ref: str | None, as_json: bool) -> None:
-    """Show each function's queue, depth and effective policy, and the system queues."""
+    """Show each function's service, queue, depth and effective policy, and the system
+    queues."""
     settings = load_settings(config_path=config_path)
     functions_file = load_functions(settings, config_path, app_ref)
     names = topo.Names(settings.namespace)
@@ -110,6 +111,7 @@ def show(config_path: str | None, app_ref: str | None, as_json: bool) -> None:
     if as_json:
         document: dict[str, Any] = {
             "namespace": settings.namespace,
+            "services": functions_file.services(),
             "functions": {
                 name: {
                     **shown_policy(spec),
@@ -130,6 +132,7 @@ def show(config_path: str | None, app_ref: str | None, as_json: bool) -> None:
     console = terminal()
     table = Table(title=f"functions in namespace {escape(repr(settings.namespace))}")
     for column in (
+        "service",
         "function",
         "runs",
         "queue",
@@ -150,6 +153,7 @@ def show(config_path: str | None, app_ref: str | None, as_json: bool) -> None:
         # Literal cells: a URL such as http://[fe80::1]/ would otherwise read as markup.
         table.add_row(
             *cells(
+                spec.service,
                 name,
                 policy["target"],
                 names.function_queue(name),
@@ -165,6 +169,11 @@ def show(config_path: str | None, app_ref: str | None, as_json: bool) -> None:
             )
         )
     console.print(table)
+    services = functions_file.services()
+    console.print(
+        "services (FC 2.0 API): "
+        + ", ".join(f"{escape(service)} ({len(names)})" for service, names in services.items())
+    )
     if functions_file.sources:
         console.print(_sources_table(functions_file.sources))
     waiting = sum(depths[queue] or 0 for queue in ladder_queues)
