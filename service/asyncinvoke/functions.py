@@ -31,6 +31,8 @@ DEFAULT_CONCURRENCY = 16
 DEFAULT_DELIVERY_LIMIT = 5
 MAX_RETRIES_LIMIT = 8
 MAX_EVENT_AGE_LIMIT_S = 604800
+# Where a sync handler runs: a thread of the worker process, or a process of its own.
+EXECUTORS = ("thread", "process")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +71,7 @@ class FunctionSpec:
     on_success: Destination | None = None
     on_failure: Destination | None = None  # None: the failure queue {ns}.failed
     delivery_limit: int = DEFAULT_DELIVERY_LIMIT
+    executor: str = "thread"
 
     def policy(self) -> dict[str, Any]:
         """The effective policy, as ``topology show`` prints it."""
@@ -89,6 +92,7 @@ class FunctionSpec:
             "on_success": str(self.on_success) if self.on_success else None,
             "on_failure": str(self.on_failure) if self.on_failure else "(failure queue)",
             "delivery_limit": self.delivery_limit,
+            "executor": self.executor,
         }
 
 
@@ -110,6 +114,7 @@ _KEYS = {
     "on_success",
     "on_failure",
     "delivery_limit",
+    "executor",
 }
 _DEFAULT_KEYS = _KEYS - {"handler", "url"}
 _BACKOFF_KEYS = {"initial", "multiplier", "max", "jitter"}
@@ -147,6 +152,12 @@ class _Reader:
         if not isinstance(value, bool):
             raise self.error(key, f"must be true or false, got {value!r}")
         return value
+
+    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.table.get(key, default)
+        if value not in choices:
+            raise self.error(key, f"must be one of {', '.join(map(repr, choices))}, got {value!r}")
+        return str(value)
 
     def backoff(self, default: Backoff) -> Backoff:
         raw = self.table.get("backoff")
@@ -232,6 +243,7 @@ def _spec(
         on_success=reader.destination("on_success") or defaults.on_success,
         on_failure=reader.destination("on_failure") or defaults.on_failure,
         delivery_limit=reader.integer("delivery_limit", defaults.delivery_limit, 1, 1000),
+        executor=reader.choice("executor", defaults.executor, EXECUTORS),
     )
 
 

@@ -36,7 +36,7 @@ from prometheus_client import multiprocess as prometheus_multiprocess
 
 from asyncinvoke.errors import AsyncInvokeError
 from asyncinvoke.metrics import Metrics, serve_health
-from asyncinvoke.observability import get_logger
+from asyncinvoke.observability import describe_exit, get_logger
 from asyncinvoke.settings import Settings
 from asyncinvoke.systemd import Notifier
 from asyncinvoke.worker import Worker
@@ -56,15 +56,6 @@ SAMPLE_EVERY_S = 1.0
 _UCRED = struct.Struct("3i")  # pid, uid, gid of SCM_CREDENTIALS
 
 log = get_logger(component="supervisor")
-
-
-def describe_exit(returncode: int) -> str:
-    """How a child ended, for people: a signal's name or the exit status."""
-    if returncode < 0:
-        with contextlib.suppress(ValueError):
-            return f"killed by {signal.Signals(-returncode).name}"
-        return f"killed by signal {-returncode}"
-    return f"exited with status {returncode}"
 
 
 def restart_delay(quick_deaths: int) -> float:

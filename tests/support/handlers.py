@@ -134,10 +134,19 @@ def spin_forever(event: Any, context: Context) -> None:
 
 
 def spin_once_then_pid(event: Any, context: Context) -> int:
-    """Spins forever on its first attempt; later attempts return their pid."""
+    """Writes its pid to the file event["pidfile"] and spins forever on its first attempt;
+    later attempts return their pid."""
     if context.attempt == 0:
+        with open(event["pidfile"], "w") as pidfile:
+            pidfile.write(str(os.getpid()))
         spin_forever(event, context)
     return os.getpid()
+
+
+def hold_gil(event: Any, context: Context) -> int:
+    """One long C call that never lets go of the GIL (about event["n"] / 10**8 s per
+    second of this machine): nothing else in its process runs meanwhile."""
+    return sum(range(int(event["n"])))
 
 
 def exit_hard(event: Any, context: Context) -> int:

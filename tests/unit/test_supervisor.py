@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from asyncinvoke.errors import ConfigError
+from asyncinvoke.observability import describe_exit
 from asyncinvoke.settings import cpu_count, parse_processes
-from asyncinvoke.supervisor import Child, describe_exit, restart_delay
+from asyncinvoke.supervisor import Child, restart_delay
 
 
 def test_restart_backoff_doubles_from_half_a_second_up_to_thirty() -> None:
