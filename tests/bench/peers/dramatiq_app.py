@@ -10,6 +10,7 @@ due. No retries for the no-op (max_retries=0), as it never fails anyway.
 
 from __future__ import annotations
 
+import os
 import time
 
 import dramatiq
@@ -26,7 +27,16 @@ from tests.bench.peers.publishing import (
     report,
 )
 
-broker = RabbitmqBroker(url=AMQP_URL)
+
+class QuorumBroker(RabbitmqBroker):  # type: ignore[misc]
+    """Dramatiq on quorum queues (``BENCH_QUORUM=1``), for the latency comparison of
+    queue types (``bench_queue_types``); Dramatiq itself declares classic queues."""
+
+    def _build_queue_arguments(self, queue_name: str) -> dict[str, object]:
+        return {**super()._build_queue_arguments(queue_name), "x-queue-type": "quorum"}
+
+
+broker = (QuorumBroker if os.environ.get("BENCH_QUORUM") == "1" else RabbitmqBroker)(url=AMQP_URL)
 dramatiq.set_broker(broker)
 
 
