@@ -20,6 +20,9 @@
    (1,000/s on 2 cores), less the broker's share; the table gives each system's ratio
    to 1,000/s and to the cores the broker left over.
 
+``--parts loops`` (not in the default run) compares our worker on asyncio's event loop
+and on uvloop, alternating, the same way as part 1.
+
 Every system's task starts with ``probe.hit`` (``BENCH_MULTI=1``: per-process counters in
 memory-mapped files, summed by the harness), so rates are measured the same way for all:
 (N - 1) / (the last task's start - the first task's start), over all processes.
@@ -281,6 +284,18 @@ async def cpu_bound(args: argparse.Namespace, workdir: Path, broker: Any) -> dic
     return series
 
 
+async def loops(args: argparse.Namespace, workdir: Path, broker: Any) -> dict[str, Series]:
+    """Our worker on asyncio's loop and on uvloop, alternating: the default's evidence."""
+    series = {loop: Series(loop, f"asyncinvoke on {loop}") for loop in ("asyncio", "uvloop")}
+    attempts: dict[str, Callable[[], Awaitable[Sample]]] = {
+        loop: partial(ours, workdir, args.n, broker, env={"ASYNCINVOKE_EVENT_LOOP": loop},
+                      label=f"asyncinvoke {loop}")
+        for loop in series
+    }
+    await rounds(series, attempts, args.rounds)
+    return series
+
+
 # -- tables ------------------------------------------------------------------------------------
 
 
@@ -340,6 +355,15 @@ def report(parts: dict[str, dict[str, Series]], cores: int) -> str:
             )),
             "",
         ]
+    if "loops" in parts:
+        out += [
+            "### Event loops, one worker process, no-op (median of the rounds)",
+            "",
+            "| loop | tasks/s | asyncio ÷ this | worker CPU µs/task (median) | every round |",
+            "|---|---:|---:|---:|---|",
+            table(parts["loops"], "asyncio", lambda item: _n(item.median("cpu_us"))),
+            "",
+        ]
     if "cpu" in parts:
         ideal = cores / (BURN_MS / 1000)
         out += [
@@ -380,6 +404,8 @@ async def run(args: argparse.Namespace) -> dict[str, dict[str, Series]]:
             parts["machine"] = await per_machine(args, workdir, broker)
         if "cpu" in args.parts:
             parts["cpu"] = await cpu_bound(args, workdir, broker)
+        if "loops" in args.parts:
+            parts["loops"] = await loops(args, workdir, broker)
     return parts
 
 
