@@ -18,6 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from asyncinvoke import topology
 from tests.bench.bench_peers import OURS_CONCURRENCY, PEER_SETTINGS, latency
 from tests.bench.common import percentile, say
 from tests.bench.peers import classic_worker
@@ -28,8 +29,14 @@ CASES = ("ours quorum", "ours classic", "dramatiq classic", "dramatiq quorum")
 
 class ClassicOurs(OursRun):
     async def declare(self) -> None:
-        classic_worker.use_classic_queues()  # in this process too: the harness declares
-        await super().declare()
+        # The harness declares the queue before the worker starts: classic here too, for
+        # this run only.
+        saved = topology.function_queue_arguments
+        classic_worker.use_classic_queues()
+        try:
+            await super().declare()
+        finally:
+            topology.function_queue_arguments = saved  # type: ignore[assignment]
 
     async def start_worker(self) -> None:
         env = self.space.env(**self.probe_env(), **self.extra_env)
