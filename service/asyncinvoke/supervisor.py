@@ -190,6 +190,7 @@ class Supervisor:
         child.ready = False
         child.last_beat = None
         child.started_at = time.monotonic()
+        child.process = None
         child.process = await asyncio.create_subprocess_exec(
             *self.command(),
             env=self.child_env("@" + name),
@@ -242,13 +243,16 @@ class Supervisor:
     async def _keep(self, child: Child) -> None:
         """Run the child's slot: start a process, and another after each death."""
         while not self.stopping:
-            await self._spawn(child)
-            assert child.process is not None
-            returncode = await child.process.wait()
+            try:
+                await self._spawn(child)
+                assert child.process is not None
+                how = describe_exit(await child.process.wait())
+            except OSError as exc:  # no process at all: out of memory or processes
+                how = f"could not be started ({exc})"
             self._forget(child)
             if self.stopping:
                 return
-            how = describe_exit(returncode)
+            pid = child.process.pid if child.process else None
             uptime_s = time.monotonic() - child.started_at
             child.deaths.append(how)
             if not self.announced:
@@ -259,12 +263,12 @@ class Supervisor:
                     "(its log lines above say why)"
                 )
                 log.error("worker_process_failed_to_start", process=child.index,
-                          pid=child.process.pid, exit=how)  # fmt: skip
+                          pid=pid, exit=how)  # fmt: skip
                 self._stop.set()
                 return
             child.quick_deaths = 1 if uptime_s >= STABLE_S else child.quick_deaths + 1
             delay = restart_delay(child.quick_deaths)
-            log.error("worker_process_died", process=child.index, pid=child.process.pid,
+            log.error("worker_process_died", process=child.index, pid=pid,
                       exit=how, uptime_s=round(uptime_s, 1), restart_in_s=delay)  # fmt: skip
             if self._metrics is not None:
                 self._metrics.restarts.inc()
