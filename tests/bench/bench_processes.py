@@ -24,8 +24,10 @@
 and on uvloop, alternating, the same way as part 1.
 
 Every system's task starts with ``probe.hit`` (``BENCH_MULTI=1``: per-process counters in
-memory-mapped files, summed by the harness), so rates are measured the same way for all:
-(N - 1) / (the last task's start - the first task's start), over all processes.
+memory-mapped files, read by the harness), so rates are measured the same way for all:
+per process, (its tasks - 1) / (its last task's start - its first task's start), summed
+over the processes that ran tasks (for one process: (N - 1) / the time from the first
+to the N-th start).
 """
 
 from __future__ import annotations
@@ -43,11 +45,12 @@ from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import psutil
 
 from tests.bench.bench_peers import OURS_CONCURRENCY, PEER_SETTINGS, drain_bare, drain_timeout
-from tests.bench.common import LOADS, note_load, say
+from tests.bench.common import AMQP_URL, LOADS, note_load, say
 from tests.bench.peers import probe
 from tests.bench.peers.runner import (
     CELERY,
@@ -99,7 +102,7 @@ class Series:
 
 def broker_process() -> psutil.Process | None:
     """The RabbitMQ node (beam) that listens on the benchmark's AMQP port."""
-    port = 5672
+    port = urlsplit(AMQP_URL).port or 5672
     for proc in psutil.process_iter(["name"]):
         if "beam" not in (proc.info["name"] or ""):
             continue
@@ -129,11 +132,20 @@ async def wait_multi(run: Run, n: int, timeout: float) -> tuple[float, float, fl
     while True:
         slots = probe.read_multi(str(run.out))
         if sum(slot[0] for slot in slots) >= n:
-            first = min(slot[1] for slot in slots if slot[0])
-            last = max(slot[2] for slot in slots if slot[0])
-            cpu = sum(slot[4] - slot[3] for slot in slots if slot[0])
+            busy = [slot for slot in slots if slot[0] > 1]
+            first = min(slot[1] for slot in busy)
+            last = max(slot[2] for slot in busy)
+            cpu = sum(slot[4] - slot[3] for slot in busy)
             seconds = (last - first) / 1e9
-            return (n - 1) / seconds, cpu, seconds
+            # Each process's own rate, summed: processes that start a moment apart (each
+            # of ours imports and connects on its own) would otherwise count the wait for
+            # the last one as time spent draining.
+            rate = sum((slot[0] - 1) / ((slot[2] - slot[1]) / 1e9) for slot in busy)
+            if len(busy) > 1:
+                say(f"{run.label}: per process " + ", ".join(
+                    f"{slot[0]} tasks from +{(slot[1] - first) / 1e9:.2f} s to "
+                    f"+{(slot[2] - first) / 1e9:.2f} s" for slot in busy))  # fmt: skip
+            return rate, cpu, seconds
         run.check_alive()
         if time.monotonic() > deadline:
             raise TimeoutError(f"{run.label}: {sum(s[0] for s in slots)} of {n} in {timeout:g} s")
@@ -296,6 +308,27 @@ async def loops(args: argparse.Namespace, workdir: Path, broker: Any) -> dict[st
     return series
 
 
+async def metrics_mode(
+    args: argparse.Namespace, workdir: Path, broker: Any
+) -> dict[str, Series]:
+    """One worker process with its metrics kept in-process, or in multiprocess files as
+    under ``--processes N``, and two worker processes started side by side without a
+    supervisor: where a cost of the supervised mode comes from."""
+    files = workdir / "multiproc"
+    files.mkdir(exist_ok=True)
+    series = {
+        "plain": Series("plain", "1 process, in-process metrics"),
+        "files": Series("files", "1 process, multiprocess metric files"),
+    }
+    attempts: dict[str, Callable[[], Awaitable[Sample]]] = {
+        "plain": partial(ours, workdir, args.n, broker, label="asyncinvoke plain"),
+        "files": partial(ours, workdir, args.n, broker, label="asyncinvoke files",
+                         env={"PROMETHEUS_MULTIPROC_DIR": str(files)}),
+    }
+    await rounds(series, attempts, args.rounds)
+    return series
+
+
 # -- tables ------------------------------------------------------------------------------------
 
 
@@ -364,6 +397,15 @@ def report(parts: dict[str, dict[str, Series]], cores: int) -> str:
             table(parts["loops"], "asyncio", lambda item: _n(item.median("cpu_us"))),
             "",
         ]
+    if "metrics" in parts:
+        out += [
+            "### Metrics in-process or in multiprocess files (median of the rounds)",
+            "",
+            "| worker | tasks/s | plain ÷ this | worker CPU µs/task (median) | every round |",
+            "|---|---:|---:|---:|---|",
+            table(parts["metrics"], "plain", lambda item: _n(item.median("cpu_us"))),
+            "",
+        ]
     if "cpu" in parts:
         ideal = cores / (BURN_MS / 1000)
         out += [
@@ -404,6 +446,8 @@ async def run(args: argparse.Namespace) -> dict[str, dict[str, Series]]:
             parts["machine"] = await per_machine(args, workdir, broker)
         if "cpu" in args.parts:
             parts["cpu"] = await cpu_bound(args, workdir, broker)
+        if "metrics" in args.parts:
+            parts["metrics"] = await metrics_mode(args, workdir, broker)
         if "loops" in args.parts:
             parts["loops"] = await loops(args, workdir, broker)
     return parts
