@@ -38,6 +38,7 @@ unit: install
 bench: install broker
 	$(BIN)/pip install -q -e '.[test,peers]'
 	$(BIN)/python -m tests.bench.suite
+	$(BIN)/python -m tests.bench.bench_processes
 
 # The other benchmarks: worker CPU per message against bare aio-pika (and its profile),
 # the HTTP gateway under wrk, and the dead-letter tool's export.
@@ -47,6 +48,8 @@ bench-more: install broker
 	$(BIN)/python -m tests.bench e2e producer
 	$(BIN)/python -m tests.bench.bench_gateway
 	$(BIN)/python -m tests.bench.bench_dlq
+	$(BIN)/python -m tests.bench.bench_heartbeat
+	$(BIN)/python -m tests.bench.bench_queue_types
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -21,6 +21,7 @@
     ├── TaskStoreUnavailable   the task store cannot be reached or cannot write now (transient)
     ├── HttpDeliveryError      an HTTP destination refused a record or could not be reached
     ├── NonRetryableError      raised by a handler: fail now, do not retry
+    ├── HandlerProcessDied     a handler's own process (executor = "process") ended mid-attempt
     ├── DlqError               the dead-letter tool (``asyncinvoke dlq``)
     │   ├── QueueMissing       {ns}.failed does not exist
     │   ├── EmptyQueue         {ns}.failed holds no record
@@ -349,3 +350,7 @@ class ReplayIncomplete(DlqError):
             f"{report.source!r}"
         )
         self.report = report
+
+
+class HandlerProcessDied(AsyncInvokeError):
+    """The handler's process (``executor = "process"``) ended in the middle of an attempt."""

@@ -34,6 +34,8 @@ DEFAULT_DELIVERY_LIMIT = 5
 DEFAULT_SERVICE = "default"
 MAX_RETRIES_LIMIT = 8
 MAX_EVENT_AGE_LIMIT_S = 604800
+# Where a sync handler runs: a thread of the worker process, or a process of its own.
+EXECUTORS = ("thread", "process")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +75,7 @@ class FunctionSpec:
     on_failure: Destination | None = None  # None: the failure queue {ns}.failed
     delivery_limit: int = DEFAULT_DELIVERY_LIMIT
     service: str = DEFAULT_SERVICE  # FC 2.0's grouping: /2016-08-15/services/{service}/...
+    executor: str = "thread"
 
     def policy(self) -> dict[str, Any]:
         """The effective policy, as ``topology show`` prints it."""
@@ -94,6 +97,7 @@ class FunctionSpec:
             "on_failure": str(self.on_failure) if self.on_failure else "(failure queue)",
             "delivery_limit": self.delivery_limit,
             "service": self.service,
+            "executor": self.executor,
         }
 
 
@@ -130,6 +134,7 @@ _KEYS = {
     "on_failure",
     "delivery_limit",
     "service",
+    "executor",
 }
 _DEFAULT_KEYS = _KEYS - {"handler", "url"}
 _BACKOFF_KEYS = {"initial", "multiplier", "max", "jitter"}
@@ -167,6 +172,12 @@ class _Reader:
         if not isinstance(value, bool):
             raise self.error(key, f"must be true or false, got {value!r}")
         return value
+
+    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.table.get(key, default)
+        if value not in choices:
+            raise self.error(key, f"must be one of {', '.join(map(repr, choices))}, got {value!r}")
+        return str(value)
 
     def backoff(self, default: Backoff) -> Backoff:
         raw = self.table.get("backoff")
@@ -261,6 +272,7 @@ def _spec(
         on_failure=reader.destination("on_failure") or defaults.on_failure,
         delivery_limit=reader.integer("delivery_limit", defaults.delivery_limit, 1, 1000),
         service=reader.service(defaults.service),
+        executor=reader.choice("executor", defaults.executor, EXECUTORS),
     )
 
 
