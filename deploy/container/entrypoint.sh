@@ -23,6 +23,8 @@ case "$role" in
         exec asyncinvoke worker --metrics-host "$host" --metrics-port "$port" "$@" ;;
     gateway | serve)
         exec asyncinvoke "$role" --host "$host" --port "$port" "$@" ;;
+    -h | --help | help)
+        exec asyncinvoke --help ;;
     -*)
         echo "asyncinvoke-entrypoint: give a role first (worker, gateway, serve, dlq ...)," \
             "then its flags; got $role" >&2
