@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 CONFIG ?= examples/functions.toml
 
-.PHONY: install broker run test lint unit bench bench-more clean
+.PHONY: install broker run test lint unit image bench bench-more clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ test: install broker lint
 
 unit: install
 	$(BIN)/pytest -q tests/unit
+
+# The container image, with podman (docker where podman is missing), and its size.
+# BASE=IMAGE picks the base (default: the official Python slim image); without a registry:
+#   make image BASE=$$(deploy/base-image.sh)
+image: install
+	BASE=$(BASE) bash deploy/image.sh
 
 # The benchmark suite (issue 8's six parts, about 15 minutes), summed up in one table;
 # each part also runs alone (see docs/benchmarks.md):

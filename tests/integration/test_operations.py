@@ -213,6 +213,7 @@ def test_the_systemd_units_verify(unit: Path, tmp_path: Path) -> None:
 def test_the_container_files_run_commands_and_flags_that_exist() -> None:
     deploy = Path(__file__).resolve().parents[2] / "deploy"
     files = (deploy / "Dockerfile").read_text() + (deploy / "compose.yaml").read_text()
+    files += (deploy / "container" / "entrypoint.sh").read_text()
     files += "".join(unit.read_text() for unit in UNITS)
     for command, flags in {
         "worker": ["--metrics-port", "--metrics-host", "--config"],
