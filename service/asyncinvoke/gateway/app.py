@@ -21,6 +21,7 @@ from prometheus_client import Counter
 
 from asyncinvoke import contract, record_codec, topology
 from asyncinvoke.client import CallTimeout, Client, FunctionError, TaskExistsError, new_id
+from asyncinvoke.console.app import Console
 from asyncinvoke.contract import UNHANDLED
 from asyncinvoke.errors import PayloadTooLarge
 from asyncinvoke.functions import FunctionsFile, FunctionSpec
@@ -81,6 +82,15 @@ class Gateway:
             registry=self.metrics.registry,
         )
         self._also_ready = ready
+        self.console = Console(
+            settings,
+            self.client,
+            {name: fcapi.shown_policy(spec) for name, spec in self.specs.items()},
+            functions_file.path,
+            access_keys,
+            self.metrics,
+            counts_worker=metrics is not None,  # serve shares its worker's metrics
+        )
         self._runner: web.AppRunner | None = None
         self.host = ""
         self.port = 0
@@ -114,6 +124,7 @@ class Gateway:
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()
+        self.console.start()
         self.host, self.port = host, self._bound_port(port)
         # What start-up made lives as long as the process: keep it out of the collector's
         # full passes, which otherwise show up as pauses in the request latency's tail.
@@ -162,6 +173,7 @@ class Gateway:
 
     async def stop(self) -> None:
         """Stop listening; requests in flight finish (within the shutdown grace)."""
+        await self.console.stop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -188,6 +200,7 @@ class Gateway:
                     name="GetAsyncInvokeConfig",
                 ),
                 *health_routes(self.metrics, self.not_ready),
+                *self.console.routes(),
             ]
         )
         return app

@@ -1,0 +1,14 @@
+"""The web console at ``/console`` (served by the gateway and by ``serve``).
+
+- ``app``: the routes and pages (``Console``);
+- ``sessions``: the signed session cookie and CSRF tokens;
+- ``failures``: the failure queue through the dead-letter tool, and its summary;
+- ``depths``: queue depths and consumers from the broker;
+- ``history``: invocations and failures per minute over the last hour;
+- ``policy_sources``: where each field of a function's policy comes from;
+- ``shown``: values as the pages show them.
+"""
+
+from asyncinvoke.console.app import PREFIX, Console
+
+__all__ = ["PREFIX", "Console"]

@@ -1,0 +1,179 @@
+"""The failure queue as the console reads it: a page of records, a summary, and actions.
+
+Reading and acting go through the dead-letter tool (``asyncinvoke.dlq``), so the console
+has its guarantees: a browse never consumes, a replayed record leaves the queue only
+after its republish is confirmed. One browse at a time: every browse holds the queue's
+lock (dlq.browse), so the console's own reads and actions wait on one asyncio lock, and
+a CLI command running meanwhile is reported, not fought.
+
+Why the grouping is a summary, and how old it may be
+-----------------------------------------------------
+Grouping by function and condition (as ``dlq stats``) needs every record read: about
+10 s for 100,000 (docs/benchmarks.md), far too slow for a page. So the grouping is a
+summary taken by a full browse in the background and shown with its time and the number
+of records it saw, beside the queue's depth now. A new summary is taken only while
+someone looks at the failures (a page or its live refresh), only when the depth changed,
+and no sooner than ``REFRESH_FACTOR`` times the last one's duration after it ended: the
+queue is browsed for the summary at most 1/REFRESH_FACTOR of the time, so the CLI, whose
+commands meet the lock, gets the rest. "Recount now" asks for one at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiormq
+
+from asyncinvoke import dlq, topology
+from asyncinvoke.broker import Broker
+from asyncinvoke.console.shown import RecordView, record_view
+from asyncinvoke.dlq.browse import Browser
+from asyncinvoke.observability import get_logger
+from asyncinvoke.settings import Settings
+
+PAGE_SIZE = 25
+MAX_OFFSET = 2_000  # deeper than this, ``asyncinvoke dlq export`` is the tool
+PAGE_LOCK_WAIT_S = 1.0  # a page does not wait longer for a browse to end; it says so
+ACTION_LOCK_WAIT_S = 60.0
+REFRESH_FACTOR = 10
+MIN_REFRESH_S = 2.0
+
+log = get_logger(component="console")
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    stats: dlq.Stats
+    taken_at_ms: int
+    duration_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    records: list[RecordView]
+    offset: int
+    in_queue: int  # when the page was read
+    has_more: bool
+
+
+class QueueBusy(Exception):
+    """Another browse holds the failure queue now (ours, or a dlq command's)."""
+
+
+class FailureQueue:
+    def __init__(self, settings: Settings, broker: Callable[[], Broker]):
+        self.settings = settings
+        self.queue = topology.Names(settings.namespace).failed
+        self._broker = broker
+        self._lock = asyncio.Lock()
+        self.summary: Summary | None = None
+        self.summary_error: str | None = None
+        self._summary_depth: int | None = None
+        self._next_summary_at = 0.0
+        self._refreshing: asyncio.Task[None] | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self._lock.locked()
+
+    async def page(self, offset: int) -> Page:
+        """``PAGE_SIZE`` failures from ``offset`` in queue order (copies shown once).
+
+        Reads ``offset + PAGE_SIZE`` records from the head with a consumer prefetch of
+        about that much, and returns them all: the cost grows with the offset, not with
+        the queue.
+        """
+        offset = max(0, min(offset, MAX_OFFSET))
+        wanted = offset + PAGE_SIZE
+        async with self._held(PAGE_LOCK_WAIT_S):
+            copies = dlq.Copies()
+            shown: list[RecordView] = []
+            seen = 0
+            async with Browser(self._broker(), self.queue, base_slice=wanted + 1) as browser:
+                async for delivery in browser.deliveries():
+                    record = delivery.record()
+                    if not copies.first(dlq.failure_key(record)):
+                        continue
+                    seen += 1
+                    if seen > wanted:
+                        break
+                    if seen > offset:
+                        shown.append(record_view(record, delivery.facts()))
+                return Page(shown, offset, browser.count, seen > wanted)
+
+    def watch(self, depth: int | None) -> None:
+        """Someone looks at the failures: start a summary if one is due (not awaited)."""
+        changed = depth != self._summary_depth
+        due = self.summary is None or (changed and time.monotonic() >= self._next_summary_at)
+        if due and not self.busy and (self._refreshing is None or self._refreshing.done()):
+            self._refreshing = asyncio.create_task(self.refresh())
+
+    async def refresh(self) -> None:
+        """Take a new summary (a full browse), unless another browse holds the queue."""
+        try:
+            async with self._held(ACTION_LOCK_WAIT_S):
+                started = time.monotonic()
+                stats = await dlq.stats(self.settings)
+                duration = time.monotonic() - started
+                self.summary = Summary(stats, time.time_ns() // 1_000_000, duration)
+                self._summary_depth = stats.records
+                self.summary_error = None
+                self._next_summary_at = time.monotonic() + max(
+                    MIN_REFRESH_S, REFRESH_FACTOR * duration
+                )
+        except (dlq.DlqError, QueueBusy, aiormq.exceptions.AMQPError, OSError) as exc:
+            self.summary_error = str(exc) or type(exc).__name__
+            self._next_summary_at = time.monotonic() + MIN_REFRESH_S
+            log.info("console_summary_failed", error=self.summary_error)
+
+    async def replay(self, selector: dlq.Selector) -> dlq.ReplayReport:
+        async with self._held(ACTION_LOCK_WAIT_S):
+            try:
+                return await dlq.replay(self.settings, selector)
+            finally:
+                self._stale()
+
+    async def purge(self, selector: dlq.Selector) -> dlq.PurgeReport:
+        async with self._held(ACTION_LOCK_WAIT_S):
+            try:
+                return await dlq.purge(self.settings, selector)
+            finally:
+                self._stale()
+
+    async def export(self, selector: dlq.Selector) -> Path:
+        """The selected records as JSON lines (``dlq export``'s format), in a temporary
+        file the caller removes."""
+        async with self._held(ACTION_LOCK_WAIT_S):
+            descriptor, name = tempfile.mkstemp(prefix="asyncinvoke-console-", suffix=".jsonl")
+            os.close(descriptor)
+            path = Path(name)
+            try:
+                await dlq.export(self.settings, str(path), selector)
+            except BaseException:
+                path.unlink(missing_ok=True)
+                raise
+            return path
+
+    def _stale(self) -> None:
+        self._summary_depth = None
+        self._next_summary_at = 0.0
+
+    @contextlib.asynccontextmanager
+    async def _held(self, wait_s: float):  # type: ignore[no-untyped-def]
+        try:
+            await asyncio.wait_for(self._lock.acquire(), wait_s)
+        except TimeoutError:
+            raise QueueBusy(self.queue) from None
+        try:
+            yield
+        except dlq.Busy:
+            raise QueueBusy(self.queue) from None
+        finally:
+            self._lock.release()

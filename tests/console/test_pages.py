@@ -1,0 +1,119 @@
+"""The console in a real browser, without access keys (loopback only), against a real
+``serve``: failures with their stack traces, replay, stop, escaping, live counts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from selenium.common.exceptions import NoAlertPresentException
+from selenium.webdriver.common.by import By
+
+from tests.console.conftest import serve
+from tests.console.support import Served, wait_until
+
+XSS = "<img src=x onerror=alert(1)>"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    yield from serve(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def fixed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where ``mend`` looks: it fails until this file exists."""
+    return tmp_path_factory.mktemp("mend") / "fixed"
+
+
+def _record_row(driver: Any, invocation_id: str) -> Any:
+    rows = driver.find_elements(By.XPATH, f"//tr[th[@class='rid' and .='{invocation_id}']]")
+    return rows[0] if rows else None
+
+
+def _no_alert(driver: Any) -> bool:
+    try:
+        driver.switch_to.alert
+    except NoAlertPresentException:
+        return True
+    return False
+
+
+def test_a_failed_task_shows_its_error_stack_trace_and_payload_as_text(
+    served: Served, driver: Any, fixed: Path
+) -> None:
+    served.invoke("mend", {"fixed_when": str(fixed), "note": XSS}, task=True, id="mend-1")
+    wait_until(lambda: served.failed_depth() == 1, 20, "the failure record", served.tail)
+
+    driver.get(served.url + "/console/failures")
+    row = wait_until(lambda: _record_row(driver, "mend-1"), 10, "mend-1 listed")
+    assert f"RuntimeError: not fixed yet: {XSS}" in row.text
+    assert "RetriesExhausted" in row.text
+    detail = row.find_element(By.XPATH, "following-sibling::tr[1]")
+    detail.find_element(By.TAG_NAME, "summary").click()
+    trace = detail.find_element(By.CSS_SELECTOR, "pre.trace").text
+    assert "tests/console/handlers.py" in trace and "in mend" in trace
+    assert XSS in detail.find_element(By.CSS_SELECTOR, "pre.payload").text
+
+    # The payload is text: no element was made of it, no script ran.
+    assert driver.find_elements(By.CSS_SELECTOR, "main img") == []
+    assert _no_alert(driver)
+
+    driver.get(served.url + "/console/tasks/mend-1")
+    assert driver.find_element(By.ID, "task-status").text == "Failed"
+    assert XSS in driver.find_element(By.ID, "task-error").text
+    assert XSS in driver.find_element(By.ID, "task-payload").text
+    assert driver.find_elements(By.CSS_SELECTOR, "main img") == []
+    assert _no_alert(driver)
+
+
+def test_replay_runs_the_invocation_again_and_then_the_record_leaves(
+    served: Served, driver: Any, fixed: Path
+) -> None:
+    fixed.touch()  # the next run of mend succeeds
+    driver.get(served.url + "/console/failures")
+    row = wait_until(lambda: _record_row(driver, "mend-1"), 10, "mend-1 listed")
+    row.find_element(By.CSS_SELECTOR, "button.replay-one").click()
+
+    notice = driver.find_element(By.CSS_SELECTOR, ".notice").text
+    assert "Replayed 1 of 1" in notice
+    assert _record_row(driver, "mend-1") is None
+    assert served.failed_depth() == 0
+
+    def succeeded() -> bool:
+        driver.get(served.url + "/console/tasks/mend-1")
+        return bool(driver.find_element(By.ID, "task-status").text == "Succeeded")
+
+    wait_until(succeeded, 20, "mend-1 Succeeded after the replay", served.tail)
+    events = [item.text for item in driver.find_elements(By.CSS_SELECTOR, ".timeline li")]
+    assert [e.split()[2] for e in events] == [
+        "Enqueued", "Running", "Failed", "Enqueued", "Running", "Succeeded"
+    ], events
+    assert "mended" in driver.find_element(By.ID, "task-result").text
+
+
+def test_stop_on_a_delayed_task_shows_stopped(served: Served, driver: Any, fixed: Path) -> None:
+    served.invoke("mend", {"fixed_when": str(fixed), "note": "later"}, task=True,
+                  id="later-1", delay=120)
+    driver.get(served.url + "/console/tasks?function=mend")
+    driver.find_element(By.LINK_TEXT, "later-1").click()
+    assert driver.find_element(By.ID, "task-status").text == "Enqueued"
+    driver.find_element(By.XPATH, "//button[.='Stop']").click()
+    assert driver.find_element(By.ID, "task-status").text == "Stopped"
+    assert driver.find_elements(By.XPATH, "//button[.='Stop']") == []
+
+
+def test_live_counters_change_when_invocations_arrive(served: Served, driver: Any) -> None:
+    driver.get(served.url + "/console/functions")
+    counter = driver.find_element(By.CSS_SELECTOR, '[data-live="hello.invocations"]')
+    before = int(counter.text)
+    driver.execute_script("window.stillThisPage = true;")
+
+    served.invoke_many("hello", 5)
+
+    wait_until(lambda: int(counter.text) >= before + 5, 20, "the live count to reach +5")
+    assert driver.execute_script("return window.stillThisPage;") is True  # never reloaded
+    status = driver.find_element(By.ID, "live-status").text
+    assert status.startswith("Counts as of"), status
