@@ -93,7 +93,7 @@ class Console:
         self.sources = {name: sources(document, name) for name in policies}
         self.history = History(lambda: read_totals(metrics.registry))
         self.depths = Depths(client.broker, self.names)
-        self.failures = FailureQueue(settings, lambda: client.broker)
+        self.failures = FailureQueue(settings)
         self._sampler: asyncio.Task[None] | None = None
         self._sampled_at = 0.0
         self.templates = jinja2.Environment(

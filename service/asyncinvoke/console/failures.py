@@ -25,7 +25,6 @@ import contextlib
 import os
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,10 +67,9 @@ class QueueBusy(Exception):
 
 
 class FailureQueue:
-    def __init__(self, settings: Settings, broker: Callable[[], Broker]):
+    def __init__(self, settings: Settings):
         self.settings = settings
         self.queue = topology.Names(settings.namespace).failed
-        self._broker = broker
         self._lock = asyncio.Lock()
         self.summary: Summary | None = None
         self.summary_error: str | None = None
@@ -96,7 +94,12 @@ class FailureQueue:
             copies = dlq.Copies()
             shown: list[RecordView] = []
             seen = 0
-            async with Browser(self._broker(), self.queue, base_slice=wanted + 1) as browser:
+            # A connection of its own, as every dlq command has: the browse's lock is an
+            # exclusive queue, which only the end of its connection is sure to remove.
+            async with (
+                Broker(self.settings, name=f"asyncinvoke-console-{os.getpid()}") as broker,
+                Browser(broker, self.queue, base_slice=wanted + 1) as browser,
+            ):
                 async for delivery in browser.deliveries():
                     record = delivery.record()
                     if not copies.first(dlq.failure_key(record)):
