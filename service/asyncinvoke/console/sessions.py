@@ -70,7 +70,7 @@ class Signer:
         if not cookie or cookie.count(".") != 1:
             return None
         body, mac = cookie.split(".")
-        if not hmac.compare_digest(mac, self._mac(body.encode())):
+        if not _same(mac, self._mac(_bytes(body))):
             return None
         try:
             sid, expires_ms, key_id = orjson.loads(_unb64(body))
@@ -86,16 +86,25 @@ class Signer:
         return self._mac(_CSRF_CONTEXT + session.sid.encode())
 
     def csrf_ok(self, session: Session, token: str | None) -> bool:
-        return token is not None and hmac.compare_digest(token, self.csrf_token(session))
+        return token is not None and _same(token, self.csrf_token(session))
 
     def _mac(self, data: bytes) -> str:
         return _b64(hmac.new(self._key, data, hashlib.sha256).digest())
+
+
+def _bytes(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")
+
+
+def _same(given: str, expected: str) -> bool:
+    """Constant-time equality of any text from a request (compare_digest refuses non-ASCII
+    strings)."""
+    return hmac.compare_digest(_bytes(given), _bytes(expected))
 
 
 def check_secret(access_keys: dict[str, str], key_id: str, secret: str) -> bool:
     """Whether ``key_id``/``secret`` is a configured pair; the same time whether the id
     exists or not, so a guess learns nothing from the answer's delay."""
     expected = access_keys.get(key_id)
-    candidate = secret.encode()
-    reference = (expected if expected is not None else secrets.token_hex(16)).encode()
-    return hmac.compare_digest(candidate, reference) and expected is not None
+    reference = expected if expected is not None else secrets.token_hex(16)
+    return _same(secret, reference) and expected is not None
