@@ -20,9 +20,12 @@ def driver() -> Iterator[Any]:
         session.quit()
 
 
-def serve(tmp_path_factory: pytest.TempPathFactory, **env: str) -> Iterator[Served]:
-    served = Served(tmp_path_factory.mktemp("console"), **env).start()
+def serve(request: pytest.FixtureRequest, **env: str) -> Iterator[Served]:
+    """``serve`` started while the browser starts: each takes seconds."""
+    tmp_path_factory = request.getfixturevalue("tmp_path_factory")
+    served = Served(tmp_path_factory.mktemp("console"), **env).launch()
     try:
-        yield served
+        request.getfixturevalue("driver")
+        yield served.wait_ready()
     finally:
         served.stop()

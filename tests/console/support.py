@@ -93,13 +93,19 @@ class Served:
         )
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 30.0) -> Served:
+    def start(self, timeout: float = 60.0) -> Served:
+        return self.launch().wait_ready(timeout)
+
+    def launch(self) -> Served:
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "asyncinvoke", "serve", "--config", str(self.config),
                  "--port", str(self.port), "--shutdown-grace", "2"],
                 env=self.env, cwd=str(ROOT), stdout=log, stderr=subprocess.STDOUT,
             )
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> Served:
         wait_until(lambda: self._ready(), timeout, f"serve ready at {self.url}", self.tail)
         return self
 

@@ -17,8 +17,8 @@ KEY_ID, SECRET = "console-key", "console-secret-1"
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    yield from serve(tmp_path_factory, ASYNCINVOKE_ACCESS_KEYS=f"{KEY_ID}:{SECRET}")
+def served(request: pytest.FixtureRequest) -> Iterator[Served]:
+    yield from serve(request, ASYNCINVOKE_ACCESS_KEYS=f"{KEY_ID}:{SECRET}")
 
 
 def _status(request: urllib.request.Request) -> int:

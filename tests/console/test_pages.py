@@ -20,8 +20,8 @@ XSS = "<img src=x onerror=alert(1)>"
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    yield from serve(tmp_path_factory)
+def served(request: pytest.FixtureRequest) -> Iterator[Served]:
+    yield from serve(request)
 
 
 @pytest.fixture(scope="module")

@@ -65,3 +65,24 @@ def test_times_are_utc() -> None:
     assert parse_when("1970-01-01T00:00:01") == 1000
     assert parse_when("not a time") is None
     assert parse_when("") is None
+
+
+def test_every_template_and_static_file_is_package_data() -> None:
+    """A non-editable install has only what pyproject's package-data names."""
+    import fnmatch
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]["asyncinvoke.console"]
+    package = root / "service" / "asyncinvoke" / "console"
+    files = [
+        path.relative_to(package).as_posix()
+        for folder in ("templates", "static")
+        for path in (package / folder).iterdir()
+    ]
+    assert files
+    for name in files:
+        assert any(fnmatch.fnmatch(name, pattern) for pattern in patterns), name
