@@ -140,3 +140,36 @@ def test_without_keys_it_answers_only_loopback_hosts_and_no_foreign_origin(
     assert status({}) == 200
     assert status({"Host": "evil.example"}) == 403  # DNS rebinding
     assert status({"Origin": "http://evil.example"}, "POST") == 403
+
+
+def test_export_gives_json_lines_and_purge_needs_the_typed_word(
+    served: Served, driver: Any, fixed: Path
+) -> None:
+    fixed.unlink(missing_ok=True)
+    served.invoke("mend", {"fixed_when": str(fixed), "note": "purge me"}, task=True, id="gone-1")
+    wait_until(lambda: served.failed_depth() == 1, 20, "the failure record", served.tail)
+    driver.get(served.url + "/console/failures")
+
+    exported = driver.execute_async_script(
+        """
+        const done = arguments[arguments.length - 1];
+        fetch("/console/failures/export", {credentials: "same-origin"})
+          .then(r => r.text().then(text => done([r.status, text])));
+        """
+    )
+    assert exported[0] == 200
+    (line,) = exported[1].splitlines()
+    assert '"requestId":"gone-1"' in line and '"msgpack":' in line
+
+    row = wait_until(lambda: _record_row(driver, "gone-1"), 10, "gone-1 listed")
+    row.find_element(By.CSS_SELECTOR, "input[type=checkbox]").click()
+    driver.find_element(By.XPATH, "//button[.='Purge selected']").click()
+    assert "Nothing purged" in driver.find_element(By.CSS_SELECTOR, ".notice").text
+    assert served.failed_depth() == 1
+
+    row = _record_row(driver, "gone-1")
+    row.find_element(By.CSS_SELECTOR, "input[type=checkbox]").click()
+    driver.find_element(By.ID, "confirm-selected").send_keys("purge")
+    driver.find_element(By.XPATH, "//button[.='Purge selected']").click()
+    assert "Purged 1 records" in driver.find_element(By.CSS_SELECTOR, ".notice").text
+    assert served.failed_depth() == 0
