@@ -48,7 +48,7 @@ class FailureViews:
         in_queue = None if depth is None else depth.ready
         page = problem = None
         try:
-            page = await self.failures.page(offset)
+            page = await self.failures.page(offset, in_queue)
         except QueueBusy:
             problem = (
                 "The failure queue is being read by another operation now (a recount, a "

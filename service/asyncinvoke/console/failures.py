@@ -41,6 +41,7 @@ PAGE_SIZE = 25
 MAX_OFFSET = 500  # deeper than this (a read costs about 1.5 ms a record), `dlq export` is the tool
 PAGE_LOCK_WAIT_S = 1.0  # a page does not wait longer for a browse to end; it says so
 ACTION_LOCK_WAIT_S = 60.0
+PAGE_CACHE_S = 10.0
 REFRESH_FACTOR = 10
 MIN_REFRESH_S = 2.0
 
@@ -60,6 +61,7 @@ class Page:
     offset: int
     in_queue: int  # when the page was read
     has_more: bool
+    read_at_ms: int
 
 
 class QueueBusy(Exception):
@@ -76,40 +78,62 @@ class FailureQueue:
         self._summary_depth: int | None = None
         self._next_summary_at = 0.0
         self._refreshing: asyncio.Task[None] | None = None
+        self._pages: dict[int, tuple[float, Page]] = {}  # offset → (read at, page)
 
     @property
     def busy(self) -> bool:
         return self._lock.locked()
 
-    async def page(self, offset: int) -> Page:
+    async def page(self, offset: int, depth: int | None) -> Page:
         """``PAGE_SIZE`` failures from ``offset`` in queue order (copies shown once).
 
         Reads ``offset + PAGE_SIZE`` records from the head with a consumer prefetch of
-        about that much, and returns them all: the cost grows with the offset, not with
-        the queue.
+        about that much: the cost grows with the offset, and barely with the queue. A page
+        read less than ``PAGE_CACHE_S`` ago is shown again (with its time) while the
+        queue's depth is what it was then and no action of ours came in between: the
+        head of a queue that neither grew nor shrank is the same, unless another process
+        took and added records in one breath.
         """
         offset = max(0, min(offset, MAX_OFFSET))
+        cached = self._pages.get(offset)
+        if (
+            cached is not None
+            and time.monotonic() - cached[0] < PAGE_CACHE_S
+            and depth == cached[1].in_queue
+        ):
+            return cached[1]
+        try:
+            async with self._held(PAGE_LOCK_WAIT_S):
+                page = await self._read(offset)
+        except QueueBusy:
+            if cached is None:
+                raise
+            return cached[1]  # read before the browse that holds the queue now: its time shows
+        self._pages[offset] = (time.monotonic(), page)
+        return page
+
+    async def _read(self, offset: int) -> Page:
         wanted = offset + PAGE_SIZE
-        async with self._held(PAGE_LOCK_WAIT_S):
-            copies = dlq.Copies()
-            shown: list[RecordView] = []
-            seen = 0
-            # A connection of its own, as every dlq command has: the browse's lock is an
-            # exclusive queue, which only the end of its connection is sure to remove.
-            async with (
-                Broker(self.settings, name=f"asyncinvoke-console-{os.getpid()}") as broker,
-                Browser(broker, self.queue, base_slice=wanted + 1) as browser,
-            ):
-                async for delivery in browser.deliveries():
-                    record = delivery.record()
-                    if not copies.first(dlq.failure_key(record)):
-                        continue
-                    seen += 1
-                    if seen > wanted:
-                        break
-                    if seen > offset:
-                        shown.append(record_view(record, delivery.facts()))
-                return Page(shown, offset, browser.count, seen > wanted)
+        copies = dlq.Copies()
+        shown: list[RecordView] = []
+        seen = 0
+        # A connection of its own, as every dlq command has: the browse's lock is an
+        # exclusive queue, which only the end of its connection is sure to remove.
+        async with (
+            Broker(self.settings, name=f"asyncinvoke-console-{os.getpid()}") as broker,
+            Browser(broker, self.queue, base_slice=wanted + 1) as browser,
+        ):
+            async for delivery in browser.deliveries():
+                record = delivery.record()
+                if not copies.first(dlq.failure_key(record)):
+                    continue
+                seen += 1
+                if seen > wanted:
+                    break
+                if seen > offset:
+                    shown.append(record_view(record, delivery.facts()))
+            read_at_ms = time.time_ns() // 1_000_000
+            return Page(shown, offset, browser.count, seen > wanted, read_at_ms)
 
     def watch(self, depth: int | None) -> None:
         """Someone looks at the failures: start a summary if one is due (not awaited)."""
@@ -165,6 +189,7 @@ class FailureQueue:
             return path
 
     def _stale(self) -> None:
+        self._pages.clear()
         self._summary_depth = None
         self._next_summary_at = 0.0
 
