@@ -172,3 +172,14 @@ def wait_until(
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout} s waiting for {what}\n{context()}")
         time.sleep(0.1)
+
+
+def submit(driver: Any, button: Any, timeout: float = 20.0) -> None:
+    """Click a button that loads a new page, and return once the new page is there."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.wait import WebDriverWait
+
+    page = driver.find_element(By.TAG_NAME, "html")
+    button.click()
+    WebDriverWait(driver, timeout).until(expected_conditions.staleness_of(page))

@@ -11,7 +11,7 @@ import pytest
 from selenium.webdriver.common.by import By
 
 from tests.console.conftest import serve
-from tests.console.support import Served
+from tests.console.support import Served, submit
 
 KEY_ID, SECRET = "console-key", "console-secret-1"
 
@@ -33,7 +33,7 @@ def _log_in(driver: Any, key_id: str, secret: str) -> None:
     driver.find_element(By.ID, "key-id").clear()
     driver.find_element(By.ID, "key-id").send_keys(key_id)
     driver.find_element(By.ID, "secret").send_keys(secret)
-    driver.find_element(By.XPATH, "//button[.='Log in']").click()
+    submit(driver, driver.find_element(By.XPATH, "//button[.='Log in']"))
 
 
 def test_a_request_without_a_session_is_sent_to_the_login_page(

@@ -14,7 +14,7 @@ from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.common.by import By
 
 from tests.console.conftest import serve
-from tests.console.support import Served, wait_until
+from tests.console.support import Served, submit, wait_until
 
 XSS = "<img src=x onerror=alert(1)>"
 
@@ -54,7 +54,7 @@ def test_a_failed_task_shows_its_error_stack_trace_and_payload_as_text(
     assert f"RuntimeError: not fixed yet: {XSS}" in row.text
     assert "RetriesExhausted" in row.text
     detail = row.find_element(By.XPATH, "following-sibling::tr[1]")
-    detail.find_element(By.TAG_NAME, "summary").click()
+    detail.find_element(By.TAG_NAME, "summary").click()  # opens in place
     trace = detail.find_element(By.CSS_SELECTOR, "pre.trace").text
     assert "tests/console/handlers.py" in trace and "in mend" in trace
     assert XSS in detail.find_element(By.CSS_SELECTOR, "pre.payload").text
@@ -77,7 +77,7 @@ def test_replay_runs_the_invocation_again_and_then_the_record_leaves(
     fixed.touch()  # the next run of mend succeeds
     driver.get(served.url + "/console/failures")
     row = wait_until(lambda: _record_row(driver, "mend-1"), 10, "mend-1 listed")
-    row.find_element(By.CSS_SELECTOR, "button.replay-one").click()
+    submit(driver, row.find_element(By.CSS_SELECTOR, "button.replay-one"))
 
     notices = driver.find_elements(By.CSS_SELECTOR, ".notice")
     assert notices, driver.find_element(By.TAG_NAME, "main").text
@@ -102,9 +102,9 @@ def test_stop_on_a_delayed_task_shows_stopped(served: Served, driver: Any, fixed
     served.invoke("mend", {"fixed_when": str(fixed), "note": "later"}, task=True,
                   id="later-1", delay=120)
     driver.get(served.url + "/console/tasks?function=mend")
-    driver.find_element(By.LINK_TEXT, "later-1").click()
+    submit(driver, driver.find_element(By.LINK_TEXT, "later-1"))
     assert driver.find_element(By.ID, "task-status").text == "Enqueued"
-    driver.find_element(By.XPATH, "//button[.='Stop']").click()
+    submit(driver, driver.find_element(By.XPATH, "//button[.='Stop']"))
     assert driver.find_element(By.ID, "task-status").text == "Stopped"
     assert driver.find_elements(By.XPATH, "//button[.='Stop']") == []
 
@@ -161,15 +161,16 @@ def test_export_gives_json_lines_and_purge_needs_the_typed_word(
     (line,) = exported[1].splitlines()
     assert '"requestId":"gone-1"' in line and '"msgpack":' in line
 
-    row = wait_until(lambda: _record_row(driver, "gone-1"), 10, "gone-1 listed")
+    row = _record_row(driver, "gone-1")
+    assert row is not None, driver.find_element(By.TAG_NAME, "main").text
     row.find_element(By.CSS_SELECTOR, "input[type=checkbox]").click()
-    driver.find_element(By.XPATH, "//button[.='Purge selected']").click()
+    submit(driver, driver.find_element(By.XPATH, "//button[.='Purge selected']"))
     assert "Nothing purged" in driver.find_element(By.CSS_SELECTOR, ".notice").text
     assert served.failed_depth() == 1
 
     row = _record_row(driver, "gone-1")
     row.find_element(By.CSS_SELECTOR, "input[type=checkbox]").click()
     driver.find_element(By.ID, "confirm-selected").send_keys("purge")
-    driver.find_element(By.XPATH, "//button[.='Purge selected']").click()
+    submit(driver, driver.find_element(By.XPATH, "//button[.='Purge selected']"))
     assert "Purged 1 records" in driver.find_element(By.CSS_SELECTOR, ".notice").text
     assert served.failed_depth() == 0

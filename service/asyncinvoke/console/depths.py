@@ -36,10 +36,11 @@ class Depths:
     def ladder_queues(self) -> list[str]:
         return [self._names.level(level) for level in range(ladder.LEVELS)]
 
-    async def read(self, queues: list[str]) -> dict[str, Depth | None]:
-        """Each queue's depth, or None for a queue that does not exist."""
+    async def read(self, queues: list[str], *, fresh: bool = False) -> dict[str, Depth | None]:
+        """Each queue's depth, or None for a queue that does not exist; ``fresh``: now,
+        not as read up to CACHE_S ago."""
         now = time.monotonic()
-        if self._cached is not None and now - self._cached[0] < CACHE_S:
+        if not fresh and self._cached is not None and now - self._cached[0] < CACHE_S:
             cached = self._cached[1]
             if all(queue in cached for queue in queues):
                 return cached
