@@ -22,7 +22,7 @@ import jinja2
 import orjson
 from aiohttp import web
 
-from asyncinvoke import contract, topology
+from asyncinvoke import clock, contract, topology
 from asyncinvoke.client import Client
 from asyncinvoke.console import sessions
 from asyncinvoke.console.depths import Depths
@@ -255,7 +255,7 @@ class Console:
         if request.query.get("page") == "failures":
             failed = totals["failed"]
             self.failures.watch(failed if isinstance(failed, int) else None)
-        values["as_of"] = when(time.time_ns() // 1_000_000)
+        values["as_of"] = when(clock.now_ms())
         return web.Response(
             body=orjson.dumps({"values": values, "charts": charts}),
             content_type="application/json",

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import aiormq
 
-from asyncinvoke import dlq, topology
+from asyncinvoke import clock, dlq, topology
 from asyncinvoke.broker import Broker
 from asyncinvoke.console.shown import RecordView, record_view
 from asyncinvoke.dlq.browse import Browser
@@ -132,7 +132,7 @@ class FailureQueue:
                     break
                 if seen > offset:
                     shown.append(record_view(record, delivery.facts()))
-            read_at_ms = time.time_ns() // 1_000_000
+            read_at_ms = clock.now_ms()
             return Page(shown, offset, browser.count, seen > wanted, read_at_ms)
 
     def watch(self, depth: int | None) -> None:
@@ -149,7 +149,7 @@ class FailureQueue:
                 started = time.monotonic()
                 stats = await dlq.stats(self.settings)
                 duration = time.monotonic() - started
-                self.summary = Summary(stats, time.time_ns() // 1_000_000, duration)
+                self.summary = Summary(stats, clock.now_ms(), duration)
                 self._summary_depth = stats.records
                 self.summary_error = None
                 self._next_summary_at = time.monotonic() + max(

@@ -9,13 +9,13 @@ has already refused requests to other hosts or from other origins.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
 from aiohttp import web
 
+from asyncinvoke import clock
 from asyncinvoke.console import sessions
 
 PREFIX = "/console"
@@ -72,11 +72,11 @@ class Guard:
 
     def new_session(self, visit: Visit, key_id: str | None) -> None:
         """A new session id at login and logout: one planted before is worth nothing."""
-        visit.session = self.signer.new(time.time_ns() // 1_000_000, key_id)
+        visit.session = self.signer.new(clock.now_ms(), key_id)
         visit.fresh = True
 
     def _visit(self, request: web.Request) -> Visit:
-        now_ms = time.time_ns() // 1_000_000
+        now_ms = clock.now_ms()
         session = self.signer.load(request.cookies.get(sessions.COOKIE), now_ms)
         fresh = session is None
         if session is None or (self.keys and session.key_id not in (None, *self.keys)):
