@@ -206,6 +206,7 @@ class Console:
             rows.append(
                 {
                     "name": name,
+                    "state": self._state(name),
                     "ready": "missing" if depth is None else depth.ready,
                     "consumers": "-" if depth is None else depth.consumers,
                     "in_flight": self._in_flight(name),
@@ -223,6 +224,12 @@ class Console:
         failed = depths.get(self.names.failed)
         totals = {"ladder": waiting, "failed": "missing" if failed is None else failed.ready}
         return rows, totals
+
+    def _state(self, function: str) -> str:
+        """Nothing pauses a function yet: live configuration (issue 15) will answer
+        "paused" here, and add pause and resume forms to the row (POSTs that carry the
+        CSRF token, as Stop does)."""
+        return "running"
 
     def _in_flight(self, function: str) -> int | str:
         if not self.counts_worker:
@@ -249,7 +256,7 @@ class Console:
         charts = {}
         chart = self.templates.get_template("chart.html")
         for row in rows:
-            for key in ("ready", "consumers", "in_flight", "invocations", "failures"):
+            for key in ("state", "ready", "consumers", "in_flight", "invocations", "failures"):
                 values[f"{row['name']}.{key}"] = row[key]
             charts[row["name"]] = chart.render(row=row)
         if request.query.get("page") == "failures":
