@@ -34,6 +34,7 @@ from asyncinvoke import clock, dlq, topology
 from asyncinvoke.broker import Broker
 from asyncinvoke.console.shown import RecordView, record_view
 from asyncinvoke.dlq.browse import Browser
+from asyncinvoke.errors import AsyncInvokeError
 from asyncinvoke.observability import get_logger
 from asyncinvoke.settings import Settings
 
@@ -155,7 +156,7 @@ class FailureQueue:
                 self._next_summary_at = time.monotonic() + max(
                     MIN_REFRESH_S, REFRESH_FACTOR * duration
                 )
-        except (dlq.DlqError, QueueBusy, aiormq.exceptions.AMQPError, OSError) as exc:
+        except (AsyncInvokeError, QueueBusy, aiormq.exceptions.AMQPError, OSError) as exc:
             self.summary_error = str(exc) or type(exc).__name__
             self._next_summary_at = time.monotonic() + MIN_REFRESH_S
             log.info("console_summary_failed", error=self.summary_error)
