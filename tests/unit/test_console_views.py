@@ -86,3 +86,32 @@ def test_every_template_and_static_file_is_package_data() -> None:
     assert files
     for name in files:
         assert any(fnmatch.fnmatch(name, pattern) for pattern in patterns), name
+
+
+def _luminance(colour: str) -> float:
+    channels = [int(colour[i : i + 2], 16) / 255 for i in (1, 3, 5)]
+    linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def test_the_stylesheets_text_colours_pass_wcag_aa() -> None:
+    """Every text colour on every background it is used on: 4.5:1 at least."""
+    import re
+    from pathlib import Path
+
+    css = (
+        Path(__file__).resolve().parents[2]
+        / "service/asyncinvoke/console/static/console.css"
+    ).read_text()
+    colour = dict(re.findall(r"--([a-z]+):\s*(#[0-9a-f]{6})", css))
+    pairs = [
+        (text, background)
+        for text in ("fg", "muted", "link", "bad", "good", "warn")
+        for background in ("bg", "band")
+    ]
+    pairs += [("bg", "bad")]  # the danger buttons' label
+    for text, background in pairs:
+        lighter, darker = sorted(
+            (_luminance(colour[text]), _luminance(colour[background])), reverse=True
+        )
+        assert (lighter + 0.05) / (darker + 0.05) >= 4.5, (text, background)
