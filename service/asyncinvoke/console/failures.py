@@ -25,6 +25,7 @@ import contextlib
 import os
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,8 +104,10 @@ class FailureQueue:
             and depth == cached[1].in_queue
         ):
             return cached[1]
+        # With a page to fall back on, do not wait for a browse (a summary: seconds) to end.
+        wait_s = PAGE_LOCK_WAIT_S if cached is None else 0.0
         try:
-            async with self._held(PAGE_LOCK_WAIT_S):
+            async with self._held(wait_s):
                 page = await self._read(offset)
         except QueueBusy:
             if cached is None:
@@ -195,9 +198,13 @@ class FailureQueue:
         self._next_summary_at = 0.0
 
     @contextlib.asynccontextmanager
-    async def _held(self, wait_s: float):  # type: ignore[no-untyped-def]
+    async def _held(self, wait_s: float) -> AsyncIterator[None]:
+        """The console's one browse at a time; QueueBusy if it is not ours within wait_s
+        (0: only if free now), or if a dlq command holds the queue."""
+        if wait_s <= 0 and self._lock.locked():
+            raise QueueBusy(self.queue)
         try:
-            await asyncio.wait_for(self._lock.acquire(), wait_s)
+            await asyncio.wait_for(self._lock.acquire(), wait_s or None)
         except TimeoutError:
             raise QueueBusy(self.queue) from None
         try:
