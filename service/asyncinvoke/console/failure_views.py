@@ -11,7 +11,7 @@ from aiohttp import web
 
 from asyncinvoke import dlq
 from asyncinvoke.console.depths import Depths
-from asyncinvoke.console.failures import PAGE_SIZE, FailureQueue, QueueBusy
+from asyncinvoke.console.failures import MAX_OFFSET, PAGE_SIZE, FailureQueue, QueueBusy
 from asyncinvoke.console.guard import PREFIX, Handler, View, Visit, see_other
 
 PURGE_WORD = "purge"
@@ -61,7 +61,7 @@ class FailureViews:
         return self.render(
             "failures.html", visit, title="Failures", page=page, problem=problem,
             notice=notice, in_queue=in_queue, summary=self.failures.summary,
-            summary_error=self.failures.summary_error, page_size=PAGE_SIZE,
+            summary_error=self.failures.summary_error, page_size=PAGE_SIZE, max_offset=MAX_OFFSET,
             queue=self.queue, purge_word=PURGE_WORD,
             functions=self.functions,
         )
