@@ -130,8 +130,8 @@ async def measure(base: str, now_ms: int, tasks: int) -> list[tuple[str, list[fl
         failure_pages = [
             ("failures, records 1-25", "/console/failures"),
             ("failures, records 26-50", "/console/failures?start=25"),
-            ("failures, records 101-125", "/console/failures?start=100"),
-            ("failures, records 201-225", "/console/failures?start=200"),
+            ("failures, records 51-75", "/console/failures?start=50"),
+            ("failures, records 101-125 (the deepest)", "/console/failures?start=100"),
         ]
         results = []
         for label, path in pages:

@@ -40,7 +40,7 @@ from asyncinvoke.observability import get_logger
 from asyncinvoke.settings import Settings
 
 PAGE_SIZE = 25
-MAX_OFFSET = 200  # deeper than this (a read costs about 0.4 to 1 ms a record), `dlq export`
+MAX_OFFSET = 100  # deeper than this (a read costs about 0.4 to 1 ms a record), `dlq list`
 PAGE_LOCK_WAIT_S = 1.0  # a page does not wait longer for a browse to end; it says so
 ACTION_LOCK_WAIT_S = 60.0
 PAGE_CACHE_S = 10.0
