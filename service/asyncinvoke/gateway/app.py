@@ -22,6 +22,7 @@ from prometheus_client import Counter
 from asyncinvoke import topology
 from asyncinvoke.client import Client
 from asyncinvoke.clock import now_ms
+from asyncinvoke.console.app import Console
 from asyncinvoke.functions import FunctionsFile, FunctionSpec
 from asyncinvoke.gateway import fc2api, fcapi, local
 from asyncinvoke.gateway.auth import SignedRequest, Verifier, refuse_replay
@@ -77,6 +78,15 @@ class Gateway:
             registry=self.metrics.registry,
         )
         self._also_ready = ready
+        self.console = Console(
+            settings,
+            self.client,
+            {name: fcapi.shown_policy(spec) for name, spec in self.specs.items()},
+            functions_file.path,
+            access_keys,
+            self.metrics,
+            counts_worker=metrics is not None,  # serve shares its worker's metrics
+        )
         self._runner: web.AppRunner | None = None
         self.host = ""
         self.port = 0
@@ -110,6 +120,7 @@ class Gateway:
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()
+        self.console.start()
         self.host, self.port = host, self._bound_port(port)
         # What start-up made lives as long as the process: keep it out of the collector's
         # full passes, which otherwise show up as pauses in the request latency's tail.
@@ -159,6 +170,7 @@ class Gateway:
 
     async def stop(self) -> None:
         """Stop listening; requests in flight finish (within the shutdown grace)."""
+        await self.console.stop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -186,6 +198,7 @@ class Gateway:
                     name="GetAsyncInvokeConfig",
                 ),
                 *health_routes(self.metrics, self.not_ready),
+                *self.console.routes(),
             ]
         )
         return app
