@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 CONFIG ?= examples/functions.toml
 
-.PHONY: install broker run test lint unit bench bench-more clean
+.PHONY: install broker run test lint unit image bench bench-more clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,7 @@ run: install broker
 lint: install
 	$(BIN)/ruff check service tests examples
 	$(BIN)/mypy
+	$(BIN)/mypy --strict --warn-unused-ignores tests/typing
 
 test: install broker lint
 	$(BIN)/pytest -q -p no:cacheprovider
@@ -31,12 +32,19 @@ test: install broker lint
 unit: install
 	$(BIN)/pytest -q tests/unit
 
+# The container image, with podman (docker where podman is missing), and its size.
+# BASE=IMAGE picks the base (default: the official Python slim image); without a registry:
+#   make image BASE=$$(deploy/base-image.sh)
+image: install
+	BASE=$(BASE) bash deploy/image.sh
+
 # The benchmark suite (issue 8's six parts, about 15 minutes), summed up in one table;
 # each part also runs alone (see docs/benchmarks.md):
 #   .venv/bin/python -m tests.bench.bench_peers | tests.bench producer | tests.bench.bench_delay
 bench: install broker
 	$(BIN)/pip install -q -e '.[test,peers]'
 	$(BIN)/python -m tests.bench.suite
+	$(BIN)/python -m tests.bench.bench_processes
 
 # The other benchmarks: worker CPU per message against bare aio-pika (and its profile),
 # the HTTP gateway under wrk, and the dead-letter tool's export.
@@ -46,6 +54,8 @@ bench-more: install broker
 	$(BIN)/python -m tests.bench e2e producer
 	$(BIN)/python -m tests.bench.bench_gateway
 	$(BIN)/python -m tests.bench.bench_dlq
+	$(BIN)/python -m tests.bench.bench_heartbeat
+	$(BIN)/python -m tests.bench.bench_queue_types
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

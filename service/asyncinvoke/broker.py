@@ -41,6 +41,7 @@ from asyncinvoke.errors import (
     BrokerBlocked,
     BrokerUnavailable,
     PublishError,
+    PublishInterrupted,
     PublishTimeout,
     UnroutableError,
 )
@@ -51,6 +52,12 @@ PERSISTENT = 2
 log = get_logger(component="broker")
 RECONNECT_INTERVAL_S = 2.0  # between attempts while the broker is away
 ANSWER_POLL_S = 0.1  # how often a timed-out publish is checked for the broker's late answer
+# What a publish meets when the connection drops under it (aiormq's, not ours).
+_CONNECTION_LOST = (
+    aiormq.exceptions.AMQPConnectionError,
+    aiormq.exceptions.ChannelInvalidStateError,
+    ConnectionError,
+)
 
 
 class _BlockedWatch(logging.Filter):
@@ -275,6 +282,8 @@ class Broker:
                 exchange=exchange,
                 routing_key=routing_key,
             ) from None
+        except _CONNECTION_LOST as exc:
+            raise _lost_error(exchange, routing_key, sent, exc) from None
         except TimeoutError:
             raise self._timeout_error(exchange, routing_key, sent) from None
         if isinstance(result, DeliveredMessage):  # returned, should on_return_raises be off
@@ -387,3 +396,21 @@ class Broker:
             exchange=exchange,
             routing_key=routing_key,
         )
+
+
+def _lost_error(
+    exchange: str, routing_key: str, sent: bool, exc: BaseException
+) -> PublishInterrupted | BrokerUnavailable:
+    """A dropped connection as one of our errors: in doubt once the message may have gone
+    out, plainly unavailable before that."""
+    if sent:
+        return PublishInterrupted(
+            f"the connection to the broker was lost before it confirmed the message for "
+            f"{exchange!r}/{routing_key!r} ({exc}): it may or may not have it; the client "
+            "reconnects",
+            exchange=exchange,
+            routing_key=routing_key,
+        )
+    return BrokerUnavailable(
+        f"not connected to the broker ({exc}); the client reconnects, try again"
+    )

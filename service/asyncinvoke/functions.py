@@ -23,14 +23,19 @@ from asyncinvoke.ladder import HOLD_LIMIT_MS
 FUNCTION_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
 QUEUE_NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,255}$")
 HANDLER_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+# FC 2.0's service names; no dot, which separates a service from its qualifier in a path.
+SERVICE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,127}$")
 
 DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_MAX_RETRIES = 3
 DEFAULT_MAX_EVENT_AGE_S = 86400
 DEFAULT_CONCURRENCY = 16
 DEFAULT_DELIVERY_LIMIT = 5
+DEFAULT_SERVICE = "default"
 MAX_RETRIES_LIMIT = 8
 MAX_EVENT_AGE_LIMIT_S = 604800
+# Where a sync handler runs: a thread of the worker process, or a process of its own.
+EXECUTORS = ("thread", "process")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +74,8 @@ class FunctionSpec:
     on_success: Destination | None = None
     on_failure: Destination | None = None  # None: the failure queue {ns}.failed
     delivery_limit: int = DEFAULT_DELIVERY_LIMIT
+    service: str = DEFAULT_SERVICE  # FC 2.0's grouping: /2016-08-15/services/{service}/...
+    executor: str = "thread"
 
     def policy(self) -> dict[str, Any]:
         """The effective policy, as ``topology show`` prints it."""
@@ -89,6 +96,8 @@ class FunctionSpec:
             "on_success": str(self.on_success) if self.on_success else None,
             "on_failure": str(self.on_failure) if self.on_failure else "(failure queue)",
             "delivery_limit": self.delivery_limit,
+            "service": self.service,
+            "executor": self.executor,
         }
 
 
@@ -96,6 +105,20 @@ class FunctionSpec:
 class FunctionsFile:
     path: Path
     functions: Mapping[str, FunctionSpec] = field(default_factory=dict)
+    # Functions from code and a file (``combine``): function → key → where its value
+    # came from. Empty for a file alone.
+    sources: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+
+    def services(self) -> dict[str, list[str]]:
+        """Each service (FC 2.0's grouping) with its functions, both sorted by name."""
+        return services_of(self.functions.values())
+
+
+def services_of(specs: Iterable[FunctionSpec]) -> dict[str, list[str]]:
+    grouped: dict[str, list[str]] = {}
+    for spec in sorted(specs, key=lambda spec: (spec.service, spec.name)):
+        grouped.setdefault(spec.service, []).append(spec.name)
+    return grouped
 
 
 _KEYS = {
@@ -110,6 +133,8 @@ _KEYS = {
     "on_success",
     "on_failure",
     "delivery_limit",
+    "service",
+    "executor",
 }
 _DEFAULT_KEYS = _KEYS - {"handler", "url"}
 _BACKOFF_KEYS = {"initial", "multiplier", "max", "jitter"}
@@ -148,6 +173,12 @@ class _Reader:
             raise self.error(key, f"must be true or false, got {value!r}")
         return value
 
+    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.table.get(key, default)
+        if value not in choices:
+            raise self.error(key, f"must be one of {', '.join(map(repr, choices))}, got {value!r}")
+        return str(value)
+
     def backoff(self, default: Backoff) -> Backoff:
         raw = self.table.get("backoff")
         if raw is None:
@@ -167,6 +198,14 @@ class _Reader:
             max=sub.number("backoff.max", default.max, 0.0, 86400.0),
             jitter=sub.number("backoff.jitter", default.jitter, 0.0, 1.0),
         )
+
+    def service(self, default: str) -> str:
+        value = self.table.get("service", default)
+        if not isinstance(value, str) or not SERVICE_NAME_RE.fullmatch(value):
+            raise self.error(
+                "service", f"must be a name matching {SERVICE_NAME_RE.pattern}, got {value!r}"
+            )
+        return value
 
     def destination(self, key: str) -> Destination | None:
         raw = self.table.get(key)
@@ -232,15 +271,32 @@ def _spec(
         on_success=reader.destination("on_success") or defaults.on_success,
         on_failure=reader.destination("on_failure") or defaults.on_failure,
         delivery_limit=reader.integer("delivery_limit", defaults.delivery_limit, 1, 1000),
+        service=reader.service(defaults.service),
+        executor=reader.choice("executor", defaults.executor, EXECUTORS),
     )
 
 
 def parse(text: str, path: str = "<string>") -> FunctionsFile:
     """Parse and validate the functions file's text."""
+    raw_defaults, raw_functions = _tables(_document(text, path), path)
+    if not raw_functions:
+        raise ConfigError("no functions: add at least one [functions.NAME] table", path=path)
+    defaults = _spec(path, "[defaults]", raw_defaults, FunctionSpec(""), is_defaults=True)
+    specs = {name: _spec(path, name, table, defaults) for name, table in raw_functions.items()}
+    return FunctionsFile(path=Path(path), functions=specs)
+
+
+def _document(text: str, path: str) -> dict[str, Any]:
     try:
-        document = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}", path=path) from None
+
+
+def _tables(
+    document: Mapping[str, Any], path: str
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The file's [defaults] and [functions.NAME] tables, their shape and names checked."""
     unknown = set(document) - {"defaults", "functions"}
     if unknown:
         raise ConfigError(
@@ -249,22 +305,84 @@ def parse(text: str, path: str = "<string>") -> FunctionsFile:
     raw_defaults = document.get("defaults", {})
     if not isinstance(raw_defaults, dict):
         raise ConfigError("[defaults] must be a table", path=path)
-    defaults = _spec(path, "[defaults]", raw_defaults, FunctionSpec(""), is_defaults=True)
     raw_functions = document.get("functions", {})
-    if not isinstance(raw_functions, dict) or not raw_functions:
+    if not isinstance(raw_functions, dict):
         raise ConfigError("no functions: add at least one [functions.NAME] table", path=path)
-    specs: dict[str, FunctionSpec] = {}
     for name, table in raw_functions.items():
-        if not FUNCTION_NAME_RE.fullmatch(name):
-            raise ConfigError(
-                f"bad function name; names match {FUNCTION_NAME_RE.pattern}",
-                path=path,
-                function=name,
-            )
+        check_name(name, path)
         if not isinstance(table, dict):
             raise ConfigError("must be a table", path=path, function=name)
-        specs[name] = _spec(path, name, table, defaults)
-    return FunctionsFile(path=Path(path), functions=specs)
+    return raw_defaults, raw_functions
+
+
+def check_name(name: str, path: str) -> None:
+    if not FUNCTION_NAME_RE.fullmatch(name):
+        raise ConfigError(
+            f"bad function name; names match {FUNCTION_NAME_RE.pattern}",
+            path=path,
+            function=name,
+        )
+
+
+# -- functions defined in code (asyncinvoke.App), and a file over them ----------------------
+
+SOURCE_DEFAULT = "default"
+
+
+def check_code_table(origin: str, name: str, table: Mapping[str, Any]) -> None:
+    """Validate one function defined in code as the file's table would be; the error
+    names ``origin`` where the file's would name the file."""
+    check_name(name, origin)
+    _spec(origin, name, table, FunctionSpec(""))
+
+
+def combine(
+    code: Mapping[str, Mapping[str, Any]],
+    *,
+    origins: Mapping[str, str],
+    origin_path: Path,
+    file: str | Path | None = None,
+) -> FunctionsFile:
+    """Functions defined in code (as tables of the file's keys), with the functions file
+    at ``file``, if any, over them key by key.
+
+    A key set in the file's table for a function wins; then the code's value; then the
+    file's ``[defaults]``; then the built-in default. ``handler`` and ``url`` count as one
+    key (what runs): a file that names either replaces the code's handler. The file may
+    add functions of its own. ``sources`` says, per function and key, where the value
+    came from: the file's path, ``PATH [defaults]``, the code's origin, or ``default``.
+    """
+    raw_defaults: dict[str, Any] = {}
+    raw_functions: dict[str, dict[str, Any]] = {}
+    where = str(origin_path)
+    if file is not None:
+        where = str(file)
+        raw_defaults, raw_functions = _tables(_document(_read(Path(file)), where), where)
+    if not code and not raw_functions:
+        raise ConfigError("no functions: register one with @app.function", path=where)
+    defaults = _spec(where, "[defaults]", raw_defaults, FunctionSpec(""), is_defaults=True)
+    for name, table in code.items():
+        _spec(origins[name], name, table, defaults)  # a code error names the code
+    specs: dict[str, FunctionSpec] = {}
+    sources: dict[str, dict[str, str]] = {}
+    for name in [*code, *(name for name in raw_functions if name not in code)]:
+        code_table = dict(code.get(name, {}))
+        file_table = raw_functions.get(name, {})
+        if {"handler", "url"} & set(file_table):
+            code_table.pop("handler", None)
+            code_table.pop("url", None)
+        merged = {**code_table, **file_table}
+        told_by = where if name in raw_functions else origins[name]
+        specs[name] = _spec(told_by, name, merged, defaults)
+        sources[name] = {
+            key: where if key in file_table
+            else origins[name] if key in code_table
+            else f"{where} [defaults]" if key in raw_defaults
+            else SOURCE_DEFAULT
+            for key in sorted(_KEYS)
+            if key in merged or key in _DEFAULT_KEYS
+        }
+    return FunctionsFile(path=Path(where), functions=specs, sources=sources)
 
 
 def check_consumer_timeout(
@@ -299,16 +417,18 @@ def check_consumer_timeout(
 
 def load(path: str | Path) -> FunctionsFile:
     """Read and validate the functions file at ``path``."""
-    file = Path(path)
+    return parse(_read(Path(path)), str(path))
+
+
+def _read(file: Path) -> str:
     try:
-        text = file.read_text(encoding="utf-8")
+        return file.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(
             "file not found; pass --config or set ASYNCINVOKE_CONFIG", path=str(file)
         ) from None
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", path=str(file)) from None
-    return parse(text, str(file))
 
 
 def load_handler(spec: FunctionSpec, config_dir: Path | None = None) -> Callable[..., Any]:

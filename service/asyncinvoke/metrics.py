@@ -2,14 +2,26 @@
 
 Each Worker (and gateway) owns a ``Metrics`` with its own registry, so several can
 live in one process (``serve``, tests) without clashing.
+
+Under ``--processes N`` each worker process writes its values to files in
+prometheus-client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, set by the
+supervisor), and the supervisor serves their sum (``supervisor.py``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    values,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 ATTEMPT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
@@ -18,6 +30,32 @@ LATENESS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30)
 # unknown function comes from whoever published the message, and each new label value
 # would be a time series kept for the life of the process. No function name has brackets.
 OTHER_FUNCTION = "(other)"
+
+
+def multiprocess() -> bool:
+    """Whether prometheus-client keeps values in files (PROMETHEUS_MULTIPROC_DIR was set
+    when it was imported), to be summed by another process."""
+    return bool(getattr(values.ValueClass, "_multiprocess", False))
+
+
+class SampledGauge(Gauge):
+    """A gauge read from a function. In multiprocess mode the function is sampled into
+    the gauge's file by ``sample()`` (prometheus-client's own ``set_function`` only
+    answers in-process scrapes, and the supervisor reads files)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sample: Callable[[], float] | None = None
+
+    def set_function(self, f: Callable[[], float]) -> None:
+        if multiprocess():
+            self._sample = f
+        else:
+            super().set_function(f)
+
+    def sample(self) -> None:
+        if self._sample is not None:
+            self.set(self._sample())
 
 
 class Metrics:
@@ -55,6 +93,7 @@ class Metrics:
             "Deliveries being handled now.",
             ["function"],
             registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.delay_lateness = Histogram(
             "asyncinvoke_delay_lateness_seconds",
@@ -62,10 +101,11 @@ class Metrics:
             buckets=LATENESS_BUCKETS,
             registry=self.registry,
         )
-        self.broker_connected = Gauge(
+        self.broker_connected = SampledGauge(
             "asyncinvoke_broker_connected",
-            "1 while the connection to RabbitMQ is up.",
+            "1 while the connection to RabbitMQ is up (of every worker process).",
             registry=self.registry,
+            multiprocess_mode="livemin",
         )
 
     def function_label(self, function: str) -> str:
@@ -75,11 +115,19 @@ class Metrics:
         """A failure record was sent for ``function``, as its message named it."""
         self.failure_records.labels(self.function_label(function), condition).inc()
 
+    def sample(self) -> None:
+        """Write the values read from functions (multiprocess mode; else a no-op)."""
+        self.broker_connected.sample()
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
 
-def health_routes(metrics: Metrics, not_ready: Callable[[], list[str]]) -> list[web.RouteDef]:
+class Renders(Protocol):
+    def render(self) -> bytes: ...
+
+
+def health_routes(metrics: Renders, not_ready: Callable[[], list[str]]) -> list[web.RouteDef]:
     """/metrics, /healthz (the process answers) and /readyz (it can do its work; if not,
     ``not_ready`` says why, and the answer lists it under "reasons")."""
 
@@ -105,7 +153,7 @@ def health_routes(metrics: Metrics, not_ready: Callable[[], list[str]]) -> list[
 
 
 async def serve_health(
-    metrics: Metrics, not_ready: Callable[[], list[str]], host: str, port: int
+    metrics: Renders, not_ready: Callable[[], list[str]], host: str, port: int
 ) -> web.AppRunner:
     app = web.Application()
     app.add_routes(health_routes(metrics, not_ready))

@@ -7,7 +7,9 @@ Global state: structlog's configuration and the JSON line writer, both set once 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
 import sys
 import time
 from typing import IO, Any
@@ -130,3 +132,12 @@ def configure_logging(log_format: str = "json", level: int = logging.INFO) -> No
 
 def get_logger(**bound: object) -> structlog.typing.FilteringBoundLogger:
     return structlog.get_logger(**bound)  # type: ignore[no-any-return]
+
+
+def describe_exit(returncode: int) -> str:
+    """How a child ended, for people: a signal's name or the exit status."""
+    if returncode < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-returncode).name}"
+        return f"killed by signal {-returncode}"
+    return f"exited with status {returncode}"

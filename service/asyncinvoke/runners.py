@@ -20,48 +20,20 @@ import inspect
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import aiohttp
 import orjson
 
 from asyncinvoke import contract, record_codec
+from asyncinvoke.context import Context as Context  # re-exported: runners.Context
 from asyncinvoke.contract import Envelope, ErrorInfo, Outcome
 from asyncinvoke.errors import NonRetryableError
 from asyncinvoke.functions import FunctionSpec
-from asyncinvoke.observability import get_logger
 
 # Threads for one function's sync handlers at most, whatever its concurrency: beyond
 # this its attempts queue for a thread, and their timeouts start when they get one.
 MAX_THREADS = 256
-
-
-@dataclass(slots=True)
-class Context:
-    """What a handler knows about its invocation (its second argument)."""
-
-    invocation_id: str
-    function: str
-    attempt: int  # 0 for the first attempt
-    deadline: float  # time.time() by which the attempt must end
-    meta: dict[str, str] = field(default_factory=dict)
-    _logger: Any = None
-
-    @property
-    def request_id(self) -> str:
-        return self.invocation_id
-
-    @property
-    def logger(self) -> Any:
-        """A structlog logger bound to this invocation (made on first use: most
-        handlers never log, and the hot path should not pay for it)."""
-        if self._logger is None:
-            self._logger = get_logger(invocation_id=self.invocation_id, function=self.function)
-        return self._logger
-
-    def remaining_s(self) -> float:
-        return max(0.0, self.deadline - time.time())
 
 
 class Runner(Protocol):
@@ -219,9 +191,15 @@ class PythonRunner:
             getattr(handler, "__call__", None)  # noqa: B004 - async callable objects
         )
         self.cancellable = self.is_async
+        self._processes = None
+        if spec.executor == "process":
+            from asyncinvoke.process_executor import ProcessExecutor  # it imports this module
+
+            self._processes = ProcessExecutor(spec, self.is_async)
+            self.cancellable = True  # cancelling an attempt ends its process
         # A pool of its own: threads held by this function's overrunning handlers must
         # not leave another function's attempts queued until they time out unstarted.
-        self._threads = None if self.is_async else ThreadPoolExecutor(
+        self._threads = None if self.is_async or self._processes else ThreadPoolExecutor(
             max_workers=min(spec.concurrency, MAX_THREADS),
             thread_name_prefix=f"handler-{spec.name}",
         )
@@ -230,6 +208,8 @@ class PythonRunner:
         """Drop queued sync attempts; threads still running end in the background."""
         if self._threads is not None:
             self._threads.shutdown(wait=False, cancel_futures=True)
+        if self._processes is not None:
+            self._processes.close()
 
     def _no_thread_outcome(self) -> Outcome:
         """The attempt waited its timeout for a thread and never started."""
@@ -252,6 +232,8 @@ class PythonRunner:
         return self.handler(payload, context)
 
     async def run(self, envelope: Envelope, context: Context) -> Outcome:
+        if self._processes is not None:
+            return await self._processes.run(envelope, context, self.watchdog)
         task = asyncio.current_task()
         assert task is not None
         start = RunStart()

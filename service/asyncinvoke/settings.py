@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from asyncinvoke.errors import ConfigError
+from asyncinvoke.ladder import MAX_DELAY_S as LADDER_REACH_S
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 DEFAULT_NAMESPACE = "asyncinvoke"
@@ -51,6 +52,7 @@ class Settings:
     task_store_retry_s: float = DEFAULT_TASK_STORE_RETRY_S
     event_loop: str = "asyncio"
     broker_consumer_timeout_s: float = DEFAULT_BROKER_CONSUMER_TIMEOUT_S
+    processes: int = 1  # worker processes under one supervisor (supervisor.py)
 
     def with_overrides(self, **overrides: Any) -> Settings:
         """Flags override the environment: apply those that were given."""
@@ -87,8 +89,6 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
 def from_env(env: Mapping[str, str] | None = None, *, tty: bool = False) -> Settings:
     """Read ``ASYNCINVOKE_*`` variables; anything absent keeps its default."""
     env = os.environ if env is None else env
-    from asyncinvoke.ladder import MAX_DELAY_S as LADDER_REACH_S
-
     namespace = env.get("ASYNCINVOKE_NAMESPACE") or DEFAULT_NAMESPACE
     if not NAMESPACE_RE.fullmatch(namespace):
         raise ConfigError(f"ASYNCINVOKE_NAMESPACE={namespace!r} must match {NAMESPACE_RE.pattern}")
@@ -127,7 +127,32 @@ def from_env(env: Mapping[str, str] | None = None, *, tty: bool = False) -> Sett
         ),
         event_loop=event_loop,
         broker_consumer_timeout_s=consumer_timeout_s,
+        processes=parse_processes(env.get("ASYNCINVOKE_PROCESSES") or "1"),
     )
+
+
+MAX_PROCESSES = 256
+
+
+def cpu_count() -> int:
+    """The CPUs this process may run on (its affinity mask), which is what ``auto`` uses."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def parse_processes(raw: str, source: str = "ASYNCINVOKE_PROCESSES") -> int:
+    """``N`` (1..256) or ``auto`` (the CPU count)."""
+    if raw.strip().lower() == "auto":
+        return cpu_count()
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{source}={raw!r}: give a number of processes or 'auto'") from None
+    if not 1 <= value <= MAX_PROCESSES:
+        raise ConfigError(f"{source}={value} is out of range 1..{MAX_PROCESSES}")
+    return value
 
 
 def loop_factory(event_loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -168,7 +168,10 @@ async def drain_peer(peer: Peer, workdir: Path, n: int) -> float:
         return await drain(run, n)
 
 
-async def drain_bare(n: int, client: str = "aio-pika") -> float:
+async def drain_bare(
+    n: int, client: str = "aio-pika", details: dict[str, float] | None = None
+) -> float:
+    """The bare consumer's rate; ``details`` (if given) gets all it reported (cpu_us)."""
     space = Namespace("peers-bare")
     queue = space.queue_name("bare")
     consumer: asyncio.subprocess.Process | None = None
@@ -194,7 +197,10 @@ async def drain_bare(n: int, client: str = "aio-pika") -> float:
         out, err = await asyncio.wait_for(consumer.communicate(), timeout + 30)
         if consumer.returncode != 0:
             raise RuntimeError(f"bare consumer failed ({consumer.returncode}): {err.decode()}")
-        rate = float(json.loads(out.decode().strip().splitlines()[-1])["rate"])
+        reported = json.loads(out.decode().strip().splitlines()[-1])
+        if details is not None:
+            details.update(reported)
+        rate = float(reported["rate"])
         say(f"bare {client}: {rate:,.0f} msg/s")
         return rate
     finally:

@@ -115,3 +115,28 @@ async def test_topology_show_prints_urls_without_their_passwords(namespace: Name
     hook = orjson.loads(document.stdout)["functions"]["hook"]
     assert hook["target"] == "http://u:***@[fe80::1]/"
     assert hook["on_failure"] == "http://w:***@h/bad"
+
+
+async def test_topology_show_lists_each_functions_service(namespace: Namespace) -> None:
+    config = write_functions(
+        namespace.tmp_path,
+        """
+        [defaults]
+        service = "shop"
+
+        [functions.order]
+        handler = "m:f"
+
+        [functions.greet]
+        handler = "m:f"
+        service = "default"
+        """,
+    )
+    namespace.function_names.update({"order", "greet"})
+    env = {"ASYNCINVOKE_CONFIG": str(config)}
+    document = await cli(namespace, "topology", "show", "--json", **env)
+    shown = orjson.loads(document.stdout)
+    assert shown["services"] == {"default": ["greet"], "shop": ["order"]}
+    assert shown["functions"]["order"]["service"] == "shop"
+    table = await cli(namespace, "topology", "show", **env)
+    assert "services (FC 2.0 API): default (1), shop (1)" in table.stdout, table.stdout

@@ -213,6 +213,7 @@ def test_the_systemd_units_verify(unit: Path, tmp_path: Path) -> None:
 def test_the_container_files_run_commands_and_flags_that_exist() -> None:
     deploy = Path(__file__).resolve().parents[2] / "deploy"
     files = (deploy / "Dockerfile").read_text() + (deploy / "compose.yaml").read_text()
+    files += (deploy / "container" / "entrypoint.sh").read_text()
     files += "".join(unit.read_text() for unit in UNITS)
     for command, flags in {
         "worker": ["--metrics-port", "--metrics-host", "--config"],
@@ -250,9 +251,8 @@ async def test_a_function_queue_deleted_under_the_worker_is_consumed_again_once_
             async with asyncio.timeout(10):
                 while any(
                     consumer.tag is not None
-                    for consumer in worker._consumers
-                    if isinstance(consumer, consumer_module.Consumer)
-                    and consumer.queue == namespace.names.function_queue("echo")
+                    for consumer in worker.consumers._consumers
+                    if consumer.queue == namespace.names.function_queue("echo")
                 ):
                     await asyncio.sleep(0.05)
             async with connection.channel() as channel:

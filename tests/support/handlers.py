@@ -40,6 +40,12 @@ async def started_at(event: Any, context: Context) -> int:
     return time.time_ns() // 1_000_000
 
 
+async def meta(event: Any, context: Context) -> dict[str, str]:
+    """Returns the invocation's meta (trace ids), so a test can see what arrived."""
+    _note(context)
+    return dict(context.meta)
+
+
 async def fail_until(event: Any, context: Context) -> str:
     """Fails while attempt < event["fail_times"]."""
     _note(context)
@@ -115,3 +121,56 @@ async def die_on_poison(event: Any, context: Context) -> str:
     if isinstance(event, dict) and event.get("poison"):
         os._exit(POISON_EXIT_STATUS)
     return "fine"
+
+
+async def whose(event: Any, context: Context) -> int:
+    """The pid of the process that ran it."""
+    return os.getpid()
+
+
+def sync_whose(event: Any, context: Context) -> int:
+    return os.getpid()
+
+
+def spin_forever(event: Any, context: Context) -> None:
+    """A sync handler that never ends on its own (pure-Python CPU, holding the GIL in
+    turns), as a bug would."""
+    while True:
+        pass
+
+
+def spin_once_then_pid(event: Any, context: Context) -> int:
+    """Writes its pid to the file event["pidfile"] and spins forever on its first attempt;
+    later attempts return their pid."""
+    if context.attempt == 0:
+        with open(event["pidfile"], "w") as pidfile:
+            pidfile.write(str(os.getpid()))
+        spin_forever(event, context)
+    return os.getpid()
+
+
+def hold_gil(event: Any, context: Context) -> int:
+    """One long C call that never lets go of the GIL (about event["n"] / 10**8 s per
+    second of this machine): nothing else in its process runs meanwhile."""
+    return sum(range(int(event["n"])))
+
+
+def exit_hard(event: Any, context: Context) -> int:
+    """Ends its own process without cleanup (os._exit) on the first attempt, or with a
+    segfault when the event says so; later attempts return their pid."""
+    if context.attempt == 0:
+        if event == "segfault":
+            import ctypes
+
+            ctypes.string_at(0)
+        os._exit(3)
+    return os.getpid()
+
+
+def burn_ms(event: Any, context: Context) -> int:
+    """Burns about ``event`` ms of pure-Python CPU."""
+    end = time.perf_counter() + float(event) / 1000
+    count = 0
+    while time.perf_counter() < end:
+        count += 1
+    return count

@@ -146,6 +146,27 @@ def test_policy_shows_the_effective_settings() -> None:
     assert policy["backoff"] == {"initial": 1.0, "multiplier": 2.0, "max": 300.0, "jitter": 0.2}
 
 
+def test_the_executor_is_a_thread_unless_the_file_says_process() -> None:
+    parsed = parse("""
+        [defaults]
+        executor = "process"
+        [functions.a]
+        handler = "m:f"
+        [functions.b]
+        handler = "m:f"
+        executor = "thread"
+    """).functions
+    assert (parsed["a"].executor, parsed["b"].executor) == ("process", "thread")
+    assert FunctionSpec("c").executor == "thread"
+
+
+def test_an_async_handler_with_the_process_executor_is_refused_naming_the_key() -> None:
+    from asyncinvoke.process_executor import ProcessExecutor
+
+    with pytest.raises(ConfigError, match="function 'a': key 'executor'"):
+        ProcessExecutor(FunctionSpec("a", handler="m:f", executor="process"), True)
+
+
 # -- every refusal names file, function and key ------------------------------------------
 
 
@@ -184,6 +205,8 @@ def test_policy_shows_the_effective_settings() -> None:
         ('handler = "m:f"\nbackoff = { jitter = 1.5 }', "backoff.jitter"),
         ('handler = "m:f"\nbackoff = { multiplier = 0.5 }', "backoff.multiplier"),
         ('handler = "m:f"\nbackoff = { initial = "x" }', "backoff.initial"),
+        ('handler = "m:f"\nexecutor = "fork"', "executor"),
+        ('handler = "m:f"\nexecutor = 1', "executor"),
     ],
 )
 def test_a_bad_function_setting_names_the_file_the_function_and_the_key(
@@ -541,3 +564,28 @@ def test_a_timeout_past_the_brokers_consumer_timeout_is_refused_naming_both_and_
     assert "rabbitmq.conf to at least 1801000 (milliseconds)" in message
     assert "ASYNCINVOKE_BROKER_CONSUMER_TIMEOUT=1801" in message
     assert "timeout to 1798.95 s or less" in message
+
+
+# -- services (FC 2.0's grouping) --------------------------------------------------------
+
+
+def test_a_function_is_in_the_default_service_unless_defaults_or_it_name_another() -> None:
+    plain = parse('[functions.a]\nhandler = "m:f"\n').functions["a"]
+    assert plain.service == "default"
+    loaded = parse(
+        '[defaults]\nservice = "shop"\n'
+        '[functions.a]\nhandler = "m:f"\n'
+        '[functions.b]\nhandler = "m:f"\nservice = "mail"\n'
+        '[functions.c]\nhandler = "m:f"\n'
+    )
+    assert {name: spec.service for name, spec in loaded.functions.items()} == {
+        "a": "shop", "b": "mail", "c": "shop",
+    }
+    assert loaded.services() == {"mail": ["b"], "shop": ["a", "c"]}
+    assert loaded.functions["b"].policy()["service"] == "mail"
+
+
+@pytest.mark.parametrize("value", ['"a.b"', '""', '"9lives"', "3", '"' + "s" * 129 + '"'])
+def test_a_bad_service_name_names_the_key(value: str) -> None:
+    exc = refusal(f'[functions.resize]\nhandler = "m:f"\nservice = {value}\n')
+    assert (exc.function, exc.key) == ("resize", "service")

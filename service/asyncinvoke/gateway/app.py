@@ -1,4 +1,5 @@
-"""The HTTP gateway: Function Compute's OpenAPI (2023-03-30 subset) over asyncinvoke.
+"""The HTTP gateway: Function Compute's OpenAPI (2023-03-30 subset) over asyncinvoke,
+and FC 2.0's (2016-08-15, 2021-04-06: ``fc2routes``) over the same implementation.
 
 One ``Client`` (one broker connection) serves every request. Async invocations
 are answered 202 only after the broker confirmed them; sync invocations go through
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from uuid import uuid4
@@ -19,35 +19,30 @@ import orjson
 from aiohttp import web
 from prometheus_client import Counter
 
-from asyncinvoke import contract, record_codec, topology
-from asyncinvoke.client import CallTimeout, Client, FunctionError, TaskExistsError
-from asyncinvoke.clock import new_id
-from asyncinvoke.contract import UNHANDLED, ErrorInfo
-from asyncinvoke.errors import PayloadTooLarge
+from asyncinvoke import topology
+from asyncinvoke.client import Client
+from asyncinvoke.clock import now_ms
+from asyncinvoke.console.app import Console
 from asyncinvoke.functions import FunctionsFile, FunctionSpec
-from asyncinvoke.gateway import fcapi, local
-from asyncinvoke.gateway.auth import Verifier, refuse_replay
+from asyncinvoke.gateway import fc2api, fcapi, local
+from asyncinvoke.gateway.auth import SignedRequest, Verifier, refuse_replay
+from asyncinvoke.gateway.auth2 import Fc2Verifier
+from asyncinvoke.gateway.fc2routes import INVOKE_ROUTES, Fc2Routes
 from asyncinvoke.gateway.fcapi import (
-    ASYNC_TASK_ID,
     JSON,
     REQUEST_ID,
-    EntityTooLarge,
     FcError,
 )
+from asyncinvoke.gateway.operations import SYNC_MARGIN_S, Operations
 from asyncinvoke.metrics import Metrics, health_routes
 from asyncinvoke.observability import get_logger
 from asyncinvoke.settings import Settings
-from asyncinvoke.systemd import Notifier
-from asyncinvoke.tasks.states import Status
-from asyncinvoke.tasks.store import Task, TaskFinished
+from asyncinvoke.systemd import Notifier, supervised
+from asyncinvoke.tasks.store import Task
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9000
 LOOPBACK = "127.0.0.1"
-# A sync invocation waits for the function's timeout plus this, for the trip through the
-# broker and the reply; after that it is a FunctionTimeout answer, never a hang.
-SYNC_MARGIN_S = 5.0
-
 log = get_logger(component="gateway")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -64,11 +59,12 @@ class Gateway:
         sync_margin_s: float = SYNC_MARGIN_S,
     ):
         self.settings = settings
-        self.sync_margin_s = sync_margin_s
         self.specs: dict[str, FunctionSpec] = dict(functions_file.functions)
         self.names = topology.Names(settings.namespace)
         self.client = Client(settings=settings)
+        self.operations = Operations(self.client, sync_margin_s)
         self.verifier = Verifier(access_keys) if access_keys else None
+        self.fc2_verifier = Fc2Verifier(access_keys) if access_keys else None
         self.config_modified_ms = _modified_ms(functions_file.path)
         self.metrics = metrics or Metrics()
         if metrics is None:
@@ -82,6 +78,15 @@ class Gateway:
             registry=self.metrics.registry,
         )
         self._also_ready = ready
+        self.console = Console(
+            settings,
+            self.client,
+            {name: fcapi.shown_policy(spec) for name, spec in self.specs.items()},
+            functions_file.path,
+            access_keys,
+            self.metrics,
+            counts_worker=metrics is not None,  # serve shares its worker's metrics
+        )
         self._runner: web.AppRunner | None = None
         self.host = ""
         self.port = 0
@@ -115,6 +120,7 @@ class Gateway:
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()
+        self.console.start()
         self.host, self.port = host, self._bound_port(port)
         # What start-up made lives as long as the process: keep it out of the collector's
         # full passes, which otherwise show up as pauses in the request latency's tail.
@@ -124,6 +130,7 @@ class Gateway:
             url=self.url,
             namespace=self.names.ns,
             functions=sorted(self.specs),
+            services=sorted({spec.service for spec in self.specs.values()}),
             authentication=(
                 f"ACS3-HMAC-SHA256 ({self.verifier.key_count} access keys)"
                 if self.verifier is not None
@@ -163,6 +170,7 @@ class Gateway:
 
     async def stop(self) -> None:
         """Stop listening; requests in flight finish (within the shutdown grace)."""
+        await self.console.stop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -179,6 +187,7 @@ class Gateway:
         base = fcapi.API_PREFIX + "/{fn}"
         app.add_routes(
             [
+                *Fc2Routes(self).routes(),
                 web.post(base + "/invocations", self.invoke, name="InvokeFunction"),
                 web.get(base + "/async-tasks", self.list_tasks, name="ListAsyncTasks"),
                 web.get(base + "/async-tasks/{task_id}", self.get_task, name="GetAsyncTask"),
@@ -189,6 +198,7 @@ class Gateway:
                     name="GetAsyncInvokeConfig",
                 ),
                 *health_routes(self.metrics, self.not_ready),
+                *self.console.routes(),
             ]
         )
         return app
@@ -199,18 +209,12 @@ class Gateway:
         try:
             if self.verifier is None:
                 local.check_unsigned_request(request.path, request.headers)
-                if request.match_info.route.name == "InvokeFunction":
+                if request.match_info.route.name in INVOKE_ROUTES:
                     local.check_unsigned_invocation(request.headers, request.content_type)
-            elif request.path.startswith(fcapi.API_PREFIX):
-                body = await request.read()
-                signed = self.verifier.verify(
-                    request.method,
-                    request.rel_url.raw_path,
-                    request.rel_url.query.items(),
-                    request.headers,
-                    body,
-                )
-                await refuse_replay(await self.client.tasks(), signed, time.time_ns() // 1_000_000)
+            else:
+                signed = await self._verify(request)
+                if signed is not None:
+                    await refuse_replay(await self.client.tasks(), signed, now_ms())
             response = await handler(request)
         except web.HTTPException as exc:
             response = self._error_response(
@@ -228,6 +232,23 @@ class Gateway:
         self.requests.labels(route, str(response.status)).inc()
         return response
 
+    async def _verify(self, request: web.Request) -> SignedRequest | None:
+        """The signature of an API request, checked; None for the FC scheme (no nonce)
+        and for paths that need none (probes, metrics)."""
+        assert self.verifier is not None and self.fc2_verifier is not None
+        url = request.rel_url
+        if fc2api.is_fc2_path(request.path):
+            return self.fc2_verifier.verify(
+                request.method, request.path, url.raw_path, url.query.items(),
+                request.headers, await request.read(),
+            )
+        if request.path.startswith(fcapi.API_PREFIX):
+            return self.verifier.verify(
+                request.method, url.raw_path, url.query.items(), request.headers,
+                await request.read(),
+            )
+        return None
+
     def _error_response(self, request: web.Request, error: FcError) -> web.Response:
         request_id = uuid4().hex
         level = log.error if error.status >= 500 else log.info
@@ -240,9 +261,10 @@ class Gateway:
             reason=error.message,
             request_id=request_id,
         )
+        shape = fc2api if fc2api.is_fc2_path(request.path) else fcapi
         return web.Response(
             status=error.status,
-            body=fcapi.error_body(error, request_id),
+            body=shape.error_body(error, request_id),
             content_type=JSON,
             headers={REQUEST_ID: request_id},
         )
@@ -259,66 +281,8 @@ class Gateway:
     async def invoke(self, request: web.Request) -> web.Response:
         spec = self._spec(request)
         invocation = fcapi.parse_invocation(request.headers, self.settings.max_delay_s)
-        body = await request.read()
-        if not self.client.broker.is_connected:
-            raise fcapi.ServiceUnavailable("RabbitMQ is not reachable now; try again shortly")
-        alarm = self.client.broker.blocked_reason
-        if alarm is not None:
-            raise fcapi.ServiceUnavailable(
-                f"RabbitMQ blocks publishing: resource alarm ({alarm}); the invocation was "
-                "not accepted. Try again once the broker's memory or disk alarm clears"
-            )
-        try:
-            if invocation.asynchronous:
-                return await self._invoke_async(spec, invocation, body)
-            return await self._invoke_sync(spec, body)
-        except PayloadTooLarge as exc:
-            raise EntityTooLarge(str(exc)) from None
+        return await self.operations.invoke(spec, invocation, await request.read())
 
-    async def _invoke_async(
-        self, spec: FunctionSpec, invocation: fcapi.Invocation, body: bytes
-    ) -> web.Response:
-        # A caller-chosen task id means task mode for this invocation (FC's stateful
-        # async invocation), whatever the function's setting.
-        task = True if invocation.task_id is not None or spec.task_mode else None
-        try:
-            invocation_id = await self.client.invoke(
-                spec.name, body, delay=invocation.delay_s, id=invocation.task_id, task=task
-            )
-        except TaskExistsError as exc:
-            raise fcapi.Conflict(
-                f"{ASYNC_TASK_ID} '{exc.task_id}': {exc}", code="AsyncTaskAlreadyExists"
-            ) from None
-        return web.Response(status=202, headers={REQUEST_ID: invocation_id})
-
-    async def _invoke_sync(self, spec: FunctionSpec, body: bytes) -> web.Response:
-        invocation_id = new_id()
-        timeout = spec.timeout_s + self.sync_margin_s
-        try:
-            result = await self.client.call(spec.name, body, timeout=timeout, id=invocation_id)
-        except FunctionError as exc:
-            error_type = exc.function_error or UNHANDLED
-            return fcapi.function_error_response(invocation_id, exc.info, error_type)
-        except CallTimeout:
-            raise fcapi.InvocationTimeout(
-                f"no reply for invocation {invocation_id} of function '{spec.name}' within "
-                f"{timeout:g} s (its timeout + {self.sync_margin_s:g} s): is a worker serving it?"
-            ) from None
-        try:
-            payload, content_type = fcapi.result_body(result)
-        except record_codec.ENCODE_ERRORS as exc:
-            # msgpack carried a result JSON cannot (bytes map keys, deep nesting): the
-            # caller is told so as a function error, not with a 500 and a stack trace.
-            error = ErrorInfo.result_not_serializable(
-                f"function '{spec.name}' returned a value JSON cannot carry "
-                f"({exc}): {record_codec.render(result)}"
-            )
-            return fcapi.function_error_response(invocation_id, error, UNHANDLED)
-        return web.Response(
-            status=200,
-            body=payload,
-            headers={REQUEST_ID: invocation_id, "Content-Type": content_type},
-        )
 
     # -- async tasks -------------------------------------------------------------------
 
@@ -326,11 +290,8 @@ class Gateway:
         """The task the path names, if it is a task of the function the path names."""
         spec = self._spec(request)
         task_id = request.match_info["task_id"]
-        if not contract.ID_RE.fullmatch(task_id):  # no such task; and no NUL for the store
-            raise fcapi.task_not_found(spec.name, task_id)
-        store = await self.client.tasks()
-        task = await store.get(task_id)
-        if task is None or task.function != spec.name:
+        task = await self.operations.find_task(spec, task_id)
+        if task is None:
             raise fcapi.task_not_found(spec.name, task_id)
         return task
 
@@ -341,29 +302,12 @@ class Gateway:
     async def list_tasks(self, request: web.Request) -> web.Response:
         spec = self._spec(request)
         query = fcapi.parse_list_query(request.query)
-        store = await self.client.tasks()
-        try:
-            page = await store.list(
-                function=spec.name,
-                status=query.status,
-                prefix=query.prefix,
-                started_from=query.started_from,
-                started_to=query.started_to,
-                limit=query.limit,
-                next_token=query.next_token,
-                newest_first=query.newest_first,
-            )
-        except ValueError as exc:
-            raise fcapi.InvalidArgument(str(exc)) from None
+        page = await self.operations.list_page(spec, query)
         return _json(fcapi.list_output(page, query.include_payload))
 
     async def stop_task(self, request: web.Request) -> web.Response:
         task = await self._task(request)
-        try:
-            await self.client.stop_task(task.id)
-        except TaskFinished as exc:
-            if exc.task.status is not Status.STOPPED:  # stopping a stopped task is no error
-                raise fcapi.Conflict(str(exc), code="AsyncTaskFinished") from None
+        await self.operations.stop(task, "AsyncTaskFinished")
         return web.Response(status=200)
 
     # -- GetAsyncInvokeConfig ----------------------------------------------------------
@@ -378,17 +322,12 @@ class Gateway:
         self, host: str, port: int, stop: asyncio.Event, notifier: Notifier | None = None
     ) -> None:
         """Serve until ``stop`` is set, then stop. Tells systemd (if it is listening)."""
-        notifier = notifier or Notifier()
-        watchdog: asyncio.Task[None] | None = None
         try:
-            await self.start(host, port)
-            notifier.notify("READY=1", f"STATUS=listening on {self.url}")
-            watchdog = asyncio.create_task(notifier.watchdog(self.status))
-            await stop.wait()
+            async with supervised(notifier or Notifier(), self.status) as supervision:
+                await self.start(host, port)
+                supervision.ready(f"listening on {self.url}")
+                await stop.wait()
         finally:
-            notifier.notify("STOPPING=1")
-            if watchdog is not None:
-                watchdog.cancel()
             await self.stop()
 
     def status(self) -> str:
@@ -404,4 +343,4 @@ def _modified_ms(path: Path) -> int:
     try:
         return int(path.stat().st_mtime * 1000)
     except OSError:
-        return time.time_ns() // 1_000_000
+        return now_ms()

@@ -27,14 +27,18 @@ from aiohttp import web
 from multidict import CIMultiDictProxy, MultiMapping
 
 from asyncinvoke import contract
-from asyncinvoke.client import CallTimeout, TaskExistsError, UnknownFunctionError
 from asyncinvoke.contract import ErrorInfo
 from asyncinvoke.errors import (
     AsyncInvokeError,
     BrokerUnavailable,
+    CallTimeout,
     InvalidMessage,
     PublishError,
+    TaskExistsError,
+    TaskFinished,
+    TaskNotFound,
     TaskStoreUnavailable,
+    UnknownFunctionError,
 )
 from asyncinvoke.functions import FunctionSpec
 from asyncinvoke.settings import redact_url
@@ -43,8 +47,6 @@ from asyncinvoke.tasks.store import (
     MAX_PAGE_LIMIT,
     Page,
     Task,
-    TaskFinished,
-    TaskNotFound,
     decode_page_token,
 )
 from asyncinvoke.tasks.views import async_task
@@ -185,9 +187,13 @@ class Invocation:
     asynchronous: bool
     delay_s: int = 0
     task_id: str | None = None
+    task: bool | None = None  # task mode asked for or refused; None: the function's setting
+    meta: tuple[tuple[str, str], ...] = ()  # for the envelope's meta (FC 2.0's trace id)
 
 
-def parse_invocation(headers: CIMultiDictProxy[str], max_delay_s: int) -> Invocation:
+def parse_invocation(
+    headers: CIMultiDictProxy[str], max_delay_s: int, task_id_header: str = ASYNC_TASK_ID
+) -> Invocation:
     kind = headers.get(INVOCATION_TYPE, SYNC)
     if kind.lower() == ASYNC.lower():
         asynchronous = True
@@ -196,9 +202,9 @@ def parse_invocation(headers: CIMultiDictProxy[str], max_delay_s: int) -> Invoca
     else:
         raise InvalidArgument(f"{INVOCATION_TYPE} must be {ASYNC} or {SYNC}, got {kind!r}")
     raw_delay = headers.get(ASYNC_DELAY)
-    task_id = headers.get(ASYNC_TASK_ID)
+    task_id = headers.get(task_id_header)
     if not asynchronous and (raw_delay is not None or task_id is not None):
-        given = ASYNC_DELAY if raw_delay is not None else ASYNC_TASK_ID
+        given = ASYNC_DELAY if raw_delay is not None else task_id_header
         raise InvalidArgument(f"{given} applies to {ASYNC} invocations only")
     delay = 0
     if raw_delay is not None:
@@ -211,7 +217,7 @@ def parse_invocation(headers: CIMultiDictProxy[str], max_delay_s: int) -> Invoca
         delay = int(digits)
     if task_id is not None and not contract.ID_RE.fullmatch(task_id):
         raise InvalidArgument(
-            f"{ASYNC_TASK_ID} must match {contract.ID_RE.pattern}, got {task_id!r}"
+            f"{task_id_header} must match {contract.ID_RE.pattern}, got {task_id!r}"
         )
     return Invocation(asynchronous, delay, task_id)
 

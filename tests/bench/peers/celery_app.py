@@ -17,7 +17,16 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from tests.bench.peers import probe
-from tests.bench.peers.publishing import AMQP_URL, PREFETCH, QUEUE, argument, paced, parse, report
+from tests.bench.peers.publishing import (
+    AMQP_URL,
+    PREFETCH,
+    QUEUE,
+    TASK,
+    argument,
+    paced,
+    parse,
+    report,
+)
 
 
 def _kombu_url(url: str) -> str:
@@ -50,6 +59,12 @@ def noop(sent_ns: int) -> None:
     probe.hit(sent_ns)
 
 
+@app.task(name="bench.burn")
+def burn(sent_ns: int) -> None:
+    probe.hit(sent_ns)
+    probe.burn()
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse("python -m tests.bench.peers.celery_app", argv)
     started = time.perf_counter()
@@ -59,7 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     with app.connection_for_write() as connection:
         producer = connection.Producer()
         for _ in paced(args.n, args.rate):
-            noop.apply_async((argument(args),), producer=producer, **options)
+            task = burn if TASK == "burn" else noop
+            task.apply_async((argument(args),), producer=producer, **options)
     report(args.n, started)
 
 

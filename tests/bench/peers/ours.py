@@ -16,3 +16,9 @@ async def noop(event: Any, context: Any) -> None:
 async def stamp(event: Any, context: Any) -> int:
     """Its start time, ms since the epoch: the result that the success record carries."""
     return time.time_ns() // 1_000_000
+
+
+def burn(event: Any, context: Any) -> None:
+    """The CPU-bound task (a sync handler, for ``executor = "process"``)."""
+    probe.hit(event)
+    probe.burn()

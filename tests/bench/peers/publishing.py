@@ -12,6 +12,7 @@ from collections.abc import Iterator
 AMQP_URL = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 QUEUE = os.environ.get("BENCH_QUEUE", "bench-peer")
 PREFETCH = int(os.environ.get("BENCH_PREFETCH", "200"))
+TASK = os.environ.get("BENCH_TASK", "noop")  # or "burn": BENCH_BURN_MS of CPU (probe.burn)
 
 
 def parse(prog: str, argv: list[str] | None = None) -> argparse.Namespace:

@@ -203,17 +203,19 @@ class Peer:
         return "?"
 
     def worker_command(self, queue: str, settings: dict[str, Any]) -> list[str]:
+        processes = int(settings.get("processes", 1))
         if self.key == "celery":
+            pool = ["--pool=solo", "--concurrency=1"] if processes == 1 else [
+                "--pool=prefork", f"--concurrency={processes}"]  # fmt: skip
             return [
-                str(BIN / "celery"), "-A", self.module, "worker",
-                "--pool=solo", "--concurrency=1", "-Q", queue,
+                str(BIN / "celery"), "-A", self.module, "worker", *pool, "-Q", queue,
                 "--without-gossip", "--without-mingle", "--without-heartbeat",
                 "--loglevel=WARNING",
             ]  # fmt: skip
         if self.key == "dramatiq":
             return [
                 str(BIN / "dramatiq"), self.module,
-                "--processes", "1", "--threads", str(settings["threads"]),
+                "--processes", str(processes), "--threads", str(settings["threads"]),
                 "--worker-shutdown-timeout", "5000",
             ]  # fmt: skip
         if self.key == "taskiq":

@@ -1,0 +1,366 @@
+"""The web console at ``/console``: functions, tasks and failures, served by the gateway.
+
+Server-rendered HTML (Jinja2, autoescaped) with one small script of ours for the live
+refresh (``static/console.js``, polling ``live.json`` every 2 s); every page works
+without it. The routes are added to the gateway's aiohttp application, so without access
+keys the gateway's keyless guard (``gateway.local``: loopback Host, no foreign Origin)
+covers them too; ``guard`` checks sessions and CSRF tokens. The failures page and its
+actions are in ``failure_views``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import jinja2
+import orjson
+from aiohttp import web
+
+from asyncinvoke import clock, contract, topology
+from asyncinvoke.client import Client
+from asyncinvoke.console import sessions
+from asyncinvoke.console.depths import Depths
+from asyncinvoke.console.failure_views import FailureViews
+from asyncinvoke.console.failures import FailureQueue, QueueBusy
+from asyncinvoke.console.guard import (
+    CSRF_FIELD,
+    PREFIX,
+    Guard,
+    Handler,
+    View,
+    Visit,
+    after_login,
+    see_other,
+)
+from asyncinvoke.console.history import FAILURES, INVOCATIONS, History, read_totals
+from asyncinvoke.console.policy_sources import read_document, sources
+from asyncinvoke.console.shown import bars, packed_text, parse_when, when
+from asyncinvoke.errors import AsyncInvokeError
+from asyncinvoke.metrics import Metrics
+from asyncinvoke.observability import get_logger
+from asyncinvoke.settings import Settings
+from asyncinvoke.tasks.states import TERMINAL, Status
+from asyncinvoke.tasks.store import MAX_PAGE_LIMIT, TaskFinished, TaskNotFound
+
+SAMPLE_EVERY_S = 5.0
+TASKS_PER_PAGE = 50
+STATIC_TYPES = {".js": "text/javascript", ".css": "text/css"}
+
+log = get_logger(component="console")
+
+
+class Console:
+    def __init__(
+        self,
+        settings: Settings,
+        client: Client,
+        policies: dict[str, dict[str, Any]],
+        config_path: Path,
+        access_keys: dict[str, str],
+        metrics: Metrics,
+        *,
+        counts_worker: bool,
+    ):
+        self.settings = settings
+        self.client = client
+        # Each function's effective policy as it may be shown (passwords of URLs out).
+        self.policies = policies
+        self.names = topology.Names(settings.namespace)
+        self.keys = access_keys
+        self.guard = Guard(access_keys, self._expired_form)
+        self.counts_worker = counts_worker
+        self.metrics = metrics
+        document = read_document(config_path)
+        self.sources = {name: sources(document, name) for name in policies}
+        self.history = History(lambda: read_totals(metrics.registry))
+        self.depths = Depths(client.broker, self.names)
+        self.failures = FailureQueue(settings)
+        self.failure_views = FailureViews(
+            self.failures, self.depths, sorted(policies), self._render
+        )
+        self._sampler: asyncio.Task[None] | None = None
+        self._sampled_at = 0.0
+        self.templates = jinja2.Environment(
+            loader=jinja2.PackageLoader("asyncinvoke.console", "templates"),
+            autoescape=True,
+            undefined=jinja2.StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        self.templates.filters["when"] = when
+        self.templates.globals.update(prefix=PREFIX, csrf_field=CSRF_FIELD)
+
+    # -- life --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.history.sample(time.time())
+        self._sampler = asyncio.create_task(self._sample())
+
+    async def stop(self) -> None:
+        if self._sampler is not None:
+            self._sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sampler
+
+    async def _sample(self) -> None:
+        while True:
+            await asyncio.sleep(SAMPLE_EVERY_S)
+            self.history.sample(time.time())
+
+    def routes(self) -> list[web.RouteDef]:
+        page = self._page
+        return [
+            web.get(PREFIX, page(self.home)),
+            web.get(PREFIX + "/", page(self.home)),
+            web.get(PREFIX + "/login", page(self.login_form, public=True)),
+            web.post(PREFIX + "/login", page(self.login, public=True)),
+            web.post(PREFIX + "/logout", page(self.logout)),
+            web.get(PREFIX + "/functions", page(self.functions)),
+            web.get(PREFIX + "/tasks", page(self.tasks)),
+            web.get(PREFIX + "/tasks/{task_id}", page(self.task)),
+            web.post(PREFIX + "/tasks/{task_id}/stop", page(self.stop_task)),
+            *self.failure_views.routes(page),
+            web.get(PREFIX + "/live.json", page(self.live)),
+            web.get(PREFIX + "/static/{name}", self.static),
+        ]
+
+    def _page(self, view: View, *, public: bool = False) -> Handler:
+        """``view`` behind the guard; what it cannot do now is a page that says why."""
+
+        async def shown(request: web.Request, visit: Visit) -> web.StreamResponse:
+            try:
+                return await view(request, visit)
+            except (AsyncInvokeError, QueueBusy, ConnectionError, OSError) as exc:
+                return self._render(
+                    "message.html", visit, title="Not done", status=503,
+                    message=str(exc) or type(exc).__name__,
+                )
+
+        return self.guard.wrap(shown, public=public)
+
+    def _expired_form(self, visit: Visit) -> web.StreamResponse:
+        return self._render(
+            "message.html", visit, title="Form expired", status=403,
+            message="This form's security token is missing or out of date (a new session "
+            "began, or the form came from elsewhere). Go back, reload the page, and try again.",
+        )
+
+    def _render(
+        self, template: str, visit: Visit, *, status: int = 200, **context: Any
+    ) -> web.Response:
+        body = self.templates.get_template(template).render(
+            csrf=visit.csrf,
+            logged_in=visit.session.key_id,
+            keys_required=bool(self.keys),
+            **context,
+        )
+        return web.Response(text=body, status=status, content_type="text/html", charset="utf-8")
+
+    # -- login -------------------------------------------------------------------------
+
+    async def login_form(self, request: web.Request, visit: Visit) -> web.StreamResponse:
+        if not self.keys:
+            return see_other(PREFIX + "/functions")
+        target = after_login(request.query.get("next"))
+        return self._render("login.html", visit, title="Log in", error=None, next=target)
+
+    async def login(self, request: web.Request, visit: Visit) -> web.StreamResponse:
+        form = await request.post()
+        key_id, secret = str(form.get("key_id", "")), str(form.get("secret", ""))
+        target = after_login(str(form.get("next", "")))
+        if not self.keys or not sessions.check_secret(self.keys, key_id, secret):
+            log.info("console_login_refused", key_id=key_id)
+            return self._render(
+                "login.html", visit, title="Log in", status=403, next=target,
+                error="That key id and secret do not match a configured access key.",
+            )
+        self.guard.new_session(visit, key_id)
+        log.info("console_login", key_id=key_id)
+        return see_other(target)
+
+    async def logout(self, request: web.Request, visit: Visit) -> web.StreamResponse:
+        self.guard.new_session(visit, None)
+        return see_other(PREFIX + "/login" if self.keys else PREFIX + "/functions")
+
+    async def home(self, request: web.Request, visit: Visit) -> web.StreamResponse:
+        return see_other(PREFIX + "/functions")
+
+    # -- functions ---------------------------------------------------------------------
+
+    async def _function_rows(self) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        queues = [self.names.function_queue(name) for name in self.policies]
+        ladder = self.depths.ladder_queues()
+        depths = await self.depths.read([*queues, *ladder, self.names.failed])
+        now_s = time.time()
+        rows = []
+        for name, policy in sorted(self.policies.items()):
+            depth = depths.get(self.names.function_queue(name))
+            invocations = self.history.per_minute(name, INVOCATIONS, now_s)
+            failures = self.history.per_minute(name, FAILURES, now_s)
+            rows.append(
+                {
+                    "name": name,
+                    "state": self._state(name),
+                    "ready": "missing" if depth is None else depth.ready,
+                    "consumers": "-" if depth is None else depth.consumers,
+                    "in_flight": self._in_flight(name),
+                    "invocations": sum(invocations),
+                    "failures": sum(failures),
+                    "invocation_bars": bars(invocations, "invocations"),
+                    "failure_bars": bars(failures, "failures"),
+                    "policy": [
+                        (field, _policy_text(value), self.sources[name].get(field, "-"))
+                        for field, value in policy.items()
+                    ],
+                }
+            )
+        waiting = sum(d.ready for q in ladder if (d := depths.get(q)) is not None)
+        failed = depths.get(self.names.failed)
+        totals = {"ladder": waiting, "failed": "missing" if failed is None else failed.ready}
+        return rows, totals
+
+    def _state(self, function: str) -> str:
+        """Nothing pauses a function yet: live configuration (issue 15) will answer
+        "paused" here, and add pause and resume forms to the row (POSTs that carry the
+        CSRF token, as Stop does)."""
+        return "running"
+
+    def _in_flight(self, function: str) -> int | str:
+        if not self.counts_worker:
+            return "-"
+        return int(self.metrics.in_flight.labels(function)._value.get())
+
+    async def functions(self, request: web.Request, visit: Visit) -> web.StreamResponse:
+        rows, totals = await self._function_rows()
+        return self._render(
+            "functions.html", visit, title="Functions", rows=rows, totals=totals,
+            counts_worker=self.counts_worker, chart_macro=True,
+        )
+
+    # -- live --------------------------------------------------------------------------
+
+    async def live(self, request: web.Request, visit: Visit) -> web.StreamResponse:
+        """Counts and depths for the live refresh; each keyed as the pages' data-live."""
+        now_s = time.time()
+        if now_s - self._sampled_at >= 1.0:  # fresh counts, whatever the sampler's pace
+            self._sampled_at = now_s
+            self.history.sample(now_s)
+        rows, totals = await self._function_rows()
+        values: dict[str, Any] = {"ladder": totals["ladder"], "failed": totals["failed"]}
+        charts = {}
+        chart = self.templates.get_template("chart.html")
+        for row in rows:
+            for key in ("state", "ready", "consumers", "in_flight", "invocations", "failures"):
+                values[f"{row['name']}.{key}"] = row[key]
+            charts[row["name"]] = chart.render(row=row)
+        if request.query.get("page") == "failures":
+            failed = totals["failed"]
+            self.failures.watch(failed if isinstance(failed, int) else None)
+        values["as_of"] = when(clock.now_ms())
+        return web.Response(
+            body=orjson.dumps({"values": values, "charts": charts}),
+            content_type="application/json",
+        )
+
+    # -- tasks -------------------------------------------------------------------------
+
+    async def tasks(self, request: web.Request, visit: Visit) -> web.StreamResponse:
+        query = request.query
+        wanted_id = query.get("id", "").strip()
+        store = await self.client.tasks()
+        if wanted_id and contract.ID_RE.fullmatch(wanted_id):
+            found = await store.get(wanted_id)
+            if found is not None:
+                return see_other(f"{PREFIX}/tasks/{found.id}")
+        function = query.get("function") or None
+        status_text = query.get("status") or None
+        status = Status(status_text) if status_text in set(Status) else None
+        started_from = parse_when(query.get("from"))
+        started_to = parse_when(query.get("to"))
+        token = query.get("token") or None
+        try:
+            page = await store.list(
+                function=function,
+                status=status,
+                prefix=wanted_id or None,
+                started_from=started_from,
+                started_to=started_to,
+                limit=min(TASKS_PER_PAGE, MAX_PAGE_LIMIT),
+                next_token=token,
+            )
+            problem = None
+        except ValueError as exc:
+            page, problem = None, str(exc)
+        filters = {
+            "function": function or "",
+            "status": status.value if status else "",
+            "from": query.get("from", ""),
+            "to": query.get("to", ""),
+            "id": wanted_id,
+        }
+        next_link = None
+        if page is not None and page.next_token:
+            next_link = "?" + urlencode({**filters, "token": page.next_token})
+        return self._render(
+            "tasks.html", visit, title="Tasks", tasks=page.tasks if page else [],
+            filters=filters, functions=sorted(self.policies), statuses=[s.value for s in Status],
+            next_link=next_link, paged=token is not None, problem=problem,
+        )
+
+    async def task(self, request: web.Request, visit: Visit) -> web.StreamResponse:
+        task_id = request.match_info["task_id"]
+        store = await self.client.tasks()
+        task = await store.get(task_id) if contract.ID_RE.fullmatch(task_id) else None
+        if task is None:
+            return self._render(
+                "message.html", visit, title="No such task", status=404,
+                message=f"No task {task_id!r} is in the task store (it may have been "
+                "purged after the retention period, or never ran in task mode).",
+            )
+        return self._render(
+            "task.html", visit, title=f"Task {task.id}", task=task,
+            payload=packed_text(task.payload), result=packed_text(task.result),
+            can_stop=task.status not in TERMINAL and task.status is not Status.STOPPING,
+        )
+
+    async def stop_task(self, request: web.Request, visit: Visit) -> web.StreamResponse:
+        task_id = request.match_info["task_id"]
+        with contextlib.suppress(TaskFinished, TaskNotFound):
+            # Already ended or gone: the task page shows how it ended.
+            await self.client.stop_task(task_id)
+        return see_other(f"{PREFIX}/tasks/{task_id}")
+
+    # -- static ------------------------------------------------------------------------
+
+    async def static(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        suffix = Path(name).suffix
+        if name not in STATIC_FILES or suffix not in STATIC_TYPES:
+            return web.Response(status=404, text="not found")
+        return web.Response(
+            body=STATIC_FILES[name],
+            content_type=STATIC_TYPES[suffix],
+            headers={"Cache-Control": "max-age=3600", "X-Content-Type-Options": "nosniff"},
+        )
+
+
+def _load_static() -> dict[str, bytes]:
+    folder = resources.files("asyncinvoke.console") / "static"
+    return {item.name: item.read_bytes() for item in folder.iterdir() if item.is_file()}
+
+
+STATIC_FILES = _load_static()
+
+
+def _policy_text(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{key} {item}" for key, item in value.items())
+    if value is None:
+        return "-"
+    return str(value).lower() if isinstance(value, bool) else str(value)

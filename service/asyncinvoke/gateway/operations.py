@@ -1,0 +1,143 @@
+"""What both faces of the gateway do, whatever their shapes: InvokeFunction (async through
+the broker, sync through a reply), and finding, listing and stopping the tasks of task
+mode (FC 2.0's stateful async invocations). The 2023-03-30 routes (``app``) and FC 2.0's
+(``fc2routes``) parse their requests, call these, and shape the answers; live
+configuration and triggers will add their operations here, for both faces.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from asyncinvoke import contract, record_codec
+from asyncinvoke.client import CallTimeout, Client, FunctionError, TaskExistsError
+from asyncinvoke.clock import new_id
+from asyncinvoke.contract import UNHANDLED, ErrorInfo
+from asyncinvoke.errors import PayloadTooLarge
+from asyncinvoke.functions import FunctionSpec
+from asyncinvoke.gateway import fcapi
+from asyncinvoke.gateway.fcapi import ASYNC_TASK_ID, REQUEST_ID, EntityTooLarge
+from asyncinvoke.tasks.states import Status
+from asyncinvoke.tasks.store import Page, Task, TaskFinished
+
+# A sync invocation waits for the function's timeout plus this, for the trip through the
+# broker and the reply; after that it is a FunctionTimeout answer, never a hang.
+SYNC_MARGIN_S = 5.0
+
+
+class Operations:
+    def __init__(self, client: Client, sync_margin_s: float = SYNC_MARGIN_S):
+        self.client = client
+        self.sync_margin_s = sync_margin_s
+
+    # -- InvokeFunction ----------------------------------------------------------------
+
+    async def invoke(
+        self, spec: FunctionSpec, invocation: fcapi.Invocation, body: bytes
+    ) -> web.Response:
+        """An InvokeFunction of either face: 202 once the broker took it, or the result."""
+        if not self.client.broker.is_connected:
+            raise fcapi.ServiceUnavailable("RabbitMQ is not reachable now; try again shortly")
+        alarm = self.client.broker.blocked_reason
+        if alarm is not None:
+            raise fcapi.ServiceUnavailable(
+                f"RabbitMQ blocks publishing: resource alarm ({alarm}); the invocation was "
+                "not accepted. Try again once the broker's memory or disk alarm clears"
+            )
+        try:
+            if invocation.asynchronous:
+                return await self._invoke_async(spec, invocation, body)
+            return await self._invoke_sync(spec, body, dict(invocation.meta) or None)
+        except PayloadTooLarge as exc:
+            raise EntityTooLarge(str(exc)) from None
+
+    async def _invoke_async(
+        self, spec: FunctionSpec, invocation: fcapi.Invocation, body: bytes
+    ) -> web.Response:
+        # A caller-chosen task id means task mode for this invocation (FC's stateful
+        # async invocation), whatever the function's setting; FC 2.0's header may also
+        # ask for task mode, or refuse it.
+        task = invocation.task if invocation.task is not None else spec.task_mode or None
+        if invocation.task_id is not None:
+            task = True
+        try:
+            invocation_id = await self.client.invoke(
+                spec.name,
+                body,
+                delay=invocation.delay_s,
+                id=invocation.task_id,
+                task=task,
+                meta=dict(invocation.meta) or None,
+            )
+        except TaskExistsError as exc:
+            raise fcapi.Conflict(
+                f"{ASYNC_TASK_ID} '{exc.task_id}': {exc}", code="AsyncTaskAlreadyExists"
+            ) from None
+        return web.Response(status=202, headers={REQUEST_ID: invocation_id})
+
+    async def _invoke_sync(
+        self, spec: FunctionSpec, body: bytes, meta: dict[str, str] | None
+    ) -> web.Response:
+        invocation_id = new_id()
+        timeout = spec.timeout_s + self.sync_margin_s
+        try:
+            result = await self.client.call(
+                spec.name, body, timeout=timeout, id=invocation_id, meta=meta
+            )
+        except FunctionError as exc:
+            error_type = exc.function_error or UNHANDLED
+            return fcapi.function_error_response(invocation_id, exc.info, error_type)
+        except CallTimeout:
+            raise fcapi.InvocationTimeout(
+                f"no reply for invocation {invocation_id} of function '{spec.name}' within "
+                f"{timeout:g} s (its timeout + {self.sync_margin_s:g} s): is a worker serving it?"
+            ) from None
+        try:
+            payload, content_type = fcapi.result_body(result)
+        except record_codec.ENCODE_ERRORS as exc:
+            # msgpack carried a result JSON cannot (bytes map keys, deep nesting): the
+            # caller is told so as a function error, not with a 500 and a stack trace.
+            error = ErrorInfo.result_not_serializable(
+                f"function '{spec.name}' returned a value JSON cannot carry "
+                f"({exc}): {record_codec.render(result)}"
+            )
+            return fcapi.function_error_response(invocation_id, error, UNHANDLED)
+        return web.Response(
+            status=200,
+            body=payload,
+            headers={REQUEST_ID: invocation_id, "Content-Type": content_type},
+        )
+
+    # -- tasks -------------------------------------------------------------------------
+
+    async def find_task(self, spec: FunctionSpec, task_id: str) -> Task | None:
+        """The task ``task_id`` if it is a task of ``spec``'s function."""
+        if not contract.ID_RE.fullmatch(task_id):  # no such task; and no NUL for the store
+            return None
+        store = await self.client.tasks()
+        task = await store.get(task_id)
+        return task if task is not None and task.function == spec.name else None
+
+    async def list_page(self, spec: FunctionSpec, query: fcapi.ListQuery) -> Page:
+        store = await self.client.tasks()
+        try:
+            page = await store.list(
+                function=spec.name,
+                status=query.status,
+                prefix=query.prefix,
+                started_from=query.started_from,
+                started_to=query.started_to,
+                limit=query.limit,
+                next_token=query.next_token,
+                newest_first=query.newest_first,
+            )
+        except ValueError as exc:
+            raise fcapi.InvalidArgument(str(exc)) from None
+        return page
+
+    async def stop(self, task: Task, finished_code: str) -> None:
+        try:
+            await self.client.stop_task(task.id)
+        except TaskFinished as exc:
+            if exc.task.status is not Status.STOPPED:  # stopping a stopped task is no error
+                raise fcapi.Conflict(str(exc), code=finished_code) from None
