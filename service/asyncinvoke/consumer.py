@@ -297,20 +297,20 @@ async def settle_barrier(
     tool's browse, whose closing channels return the queue's head in order).
     """
     tag = f"asyncinvoke-barrier-{id(channel)}-{next(_barrier_numbers)}"
+
+    async def give_back(message: DeliveredMessage) -> None:
+        if not keep_delivery:
+            assert message.delivery_tag is not None
+            await channel.basic_nack(message.delivery_tag, requeue=True)
+
     await channel.basic_qos(prefetch_count=1)
-    try:
-
-        async def give_back(message: DeliveredMessage) -> None:
-            if not keep_delivery:
-                assert message.delivery_tag is not None
-                await channel.basic_nack(message.delivery_tag, requeue=True)
-
-        await channel.basic_consume(queue, give_back, consumer_tag=tag, arguments=_ZERO_CREDIT)
-        await channel.basic_cancel(tag)
-    finally:
-        if restore_prefetch is not None and not channel.is_closed:
-            # For consumers started on this channel later (a resubscribe).
-            await channel.basic_qos(prefetch_count=restore_prefetch)
+    # Nothing more is sent on a channel where one of these failed: the broker closed it,
+    # and its reopened successor gets its prefetch back from aio-pika.
+    await channel.basic_consume(queue, give_back, consumer_tag=tag, arguments=_ZERO_CREDIT)
+    await channel.basic_cancel(tag)
+    if restore_prefetch is not None:
+        # For consumers started on this channel later (a resubscribe).
+        await channel.basic_qos(prefetch_count=restore_prefetch)
 
 
 _barrier_numbers = itertools.count()
