@@ -11,17 +11,16 @@ acknowledged.
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 from uuid import uuid4
 
 import aiohttp
 import tenacity
 
-from asyncinvoke import _testpoints, contract, dispatch, record_codec
+from asyncinvoke import _testpoints, clock, contract, dispatch, record_codec
 from asyncinvoke.broker import Broker
 from asyncinvoke.contract import DeliveryError, Envelope, Record
-from asyncinvoke.errors import PublishError, PublishTimeout
+from asyncinvoke.errors import HttpDeliveryError, PublishError, PublishTimeout
 from asyncinvoke.functions import Destination
 from asyncinvoke.observability import get_logger
 from asyncinvoke.topology import Names
@@ -31,11 +30,6 @@ HTTP_ATTEMPT_TIMEOUT_S = 10.0
 HTTP_TOTAL_S = 30.0
 
 log = get_logger(component="destinations")
-
-
-class HttpDeliveryError(Exception):
-    def __init__(self, url: str, detail: str):
-        super().__init__(f"POST {url}: {detail}")
 
 
 class Destinations:
@@ -104,7 +98,7 @@ class Destinations:
             id=f"{record.request_id[:100]}_{uuid4().hex[:16]}",
             fn=function,
             payload=wire,
-            created_at=int(time.time() * 1000),
+            created_at=clock.now_ms(),
             meta={"source": record.request_id, "condition": record.condition},
         )
         # The record is that function's payload: it must fit the payload limit.

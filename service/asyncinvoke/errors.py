@@ -22,6 +22,7 @@
     ├── HttpDeliveryError      an HTTP destination refused a record or could not be reached
     ├── NonRetryableError      raised by a handler: fail now, do not retry
     ├── HandlerProcessDied     a handler's own process (executor = "process") ended mid-attempt
+    ├── QueueBusy              the console: another browse holds the failure queue now
     ├── DlqError               the dead-letter tool (``asyncinvoke dlq``)
     │   ├── QueueMissing       {ns}.failed does not exist
     │   ├── EmptyQueue         {ns}.failed holds no record
@@ -359,3 +360,7 @@ class ReplayIncomplete(DlqError):
 
 class HandlerProcessDied(AsyncInvokeError):
     """The handler's process (``executor = "process"``) ended in the middle of an attempt."""
+
+
+class QueueBusy(AsyncInvokeError):
+    """Another browse holds the failure queue now (the console's, or a dlq command's)."""

@@ -27,7 +27,7 @@ from asyncinvoke.client import Client
 from asyncinvoke.console import sessions
 from asyncinvoke.console.depths import Depths
 from asyncinvoke.console.failure_views import FailureViews
-from asyncinvoke.console.failures import FailureQueue, QueueBusy
+from asyncinvoke.console.failures import FailureQueue
 from asyncinvoke.console.guard import (
     CSRF_FIELD,
     PREFIX,
@@ -41,7 +41,7 @@ from asyncinvoke.console.guard import (
 from asyncinvoke.console.history import FAILURES, INVOCATIONS, History, read_totals
 from asyncinvoke.console.policy_sources import read_document, sources
 from asyncinvoke.console.shown import bars, packed_text, parse_when, when
-from asyncinvoke.errors import AsyncInvokeError
+from asyncinvoke.errors import AsyncInvokeError, QueueBusy
 from asyncinvoke.metrics import Metrics
 from asyncinvoke.observability import get_logger
 from asyncinvoke.settings import Settings

@@ -11,8 +11,9 @@ from aiohttp import web
 
 from asyncinvoke import dlq
 from asyncinvoke.console.depths import Depths
-from asyncinvoke.console.failures import MAX_OFFSET, PAGE_SIZE, FailureQueue, QueueBusy
+from asyncinvoke.console.failures import MAX_OFFSET, PAGE_SIZE, FailureQueue
 from asyncinvoke.console.guard import PREFIX, Handler, View, Visit, see_other
+from asyncinvoke.errors import QueueBusy
 
 PURGE_WORD = "purge"
 

@@ -35,7 +35,7 @@ from asyncinvoke import clock, dlq, topology
 from asyncinvoke.broker import Broker
 from asyncinvoke.console.shown import RecordView, record_view
 from asyncinvoke.dlq.browse import Browser
-from asyncinvoke.errors import AsyncInvokeError
+from asyncinvoke.errors import AsyncInvokeError, QueueBusy
 from asyncinvoke.observability import get_logger
 from asyncinvoke.settings import Settings
 
@@ -64,10 +64,6 @@ class Page:
     in_queue: int  # when the page was read
     has_more: bool
     read_at_ms: int
-
-
-class QueueBusy(Exception):
-    """Another browse holds the failure queue now (ours, or a dlq command's)."""
 
 
 class FailureQueue:

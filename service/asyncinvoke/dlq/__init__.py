@@ -30,7 +30,6 @@ from asyncinvoke.dlq.operations import (
 from asyncinvoke.dlq.records import (
     ALL,
     Facts,
-    NotReplayable,
     Selector,
     Summary,
     error_line,
@@ -47,6 +46,7 @@ from asyncinvoke.errors import (
     DlqError,
     EmptyQueue,
     NothingSelected,
+    NotReplayable,
     QueueMissing,
     RecordNotFound,
     RecordsSkipped,

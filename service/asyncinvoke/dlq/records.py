@@ -6,14 +6,13 @@ from __future__ import annotations
 import base64
 import dataclasses
 import re
-import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from asyncinvoke import contract, ladder
 from asyncinvoke.contract import Envelope, Record
-from asyncinvoke.errors import InvalidMessage
+from asyncinvoke.errors import InvalidMessage, NotReplayable
 
 # -- selection and record views (pure) ---------------------------------------------------
 
@@ -88,12 +87,6 @@ class Selector:
 
 
 ALL = Selector()
-
-
-def _str_or_none(value: Any) -> str | None:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return value if isinstance(value, str) else None
 
 
 def _read(record: Any) -> Record | None:
@@ -171,10 +164,6 @@ def summarize(record: Any, fallback: Facts) -> Summary:
     )
 
 
-class NotReplayable(Exception):
-    """A record whose original invocation cannot be sent again; it stays in the queue."""
-
-
 def _carried_invocation(carried: str | None) -> Any:
     """The invocation a degraded record carries as msgpack in base64 (record_codec.py)."""
     if carried is None:
@@ -224,9 +213,5 @@ def replay_envelope(record: Any, *, now_ms: int, fresh_id: str | None = None) ->
         due_at=None,
         replay=fresh_id is None,
     )
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 

@@ -36,12 +36,17 @@ from asyncinvoke.dlq.browse import (
 from asyncinvoke.dlq.copies import FailureKey, failure_key
 from asyncinvoke.dlq.records import (
     ALL,
-    NotReplayable,
     Selector,
     facts_of_record,
     replay_envelope,
 )
-from asyncinvoke.errors import BadReplayFile, DlqError, NothingSelected, ReplayIncomplete
+from asyncinvoke.errors import (
+    BadReplayFile,
+    DlqError,
+    NothingSelected,
+    NotReplayable,
+    ReplayIncomplete,
+)
 from asyncinvoke.settings import Settings
 
 
