@@ -2,9 +2,8 @@
 
 aio-pika turns every delivery into an ``IncomingMessage`` (every property parsed into
 an attribute) and runs the callback in a second task, awaited by the first. On a no-op
-invocation that is a large share of the worker's time: a bare aiormq consume-and-ack
-loop drains 1.2 to 1.5 times as fast as the same loop in aio-pika on our machines (see
-docs/benchmarks.md). So the worker's consumers sit one layer lower, and the callback
+invocation that is a large share of the worker's time (measured in docs/benchmarks.md,
+bare aiormq against bare aio-pika). So the worker's consumers sit one layer lower, and the callback
 gets a ``Delivery``, a slim view of the few properties the pipeline reads. It runs in a
 task of ours rather than aiormq's, which a closing channel would cancel.
 

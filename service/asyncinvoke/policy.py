@@ -12,8 +12,7 @@ import random
 from dataclasses import dataclass
 
 from asyncinvoke import contract, ladder
-from asyncinvoke.contract import Envelope
-from asyncinvoke.contract import Outcome as Outcome  # lives in contract; re-exported for now
+from asyncinvoke.contract import Envelope, Outcome
 from asyncinvoke.functions import Backoff, FunctionSpec
 
 # A copy of a task that another worker runs now comes back this long after that

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from asyncinvoke import contract, policy, records
+from asyncinvoke import contract, records
 from asyncinvoke.contract import DeliveryError, Envelope, ErrorInfo, Outcome, Record, Reply
 from asyncinvoke.errors import InvalidMessage
 
@@ -281,7 +281,3 @@ def test_a_reply_carries_a_result_or_an_error_never_both(
 
 def test_a_reply_missing_its_parts_reads_as_a_failure() -> None:
     assert Reply.from_wire({}) == Reply(ok=False, status_code=500)
-
-
-def test_policy_outcome_is_the_contract_outcome() -> None:
-    assert policy.Outcome is Outcome
