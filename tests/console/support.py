@@ -182,4 +182,8 @@ def submit(driver: Any, button: Any, timeout: float = 20.0) -> None:
 
     page = driver.find_element(By.TAG_NAME, "html")
     button.click()
-    WebDriverWait(driver, timeout).until(expected_conditions.staleness_of(page))
+    wait = WebDriverWait(driver, timeout)
+    wait.until(expected_conditions.staleness_of(page))
+    # The new document, loaded whole: an element found while it still loads can belong to
+    # a document the browser is about to replace.
+    wait.until(lambda d: d.execute_script("return document.readyState") == "complete")

@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.wait import WebDriverWait
 
 from tests.console.conftest import serve
 from tests.console.support import Served, submit
@@ -30,6 +32,9 @@ def _status(request: urllib.request.Request) -> int:
 
 
 def _log_in(driver: Any, key_id: str, secret: str) -> None:
+    WebDriverWait(driver, 20).until(
+        expected_conditions.presence_of_element_located((By.ID, "key-id"))
+    )
     driver.find_element(By.ID, "key-id").clear()
     driver.find_element(By.ID, "key-id").send_keys(key_id)
     driver.find_element(By.ID, "secret").send_keys(secret)
@@ -71,6 +76,9 @@ def test_the_right_key_logs_in_once_with_a_strict_httponly_expiring_cookie(
 
 def test_a_post_without_the_csrf_token_is_refused(served: Served, driver: Any) -> None:
     driver.get(served.url + "/console/functions")
+    if "/console/login" in driver.current_url:  # run alone: log in first
+        _log_in(driver, KEY_ID, SECRET)
+    assert driver.find_element(By.TAG_NAME, "h1").text == "Functions"
     status = driver.execute_async_script(
         """
         const done = arguments[arguments.length - 1];
