@@ -176,14 +176,28 @@ def wait_until(
 
 def submit(driver: Any, button: Any, timeout: float = 20.0) -> None:
     """Click a button that loads a new page, and return once the new page is there."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.wait import WebDriverWait
 
     page = driver.find_element(By.TAG_NAME, "html")
     button.click()
+
+    def replaced(_: Any) -> bool:
+        try:
+            page.is_enabled()
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as exc:
+            # Debian's chromedriver 156 says so of an element of a replaced document,
+            # where Selenium's staleness_of expects a stale-element error.
+            if "does not belong to the document" in str(exc):
+                return True
+            raise
+        return False
+
     wait = WebDriverWait(driver, timeout)
-    wait.until(expected_conditions.staleness_of(page))
+    wait.until(replaced)
     # The new document, loaded whole: an element found while it still loads can belong to
     # a document the browser is about to replace.
     wait.until(lambda d: d.execute_script("return document.readyState") == "complete")
