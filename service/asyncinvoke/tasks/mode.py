@@ -195,6 +195,9 @@ class NoTasks(TaskMode):
     async def released(self, envelope: Envelope, reason: str, lease_until: int | None) -> None:
         pass
 
+    async def stopped(self, envelope: Envelope, detail: str) -> None:
+        pass
+
     async def before_follow_up(
         self, envelope: Envelope, outcome: Outcome, settlement: policy.Settlement, now: int
     ) -> bool:
