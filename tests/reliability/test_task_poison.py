@@ -117,7 +117,8 @@ async def test_a_task_mode_poison_ends_failed_with_one_delivery_limit_record(
                 await worker.start()
             store = await client.tasks()
             task = await _ended(store, poison)
-            innocents = [await store.get(task_id) for task_id in set(ids) - {poison}]
+            # Each record is sent before its task ends: wait for the end, as for the poison.
+            innocents = [await _ended(store, task_id) for task_id in set(ids) - {poison}]
             assert await worker.terminate() == 0
     finally:
         await worker.kill()
