@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 import weakref
 from typing import Any
 from uuid import uuid4
@@ -36,16 +35,18 @@ import aiormq
 from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
 
-from asyncinvoke import contract
+from asyncinvoke import contract, failover
 from asyncinvoke.errors import (
     BrokerBlocked,
     BrokerUnavailable,
     PublishError,
+    PublishInterrupted,
     PublishTimeout,
     UnroutableError,
 )
+from asyncinvoke.nodes import NodeRing, parse_nodes
 from asyncinvoke.observability import get_logger
-from asyncinvoke.settings import Settings, redact_url
+from asyncinvoke.settings import Settings
 
 PERSISTENT = 2
 log = get_logger(component="broker")
@@ -106,6 +107,8 @@ class Broker:
         self.settings = settings
         self.name = name
         self.wait_while_blocked = wait_while_blocked
+        # The cluster's nodes (a bad list is a ConfigError here), and the one in use.
+        self.ring = NodeRing(parse_nodes(settings.amqp_url))
         self.connection: aio_pika.abc.AbstractRobustConnection | None = None
         self._publisher: aio_pika.abc.AbstractChannel | None = None
         # Up from connect until the connection is lost, and again once aio-pika has
@@ -121,19 +124,10 @@ class Broker:
 
     async def connect(self) -> None:
         hear_alarms()
-        url = self.settings.amqp_url
-        kwargs: dict[str, Any] = {"client_properties": {"connection_name": self.name}}
-        if url.startswith("amqps://"):
-            kwargs["ssl_context"] = ssl.create_default_context()
-        try:
-            self.connection = await aio_pika.connect_robust(
-                url, timeout=10, reconnect_interval=RECONNECT_INTERVAL_S, **kwargs
-            )
-        except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as exc:
-            raise BrokerUnavailable(
-                f"cannot connect to RabbitMQ at {redact_url(url)}: {exc or type(exc).__name__}; "
-                "start it (make broker) or set ASYNCINVOKE_AMQP_URL"
-            ) from None
+        self.connection = await failover.connect(
+            self.ring, name=self.name, reconnect_interval_s=RECONNECT_INTERVAL_S
+        )
+        log.info("broker_connected", node=self.node, nodes=len(self.ring.nodes))
         self._publisher = await self.connection.channel(
             publisher_confirms=True, on_return_raises=True
         )
@@ -144,14 +138,16 @@ class Broker:
 
     def _on_lost(self, _: object, exc: BaseException | None = None) -> None:
         if self._up:
-            log.warning("broker_connection_lost", error=str(exc) if exc else None)
+            log.warning(
+                "broker_connection_lost", node=self.node, error=str(exc) if exc else None
+            )
         self._up = False
         # A new connection starts unblocked; the broker says so again should the alarm last.
         self._set_unblocked()
 
     def _on_restored(self, _: object) -> None:
         self._up = True
-        log.info("broker_reconnected")
+        log.info("broker_reconnected", node=self.node)
 
     def _is_mine(self, connection: object) -> bool:
         transport = getattr(self.connection, "transport", None)
@@ -208,6 +204,11 @@ class Broker:
     @property
     def is_connected(self) -> bool:
         return self._up
+
+    @property
+    def node(self) -> str:
+        """The node in use, or being tried while reconnecting (its URL, password hidden)."""
+        return self.ring.current.shown
 
     @property
     def publisher(self) -> aio_pika.abc.AbstractChannel:
@@ -277,6 +278,20 @@ class Broker:
             ) from None
         except TimeoutError:
             raise self._timeout_error(exchange, routing_key, sent) from None
+        except (
+            aiormq.exceptions.AMQPConnectionError,
+            aiormq.exceptions.AMQPChannelError,
+            aiormq.exceptions.ChannelInvalidStateError,
+            ConnectionError,
+        ) as exc:
+            raise PublishInterrupted(
+                f"the publish to {exchange!r}/{routing_key!r} was not confirmed: the "
+                f"connection to {self.node} was lost ({exc or type(exc).__name__}); the "
+                "broker may or may not have the message",
+                node=self.node,
+                exchange=exchange,
+                routing_key=routing_key,
+            ) from None
         if isinstance(result, DeliveredMessage):  # returned, should on_return_raises be off
             raise UnroutableError(
                 f"no queue is bound to exchange {exchange!r} for routing key {routing_key!r}",
@@ -382,8 +397,8 @@ class Broker:
                 routing_key=routing_key,
             )
         return PublishTimeout(
-            f"no confirm from the broker within {self.settings.publish_timeout_s:g} s "
-            f"for {exchange!r}/{routing_key!r}",
+            f"the publish to {exchange!r}/{routing_key!r} was not confirmed: no confirm "
+            f"from the broker within {self.settings.publish_timeout_s:g} s",
             exchange=exchange,
             routing_key=routing_key,
         )

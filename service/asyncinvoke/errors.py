@@ -7,7 +7,8 @@
     ├── PublishError           the broker refused, returned or did not confirm a publish
     │   ├── UnroutableError    no queue is bound for the routing key
     │   └── PublishTimeout     no confirm in time (the broker may have the message)
-    │       └── BrokerBlocked  a resource alarm (memory, disk) blocks publishing
+    │       ├── BrokerBlocked  a resource alarm (memory, disk) blocks publishing
+    │       └── PublishInterrupted  the connection was lost before the confirm came
     ├── BrokerUnavailable      no connection to the broker could be made
     ├── TaskStoreUnavailable   the task store cannot be reached or cannot write now (transient)
     └── NonRetryableError      raised by a handler: fail now, do not retry
@@ -97,6 +98,17 @@ class BrokerBlocked(PublishTimeout):
         super().__init__(message, exchange=exchange, routing_key=routing_key)
         self.reason = reason
         self.published = published
+
+
+class PublishInterrupted(PublishTimeout):
+    """The connection (or channel) to the node was lost while a publish awaited its
+    confirm, or before it could go out: as after a timeout, the broker may or may not
+    have the message (transient; a failover to another node follows). ``node`` is the
+    node's URL, its password hidden."""
+
+    def __init__(self, message: str, *, node: str, exchange: str = "", routing_key: str = ""):
+        super().__init__(message, exchange=exchange, routing_key=routing_key)
+        self.node = node
 
 
 class BrokerUnavailable(AsyncInvokeError):

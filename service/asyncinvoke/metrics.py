@@ -6,11 +6,14 @@ live in one process (``serve``, tests) without clashing.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from typing import Protocol
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 ATTEMPT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 LATENESS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30)
@@ -18,6 +21,33 @@ LATENESS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30)
 # unknown function comes from whoever published the message, and each new label value
 # would be a time series kept for the life of the process. No function name has brackets.
 OTHER_FUNCTION = "(other)"
+
+
+class WatchedBroker(Protocol):
+    @property
+    def is_connected(self) -> bool: ...
+
+    @property
+    def node(self) -> str: ...
+
+
+class _BrokerConnected(Collector):
+    """``asyncinvoke_broker_connected{node=…}``: 1 while connected to that node, 0 while
+    reconnecting (then ``node`` is the one being tried). The label changes with a
+    failover, so the sample is made at scrape time instead of kept in a Gauge."""
+
+    def __init__(self) -> None:
+        self.broker: WatchedBroker | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "asyncinvoke_broker_connected",
+            "1 while the connection to RabbitMQ is up; node: the node in use (no password).",
+            labels=["node"],
+        )
+        if self.broker is not None:
+            family.add_metric([self.broker.node], float(self.broker.is_connected))
+        yield family
 
 
 class Metrics:
@@ -62,11 +92,18 @@ class Metrics:
             buckets=LATENESS_BUCKETS,
             registry=self.registry,
         )
-        self.broker_connected = Gauge(
-            "asyncinvoke_broker_connected",
-            "1 while the connection to RabbitMQ is up.",
-            registry=self.registry,
-        )
+        self._broker_connected = _BrokerConnected()
+        self.registry.register(self._broker_connected)
+
+    def watch_broker(self, broker: WatchedBroker) -> None:
+        """Report ``broker``'s connection and node (metric and /readyz)."""
+        self._broker_connected.broker = broker
+
+    @property
+    def broker_node(self) -> str | None:
+        """The node the watched broker uses (password hidden), None if none is watched."""
+        broker = self._broker_connected.broker
+        return None if broker is None else broker.node
 
     def function_label(self, function: str) -> str:
         return function if function in self.functions else OTHER_FUNCTION
@@ -93,9 +130,10 @@ def health_routes(metrics: Metrics, not_ready: Callable[[], list[str]]) -> list[
 
     async def readyz(_: web.Request) -> web.Response:
         reasons = not_ready()
+        node = {} if metrics.broker_node is None else {"broker": metrics.broker_node}
         if not reasons:
-            return web.json_response({"status": "ready"})
-        return web.json_response({"status": "not ready", "reasons": reasons}, status=503)
+            return web.json_response({"status": "ready", **node})
+        return web.json_response({"status": "not ready", "reasons": reasons, **node}, status=503)
 
     return [
         web.get("/metrics", metrics_view),

@@ -37,7 +37,7 @@ NAMESPACE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    amqp_url: str = DEFAULT_AMQP_URL
+    amqp_url: str = DEFAULT_AMQP_URL  # one URL, or a comma-separated list (see nodes.py)
     namespace: str = DEFAULT_NAMESPACE
     config_path: str = DEFAULT_CONFIG
     task_store: str = DEFAULT_TASK_STORE
@@ -88,6 +88,10 @@ def from_env(env: Mapping[str, str] | None = None, *, tty: bool = False) -> Sett
     """Read ``ASYNCINVOKE_*`` variables; anything absent keeps its default."""
     env = os.environ if env is None else env
     from asyncinvoke.ladder import MAX_DELAY_S as LADDER_REACH_S
+    from asyncinvoke.nodes import parse_nodes
+
+    amqp_url = env.get("ASYNCINVOKE_AMQP_URL") or DEFAULT_AMQP_URL
+    parse_nodes(amqp_url)  # a bad list is refused at start, before anything connects
 
     namespace = env.get("ASYNCINVOKE_NAMESPACE") or DEFAULT_NAMESPACE
     if not NAMESPACE_RE.fullmatch(namespace):
@@ -107,7 +111,7 @@ def from_env(env: Mapping[str, str] | None = None, *, tty: bool = False) -> Sett
             "seconds (its consumer_timeout in rabbitmq.conf divided by 1000)"
         )
     return Settings(
-        amqp_url=env.get("ASYNCINVOKE_AMQP_URL") or DEFAULT_AMQP_URL,
+        amqp_url=amqp_url,
         namespace=namespace,
         config_path=env.get("ASYNCINVOKE_CONFIG") or DEFAULT_CONFIG,
         task_store=env.get("ASYNCINVOKE_TASK_STORE") or DEFAULT_TASK_STORE,

@@ -124,7 +124,7 @@ class Worker:
             self.settings, self.names, self.broker, destinations, self.tracker, self.metrics
         )
         self.last_resort = LastResort(destinations)
-        self.metrics.broker_connected.set_function(lambda: float(self.broker.is_connected))
+        self.metrics.watch_broker(self.broker)
         for name, spec in self.specs.items():
             runner: Runner
             if spec.handler:
@@ -181,7 +181,7 @@ class Worker:
         return reasons
 
     def status(self) -> str:
-        state = "connected" if self.broker.is_connected else "reconnecting to RabbitMQ"
+        state = f"connected to {self.broker.node}" if self.broker.is_connected else "reconnecting"
         return f"{state}; {len(self.in_flight)} in flight; functions: {', '.join(self.functions)}"
 
     async def _consume(self, queue_name: str, prefetch: int, callback: Any) -> None:
