@@ -176,7 +176,7 @@ cmd_status() {
     for n in "${NODES[@]}"; do
         if [ -n "$(beam_pid "$n")" ]; then
             echo "cluster members (as node $n sees them):"
-            ctl "$n" cluster_status --no-color 2>/dev/null |
+            ctl "$n" cluster_status 2>/dev/null | sed "s/\x1b\[[0-9;]*m//g" |
                 sed -n '/^Disk Nodes/,/^Versions/p' | grep -v '^Versions' || echo "  (no answer)"
             return
         fi
