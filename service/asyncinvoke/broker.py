@@ -25,6 +25,7 @@ Two things the broker does to publishers are handled here:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import weakref
 from typing import Any
@@ -51,6 +52,7 @@ from asyncinvoke.settings import Settings
 PERSISTENT = 2
 log = get_logger(component="broker")
 RECONNECT_INTERVAL_S = 2.0  # between attempts while the broker is away
+CLOSED_CHANNEL_RETRY_S = 0.05  # before a publish a closed channel refused is tried again
 ANSWER_POLL_S = 0.1  # how often a timed-out publish is checked for the broker's late answer
 
 
@@ -114,6 +116,7 @@ class Broker:
         # Up from connect until the connection is lost, and again once aio-pika has
         # reconnected and restored every channel and consumer.
         self._up = False
+        self._connected = asyncio.Event()  # set while _up
         # The broker's reason while a resource alarm blocks this connection, else None.
         self.blocked_reason: str | None = None
         self._unblocked = asyncio.Event()
@@ -135,6 +138,7 @@ class Broker:
         self.connection.reconnect_callbacks.add(self._on_restored)
         _BlockedWatch.brokers.add(self)
         self._up = True
+        self._connected.set()
 
     def _on_lost(self, _: object, exc: BaseException | None = None) -> None:
         if self._up:
@@ -142,11 +146,13 @@ class Broker:
                 "broker_connection_lost", node=self.node, error=str(exc) if exc else None
             )
         self._up = False
+        self._connected.clear()
         # A new connection starts unblocked; the broker says so again should the alarm last.
         self._set_unblocked()
 
     def _on_restored(self, _: object) -> None:
         self._up = True
+        self._connected.set()
         log.info("broker_reconnected", node=self.node)
 
     def _is_mine(self, connection: object) -> bool:
@@ -205,6 +211,15 @@ class Broker:
     def is_connected(self) -> bool:
         return self._up
 
+    async def wait_connected(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the connection (a failover takes a second or
+        two); whether it is up."""
+        if not self._up:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._connected.wait()
+        return self._up
+
     @property
     def node(self) -> str:
         """The node in use, or being tried while reconnecting (its URL, password hidden)."""
@@ -250,12 +265,23 @@ class Broker:
             async with asyncio.timeout(self.settings.publish_timeout_s) as deadline:
                 self._deadlines.add(deadline)
                 try:
-                    await self._hold_while_blocked(deadline)
-                    mine = await self._take_message_id(message_id)
-                    sent = True
-                    result = await self._publish_alone(
-                        body, exchange, routing_key, properties, mandatory, mine
-                    )
+                    while True:
+                        # While failing over to another node: wait for it, in the timeout.
+                        await self._connected.wait()
+                        await self._hold_while_blocked(deadline)
+                        mine = await self._take_message_id(message_id)
+                        sent = True
+                        try:
+                            result = await self._publish_alone(
+                                body, exchange, routing_key, properties, mandatory, mine
+                            )
+                            break
+                        except aiormq.exceptions.ChannelInvalidStateError:
+                            # Refused before it went out: the channel went with its node
+                            # a moment before the connection's loss is known. Once it is,
+                            # the wait above lasts until the next node answers.
+                            sent = False
+                            await asyncio.sleep(CLOSED_CHANNEL_RETRY_S)
                 finally:
                     self._deadlines.discard(deadline)
         except aiormq.exceptions.ChannelNotFoundEntity:
@@ -393,6 +419,18 @@ class Broker:
                 "the broker ('rabbitmqctl status' names the alarm), then try again",
                 reason=self.blocked_reason,
                 published=sent,
+                exchange=exchange,
+                routing_key=routing_key,
+            )
+        if not self._up:
+            outcome = (
+                "the broker may or may not have the message" if sent
+                else "the message was not published"
+            )
+            return PublishTimeout(
+                f"the publish to {exchange!r}/{routing_key!r} was not confirmed: no node "
+                f"of RabbitMQ could be reached within {self.settings.publish_timeout_s:g} s "
+                f"(trying {self.node}); {outcome}",
                 exchange=exchange,
                 routing_key=routing_key,
             )

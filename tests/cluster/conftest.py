@@ -31,7 +31,8 @@ def cluster() -> Iterator[local_cluster.Cluster]:
     try:
         yield running
     finally:
-        running.stop()
+        if not local_cluster.keep():
+            running.stop()
 
 
 class ClusterNamespace(Namespace):

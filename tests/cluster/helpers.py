@@ -71,9 +71,11 @@ def logged_node(worker: WorkerProcess, event: str = "broker_connected") -> int |
 
 
 async def readyz(port: int) -> tuple[int, dict[str, Any]]:
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"http://127.0.0.1:{port}/readyz") as response:
-            return response.status, await response.json()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{port}/readyz") as response,
+    ):
+        return response.status, await response.json()
 
 
 async def hand_over_many(

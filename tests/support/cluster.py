@@ -112,12 +112,20 @@ class Cluster:
         self.script("stop", timeout=CTL_TIMEOUT_S)
 
 
+def keep() -> bool:
+    """ASYNCINVOKE_CLUSTER_KEEP=1: use a cluster already running, and leave it running
+    (for working on these tests; the suite itself starts a fresh one and removes it)."""
+    return os.environ.get("ASYNCINVOKE_CLUSTER_KEEP") == "1"
+
+
 def start() -> Cluster:
     if shutil.which("rabbitmq-server") is None or shutil.which("rabbitmqctl") is None:
         raise ClusterNotAvailable("rabbitmq-server / rabbitmqctl are not installed")
     if os.geteuid() != 0:
         raise ClusterNotAvailable("cluster.sh starts the nodes as the rabbitmq user: run as root")
     cluster = Cluster(down=set())
+    if keep() and "down" not in cluster.script("status", timeout=CTL_TIMEOUT_S):
+        return cluster
     began = time.monotonic()
     try:
         cluster.script("stop", timeout=CTL_TIMEOUT_S)  # what a killed run may have left

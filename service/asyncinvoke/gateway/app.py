@@ -22,7 +22,7 @@ from prometheus_client import Counter
 from asyncinvoke import contract, record_codec, topology
 from asyncinvoke.client import CallTimeout, Client, FunctionError, TaskExistsError, new_id
 from asyncinvoke.contract import UNHANDLED
-from asyncinvoke.errors import PayloadTooLarge
+from asyncinvoke.errors import PayloadTooLarge, PublishInterrupted
 from asyncinvoke.functions import FunctionsFile, FunctionSpec
 from asyncinvoke.gateway import fcapi, local
 from asyncinvoke.gateway.auth import Verifier, refuse_replay
@@ -46,6 +46,8 @@ LOOPBACK = "127.0.0.1"
 # A sync invocation waits for the function's timeout plus this, for the trip through the
 # broker and the reply; after that it is a FunctionTimeout answer, never a hang.
 SYNC_MARGIN_S = 5.0
+# How long a request waits for the client to fail over to another node before a 503.
+FAILOVER_WAIT_S = 5.0
 
 log = get_logger(component="gateway")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -257,7 +259,8 @@ class Gateway:
         spec = self._spec(request)
         invocation = fcapi.parse_invocation(request.headers, self.settings.max_delay_s)
         body = await request.read()
-        if not self.client.broker.is_connected:
+        # A failover to another node of the cluster takes a second or two: wait it out.
+        if not await self.client.broker.wait_connected(FAILOVER_WAIT_S):
             raise fcapi.ServiceUnavailable("RabbitMQ is not reachable now; try again shortly")
         alarm = self.client.broker.blocked_reason
         if alarm is not None:
@@ -279,14 +282,30 @@ class Gateway:
         # async invocation), whatever the function's setting.
         task = True if invocation.task_id is not None or spec.task_mode else None
         try:
-            invocation_id = await self.client.invoke(
-                spec.name, body, delay=invocation.delay_s, id=invocation.task_id, task=task
+            invocation_id = await self._invoke_once_more_on_failover(
+                spec.name, body, invocation.delay_s, invocation.task_id, task
             )
         except TaskExistsError as exc:
             raise fcapi.Conflict(
                 f"{ASYNC_TASK_ID} '{exc.task_id}': {exc}", code="AsyncTaskAlreadyExists"
             ) from None
         return web.Response(status=202, headers={REQUEST_ID: invocation_id})
+
+    async def _invoke_once_more_on_failover(
+        self, function: str, body: bytes, delay: float, task_id: str | None, task: bool | None
+    ) -> str:
+        """Invoke; should the connection be lost before the confirm, publish once more,
+        with the same id, on the node the client fails over to. The first copy may have
+        reached the broker: at least once allows that (a task is not sent twice)."""
+        invocation_id = task_id or new_id()
+        try:
+            return await self.client.invoke(
+                function, body, delay=delay, id=invocation_id, task=task
+            )
+        except PublishInterrupted:
+            if task or not await self.client.broker.wait_connected(FAILOVER_WAIT_S):
+                raise
+        return await self.client.invoke(function, body, delay=delay, id=invocation_id, task=task)
 
     async def _invoke_sync(self, spec: FunctionSpec, body: bytes) -> web.Response:
         invocation_id = new_id()
