@@ -119,8 +119,8 @@ async def test_a_client_and_the_gateway_lose_nothing_when_their_node_dies(
         slowest = max((at for at, _ in after_kill[:200]), default=0.0)
         print(
             f"\nproducer failover: client {len(returned)} returned, {len(raised)} raised "
-            f"(of {TOTAL}, in {loop_s:.1f} s), lost {len(expected - set(seen.successes))}, of the raised "
-            f"{ran_anyway} ran anyway, success duplicates "
+            f"(of {TOTAL}, in {loop_s:.1f} s), lost {len(expected - set(seen.successes))}, "
+            f"of the raised {ran_anyway} ran anyway, success duplicates "
             f"{sum(n - 1 for n in seen.successes.values())}; client moved from node "
             f"{victim} to {client_node}; gateway {len(answers)} requests "
             f"({len(after_kill)} after the kill), non-202 answers {refused[:5]}, moved to "
