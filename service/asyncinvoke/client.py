@@ -19,6 +19,7 @@ import aio_pika
 
 from asyncinvoke import contract, dispatch, topology
 from asyncinvoke.broker import Broker
+from asyncinvoke.clock import new_id
 from asyncinvoke.contract import Envelope
 from asyncinvoke.errors import (
     AsyncInvokeError,
@@ -86,10 +87,6 @@ class InvokeManyError(AsyncInvokeError):
         )
         self.accepted = accepted
         self.failed = failed
-
-
-def new_id() -> str:
-    return "i" + uuid4().hex
 
 
 class Client:

@@ -1,45 +1,48 @@
-"""One delivery's path, from bytes to acknowledgement:
+"""One delivery's path, from bytes to acknowledgement, and every way it is settled:
 
-    contract.decode → policy.admit → (task mode: claim) → runners.run → policy.settle
-      → destinations / dispatch, each publish confirmed → (task mode: the task's end)
-      → ack, only now
+    receive: a redelivery this worker settled already? a suspect? → handle
+    handle:  contract.decode → policy.admit → task claim → runner → policy.settle
+             → follow-up (retry, record, destination), confirmed → task end → ack
 
-Nothing here decides: ``policy`` decides, this module carries it out, in order,
-so that a crash at any point leaves the delivery unacknowledged (it runs again)
-rather than lost.
+Nothing here decides: ``policy`` decides, ``tasks.mode`` answers for task mode, and
+this module carries it out in order, so that a crash at any point leaves the delivery
+unacknowledged (it runs again) rather than lost. Every ack and nack of a delivery is
+given here, through ``acks``; the worker never touches a delivery.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
+
+import aiormq
 
 from asyncinvoke import _testpoints, contract, dispatch, policy, record_codec, records
 from asyncinvoke.acks import Acks
 from asyncinvoke.broker import Broker
-from asyncinvoke.consumer import Message
+from asyncinvoke.clock import now_ms
+from asyncinvoke.consumer import Callback, Message
 from asyncinvoke.contract import Envelope
 from asyncinvoke.destinations import Destinations
-from asyncinvoke.errors import InvalidMessage
+from asyncinvoke.errors import InvalidMessage, TaskStoreUnavailable
 from asyncinvoke.functions import FunctionSpec
-from asyncinvoke.metrics import Metrics
-from asyncinvoke.observability import get_logger, hot_info
+from asyncinvoke.gate import Gate
+from asyncinvoke.journal import Journal
+from asyncinvoke.observability import get_logger
+from asyncinvoke.redelivery import Redeliveries
 from asyncinvoke.runners import Runner, make_context
 from asyncinvoke.settings import Settings
-from asyncinvoke.tasks.running import RunningAttempts
-from asyncinvoke.tasks.states import Status
-from asyncinvoke.tasks.store import Claim
-from asyncinvoke.tasks.tracker import STOPPED_RESULT_DISCARDED, TaskTracker, deaths
+from asyncinvoke.tasks import mode
+from asyncinvoke.tasks.mode import NO_TASKS, TaskMode
+from asyncinvoke.tasks.tracker import STOPPED_RESULT_DISCARDED
 from asyncinvoke.topology import Names
 
+SETTLE_RETRY_PAUSE_S = 1.0
+
 log = get_logger(component="worker")
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass(slots=True)
@@ -48,7 +51,7 @@ class Function:
     runner: Runner
     # Attempts in flight are capped at the function's concurrency here, not by the
     # prefetch: deliveries held for their last fraction of a second must not take the
-    # places of those due now (worker.py gives the consumer room for both).
+    # places of those due now (worker.prefetch_for gives the consumer room for both).
     slots: asyncio.Semaphore
 
 
@@ -59,18 +62,129 @@ class Pipeline:
         names: Names,
         broker: Broker,
         destinations: Destinations,
-        tracker: TaskTracker,
-        metrics: Metrics,
+        tasks: TaskMode,
+        journal: Journal,
+        acks: Acks,
+        barrier: Callable[[], Awaitable[None]],
     ):
         self.settings = settings
         self.names = names
         self.broker = broker
         self.destinations = destinations
-        self.tracker = tracker
-        self.metrics = metrics
-        self.acks = Acks()
-        self._counters: dict[tuple[str, str], tuple[Any, ...]] = {}
-        self.attempts = RunningAttempts()  # task mode's, so a stop can reach them
+        self.tasks = tasks
+        self.journal = journal
+        self.acks = acks
+        self.barrier = barrier  # returns once the broker has every ack sent so far
+        # Each delivery being handled, with the queue it came from.
+        self.in_flight: dict[asyncio.Task[Any], tuple[Message, str]] = {}
+        self.redeliveries = Redeliveries()
+        self.gate = Gate()
+
+    # -- receiving ---------------------------------------------------------------------
+
+    def consumer(self, function: Function, queue: str, *, suspect: bool = False) -> Callback:
+        """The callback of a function's queue, or (``suspect``) of its suspect queue."""
+        in_flight = self.journal.metrics.in_flight.labels(function.spec.name)
+
+        async def on_message(message: Message) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            self.in_flight[task] = (message, queue)
+            in_flight.inc()
+            settled = False
+            try:
+                settled = await self._receive(message, function, suspect)
+            except asyncio.CancelledError:
+                raise  # shutdown: left unacknowledged, closing the channel requeues it
+            except TaskStoreUnavailable as exc:
+                settled = await self.store_unavailable(message, queue, exc)
+            except Exception as exc:
+                await self.settle_failed(message, exc)
+            finally:
+                self.redeliveries.ended(message, settled)
+                self.in_flight.pop(task, None)
+                in_flight.dec()
+
+        return on_message
+
+    async def _receive(self, message: Message, function: Function, suspect: bool) -> bool:
+        known = None
+        if message.redelivered:
+            known = await self.redeliveries.outcome(message, self._running())
+            if known:
+                # Handled and settled here; only its ack was lost with a connection.
+                self.acks.ack(message)
+                log.info("redelivery_already_settled", message_id=message.message_id)
+                return True
+        if suspect:
+            async with self.gate.exclusive():
+                # Acknowledgements of the attempts that just ended must reach the broker
+                # before a suspect runs: if it kills the process, they would otherwise be
+                # redelivered and run again.
+                await self.barrier()
+                await self.handle(message, function, suspect=True)
+        elif message.redelivered and known is None:
+            async with self.gate.shared():
+                await self.move_to_suspects(message, function)
+        else:
+            async with self.gate.shared():
+                await self.handle(message, function)
+        return True
+
+    def _running(self) -> Iterable[tuple[asyncio.Task[Any], Message]]:
+        return ((task, message) for task, (message, _) in self.in_flight.items())
+
+    # -- one delivery ------------------------------------------------------------------
+
+    async def handle(self, message: Message, function: Function, *, suspect: bool = False) -> None:
+        """Carry one delivery through; ``suspect``: it runs alone (the suspect queue's)."""
+        spec = function.spec
+        received = now_ms()
+        envelope = await self._decoded(message, spec)
+        if envelope is None:
+            return
+        if message.reply_to:
+            await self._call(message, envelope, function)
+            return
+        tasks = self.tasks if policy.task_mode(envelope, spec) else NO_TASKS
+        match policy.admit(envelope, spec, received):
+            case policy.Forward(delay_s):
+                await tasks.forwarded(envelope)
+                await self._forward(message, envelope, delay_s)
+                return
+            case policy.Expire(age_ms):
+                await self._expire(message, envelope, spec, tasks, age_ms, received)
+                return
+            case policy.Hold(ms):
+                await tasks.held(envelope, received, ms)
+                await _testpoints.pause("hold")
+                await asyncio.sleep(ms / 1000)
+        self.journal.lateness(envelope)
+        claimed = await self._claim(message, envelope, function, tasks, suspect)
+        if claimed is None:
+            return
+        try:
+            await self._attempt(message, envelope, function, tasks)
+        except BaseException as exc:
+            # Cut short (shutdown) or not settled (a publish that failed, the store down):
+            # the delivery runs again.
+            await tasks.released(envelope, repr(exc), claimed.lease_until)
+            raise
+
+    async def _decoded(self, message: Message, spec: FunctionSpec) -> Envelope | None:
+        """The envelope, or None once an invalid message was recorded and acknowledged."""
+        try:
+            envelope = self.decode(message, now_ms())
+            if envelope.fn != spec.name:
+                raise InvalidMessage(
+                    f"envelope names function {envelope.fn!r} but arrived on the queue of "
+                    f"{spec.name!r}; publish with routing key = fn",
+                    partial=envelope.to_wire(),
+                )
+        except InvalidMessage as exc:
+            await self.reject_invalid(message, exc, spec.name, spec.task_mode)
+            return None
+        return envelope
 
     def decode(self, message: Message, received_ms: int) -> Envelope:
         return contract.decode(
@@ -80,151 +194,90 @@ class Pipeline:
             max_delay_s=self.settings.max_delay_s,
         )
 
-    async def republish(self, message: Message, queue: str) -> None:
-        """Put a delivery into ``queue`` as a new message (confirmed), then acknowledge it."""
-        await self.broker.publish(
-            "",
-            queue,
-            message.body,
-            message_id=message.message_id,
-            reply_to=message.reply_to,
-            correlation_id=message.correlation_id,
-        )
+    async def _forward(self, message: Message, envelope: Envelope, delay_s: int) -> None:
+        envelope.due_at = envelope.due_at_ms()
+        await _testpoints.pause("forward")
+        await dispatch.send(self.broker, self.names, envelope)
         self.acks.ack(message)
+        log.info("forwarded", invocation_id=envelope.id, function=envelope.fn, delay_s=delay_s)
 
-    async def move_to_suspects(self, message: Message, function: Function) -> None:
-        """A redelivery: its worker died (or stopped) while it was in flight. It goes to
-        the suspect queue, where it runs alone, so that a message that kills its worker
-        takes no innocent attempt down with it again."""
-        await self.republish(message, self.names.suspect_queue(function.spec.name))
-        log.warning("suspect", function=function.spec.name, message_id=message.message_id)
-
-    async def handle(self, message: Message, function: Function, *, suspect: bool = False) -> None:
-        """Carry one delivery through; ``suspect``: it runs alone (the suspect queue's)."""
-        spec = function.spec
-        received = now_ms()
-        try:
-            envelope = self.decode(message, received)
-            if envelope.fn != spec.name:
-                raise InvalidMessage(
-                    f"envelope names function {envelope.fn!r} but arrived on the queue of "
-                    f"{spec.name!r}; publish with routing key = fn",
-                    partial=envelope.to_wire(),
-                )
-        except InvalidMessage as exc:
-            await self.reject_invalid(message, exc, spec.name, spec.task_mode)
-            return
-        if message.reply_to:
-            await self._call(message, envelope, function)
-            return
-        task_mode = policy.task_mode(envelope, spec)
-        decision = policy.admit(envelope, spec, received)
-        if type(decision) is policy.Forward:
-            if task_mode:
-                # A plain producer's invocation is first seen here: its task must exist
-                # while it waits in the ladder, or it could not be read or stopped.
-                await self.tracker.enqueued(envelope)
-            envelope.due_at = envelope.due_at_ms()
-            await _testpoints.pause("forward")
-            await dispatch.send(self.broker, self.names, envelope)
-            self.acks.ack(message)
-            log.info(
-                "forwarded", invocation_id=envelope.id, function=spec.name, delay_s=decision.delay_s
-            )
-            return
-        if type(decision) is policy.Expire:
-            record = records.expired(envelope, decision.age_ms, spec.max_event_age_s, received)
-            if task_mode:
-                await self.tracker.expired(
-                    envelope, received, record["responsePayload"]["errorMessage"]
-                )
-            await self.destinations.send(record, spec.on_failure)
-            self.acks.ack(message)
-            self._log_attempt(envelope, contract.EVENT_AGE_EXCEEDED)
-            return
-        if type(decision) is policy.Hold:
-            if task_mode:
-                await self.tracker.dequeued(envelope, received, f"due in {decision.ms} ms")
-            await _testpoints.pause("hold")
-            await asyncio.sleep(decision.ms / 1000)
-        if envelope.due_at is not None or envelope.delay:
-            self.metrics.delay_lateness.observe(max(0, now_ms() - envelope.due_at_ms()) / 1000)
-        if task_mode:
-            lease_until = await self._claim(message, envelope, function, suspect)
-            if lease_until is None:
-                return
-            try:
-                await self._run_task(message, envelope, function)
-            except BaseException as exc:
-                # Cut short (shutdown) or not settled (a publish that failed, the store
-                # down): this worker lives on, so its claim must not pass for a death.
-                # The delivery runs again.
-                with contextlib.suppress(Exception):  # the store may be what failed
-                    await asyncio.shield(self.tracker.released(
-                        envelope, now_ms(), repr(exc), lease_until=lease_until
-                    ))
-                raise
-        else:
-            async with function.slots:
-                outcome = await function.runner.run(envelope, make_context(envelope, spec))
-            await self._settle(message, envelope, spec, outcome, task_mode=False)
-
-    async def _run_task(self, message: Message, envelope: Envelope, function: Function) -> None:
-        """Run a claimed task-mode attempt and settle it."""
-        async with function.slots:
-            outcome, stop_asked = await self.attempts.run(
-                envelope.id,
-                function.runner.run(envelope, make_context(envelope, function.spec)),
-                cancellable=function.runner.cancellable,
-            )
-        if outcome is None:  # stopped by request while running
-            await self.tracker.stopped(envelope, now_ms(), "stopped while running")
-            self.acks.ack(message)
-            self._log_attempt(envelope, "stopped")
-            return
-        if stop_asked:  # a sync handler, stopped while it ran on: what it did is discarded
-            await self.tracker.stopped(envelope, now_ms(), STOPPED_RESULT_DISCARDED)
-            self.acks.ack(message)
-            self._log_attempt(envelope, "stopped", outcome)
-            return
-        await self._settle(message, envelope, function.spec, outcome, task_mode=True)
-
-    async def _settle(
+    async def _expire(
         self,
         message: Message,
         envelope: Envelope,
         spec: FunctionSpec,
-        outcome: policy.Outcome,
-        *,
-        task_mode: bool,
+        tasks: TaskMode,
+        age_ms: int,
+        now: int,
     ) -> None:
-        """Send what follows an attempt, record it in its task, then acknowledge it."""
-        if outcome.ok and outcome.result is not None and (task_mode or spec.on_success):
+        record = records.expired(envelope, age_ms, spec.max_event_age_s, now)
+        await tasks.expired(envelope, now, record["responsePayload"]["errorMessage"])
+        await self.destinations.send(record, spec.on_failure)
+        self.acks.ack(message)
+        self.journal.attempt(envelope, contract.EVENT_AGE_EXCEEDED)
+
+    async def _claim(
+        self,
+        message: Message,
+        envelope: Envelope,
+        function: Function,
+        tasks: TaskMode,
+        suspect: bool,
+    ) -> mode.Claimed | None:
+        """The claim to run this attempt, or None when the delivery must not run here (and
+        was settled)."""
+        match await tasks.admit(envelope, function.spec, alone=suspect):
+            case mode.Claimed() as claimed:
+                return claimed
+            case mode.Poisoned(died):
+                await self._give_up_poison(message, envelope, function.spec, tasks, died)
+            case mode.Orphaned():
+                # Its last attempt's worker died: this copy (back from a deferral) runs alone.
+                await self.move_to_suspects(message, function)
+            case mode.Busy(retry_at):
+                # Another worker runs it now. By ``retry_at`` it has finished (and this
+                # copy is acknowledged) or died (and this copy runs). The task is running,
+                # so it was reopened already: this copy is no replay.
+                await dispatch.send(
+                    self.broker, self.names, replace(envelope, due_at=retry_at, replay=False)
+                )
+                self.acks.ack(message)
+                self.journal.attempt(envelope, "deferred_duplicate")
+            case mode.NotRun(status):
+                self.acks.ack(message)
+                self.journal.attempt(envelope, f"not_run_task_{status}")
+        return None
+
+    async def _attempt(
+        self, message: Message, envelope: Envelope, function: Function, tasks: TaskMode
+    ) -> None:
+        """Run the attempt, then settle it."""
+        spec = function.spec
+        async with function.slots:
+            outcome, stop_asked = await tasks.run(
+                envelope,
+                function.runner.run(envelope, make_context(envelope, spec)),
+                cancellable=function.runner.cancellable,
+            )
+        if outcome is None or stop_asked:
+            # Stopped by request while it ran; a sync handler's result is discarded.
+            detail = "stopped while running" if outcome is None else STOPPED_RESULT_DISCARDED
+            await tasks.stopped(envelope, detail)
+            self.acks.ack(message)
+            self.journal.attempt(envelope, "stopped", outcome)
+            return
+        if outcome.ok and outcome.result is not None and (tasks is not NO_TASKS or spec.on_success):
             outcome = _checked_result(outcome)
         finished = now_ms()
         settlement = policy.settle(outcome, envelope, spec, finished)
-        retry = type(settlement) is policy.Retry
-        if task_mode and retry:
-            # Before the retry is sent, whose copy may be claimed at once: it must find the
-            # task Retrying. A worker that dies in between leaves it so: it runs again.
-            task = await self.tracker.settled(envelope, outcome, settlement, finished)
-            if task is not None and task.status is Status.STOPPED:
-                self.acks.ack(message)
-                self._log_attempt(envelope, "stopped", outcome)
-                return
+        if await tasks.before_follow_up(envelope, outcome, settlement, finished):
+            self.acks.ack(message)  # stopped meanwhile: its retry is not sent
+            self.journal.attempt(envelope, "stopped", outcome)
+            return
         await self._follow_up(envelope, spec, outcome, settlement, finished)
-        if task_mode and not retry:
-            # An end state only once its record is confirmed: a worker that dies in between
-            # leaves the task Running, and the delivery runs again. Written first, it made
-            # the delivery's next copy be acknowledged unrun, its record never sent.
-            await self.tracker.settled(envelope, outcome, settlement, finished)
+        await tasks.after_follow_up(envelope, outcome, settlement, finished)
         self.acks.ack(message)
-        result = (
-            settlement.condition
-            if type(settlement) is policy.GiveUp
-            else ("success" if type(settlement) is policy.Done else "retry")
-        )
-        self._log_attempt(envelope, result, outcome)
+        self.journal.attempt(envelope, settlement.result, outcome)
 
     async def _follow_up(
         self,
@@ -235,93 +288,39 @@ class Pipeline:
         finished: int,
     ) -> None:
         """Publish what follows an attempt (record or retry) and wait for its confirm."""
-        if type(settlement) is policy.Done:
-            if spec.on_success is not None:
-                await self.destinations.send(
-                    records.of_outcome(envelope, outcome, contract.SUCCESS, finished),
-                    spec.on_success,
-                )
-        elif type(settlement) is policy.Retry:
-            # A retry is no replay: if the task fails for good meanwhile, a stray copy of
-            # this retry must not reopen it.
-            retry = replace(
-                envelope, attempt=envelope.attempt + 1, due_at=settlement.due_at, replay=False
-            )
-            await _testpoints.pause("retry")
-            await dispatch.send(self.broker, self.names, retry)
-        else:
-            assert type(settlement) is policy.GiveUp
-            await self.destinations.send(
-                records.of_outcome(envelope, outcome, settlement.condition, finished),
-                spec.on_failure,
-            )
-
-    async def _claim(
-        self, message: Message, envelope: Envelope, function: Function, suspect: bool
-    ) -> int | None:
-        """Claim the task: until when the claim holds, or None when this delivery must not
-        run (and was settled)."""
-        spec = function.spec
-        claimed = await self.tracker.claim(envelope, spec, now_ms(), alone=suspect)
-        if claimed.claim is Claim.CLAIMED:
-            assert claimed.task is not None
-            # Deaths are counted in the task's history, so they add up across the
-            # deferrals below, each of which sends the delivery on as a new message.
-            died = deaths(claimed.task)
-            if policy.poisoned(died, spec):
-                await self._give_up_poison(message, envelope, spec, died)
-                return None
-            return claimed.task.lease_until or now_ms()
-        if claimed.claim is Claim.ORPHANED:
-            # Its last attempt's worker died: this copy (back from a deferral) runs alone.
-            await self.move_to_suspects(message, function)
-            return None
-        if claimed.claim is Claim.BUSY and claimed.task is not None:
-            # Another worker runs it now. Come back when its claim runs out: by then it
-            # has finished (and this copy is acknowledged) or died (and this copy runs).
-            lease_until = claimed.task.lease_until or now_ms()
-            # The task is running, so it was reopened already: this copy is a duplicate.
-            later = replace(envelope, due_at=lease_until + 1000, replay=False)
-            await dispatch.send(self.broker, self.names, later)
-            self.acks.ack(message)
-            self._log_attempt(envelope, "deferred_duplicate")
-            return None
-        self.acks.ack(message)
-        status = claimed.task.status if claimed.task is not None else "missing"
-        self._log_attempt(envelope, f"not_run_task_{status}")
-        return None
+        match settlement:
+            case policy.Done():
+                if spec.on_success is not None:
+                    record = records.of_outcome(envelope, outcome, contract.SUCCESS, finished)
+                    await self.destinations.send(record, spec.on_success)
+            case policy.Retry(due_at):
+                # A retry is no replay: if the task fails for good meanwhile, a stray copy
+                # of this retry must not reopen it.
+                retry = replace(envelope, attempt=envelope.attempt + 1, due_at=due_at,
+                                replay=False)
+                await _testpoints.pause("retry")
+                await dispatch.send(self.broker, self.names, retry)
+            case policy.GiveUp(condition):
+                record = records.of_outcome(envelope, outcome, condition, finished)
+                await self.destinations.send(record, spec.on_failure)
 
     async def _give_up_poison(
-        self, message: Message, envelope: Envelope, spec: FunctionSpec, died: int
+        self, message: Message, envelope: Envelope, spec: FunctionSpec, tasks: TaskMode,
+        died: int,
     ) -> None:
         """Its worker died each time it ran: not again. One record, and the task Failed."""
-        finished = now_ms()
-        record = records.delivery_limit(envelope, died, finished)
+        record = records.delivery_limit(envelope, died, now_ms())
         await self.destinations.send(record, spec.on_failure)
         # After the record, as in handle: this delivery's claim holds the task meanwhile.
-        await self.task_poisoned(envelope, spec, record)
+        await tasks.poisoned(envelope, record)
         self.acks.ack(message)
-        self._log_attempt(envelope, contract.DELIVERY_LIMIT_EXCEEDED)
-
-    async def task_poisoned(
-        self, envelope: Envelope, spec: FunctionSpec | None, record: dict[str, Any]
-    ) -> None:
-        """A poison message's task (if in task mode) ends Failed with the record's reason."""
-        if policy.task_mode(envelope, spec):
-            response = record["responsePayload"]
-            await self.tracker.gave_up(
-                envelope, contract.DELIVERY_LIMIT_EXCEEDED, response["errorMessage"], now_ms()
-            )
-
-    def stop(self, task_id: str) -> bool:
-        """Stop a task-mode attempt running here; whether it was here."""
-        return self.attempts.stop(task_id)
+        self.journal.attempt(envelope, contract.DELIVERY_LIMIT_EXCEEDED)
 
     async def _call(self, message: Message, envelope: Envelope, function: Function) -> None:
         """A synchronous call: run once, answer the caller, no retries, no destinations."""
-        if envelope.reply_by is not None and now_ms() > envelope.reply_by:
-            self.acks.ack(message)  # its caller has given up: running it would answer no one
-            self._log_attempt(envelope, "caller_gone", sync=True)
+        if policy.caller_gone(envelope, now_ms()):
+            self.acks.ack(message)
+            self.journal.attempt(envelope, "caller_gone", sync=True)
             return
         async with function.slots:
             outcome = await function.runner.run(envelope, make_context(envelope, function.spec))
@@ -351,11 +350,14 @@ class Pipeline:
             "", message.reply_to, body, mandatory=False, correlation_id=message.correlation_id
         )
         self.acks.ack(message)
-        self._log_attempt(envelope, "success" if outcome.ok else "error", outcome, sync=True)
+        self.journal.attempt(envelope, "success" if outcome.ok else "error", outcome, sync=True)
+
+    # -- other ways to settle a delivery -----------------------------------------------
 
     async def reject_invalid(
         self, message: Message, exc: InvalidMessage, function: str, task_mode: bool = False
     ) -> None:
+        """A message that breaks the contract: its record, and its task Invalid."""
         received = now_ms()
         record = records.invalid(
             message.body, exc, function=function, message_id=message.message_id, now_ms=received
@@ -363,12 +365,12 @@ class Pipeline:
         context = record["requestContext"]
         partial = exc.partial or {}
         if (task_mode or partial.get("task") is True) and context["requestId"] == partial.get("id"):
-            await self.tracker.invalid(
+            await self.tasks.invalid(
                 context["requestId"], context["functionName"], received, exc.reason
             )
         await self.destinations.to_failed(record)
         self.acks.ack(message)
-        self.metrics.count_failure_record(context["functionName"], contract.INVALID_MESSAGE)
+        self.journal.failure_record(context["functionName"], contract.INVALID_MESSAGE)
         log.warning(
             "invalid_message",
             function=function,
@@ -376,55 +378,84 @@ class Pipeline:
             reason=exc.reason,
         )
 
-    def _log_attempt(
-        self,
-        envelope: Envelope,
-        result: str,
-        outcome: policy.Outcome | None = None,
-        **extra: Any,
-    ) -> None:
-        """The one log line of an attempt (and its metrics)."""
-        self._observe(envelope.fn, result, outcome)
-        fields: dict[str, object] = {
-            "component": "worker",
-            "invocation_id": envelope.id,
-            "function": envelope.fn,
-            "attempt": envelope.attempt,
-            "outcome": result,
-        }
-        if outcome is not None:
-            fields["duration_ms"] = round(outcome.duration_ms, 3)
-            if not outcome.ok:
-                error = outcome.error or {}
-                fields["error_type"] = error.get("errorType")
-                fields["error"] = str(error.get("errorMessage"))[:500]
-        if extra:
-            fields.update(extra)
-        hot_info("attempt", fields)
+    async def republish(self, message: Message, queue: str) -> None:
+        """Put a delivery into ``queue`` as a new message (confirmed), then acknowledge it."""
+        await self.broker.publish(
+            "",
+            queue,
+            message.body,
+            message_id=message.message_id,
+            reply_to=message.reply_to,
+            correlation_id=message.correlation_id,
+        )
+        self.acks.ack(message)
 
-    def _observe(self, function: str, result: str, outcome: policy.Outcome | None) -> None:
-        counters = self._counters.get((function, result))
-        if counters is None:  # first time for this pair: look the labelled children up once
-            counters = self._counters[(function, result)] = self._children(function, result)
-        for counter in counters[1:]:
-            counter.inc()
-        if outcome is not None:
-            counters[0].observe(outcome.duration_ms / 1000)
+    async def move_to_suspects(self, message: Message, function: Function) -> None:
+        """A redelivery: its worker died (or stopped) while it was in flight. It goes to
+        the suspect queue, where it runs alone, so that a message that kills its worker
+        takes no innocent attempt down with it again."""
+        await self.republish(message, self.names.suspect_queue(function.spec.name))
+        log.warning("suspect", function=function.spec.name, message_id=message.message_id)
 
-    def _children(self, function: str, result: str) -> tuple[Any, ...]:
-        metrics = self.metrics
-        children: list[Any] = [
-            metrics.attempt_duration.labels(function),
-            metrics.invocations.labels(function, result),
-        ]
-        if result == "retry":
-            children.append(metrics.retries.labels(function))
-        elif result in FAILURE_CONDITIONS:
-            children.append(metrics.failure_records.labels(function, result))
-        return tuple(children)
+    async def settle_failed(self, message: Message, exc: Exception) -> None:
+        """What follows from a delivery could not be confirmed: return it, to try again."""
+        log.error(
+            "settle_failed",
+            error=str(exc),
+            error_type=type(exc).__name__,
+            message_id=message.message_id,
+        )
+        await asyncio.sleep(SETTLE_RETRY_PAUSE_S)
+        # A channel that is gone returns the delivery by itself.
+        with contextlib.suppress(aiormq.exceptions.AMQPError, RuntimeError):
+            await self.acks.nack(message)
 
+    async def store_unavailable(
+        self, message: Message, queue: str, exc: TaskStoreUnavailable
+    ) -> bool:
+        """The task store stayed down for ASYNCINVOKE_TASK_STORE_RETRY. The delivery goes
+        back to its queue as a new message: a redelivery would make it a suspect, and its
+        worker did not die of it. Whether it was settled."""
+        log.warning("task_store_unavailable_returned", message_id=message.message_id,
+                    queue=queue, error=str(exc))
+        # Not straight back: with a short ASYNCINVOKE_TASK_STORE_RETRY that would spin.
+        await asyncio.sleep(SETTLE_RETRY_PAUSE_S)
+        try:
+            await self.republish(message, queue)
+        except Exception as publish_exc:
+            await self.settle_failed(message, publish_exc)
+            return False
+        return True
 
-FAILURE_CONDITIONS = frozenset(contract.CONDITIONS) - {contract.SUCCESS}
+    async def return_unfinished(self, grace_s: float) -> None:
+        """At shutdown: wait up to ``grace_s`` for the deliveries in flight, then put the
+        rest back in their queues as new messages, and send every ack noted.
+
+        A plain requeue would mark them redelivered, and a redelivery is treated as a
+        suspect (run alone, one at a time). These are known innocent, so they go back
+        fresh: published (confirmed), then acknowledged. Any that cannot be are returned
+        by closing the connection, as suspects.
+        """
+        if self.in_flight:
+            _, pending = await asyncio.wait(set(self.in_flight), timeout=grace_s)
+            for task in pending:
+                task.cancel()
+            if pending:
+                unsettled = [self.in_flight[task] for task in pending if task in self.in_flight]
+                await asyncio.wait(pending, timeout=5)
+                returned = 0
+                for message, queue in unsettled:
+                    try:
+                        await self.republish(message, queue)
+                        returned += 1
+                    except Exception as exc:
+                        log.warning("return_failed", message_id=message.message_id,
+                                    error=str(exc))
+                log.warning("returned_to_queue", count=len(unsettled), fresh=returned)
+        # The acks noted so far go out before the connection closes (that returns every
+        # unacknowledged delivery to its queue).
+        with contextlib.suppress(Exception):
+            await self.barrier()
 
 
 def _checked_result(outcome: policy.Outcome) -> policy.Outcome:

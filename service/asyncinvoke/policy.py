@@ -1,8 +1,9 @@
 """Pure decisions over an invocation, its function's policy and the clock.
 
 ``admit`` decides what to do with a delivered invocation before it runs;
-``settle`` decides what follows an attempt. Neither does I/O: the worker carries
-out what they return.
+``settle`` decides what follows an attempt; the small functions below decide the
+rest (task mode, a sync caller that is gone, a busy task's deferral, a poison
+message). None does I/O: the pipeline carries out what they return.
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ from asyncinvoke import contract, ladder
 from asyncinvoke.contract import Envelope
 from asyncinvoke.functions import Backoff, FunctionSpec
 
-# A remainder at least this long goes back into the ladder instead of waiting in the
-# worker: the ladder's bottom level is 1 s, and it lets go LEAD_MS early (see
-# ladder.seconds_to_wait).
-HOLD_LIMIT_MS = ladder.HOLD_LIMIT_MS
+# A copy of a task that another worker runs now comes back this long after that
+# worker's claim runs out: by then it has finished, or died.
+BUSY_RETRY_AFTER_LEASE_MS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +44,8 @@ class Run:
 
 @dataclass(frozen=True, slots=True)
 class Hold:
-    """Due within HOLD_LIMIT_MS (a second and the ladder's lead): wait ``ms`` here, then run."""
+    """Due within ``ladder.HOLD_LIMIT_MS`` (a second and the ladder's lead): wait ``ms``
+    here, then run."""
 
     ms: int
 
@@ -77,7 +78,8 @@ def task_mode(envelope: Envelope, spec: FunctionSpec | None) -> bool:
 
 def admit(envelope: Envelope, spec: FunctionSpec, now_ms: int) -> Admission:
     remaining_ms = envelope.due_at_ms() - now_ms
-    if remaining_ms >= HOLD_LIMIT_MS:
+    # A longer remainder goes back into the ladder rather than waiting in the worker.
+    if remaining_ms >= ladder.HOLD_LIMIT_MS:
         return Forward(ladder.seconds_to_wait(remaining_ms))
     age_ms = max(now_ms, envelope.due_at_ms()) - envelope.created_at
     if age_ms > spec.max_event_age_s * 1000:
@@ -93,12 +95,34 @@ def poisoned(deaths: int, spec: FunctionSpec) -> bool:
     return deaths > spec.delivery_limit
 
 
+def dead_lettered_deliveries(spec: FunctionSpec | None) -> int | None:
+    """How many times the broker delivered a message it dead-lettered for its delivery
+    limit: once in its function queue, then ``delivery_limit`` times alone as a suspect.
+    None when the function is no longer configured."""
+    return spec.delivery_limit + 1 if spec is not None else None
+
+
+def busy_retry_at(lease_until: int) -> int:
+    """When a copy of a task that another worker holds (until ``lease_until``) comes back."""
+    return lease_until + BUSY_RETRY_AFTER_LEASE_MS
+
+
+def caller_gone(envelope: Envelope, now_ms: int) -> bool:
+    """Whether a synchronous call's caller has given up waiting: running it would answer
+    no one."""
+    return envelope.reply_by is not None and now_ms > envelope.reply_by
+
+
 # -- settlement ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class Done:
     """It succeeded."""
+
+    @property
+    def result(self) -> str:
+        return "success"
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,12 +132,20 @@ class Retry:
     due_at: int
     backoff_ms: int
 
+    @property
+    def result(self) -> str:
+        return "retry"
+
 
 @dataclass(frozen=True, slots=True)
 class GiveUp:
     """No more attempts; the record carries ``condition``."""
 
     condition: str
+
+    @property
+    def result(self) -> str:
+        return self.condition
 
 
 DONE = Done()

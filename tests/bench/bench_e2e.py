@@ -11,6 +11,11 @@ timed from the first ack to the last.
 
 Both sides are interleaved run by run (bare, async, sync, bare, async, sync, ...)
 so that drift in the machine's load touches them alike.
+
+Before and after a change, in one run: ``ASYNCINVOKE_BENCH_BASELINE=DIR`` (the
+``service`` directory of another checkout, e.g. a ``git worktree`` of the commit
+before) adds the row "async no-op handler, baseline", whose worker imports
+asyncinvoke from DIR; everything else (publisher, handler, broker) is the same.
 """
 
 from __future__ import annotations
@@ -53,7 +58,9 @@ PREFETCH = 200
 HANDLERS = {
     "async": "tests.bench.handlers:noop",
     "sync": "tests.bench.handlers:sync_noop",
+    "baseline": "tests.bench.handlers:noop",
 }
+BASELINE = os.environ.get("ASYNCINVOKE_BENCH_BASELINE")
 ATTEMPT = b'"event":"attempt"'
 # Worker log lines that say a run was disturbed (by a connection drop, say).
 DISTURBANCES = (b"connection close", b"CONNECTION_FORCED", b"ack_failed", b"settle_failed")
@@ -171,7 +178,7 @@ async def run_ours(n: int, flavour: str, workdir: Path, profile: Path | None = N
         with log_path.open("wb") as log_file:
             worker = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "asyncinvoke", "worker", "--config", str(config),
-                env=space.env(),
+                env=worker_env(space, flavour),
                 cwd=str(ROOT),
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=log_file,
@@ -220,6 +227,14 @@ async def run_ours(n: int, flavour: str, workdir: Path, profile: Path | None = N
         if code not in (0, None):
             say(f"worker exit status {code}:\n{tail(log_path)}")
         await space.cleanup()
+
+
+def worker_env(space: Namespace, flavour: str) -> dict[str, str]:
+    env = space.env()
+    if flavour == "baseline":
+        assert BASELINE is not None
+        env["PYTHONPATH"] = os.pathsep.join((BASELINE, env["PYTHONPATH"]))
+    return env
 
 
 async def run_bare(n: int, body_size: int, profile: Path | None = None) -> Drain:
@@ -280,6 +295,8 @@ async def run(n: int, runs: int, profile: Path | None = None) -> list[Row]:
         "async": Row("e2e", "drain, async no-op handler", "msg/s", target=0.8),
         "sync": Row("e2e", "drain, sync no-op handler (threads)", "msg/s"),
     }
+    if BASELINE:
+        rates["baseline"] = Row("e2e", f"drain, async no-op handler, baseline {BASELINE}", "msg/s")
     cpus = {
         flavour: Row("e2e", f"consumer CPU per message, {flavour}", "µs", higher_is_better=False)
         for flavour in rates

@@ -162,7 +162,7 @@ def _count_paths(worker: Worker) -> tuple[Counter[str], Counter[str]]:
     returned: Counter[str] = Counter()
     pipeline = worker.pipeline
     assert pipeline is not None
-    settle_failed, move_to_suspects = worker._settle_failed, pipeline.move_to_suspects
+    settle_failed, move_to_suspects = pipeline.settle_failed, pipeline.move_to_suspects
 
     async def counted_settle_failed(message: Any, exc: Exception) -> None:
         taken[f"nacked after {type(exc).__name__}"] += 1
@@ -172,14 +172,14 @@ def _count_paths(worker: Worker) -> tuple[Counter[str], Counter[str]]:
         taken["suspect"] += 1
         await move_to_suspects(message, function)
 
-    store_unavailable = worker._store_unavailable
+    store_unavailable = pipeline.store_unavailable
 
     async def counted_store_unavailable(message: Any, queue: str, exc: Any) -> bool:
         returned["returned to the queue, fresh"] += 1
         return await store_unavailable(message, queue, exc)
 
-    worker._settle_failed = counted_settle_failed  # type: ignore[method-assign]
-    worker._store_unavailable = counted_store_unavailable  # type: ignore[method-assign,assignment]
+    pipeline.settle_failed = counted_settle_failed  # type: ignore[method-assign]
+    pipeline.store_unavailable = counted_store_unavailable  # type: ignore[method-assign,assignment]
     pipeline.move_to_suspects = counted_move_to_suspects  # type: ignore[method-assign]
     return taken, returned
 

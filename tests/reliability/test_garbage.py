@@ -9,13 +9,13 @@ import os
 import aio_pika
 import msgpack
 
-from asyncinvoke import Client, contract, records, worker
+from asyncinvoke import Client, contract, pipeline, records
 from tests.conftest import Namespace, collect, declare_queue, records_of, running_worker
 from tests.integration.helpers import assert_empty, assert_namespace_empty
 
 # Absence cannot be waited for as an event: a loop shows within a few of its rounds, and
-# a delivery that failed to settle comes round again after worker.SETTLE_RETRY_PAUSE_S.
-QUIET_S = 3 * worker.SETTLE_RETRY_PAUSE_S
+# a delivery that failed to settle comes round again after pipeline.SETTLE_RETRY_PAUSE_S.
+QUIET_S = 3 * pipeline.SETTLE_RETRY_PAUSE_S
 
 
 def _envelope(**fields: object) -> bytes:

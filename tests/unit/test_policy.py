@@ -76,16 +76,16 @@ def test_admit_never_runs_an_invocation_before_its_due_time(
         assert now >= due
         assert now - created_at <= max_event_age_s * 1000
     elif isinstance(decision, Hold):
-        assert 0 < decision.ms < policy.HOLD_LIMIT_MS
+        assert 0 < decision.ms < ladder.HOLD_LIMIT_MS
         assert now + decision.ms == due
     elif isinstance(decision, Forward):
         assert decision.delay_s >= 1
         after_ladder = now + decision.delay_s * 1000
         # Out of the ladder at least LEAD_MS before its due time; the rest is held.
-        assert after_ladder + ladder.LEAD_MS <= due < after_ladder + policy.HOLD_LIMIT_MS
+        assert after_ladder + ladder.LEAD_MS <= due < after_ladder + ladder.HOLD_LIMIT_MS
     else:
         assert isinstance(decision, Expire)
-        assert due - now < policy.HOLD_LIMIT_MS
+        assert due - now < ladder.HOLD_LIMIT_MS
         assert decision.age_ms > max_event_age_s * 1000
         assert decision.age_ms == max(now, due) - created_at
 
@@ -156,7 +156,7 @@ def test_a_delay_longer_than_max_event_age_waits_then_expires_unstarted() -> Non
 
 
 @given(
-    ahead_ms=st.integers(min_value=policy.HOLD_LIMIT_MS, max_value=10 * 365 * DAY_S * 1000),
+    ahead_ms=st.integers(min_value=ladder.HOLD_LIMIT_MS, max_value=10 * 365 * DAY_S * 1000),
     via_due_at=st.booleans(),
 )
 def test_forward_never_asks_more_than_the_ladder_reaches(ahead_ms: int, via_due_at: bool) -> None:

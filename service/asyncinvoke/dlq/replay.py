@@ -23,7 +23,7 @@ import orjson
 
 from asyncinvoke import contract, dispatch, topology
 from asyncinvoke.broker import Broker
-from asyncinvoke.client import new_id
+from asyncinvoke.clock import new_id
 from asyncinvoke.contract import Envelope
 from asyncinvoke.dlq.browse import (
     REPLAY_WINDOW,

@@ -20,7 +20,8 @@ from aiohttp import web
 from prometheus_client import Counter
 
 from asyncinvoke import contract, record_codec, topology
-from asyncinvoke.client import CallTimeout, Client, FunctionError, TaskExistsError, new_id
+from asyncinvoke.client import CallTimeout, Client, FunctionError, TaskExistsError
+from asyncinvoke.clock import new_id
 from asyncinvoke.contract import UNHANDLED
 from asyncinvoke.errors import PayloadTooLarge, PublishInterrupted
 from asyncinvoke.functions import FunctionsFile, FunctionSpec

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import time
 from typing import Any
 
-from asyncinvoke import contract, policy
+from asyncinvoke import clock, contract, policy
 from asyncinvoke.contract import Envelope
 from asyncinvoke.errors import TaskStoreUnavailable
 from asyncinvoke.functions import FunctionSpec
@@ -146,32 +145,22 @@ class TaskTracker:
         came as the attempt ended ends Stopped instead."""
         store = await self.store()
         error = _error_text(outcome)
-        if type(settlement) is policy.Done:
+        match settlement:
+            case policy.Done():
+                status, detail = Status.SUCCEEDED, f"attempt {envelope.attempt} succeeded"
+            case policy.Retry(backoff_ms=backoff_ms):
+                status = Status.RETRYING
+                detail = (f"attempt {envelope.attempt} failed ({error}); retry in "
+                          f"{backoff_ms / 1000:.3f} s")
+            case policy.GiveUp(condition):
+                status = Status.FAILED
+                detail = f"{condition} after attempt {envelope.attempt}: {error}"
+        if status is Status.SUCCEEDED:
             task = await store.transition(
-                envelope.id,
-                Status.SUCCEEDED,
-                now_ms,
-                f"attempt {envelope.attempt} succeeded",
-                result=outcome.result,
-            )
-        elif type(settlement) is policy.Retry:
-            task = await store.transition(
-                envelope.id,
-                Status.RETRYING,
-                now_ms,
-                f"attempt {envelope.attempt} failed ({error}); retry in "
-                f"{settlement.backoff_ms / 1000:.3f} s",
-                error=error,
+                envelope.id, status, now_ms, detail, result=outcome.result
             )
         else:
-            assert type(settlement) is policy.GiveUp
-            task = await store.transition(
-                envelope.id,
-                Status.FAILED,
-                now_ms,
-                f"{settlement.condition} after attempt {envelope.attempt}: {error}",
-                error=error,
-            )
+            task = await store.transition(envelope.id, status, now_ms, detail, error=error)
         if task is None:
             return await self.stopped(envelope, now_ms, "stopped as its attempt ended")
         return task
@@ -221,7 +210,7 @@ class TaskTracker:
         written; then the task is released only if its last event is that claim."""
         while True:
             await asyncio.sleep(RELEASE_RETRY_EVERY_S)
-            now = time.time_ns() // 1_000_000
+            now = clock.now_ms()
             if now >= lease_until - RELEASE_SAFETY_MS:
                 log.warning("task_release_abandoned", invocation_id=envelope.id,
                             reason="the claim ran out while the task store was down")

@@ -1,0 +1,74 @@
+"""What the worker tells about each attempt: its one log line, and its metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from asyncinvoke import contract
+from asyncinvoke.clock import now_ms
+from asyncinvoke.contract import Envelope
+from asyncinvoke.metrics import Metrics
+from asyncinvoke.observability import hot_info
+from asyncinvoke.policy import Outcome
+
+FAILURE_CONDITIONS = frozenset(contract.CONDITIONS) - {contract.SUCCESS}
+
+
+class Journal:
+    def __init__(self, metrics: Metrics):
+        self.metrics = metrics
+        # The labelled children of each (function, result), looked up once.
+        self._counters: dict[tuple[str, str], tuple[Any, ...]] = {}
+
+    def attempt(
+        self, envelope: Envelope, result: str, outcome: Outcome | None = None, **extra: Any
+    ) -> None:
+        """The one log line of an attempt (and its metrics); ``result`` is a condition,
+        ``success``, ``retry``, or what happened instead of running it."""
+        self._observe(envelope.fn, result, outcome)
+        fields: dict[str, object] = {
+            "component": "worker",
+            "invocation_id": envelope.id,
+            "function": envelope.fn,
+            "attempt": envelope.attempt,
+            "outcome": result,
+        }
+        if outcome is not None:
+            fields["duration_ms"] = round(outcome.duration_ms, 3)
+            if not outcome.ok:
+                error = outcome.error or {}
+                fields["error_type"] = error.get("errorType")
+                fields["error"] = str(error.get("errorMessage"))[:500]
+        if extra:
+            fields.update(extra)
+        hot_info("attempt", fields)
+
+    def lateness(self, envelope: Envelope) -> None:
+        """How late a delayed invocation (or a retry) starts."""
+        if envelope.due_at is not None or envelope.delay:
+            self.metrics.delay_lateness.observe(max(0, now_ms() - envelope.due_at_ms()) / 1000)
+
+    def failure_record(self, function: str, condition: str) -> None:
+        """A record written without an attempt (invalid, unknown function, poison)."""
+        self.metrics.count_failure_record(function, condition)
+
+    def _observe(self, function: str, result: str, outcome: Outcome | None) -> None:
+        counters = self._counters.get((function, result))
+        if counters is None:
+            counters = self._counters[(function, result)] = self._children(function, result)
+        for counter in counters[1:]:
+            counter.inc()
+        if outcome is not None:
+            counters[0].observe(outcome.duration_ms / 1000)
+
+    def _children(self, function: str, result: str) -> tuple[Any, ...]:
+        metrics = self.metrics
+        children: list[Any] = [
+            metrics.attempt_duration.labels(function),
+            metrics.invocations.labels(function, result),
+        ]
+        if result == "retry":
+            children.append(metrics.retries.labels(function))
+        elif result in FAILURE_CONDITIONS:
+            children.append(metrics.failure_records.labels(function, result))
+        return tuple(children)
