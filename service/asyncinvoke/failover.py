@@ -59,7 +59,7 @@ async def connect(
         try:
             await connection.connect(timeout=CONNECT_TIMEOUT_S)
         except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as exc:
-            failures.append(f"{node.shown}: {exc or type(exc).__name__}")
+            failures.append(f"{node.shown}: {str(exc) or type(exc).__name__}")
             await connection.close()
             continue
         ring.position = ring.nodes.index(node)  # a failed attempt moved the ring on
