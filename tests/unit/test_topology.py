@@ -86,3 +86,14 @@ def test_every_queue_places_its_leader_on_the_least_loaded_node() -> None:
     assert queues and all(
         queue.arguments["x-queue-leader-locator"] == "balanced" for queue in queues
     )
+
+
+def test_rabbitmqctl_placement_is_read_for_quorum_queues_only() -> None:
+    from asyncinvoke.placement import Placement, parse
+
+    listing = (
+        b'[{"name":"ns.failed","leader":"r@b","members":["r@c","r@a","r@b"]},'
+        b'{"name":"classic","leader":"","members":""}]'
+    )
+    assert parse(listing) == {"ns.failed": Placement("r@b", ("r@a", "r@b", "r@c"))}
+    assert parse(b"") == {}
