@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections import Counter
+from pathlib import Path
 
 from tests.cluster.conftest import ClusterNamespace
 from tests.conftest import ROOT, write_functions
@@ -40,16 +43,26 @@ def test_leaders_spread_over_the_nodes_and_topology_show_tells_where(
     print(f"\ntopology on the cluster: {len(placement)} queues, leaders {dict(leaders)}")
     assert {space.names.function_queue("a"), space.names.failed} <= set(placement)
     assert all(where["members"] == every_node for where in placement.values())
-    assert set(leaders) == set(every_node), leaders  # balanced: each node leads some
-    assert max(leaders.values()) - min(leaders.values()) <= 2
+    # Balanced: new leaders go to the nodes that lead the fewest queues (the earlier
+    # tests' queues count too), never all to the node the declaring client used, as
+    # 3.10's default (client-local) would.
+    assert len(leaders) >= 2, leaders
 
     # The export is what a cluster loads (at boot, or with import_definitions).
     exported = space.tmp_path / "definitions.json"
     loaded_ns = space.ns + "x"
     _cli(space, "topology", "export", "--config", str(config), "--rabbitmq-version", "3.10",
          str(exported), ns=loaded_ns)
-    exported.chmod(0o644)
-    space.cluster.ctl("import_definitions", str(exported))
+    # rabbitmqctl reads the file as the rabbitmq user: not from pytest's private tmp.
+    readable = Path(tempfile.mkdtemp(prefix="asyncinvoke-definitions-")) / "definitions.json"
+    try:
+        readable.parent.chmod(0o755)
+        shutil.copyfile(exported, readable)
+        readable.chmod(0o644)
+        space.cluster.ctl("import_definitions", str(readable))
+    finally:
+        shutil.rmtree(readable.parent, ignore_errors=True)
     loaded = [q for q in space.cluster.queues(loaded_ns + ".")]
-    assert len(loaded) == len(placement)
+    loaded_names = {str(q["name"]).replace(loaded_ns + ".", space.ns + ".", 1) for q in loaded}
+    assert set(placement) <= loaded_names  # and the suspect queues, which show leaves out
     assert all(sorted(q["members"]) == every_node for q in loaded)  # type: ignore[call-overload]

@@ -65,6 +65,10 @@ async def _send(client: Client, plan: list[tuple[str, Any, int]]) -> dict[str, s
     return by_id
 
 
+def _holding(queues: list[dict[str, object]]) -> list[dict[str, object]]:
+    return [q for q in queues if q["messages_ready"] or q["messages_unacknowledged"]]
+
+
 async def _start_on_distinct_nodes(
     space: ClusterNamespace, config: Any, ports: list[int]
 ) -> list[WorkerProcess]:
@@ -151,7 +155,9 @@ async def test_a_killed_node_loses_nothing_and_the_workers_fail_over(
         succeeding = set(sent) - doomed
         await wait_until(
             lambda: succeeding <= set(seen.successes), DRAIN_TIMEOUT_S,
-            "every invocation to succeed", lambda: tail(workers),
+            "every invocation to succeed",
+            lambda: f"{len(succeeding - set(seen.successes))} missing; queues holding "
+            f"messages: {_holding(cluster.queues(space.ns + '.'))}\n{tail(workers)}",
         )
         # The dead-letter tool's view, once every record is in.
         async def all_recorded() -> bool:
