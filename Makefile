@@ -24,6 +24,7 @@ run: install broker
 lint: install
 	$(BIN)/ruff check service tests examples
 	$(BIN)/mypy
+	$(BIN)/mypy --strict --warn-unused-ignores tests/typing
 
 test: install broker lint
 	$(BIN)/pytest -q -p no:cacheprovider

@@ -18,7 +18,15 @@ port="5672"
 [[ "$hostport" == *:* ]] && port="${hostport##*:}"
 [[ "$url" == amqps://* && "$hostport" != *:* ]] && port="5671"
 
-answers() { (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null; }
+# Answers AMQP, not only TCP: a node out of file descriptors accepts connections and
+# never starts their handshake.
+answers() {
+    (
+        exec 3<>"/dev/tcp/$host/$port" || exit 1
+        printf 'AMQP\x00\x00\x09\x01' >&3
+        [ -n "$(timeout 5 head -c 1 <&3 | od -An -tx1)" ]
+    ) 2>/dev/null
+}
 
 enable_flags() {
     if command -v rabbitmqctl >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
@@ -58,7 +66,14 @@ MSG
 fi
 
 echo "rabbitmq: starting the local rabbitmq-server"
-if [ "$(id -u)" = 0 ]; then
+# Every quorum queue keeps files open; a soft limit of 1024 open files runs out after a
+# few hundred queues, and then the node accepts connections without ever answering them.
+# Debian's rabbitmq-server starts the node through su, whose PAM session resets the limit,
+# so the limit is raised (to the hard limit) in the rabbitmq user's own shell.
+node_bin=/usr/lib/rabbitmq/bin/rabbitmq-server
+if [ "$(id -u)" = 0 ] && [ -x "$node_bin" ] && id rabbitmq >/dev/null 2>&1; then
+    (cd /var/lib/rabbitmq && su rabbitmq -s /bin/sh -c "ulimit -n \$(ulimit -Hn); exec $node_bin -detached")
+elif [ "$(id -u)" = 0 ]; then
     rabbitmq-server -detached
 elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
     sudo rabbitmq-server -detached

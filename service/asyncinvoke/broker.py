@@ -54,6 +54,12 @@ log = get_logger(component="broker")
 RECONNECT_INTERVAL_S = 2.0  # between attempts while the broker is away
 CLOSED_CHANNEL_RETRY_S = 0.05  # before a publish a closed channel refused is tried again
 ANSWER_POLL_S = 0.1  # how often a timed-out publish is checked for the broker's late answer
+# What a publish meets when the connection drops under it (aiormq's, not ours).
+_CONNECTION_LOST = (
+    aiormq.exceptions.AMQPConnectionError,
+    aiormq.exceptions.ChannelInvalidStateError,
+    ConnectionError,
+)
 
 
 class _BlockedWatch(logging.Filter):
@@ -302,22 +308,10 @@ class Broker:
                 exchange=exchange,
                 routing_key=routing_key,
             ) from None
+        except _CONNECTION_LOST as exc:
+            raise _lost_error(exchange, routing_key, sent, exc, self.node) from None
         except TimeoutError:
             raise self._timeout_error(exchange, routing_key, sent) from None
-        except (
-            aiormq.exceptions.AMQPConnectionError,
-            aiormq.exceptions.AMQPChannelError,
-            aiormq.exceptions.ChannelInvalidStateError,
-            ConnectionError,
-        ) as exc:
-            raise PublishInterrupted(
-                f"the publish to {exchange!r}/{routing_key!r} was not confirmed: the "
-                f"connection to {self.node} was lost ({exc or type(exc).__name__}); the "
-                "broker may or may not have the message",
-                node=self.node,
-                exchange=exchange,
-                routing_key=routing_key,
-            ) from None
         if isinstance(result, DeliveredMessage):  # returned, should on_return_raises be off
             raise UnroutableError(
                 f"no queue is bound to exchange {exchange!r} for routing key {routing_key!r}",
@@ -440,3 +434,24 @@ class Broker:
             exchange=exchange,
             routing_key=routing_key,
         )
+
+
+def _lost_error(
+    exchange: str, routing_key: str, sent: bool, exc: BaseException, node: str
+) -> PublishInterrupted | BrokerUnavailable:
+    """A dropped connection as one of our errors: in doubt once the message may have gone
+    out, plainly unavailable before that. Either way the publish was not confirmed."""
+    if sent:
+        return PublishInterrupted(
+            f"the publish to {exchange!r}/{routing_key!r} was not confirmed: the connection "
+            f"to {node} was lost ({str(exc) or type(exc).__name__}); the broker may or may "
+            "not have the message; the client fails over to the next node",
+            node=node,
+            exchange=exchange,
+            routing_key=routing_key,
+        )
+    return BrokerUnavailable(
+        f"the publish to {exchange!r}/{routing_key!r} was not confirmed: not connected to "
+        f"{node} ({str(exc) or type(exc).__name__}); the message was not published; the "
+        "client reconnects, try again"
+    )

@@ -1,4 +1,5 @@
-"""The producer API: ``Client.invoke`` and ``Client.invoke_many``.
+"""The producer API: ``Client.invoke`` and ``invoke_many`` (asynchronous), ``call``
+(synchronous, through direct reply-to), and the task store (``tasks``, ``stop_task``).
 
 ``invoke`` returns only after the broker confirmed the message. Before the first
 publish for a function the client checks once that its queue exists, so a typo
@@ -10,83 +11,47 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 from uuid import uuid4
 
 import aio_pika
+import aiormq
 
-from asyncinvoke import contract, dispatch, topology
+from asyncinvoke import clock, contract, dispatch, topology
 from asyncinvoke.broker import Broker
-from asyncinvoke.clock import new_id
 from asyncinvoke.contract import Envelope
 from asyncinvoke.errors import (
     AsyncInvokeError,
     BrokerBlocked,
+    BrokerUnavailable,
+    CallTimeout,
+    FunctionError,
     InvalidMessage,
+    InvokeManyError,
     PayloadTooLarge,
     PublishTimeout,
+    TaskExists,
+    TaskExistsError,
+    UnknownFunctionError,
 )
 from asyncinvoke.settings import Settings, from_env
 from asyncinvoke.tasks.states import Status
-from asyncinvoke.tasks.store import Task, TaskExists, TaskStore
+from asyncinvoke.tasks.store import Task, TaskStore
 from asyncinvoke.tasks.tracker import TaskTracker
+
+# Raised by Client and imported from here by older code: the classes live in errors.
+__all__ = [
+    "CallTimeout",
+    "Client",
+    "FunctionError",
+    "InvokeManyError",
+    "TaskExistsError",
+    "UnknownFunctionError",
+]
 
 DEFAULT_WINDOW = 1000  # publishes in flight in invoke_many
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
-
-
-class UnknownFunctionError(AsyncInvokeError):
-    def __init__(self, function: str, namespace: str):
-        super().__init__(
-            f"function {function!r} has no queue in namespace {namespace!r}: start a worker "
-            f"whose functions file has it, or run 'asyncinvoke topology declare'"
-        )
-        self.function = function
-
-
-class FunctionError(AsyncInvokeError):
-    """A synchronous call's function failed; ``error`` is its errorType/errorMessage map."""
-
-    def __init__(self, function: str, error: dict[str, Any], function_error: str, status: int):
-        super().__init__(f"{function}: {error.get('errorType')}: {error.get('errorMessage')}")
-        self.function = function
-        self.error = error
-        self.function_error = function_error
-        self.status_code = status
-
-
-class CallTimeout(AsyncInvokeError):
-    def __init__(self, function: str, invocation_id: str, timeout: float):
-        super().__init__(
-            f"{function}: no reply for invocation {invocation_id} within {timeout:g} s "
-            "(is a worker serving it?)"
-        )
-        self.function = function
-        self.invocation_id = invocation_id
-
-
-class TaskExistsError(AsyncInvokeError):
-    def __init__(self, task_id: str, status: str):
-        super().__init__(
-            f"task {task_id!r} already exists ({status}): in task mode an id is used once; "
-            "leave --id out for a generated one"
-        )
-        self.task_id = task_id
-
-
-class InvokeManyError(AsyncInvokeError):
-    """Some publishes of an invoke_many failed; ``accepted`` were confirmed."""
-
-    def __init__(self, accepted: list[str], failed: dict[str, BaseException]):
-        first_id, first_error = next(iter(failed.items()))
-        super().__init__(
-            f"{len(failed)} of {len(accepted) + len(failed)} invocations were not accepted "
-            f"(first: {first_id}: {first_error})"
-        )
-        self.accepted = accepted
-        self.failed = failed
 
 
 class Client:
@@ -138,10 +103,10 @@ class Client:
         ``delay`` is in seconds and may have a fraction: the wire's ``delay`` is whole
         seconds, so a fractional delay travels as the service's own due time (ms).
         """
-        created_at = now_ms if now_ms is not None else time.time_ns() // 1_000_000
+        created_at = now_ms if now_ms is not None else clock.now_ms()
         wire: dict[str, Any] = {
             "v": contract.VERSION,
-            "id": id if id is not None else new_id(),
+            "id": id if id is not None else clock.new_id(),
             "fn": function,
             "payload": payload,
             "created_at": created_at,
@@ -183,10 +148,17 @@ class Client:
         if function in self._known_functions:
             return
         assert self.broker.connection is not None, "use 'async with Client()' or connect()"
-        depth = await topology.queue_depth(
-            self.broker.connection, self.names.function_queue(function)
-        )
-        if depth is None:
+        try:
+            exists = await topology.function_exists(self.broker.connection, self.names, function)
+        except (
+            aiormq.exceptions.AMQPConnectionError,
+            aiormq.exceptions.ChannelInvalidStateError,
+            ConnectionError,
+        ) as exc:
+            raise BrokerUnavailable(
+                f"not connected to the broker ({exc}); the client reconnects, try again"
+            ) from None
+        if not exists:
             raise UnknownFunctionError(function, self.names.ns)
         self._known_functions.add(function)
 
@@ -203,7 +175,7 @@ class Client:
         """Hand over one invocation; returns its id once the broker confirmed it.
 
         With ``task=True`` the task is recorded (Enqueued) before it is published, and an
-        id that already exists is refused with TaskExistsError.
+        id that already exists is refused with TaskExists.
         """
         envelope, body = self.envelope(function, payload, delay=delay, id=id, task=task, meta=meta)
         await self.ensure_function(function)
@@ -236,7 +208,7 @@ class Client:
         Raises TaskNotFound, or TaskFinished for a task that already ended.
         """
         store = await self.tasks()
-        task = await store.request_stop(task_id, time.time_ns() // 1_000_000)
+        task = await store.request_stop(task_id, clock.now_ms())
         if task.status is Status.STOPPING:
             # Every worker hears it; the one running the task cancels it.
             await self.broker.publish(
@@ -256,13 +228,12 @@ class Client:
             )
         except TaskExists:
             existing = await store.get(envelope.id)
-            raise TaskExistsError(
-                envelope.id, existing.status.value if existing else "unknown"
-            ) from None
+            status = existing.status.value if existing else "unknown"
+            raise TaskExists(envelope.id, status) from None
 
     async def _not_accepted(self, envelope: Envelope, exc: Exception) -> None:
         store = await self.tasks()
-        now = time.time_ns() // 1_000_000
+        now = clock.now_ms()
         if _maybe_published(exc):
             # The broker may still take it (a lost confirm, an alarm that clears): a Failed
             # task would make the worker drop it unrun. It stays Enqueued, and runs if the
@@ -360,7 +331,7 @@ class Client:
         Returns the ids in order once every publish was confirmed. If some fail,
         raises InvokeManyError listing the accepted and the failed ids.
         """
-        now = time.time_ns() // 1_000_000
+        now = clock.now_ms()
         built = [
             self.envelope(function, payload, delay=delay, now_ms=now)
             for function, payload in invocations

@@ -268,7 +268,11 @@ class Consumers:
 
 
 async def settle_barrier(
-    channel: aiormq.abc.AbstractChannel, queue: str, *, restore_prefetch: int | None = None
+    channel: aiormq.abc.AbstractChannel,
+    queue: str,
+    *,
+    restore_prefetch: int | None = None,
+    keep_delivery: bool = False,
 ) -> None:
     """Return once the broker applied every ack sent on ``channel`` for quorum ``queue``.
 
@@ -288,15 +292,18 @@ async def settle_barrier(
     the queue's own log: the applied notice that releases the stash reaches the channel
     before the cancel does, and the cancel is applied after the released settles. The
     barrier consumer gets no message (zero credit); a broker that ignores ``x-credit``
-    (RabbitMQ 4) may give it one, at most (prefetch 1), which is returned at once.
+    (RabbitMQ 4) may give it one, at most (prefetch 1), which is returned at once, or,
+    with ``keep_delivery``, left unacknowledged until the channel closes (the dead-letter
+    tool's browse, whose closing channels return the queue's head in order).
     """
     tag = f"asyncinvoke-barrier-{id(channel)}-{next(_barrier_numbers)}"
     await channel.basic_qos(prefetch_count=1)
     try:
 
         async def give_back(message: DeliveredMessage) -> None:
-            assert message.delivery_tag is not None
-            await channel.basic_nack(message.delivery_tag, requeue=True)
+            if not keep_delivery:
+                assert message.delivery_tag is not None
+                await channel.basic_nack(message.delivery_tag, requeue=True)
 
         await channel.basic_consume(queue, give_back, consumer_tag=tag, arguments=_ZERO_CREDIT)
         await channel.basic_cancel(tag)

@@ -1,7 +1,8 @@
 """Where an invocation goes next: its function's queue now, or the delay ladder.
 
-Used by the client (first publish), and by the worker (forwarding a delayed
-invocation a plain producer sent, and scheduling a retry). Whole seconds wait in
+Used by the client (``invoke``, ``invoke_many``), by the pipeline (forwarding a delayed
+invocation a plain producer sent, scheduling a retry, deferring a copy of a task another
+worker runs), by a function destination, and by ``dlq replay``. Whole seconds wait in
 the ladder, ending at least ``ladder.LEAD_MS`` before the due time; the rest is held
 by the worker that receives it (``policy.Hold``), so an invocation is never early, and
 the broker's latency along the ladder does not make it late.
@@ -12,9 +13,7 @@ cannot drop a republished message.
 
 from __future__ import annotations
 
-import time
-
-from asyncinvoke import contract, ladder
+from asyncinvoke import clock, contract, ladder
 from asyncinvoke.broker import Broker
 from asyncinvoke.contract import Envelope
 from asyncinvoke.topology import Names
@@ -29,7 +28,7 @@ async def send(
     envelope was made: in a burst the two lie a hundred milliseconds and more apart.
     ``body`` is the envelope already encoded, when the caller has it.
     """
-    delay_s = ladder.seconds_to_wait(envelope.due_at_ms() - time.time_ns() // 1_000_000)
+    delay_s = ladder.seconds_to_wait(envelope.due_at_ms() - clock.now_ms())
     if body is None:
         body = contract.encode(envelope)
     if delay_s > 0:

@@ -1,4 +1,4 @@
-"""Every error asyncinvoke raises on purpose.
+"""Every error asyncinvoke raises on purpose, in one tree.
 
     AsyncInvokeError
     ├── ConfigError            the functions file or a setting is wrong (names file, function, key)
@@ -10,15 +10,67 @@
     │       ├── BrokerBlocked  a resource alarm (memory, disk) blocks publishing
     │       └── PublishInterrupted  the connection was lost before the confirm came
     ├── BrokerUnavailable      no connection to the broker could be made
+    ├── UnknownFunctionError   the function has no queue in the namespace (Client)
+    ├── FunctionError          a synchronous call's function failed (Client.call)
+    ├── CallTimeout            no reply to a synchronous call in time (Client.call)
+    ├── InvokeManyError        some publishes of an invoke_many were not confirmed
+    ├── TaskExists             the task id is taken (also named TaskExistsError)
+    ├── TaskNotFound           no task with that id
+    ├── TaskFinished           the task already ended (a stop came too late)
+    ├── SyncClientClosed       a SyncClient was used after close()
     ├── TaskStoreUnavailable   the task store cannot be reached or cannot write now (transient)
-    └── NonRetryableError      raised by a handler: fail now, do not retry
+    ├── HttpDeliveryError      an HTTP destination refused a record or could not be reached
+    ├── NonRetryableError      raised by a handler: fail now, do not retry
+    ├── DlqError               the dead-letter tool (``asyncinvoke dlq``)
+    │   ├── QueueMissing       {ns}.failed does not exist
+    │   ├── EmptyQueue         {ns}.failed holds no record
+    │   ├── NothingSelected    no record matches the selection
+    │   │   └── RecordNotFound no record with that id
+    │   ├── Busy               another dlq command is reading the queue
+    │   ├── BrowseInterrupted  the broker closed the channel or connection mid-way
+    │   ├── BadReplayFile      a --from-file line is not an exported record
+    │   ├── NotReplayable      a record's original invocation cannot be sent again
+    │   ├── RecordsSkipped     some selected records cannot be replayed; they stay
+    │   └── ReplayIncomplete   some replays were not confirmed; their records stay
+    └── FcError                an HTTP error answer of the gateway (in gateway/fcapi.py,
+                               where its 4xx/5xx subclasses are drawn)
 
-Each error carries the thing it is about, so a message can name it.
+Each error carries the thing it is about, so a message can name it. This module imports
+nothing else of asyncinvoke, so every module can import it: what an error carries from
+other modules is typed by the small protocols below.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sized
+from enum import Enum
+from typing import Any, Protocol
+
+
+class _Selection(Protocol):
+    def describe(self) -> str: ...
+
+
+class _EndedTask(Protocol):
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def status(self) -> Enum: ...
+
+
+class _ReplayCounts(Protocol):
+    @property
+    def source(self) -> str: ...
+
+    @property
+    def selected(self) -> int: ...
+
+    @property
+    def replayed(self) -> int: ...
+
+    @property
+    def skipped(self) -> Sized: ...
 
 
 class AsyncInvokeError(Exception):
@@ -101,18 +153,100 @@ class BrokerBlocked(PublishTimeout):
 
 
 class PublishInterrupted(PublishTimeout):
-    """The connection (or channel) to the node was lost while a publish awaited its
-    confirm, or before it could go out: as after a timeout, the broker may or may not
-    have the message (transient; a failover to another node follows). ``node`` is the
-    node's URL, its password hidden."""
+    """The connection (or channel) to the node was lost after the message may have gone
+    out and before the broker confirmed it: the broker may or may not have it (transient;
+    the client fails over to the next node). ``node``: the node's URL, password hidden."""
 
-    def __init__(self, message: str, *, node: str, exchange: str = "", routing_key: str = ""):
+    def __init__(
+        self, message: str, *, node: str = "", exchange: str = "", routing_key: str = ""
+    ):
         super().__init__(message, exchange=exchange, routing_key=routing_key)
         self.node = node
 
 
 class BrokerUnavailable(AsyncInvokeError):
     """No connection to the broker could be made."""
+
+
+class UnknownFunctionError(AsyncInvokeError):
+    def __init__(self, function: str, namespace: str):
+        super().__init__(
+            f"function {function!r} has no queue in namespace {namespace!r}: start a worker "
+            f"whose functions file has it, or run 'asyncinvoke topology declare'"
+        )
+        self.function = function
+
+
+class FunctionError(AsyncInvokeError):
+    """A synchronous call's function failed; ``error`` is its errorType/errorMessage map."""
+
+    def __init__(self, function: str, error: dict[str, Any], function_error: str, status: int):
+        super().__init__(f"{function}: {error.get('errorType')}: {error.get('errorMessage')}")
+        self.function = function
+        self.error = error
+        self.function_error = function_error
+        self.status_code = status
+
+
+class CallTimeout(AsyncInvokeError):
+    def __init__(self, function: str, invocation_id: str, timeout: float):
+        super().__init__(
+            f"{function}: no reply for invocation {invocation_id} within {timeout:g} s "
+            "(is a worker serving it?)"
+        )
+        self.function = function
+        self.invocation_id = invocation_id
+
+
+class InvokeManyError(AsyncInvokeError):
+    """Some publishes of an invoke_many failed; ``accepted`` were confirmed."""
+
+    def __init__(self, accepted: list[str], failed: dict[str, BaseException]):
+        first_id, first_error = next(iter(failed.items()))
+        super().__init__(
+            f"{len(failed)} of {len(accepted) + len(failed)} invocations were not accepted "
+            f"(first: {first_id}: {first_error})"
+        )
+        self.accepted = accepted
+        self.failed = failed
+
+
+class TaskExists(AsyncInvokeError):
+    """A task id is used once. A store raises it without ``status``; the client, which
+    reads the task that holds the id, names its status and how to get a fresh id."""
+
+    def __init__(self, task_id: str, status: str | None = None):
+        if status is None:
+            message = f"task {task_id!r} already exists: a task id is used once"
+        else:
+            message = (
+                f"task {task_id!r} already exists ({status}): in task mode an id is used "
+                "once; leave --id out for a generated one"
+            )
+        super().__init__(message)
+        self.task_id = task_id
+        self.status = status
+
+
+TaskExistsError = TaskExists
+
+
+class TaskNotFound(AsyncInvokeError):
+    def __init__(self, task_id: str):
+        super().__init__(f"no task {task_id!r}")
+        self.task_id = task_id
+
+
+class TaskFinished(AsyncInvokeError):
+    def __init__(self, task: _EndedTask):
+        super().__init__(f"task {task.id!r} already ended as {task.status.value}")
+        self.task = task
+class SyncClientClosed(AsyncInvokeError):
+    """A ``SyncClient`` was called after it was closed (by ``close()``, its ``with``
+    block, or the interpreter's exit)."""
+
+    def __init__(self) -> None:
+        super().__init__("this SyncClient was closed: make a new one")
 
 
 class TaskStoreUnavailable(AsyncInvokeError):
@@ -127,3 +261,98 @@ class TaskStoreUnavailable(AsyncInvokeError):
 
 class NonRetryableError(AsyncInvokeError):
     """Raise from a handler to end the invocation now, without retries."""
+
+
+class HttpDeliveryError(AsyncInvokeError):
+    """An HTTP destination answered other than 2xx, or could not be reached."""
+
+    def __init__(self, url: str, detail: str):
+        super().__init__(f"POST {url}: {detail}")
+        self.url = url
+
+
+class DlqError(AsyncInvokeError):
+    """Base of the dead-letter tool's errors: each one line that says what to do."""
+
+
+class QueueMissing(DlqError):
+    def __init__(self, queue: str):
+        super().__init__(
+            f"queue {queue!r} does not exist: nothing has failed in this namespace yet, or "
+            "ASYNCINVOKE_NAMESPACE is wrong ('asyncinvoke topology declare' creates it)"
+        )
+        self.queue = queue
+
+
+class EmptyQueue(DlqError):
+    def __init__(self, queue: str):
+        super().__init__(f"the failure queue {queue!r} is empty: no failed invocations")
+        self.queue = queue
+
+
+class NothingSelected(DlqError):
+    def __init__(self, queue: str, selector: _Selection, scanned: int):
+        super().__init__(
+            f"no record in {queue!r} matches {selector.describe()} ({scanned} records read)"
+        )
+        self.queue = queue
+        self.selector = selector
+
+
+class RecordNotFound(NothingSelected):
+    def __init__(self, queue: str, invocation_id: str, scanned: int):
+        DlqError.__init__(
+            self,
+            f"no record with id {invocation_id!r} in {queue!r} ({scanned} records read); "
+            "'asyncinvoke dlq list' shows the ids",
+        )
+        self.queue = queue
+        self.invocation_id = invocation_id
+
+
+class Busy(DlqError):
+    def __init__(self, queue: str):
+        super().__init__(
+            f"another 'asyncinvoke dlq' command is reading {queue!r} right now; run this one "
+            "when it has finished (a reader holds the records it has read)"
+        )
+        self.queue = queue
+
+
+class BrowseInterrupted(DlqError):
+    def __init__(self, queue: str, reason: str):
+        super().__init__(
+            f"lost the broker while reading {queue!r} ({reason}); unsettled records "
+            "went back to the queue, nothing was lost"
+        )
+        self.queue = queue
+
+
+class BadReplayFile(DlqError):
+    def __init__(self, path: str, line: int, reason: str):
+        super().__init__(f"{path}:{line}: {reason}; nothing was replayed")
+        self.path = path
+        self.line = line
+
+
+class NotReplayable(DlqError):
+    """A record whose original invocation cannot be sent again; it stays in the queue."""
+
+
+class RecordsSkipped(DlqError):
+    def __init__(self, report: _ReplayCounts):
+        super().__init__(
+            f"{len(report.skipped)} selected record(s) cannot be replayed and stay in "
+            f"{report.source!r} (reasons above; 'asyncinvoke dlq show ID' has the details)"
+        )
+        self.report = report
+
+
+class ReplayIncomplete(DlqError):
+    def __init__(self, report: _ReplayCounts, error: BaseException):
+        super().__init__(
+            f"replay stopped after {report.replayed} of {report.selected} records: {error}; "
+            f"the {report.selected - report.replayed} not replayed are still in "
+            f"{report.source!r}"
+        )
+        self.report = report

@@ -96,6 +96,9 @@ class FunctionSpec:
 class FunctionsFile:
     path: Path
     functions: Mapping[str, FunctionSpec] = field(default_factory=dict)
+    # Functions from code and a file (``combine``): function → key → where its value
+    # came from. Empty for a file alone.
+    sources: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
 
 _KEYS = {
@@ -237,10 +240,25 @@ def _spec(
 
 def parse(text: str, path: str = "<string>") -> FunctionsFile:
     """Parse and validate the functions file's text."""
+    raw_defaults, raw_functions = _tables(_document(text, path), path)
+    if not raw_functions:
+        raise ConfigError("no functions: add at least one [functions.NAME] table", path=path)
+    defaults = _spec(path, "[defaults]", raw_defaults, FunctionSpec(""), is_defaults=True)
+    specs = {name: _spec(path, name, table, defaults) for name, table in raw_functions.items()}
+    return FunctionsFile(path=Path(path), functions=specs)
+
+
+def _document(text: str, path: str) -> dict[str, Any]:
     try:
-        document = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}", path=path) from None
+
+
+def _tables(
+    document: Mapping[str, Any], path: str
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The file's [defaults] and [functions.NAME] tables, their shape and names checked."""
     unknown = set(document) - {"defaults", "functions"}
     if unknown:
         raise ConfigError(
@@ -249,22 +267,84 @@ def parse(text: str, path: str = "<string>") -> FunctionsFile:
     raw_defaults = document.get("defaults", {})
     if not isinstance(raw_defaults, dict):
         raise ConfigError("[defaults] must be a table", path=path)
-    defaults = _spec(path, "[defaults]", raw_defaults, FunctionSpec(""), is_defaults=True)
     raw_functions = document.get("functions", {})
-    if not isinstance(raw_functions, dict) or not raw_functions:
+    if not isinstance(raw_functions, dict):
         raise ConfigError("no functions: add at least one [functions.NAME] table", path=path)
-    specs: dict[str, FunctionSpec] = {}
     for name, table in raw_functions.items():
-        if not FUNCTION_NAME_RE.fullmatch(name):
-            raise ConfigError(
-                f"bad function name; names match {FUNCTION_NAME_RE.pattern}",
-                path=path,
-                function=name,
-            )
+        check_name(name, path)
         if not isinstance(table, dict):
             raise ConfigError("must be a table", path=path, function=name)
-        specs[name] = _spec(path, name, table, defaults)
-    return FunctionsFile(path=Path(path), functions=specs)
+    return raw_defaults, raw_functions
+
+
+def check_name(name: str, path: str) -> None:
+    if not FUNCTION_NAME_RE.fullmatch(name):
+        raise ConfigError(
+            f"bad function name; names match {FUNCTION_NAME_RE.pattern}",
+            path=path,
+            function=name,
+        )
+
+
+# -- functions defined in code (asyncinvoke.App), and a file over them ----------------------
+
+SOURCE_DEFAULT = "default"
+
+
+def check_code_table(origin: str, name: str, table: Mapping[str, Any]) -> None:
+    """Validate one function defined in code as the file's table would be; the error
+    names ``origin`` where the file's would name the file."""
+    check_name(name, origin)
+    _spec(origin, name, table, FunctionSpec(""))
+
+
+def combine(
+    code: Mapping[str, Mapping[str, Any]],
+    *,
+    origins: Mapping[str, str],
+    origin_path: Path,
+    file: str | Path | None = None,
+) -> FunctionsFile:
+    """Functions defined in code (as tables of the file's keys), with the functions file
+    at ``file``, if any, over them key by key.
+
+    A key set in the file's table for a function wins; then the code's value; then the
+    file's ``[defaults]``; then the built-in default. ``handler`` and ``url`` count as one
+    key (what runs): a file that names either replaces the code's handler. The file may
+    add functions of its own. ``sources`` says, per function and key, where the value
+    came from: the file's path, ``PATH [defaults]``, the code's origin, or ``default``.
+    """
+    raw_defaults: dict[str, Any] = {}
+    raw_functions: dict[str, dict[str, Any]] = {}
+    where = str(origin_path)
+    if file is not None:
+        where = str(file)
+        raw_defaults, raw_functions = _tables(_document(_read(Path(file)), where), where)
+    if not code and not raw_functions:
+        raise ConfigError("no functions: register one with @app.function", path=where)
+    defaults = _spec(where, "[defaults]", raw_defaults, FunctionSpec(""), is_defaults=True)
+    for name, table in code.items():
+        _spec(origins[name], name, table, defaults)  # a code error names the code
+    specs: dict[str, FunctionSpec] = {}
+    sources: dict[str, dict[str, str]] = {}
+    for name in [*code, *(name for name in raw_functions if name not in code)]:
+        code_table = dict(code.get(name, {}))
+        file_table = raw_functions.get(name, {})
+        if {"handler", "url"} & set(file_table):
+            code_table.pop("handler", None)
+            code_table.pop("url", None)
+        merged = {**code_table, **file_table}
+        told_by = where if name in raw_functions else origins[name]
+        specs[name] = _spec(told_by, name, merged, defaults)
+        sources[name] = {
+            key: where if key in file_table
+            else origins[name] if key in code_table
+            else f"{where} [defaults]" if key in raw_defaults
+            else SOURCE_DEFAULT
+            for key in sorted(_KEYS)
+            if key in merged or key in _DEFAULT_KEYS
+        }
+    return FunctionsFile(path=Path(where), functions=specs, sources=sources)
 
 
 def check_consumer_timeout(
@@ -299,16 +379,18 @@ def check_consumer_timeout(
 
 def load(path: str | Path) -> FunctionsFile:
     """Read and validate the functions file at ``path``."""
-    file = Path(path)
+    return parse(_read(Path(path)), str(path))
+
+
+def _read(file: Path) -> str:
     try:
-        text = file.read_text(encoding="utf-8")
+        return file.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(
             "file not found; pass --config or set ASYNCINVOKE_CONFIG", path=str(file)
         ) from None
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", path=str(file)) from None
-    return parse(text, str(file))
 
 
 def load_handler(spec: FunctionSpec, config_dir: Path | None = None) -> Callable[..., Any]:

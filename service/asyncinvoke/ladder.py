@@ -26,15 +26,6 @@ def routing_key(delay_s: int, function: str) -> str:
     return ".".join(bits) + "." + function
 
 
-def delay_of(key: str) -> int:
-    """The delay in seconds that a ladder routing key spells (inverse of routing_key)."""
-    return int("".join(key.split(".")[:LEVELS]), 2)
-
-
-def function_of(key: str) -> str:
-    return key.split(".", LEVELS)[LEVELS]
-
-
 def _bit_pattern(level: int, bit: str) -> str:
     """Topic pattern matching keys whose bit for ``level`` is ``bit``."""
     position = LEVELS - 1 - level  # the most significant bit comes first

@@ -19,11 +19,10 @@ success path of these consumers pays nothing for this.
 from __future__ import annotations
 
 import hashlib
-import time
 from collections import OrderedDict
 from typing import Any
 
-from asyncinvoke import contract, record_codec, records
+from asyncinvoke import clock, contract, record_codec, records
 from asyncinvoke.consumer import Message
 from asyncinvoke.destinations import Destinations
 from asyncinvoke.observability import get_logger
@@ -75,7 +74,7 @@ class LastResort:
             reason=f"{type(error).__name__}: {error} (after {self.tries} tries)",
             request_id=request_id if request_id is not None else message.message_id,
             function=function if function is not None else message.routing_key,
-            now_ms=time.time_ns() // 1_000_000,
+            now_ms=clock.now_ms(),
             max_body_bytes=KEPT_BODY_BYTES,
         )
         await self.destinations.to_failed(record)

@@ -354,6 +354,10 @@ class Pipeline:
 
     # -- other ways to settle a delivery -----------------------------------------------
 
+    def ack(self, message: Message) -> None:
+        """``message`` is settled: everything that follows from it was confirmed."""
+        self.acks.ack(message)
+
     async def reject_invalid(
         self, message: Message, exc: InvalidMessage, function: str, task_mode: bool = False
     ) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from asyncinvoke.errors import ConfigError
+from asyncinvoke.ladder import MAX_DELAY_S as LADDER_REACH_S
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 DEFAULT_NAMESPACE = "asyncinvoke"
@@ -87,7 +88,6 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
 def from_env(env: Mapping[str, str] | None = None, *, tty: bool = False) -> Settings:
     """Read ``ASYNCINVOKE_*`` variables; anything absent keeps its default."""
     env = os.environ if env is None else env
-    from asyncinvoke.ladder import MAX_DELAY_S as LADDER_REACH_S
     from asyncinvoke.nodes import parse_nodes
 
     amqp_url = env.get("ASYNCINVOKE_AMQP_URL") or DEFAULT_AMQP_URL

@@ -81,7 +81,7 @@ class SystemQueues:
                 await pipeline.reject_invalid(message, exc, function_if_invalid)
                 return
             await write(envelope)
-            pipeline.acks.ack(message)
+            pipeline.ack(message)
             pipeline.journal.failure_record(envelope.fn, condition)
         except Exception as exc:
             await self._failed(message, condition, exc)
@@ -98,4 +98,4 @@ class SystemQueues:
         except Exception as again:
             await self.pipeline.settle_failed(message, again)
             return
-        self.pipeline.acks.ack(message)
+        self.pipeline.ack(message)

@@ -3,6 +3,10 @@
 Written by hand: the protocol is one datagram of ``KEY=VALUE`` lines to the unix
 socket in NOTIFY_SOCKET, and the libraries for it pull in C bindings.
 Without NOTIFY_SOCKET every call does nothing.
+
+The worker, the gateway and ``asyncinvoke serve`` tell it the same sequence, READY once
+up, WATCHDOG heartbeats while running, STOPPING when winding down: ``Supervision`` says
+it once, and ``supervised`` wraps it around a block.
 """
 
 from __future__ import annotations
@@ -10,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import Callable, Mapping
-from contextlib import suppress
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager, suppress
 
 
 class Notifier:
@@ -25,10 +29,6 @@ class Notifier:
         self.watchdog_s: float | None = None
         if watchdog_usec.isdigit() and (not watchdog_pid or watchdog_pid == str(os.getpid())):
             self.watchdog_s = int(watchdog_usec) / 1_000_000
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.address)
 
     def notify(self, *lines: str) -> None:
         if not self.address:
@@ -44,3 +44,34 @@ class Notifier:
         while True:
             self.notify("WATCHDOG=1", f"STATUS={status()}")
             await asyncio.sleep(self.watchdog_s / 2)
+
+
+class Supervision:
+    """One service's READY, heartbeats and STOPPING; ``status`` is the heartbeats' STATUS."""
+
+    def __init__(self, notifier: Notifier, status: Callable[[], str]):
+        self.notifier = notifier
+        self.status = status
+        self._watchdog: asyncio.Task[None] | None = None
+
+    def ready(self, status: str) -> None:
+        """Tell systemd the service is up, and start the heartbeats."""
+        self.notifier.notify("READY=1", f"STATUS={status}")
+        self._watchdog = asyncio.create_task(self.notifier.watchdog(self.status))
+
+    def stopping(self, status: str | None = None) -> None:
+        """Tell systemd the service is winding down, and end the heartbeats."""
+        self.notifier.notify("STOPPING=1", *([f"STATUS={status}"] if status else []))
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+
+
+@asynccontextmanager
+async def supervised(notifier: Notifier, status: Callable[[], str]) -> AsyncIterator[Supervision]:
+    """A block that calls ``ready`` once the service is up; STOPPING is told however it ends
+    (an exception at start-up too), before the code after the block stops the service."""
+    supervision = Supervision(notifier, status)
+    try:
+        yield supervision
+    finally:
+        supervision.stopping()

@@ -44,3 +44,11 @@ def escape_surrogates(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [escape_surrogates(item) for item in value]
     return value
+
+
+def text_or_none(value: Any) -> str | None:
+    """A header or record field as text: bytes decoded (undecodable bytes replaced), a
+    string as it is, anything else None."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return value if isinstance(value, str) else None

@@ -366,6 +366,15 @@ async def delete(connection: aio_pika.abc.AbstractConnection, plan: Plan) -> Non
                 await channel.exchange_delete(exchange.name)
 
 
+async def function_exists(
+    connection: aio_pika.abc.AbstractConnection | None, names: Names, function: str
+) -> bool:
+    """Whether ``function`` has a queue in the namespace, asked of the broker (a passive
+    declare): the client refuses to invoke, and the dead-letter tool to replay, without one."""
+    assert connection is not None, "connect first (use 'async with Client()' or connect())"
+    return await queue_depth(connection, names.function_queue(function)) is not None
+
+
 async def queue_depth(connection: aio_pika.abc.AbstractConnection, queue: str) -> int | None:
     """Messages ready in ``queue``, or None when it does not exist."""
     async with connection.channel() as channel:

@@ -30,7 +30,7 @@ from asyncinvoke.pipeline import Function, Pipeline
 from asyncinvoke.runners import HttpRunner, PythonRunner, Runner, Watchdog
 from asyncinvoke.settings import Settings
 from asyncinvoke.system_queues import SystemQueues
-from asyncinvoke.systemd import Notifier
+from asyncinvoke.systemd import Notifier, Supervision
 from asyncinvoke.tasks.mode import TaskMode, purge_forever
 from asyncinvoke.tasks.tracker import TaskTracker
 
@@ -63,6 +63,7 @@ class Worker:
         self.metrics_port = metrics_port
         self.metrics_host = metrics_host
         self.notifier = notifier or Notifier()
+        self.supervision = Supervision(self.notifier, self.status)
         self.names = topology.Names(settings.namespace)
         self.all_specs = dict(functions_file.functions)
         self.specs = _selected(functions_file, only)
@@ -151,8 +152,7 @@ class Worker:
                 self.metrics, self.not_ready, self.metrics_host, self.metrics_port
             )
         gc.freeze()  # start-up's objects stay: spare the collector's full passes over them
-        self.notifier.notify("READY=1", f"STATUS={self.status()}")
-        self._background.append(asyncio.create_task(self.notifier.watchdog(self.status)))
+        self.supervision.ready(self.status())
         log.info(
             "worker_started",
             namespace=self.names.ns,
@@ -188,7 +188,7 @@ class Worker:
         if self.stopping:
             return
         self.stopping = True
-        self.notifier.notify("STOPPING=1", f"STATUS=stopping; {len(self.in_flight)} in flight")
+        self.supervision.stopping(f"stopping; {len(self.in_flight)} in flight")
         log.info("worker_stopping", in_flight=len(self.in_flight))
         await self.consumers.cancel()
         for task in self._background:

@@ -12,7 +12,9 @@ of each shown):
 2. the producer: ``invoke`` latency and ``invoke_many`` throughput against bare aio-pika
    publishes with confirms (``bench_producer``);
 3. delay lateness and 4. worker memory with 100,000 pending delays, against Celery and
-   Dramatiq (``bench_delay``).
+   Dramatiq (``bench_delay``);
+7. the blocking ``SyncClient``: ``invoke`` latency and 8-thread throughput against the
+   async ``Client`` (``bench_sync_client``).
 
 Each part's detailed table is printed as it comes; the summary with every target and its
 verdict comes last. Each part also runs alone: ``python -m tests.bench.bench_peers``,
@@ -36,7 +38,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from tests.bench import bench_delay, bench_peers, bench_producer
+from tests.bench import bench_delay, bench_peers, bench_producer, bench_sync_client
 from tests.bench.bench_delay import LATENESS_TARGET_MS
 from tests.bench.bench_peers import TASK_MODE_TARGET, Measure
 from tests.bench.common import LOADS, Row, say
@@ -56,6 +58,8 @@ SIZES = {  # full, quick
     "latency_n": (2_000, 300),
     "delay_n": (1_000, 100),
     "pending": (100_000, 10_000),
+    "sync_n": (20_000, 2_000),
+    "sync_latency_n": (2_000, 300),
 }
 
 
@@ -146,6 +150,23 @@ def producer_lines(rows: list[Row]) -> list[Line]:
         throughput.met = many.ratio >= INVOKE_MANY_TARGET
     throughput.target = f">= {INVOKE_MANY_TARGET}x bare aio-pika"
     return [latency, throughput]
+
+
+def sync_client_lines(results: bench_sync_client.Results) -> list[Line]:
+    best = results.summary()
+    latency = Line("7 sync client", "SyncClient.invoke p50 / p99 (ms)")
+    latency.cells["ours"] = f"{best['sync_p50']:.2f} / {best['sync_p99']:.2f}"
+    latency.ratio = (
+        f"{best['sync_p50'] / best['async_p50']:.2f}x / {best['sync_p99'] / best['async_p99']:.2f}x"
+        f" async ({best['async_p50']:.2f} / {best['async_p99']:.2f})"
+    )
+    threads = Line("7 sync client", f"SyncClient, {bench_sync_client.THREADS} threads (msg/s)")
+    threads.cells["ours"] = _n(best["sync_threads"])
+    threads.ratio = (
+        f"{best['sync_threads'] / best['async_many']:.2f}x async invoke_many "
+        f"({_n(best['async_many'])})"
+    )
+    return [latency, threads]
 
 
 def delay_lines(results: bench_delay.Results, pending: int) -> list[Line]:
@@ -291,6 +312,16 @@ async def run(args: argparse.Namespace, console: Console) -> list[Line]:
     )
     console.print(bench_delay.memory_table(results.memory, size["pending"]), markup=False)
     lines += delay_lines(results, size["pending"])
+
+    say("part 7: the blocking SyncClient against the async Client (bench_sync_client)")
+    sync_results = await asyncio.to_thread(
+        bench_sync_client.measure, size["sync_n"], size["sync_latency_n"], 1 if args.quick else 2
+    )
+    console.print(
+        bench_sync_client.table(sync_results, size["sync_n"], size["sync_latency_n"]),
+        markup=False,
+    )
+    lines += sync_client_lines(sync_results)
     return sorted(lines, key=lambda line: line.part[0])
 
 

@@ -11,7 +11,7 @@ import aio_pika
 
 from tests.conftest import AMQP_URL, ROOT, Namespace, declare_queue
 
-MESSAGES = 4000
+MESSAGES = 2000
 ROUNDS = 2
 
 # Takes every message of the queue, acks each on its own (thousands of frames: the
@@ -47,7 +47,7 @@ asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
 
 async def _settled_depth(channel: aio_pika.abc.AbstractChannel, queue: str) -> int:
     """The queue's ready count once no consumer holds anything (unacked ones returned)."""
-    async with asyncio.timeout(30):
+    async with asyncio.timeout(60):
         while True:
             declared = await channel.declare_queue(queue, passive=True)
             result = declared.declaration_result
@@ -67,8 +67,11 @@ async def test_acks_before_the_barrier_hold_when_the_process_dies_after_it(
     await declare_queue(amqp, queue)
     async with amqp.channel(publisher_confirms=True) as channel:
         for round_number in range(ROUNDS):
-            for _ in range(MESSAGES):
-                await channel.default_exchange.publish(aio_pika.Message(b"x"), routing_key=queue)
+            for _ in range(0, MESSAGES, 500):
+                await asyncio.gather(*(
+                    channel.default_exchange.publish(aio_pika.Message(b"x"), routing_key=queue)
+                    for _ in range(500)
+                ))
             child = await asyncio.create_subprocess_exec(
                 sys.executable, "-c", CHILD, AMQP_URL, queue, str(MESSAGES),
                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -251,9 +251,8 @@ async def test_a_function_queue_deleted_under_the_worker_is_consumed_again_once_
             async with asyncio.timeout(10):
                 while any(
                     consumer.tag is not None
-                    for consumer in worker._consumers
-                    if isinstance(consumer, consumer_module.Consumer)
-                    and consumer.queue == namespace.names.function_queue("echo")
+                    for consumer in worker.consumers._consumers
+                    if consumer.queue == namespace.names.function_queue("echo")
                 ):
                     await asyncio.sleep(0.05)
             async with connection.channel() as channel:

@@ -76,7 +76,10 @@ def test_every_decodable_value_makes_a_record_that_encodes(payload: Any, result:
     record = success_record(payload, result)
     sent = orjson.loads(record_codec.record_json(record))
     if sent["invocation"] is None:
-        assert carried(sent) == record["invocation"]
+        # Compared as bytes: a NaN in the payload is carried, and NaN != NaN.
+        assert base64.b64decode(sent[contract.INVOCATION_BASE64]) == contract.pack(
+            record["invocation"]
+        )
     assert contract.unpack(record_codec.pack_record(record)) is not None
 
 

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import Coroutine
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import click
 from rich.console import Console
 from rich.text import Text
 
+from asyncinvoke import functions
 from asyncinvoke import settings as settings_module
 from asyncinvoke.errors import AsyncInvokeError
 from asyncinvoke.observability import configure_logging
@@ -24,6 +27,23 @@ config_option = click.option(
     help="Functions file (default: $ASYNCINVOKE_CONFIG or functions.toml).",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+shutdown_grace_option = click.option(
+    "--shutdown-grace",
+    type=float,
+    default=None,
+    metavar="S",
+    help="Seconds in-flight attempts may finish after SIGTERM "
+    f"(default {settings_module.DEFAULT_SHUTDOWN_GRACE_S:g}).",
+)
+
+
+app_option = click.option(
+    "--app",
+    "app_ref",
+    metavar="MODULE:APP",
+    help="Functions defined in code (an asyncinvoke.App); a functions file given with "
+    "--config or ASYNCINVOKE_CONFIG overrides them key by key.",
+)
 
 
 def console() -> Console:
@@ -39,10 +59,30 @@ def cells(*values: object) -> list[Text]:
     return [value if isinstance(value, Text) else Text(str(value)) for value in values]
 
 
+def when(timestamp_ms: int) -> str:
+    """The one way the CLI shows a moment: ISO 8601 in UTC to the millisecond
+    (``2026-11-29T22:23:03.120Z``), as ``dlq --since`` takes it back."""
+    moment = datetime.fromtimestamp(timestamp_ms / 1000, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def load_settings(**overrides: Any) -> settings_module.Settings:
     settings = settings_module.from_env(tty=sys.stderr.isatty()).with_overrides(**overrides)
     configure_logging(settings.log_format)
     return settings
+
+
+def load_functions(
+    settings: settings_module.Settings, config_path: str | None, app_ref: str | None
+) -> functions.FunctionsFile:
+    """The functions file; with ``--app``, the app's functions under the file, if one was
+    named (a functions.toml that merely lies in the current folder is not read)."""
+    if app_ref is None:
+        return functions.load(settings.config_path)
+    from asyncinvoke.app import load_app
+
+    file = config_path or os.environ.get("ASYNCINVOKE_CONFIG") or None
+    return load_app(app_ref).functions_file(file)
 
 
 def run(coroutine: Coroutine[Any, Any, T]) -> T:

@@ -9,7 +9,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime
 from typing import Any, TypeVar
 
 import click
@@ -23,7 +22,7 @@ from rich.text import Text
 from asyncinvoke import contract, record_codec, topology
 from asyncinvoke import dlq as logic
 from asyncinvoke import settings as settings_module
-from asyncinvoke.cli._common import cells, json_option, load_settings, run
+from asyncinvoke.cli._common import cells, json_option, load_settings, run, when
 from asyncinvoke.cli._common import console as terminal
 from asyncinvoke.observability import configure_logging
 
@@ -124,8 +123,7 @@ def _age(timestamp_ms: int | None, now_ms: int) -> str:
 def _when(timestamp_ms: int | None) -> str:
     if timestamp_ms is None:
         return "?"
-    moment = datetime.fromtimestamp(timestamp_ms / 1000).astimezone()
-    return moment.isoformat(timespec="seconds")
+    return when(timestamp_ms)
 
 
 def _copies(count: int) -> str:

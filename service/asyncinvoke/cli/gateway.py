@@ -9,10 +9,16 @@ import signal
 
 import click
 
-from asyncinvoke import functions
-from asyncinvoke.cli._common import config_option, load_settings, run
+from asyncinvoke.cli._common import (
+    app_option,
+    config_option,
+    load_functions,
+    load_settings,
+    run,
+    shutdown_grace_option,
+)
 from asyncinvoke.gateway import DEFAULT_HOST, DEFAULT_PORT, Gateway, load_access_keys
-from asyncinvoke.systemd import Notifier
+from asyncinvoke.systemd import Notifier, supervised
 from asyncinvoke.worker import Worker
 
 host_option = click.option(
@@ -42,9 +48,10 @@ def _stop_on_signals() -> asyncio.Event:
 
 @click.command()
 @config_option
+@app_option
 @host_option
 @port_option
-def gateway(config_path: str | None, host: str, port: int) -> None:
+def gateway(config_path: str | None, app_ref: str | None, host: str, port: int) -> None:
     """Serve Function Compute's OpenAPI over HTTP: invoke (Async and Sync), async tasks.
 
     Requests are checked against ASYNCINVOKE_ACCESS_KEYS (ID:SECRET,...) or
@@ -52,7 +59,7 @@ def gateway(config_path: str | None, host: str, port: int) -> None:
     accepts unsigned requests and listens on loopback only.
     """
     settings = load_settings(config_path=config_path)
-    functions_file = functions.load(settings.config_path)
+    functions_file = load_functions(settings, config_path, app_ref)
     keys = load_access_keys(os.environ)
 
     async def go() -> None:
@@ -63,38 +70,34 @@ def gateway(config_path: str | None, host: str, port: int) -> None:
 
 @click.command()
 @config_option
+@app_option
 @host_option
 @port_option
-@click.option(
-    "--shutdown-grace",
-    type=float,
-    default=None,
-    metavar="S",
-    help="Seconds in-flight attempts may finish after SIGTERM (default 30).",
-)
-def serve(config_path: str | None, host: str, port: int, shutdown_grace: float | None) -> None:
+@shutdown_grace_option
+def serve(
+    config_path: str | None,
+    app_ref: str | None,
+    host: str,
+    port: int,
+    shutdown_grace: float | None,
+) -> None:
     """Run a worker and the HTTP gateway in one process, for a single host."""
     settings = load_settings(config_path=config_path, shutdown_grace_s=shutdown_grace)
-    functions_file = functions.load(settings.config_path)
+    functions_file = load_functions(settings, config_path, app_ref)
     keys = load_access_keys(os.environ)
 
     async def go() -> None:
         stop = _stop_on_signals()
-        notifier = Notifier()
         # One process, one READY: once both the worker and the gateway are up.
         worker = Worker(settings, functions_file, notifier=Notifier({}))
         http = Gateway(settings, functions_file, keys, metrics=worker.metrics, ready=worker.ready)
-        watchdog: asyncio.Task[None] | None = None
         try:
-            await worker.start()
-            await http.start(host, port)
-            notifier.notify("READY=1", f"STATUS={worker.status()}; gateway on {http.url}")
-            watchdog = asyncio.create_task(notifier.watchdog(worker.status))
-            await stop.wait()
+            async with supervised(Notifier(), worker.status) as supervision:
+                await worker.start()
+                await http.start(host, port)
+                supervision.ready(f"{worker.status()}; gateway on {http.url}")
+                await stop.wait()
         finally:
-            notifier.notify("STOPPING=1")
-            if watchdog is not None:
-                watchdog.cancel()
             # The gateway first: no new invocations while the worker winds down.
             await http.stop()
             await worker.stop()

@@ -1,18 +1,16 @@
 from __future__ import annotations
 
-import time
-from datetime import UTC, datetime
-
 import click
 import orjson
 from rich.markup import escape
 from rich.table import Table
 
-from asyncinvoke.cli._common import cells, json_option, load_settings, run
+from asyncinvoke import clock
+from asyncinvoke.cli._common import cells, json_option, load_settings, run, when
 from asyncinvoke.cli._common import console as terminal
 from asyncinvoke.client import Client
+from asyncinvoke.errors import TaskNotFound
 from asyncinvoke.tasks.states import Status
-from asyncinvoke.tasks.store import TaskNotFound
 from asyncinvoke.tasks.views import async_task
 
 
@@ -24,7 +22,7 @@ def task() -> None:
 def _when(ms: int | None) -> str:
     if ms is None:
         return "-"
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    return when(ms)
 
 
 @task.command()
@@ -134,4 +132,4 @@ def stop(task_id: str, as_json: bool) -> None:
     if as_json:
         click.echo(orjson.dumps(view).decode())
     else:
-        click.echo(f"{task_id}: {view['status']} at {_when(int(time.time() * 1000))}")
+        click.echo(f"{task_id}: {view['status']} at {_when(clock.now_ms())}")

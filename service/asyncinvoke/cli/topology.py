@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import click
@@ -7,10 +8,18 @@ import orjson
 from rich.markup import escape
 from rich.table import Table
 
-from asyncinvoke import functions, placement
+from asyncinvoke import placement
 from asyncinvoke import topology as topo
 from asyncinvoke.broker import Broker
-from asyncinvoke.cli._common import cells, config_option, json_option, load_settings, run
+from asyncinvoke.cli._common import (
+    app_option,
+    cells,
+    config_option,
+    json_option,
+    load_functions,
+    load_settings,
+    run,
+)
 from asyncinvoke.cli._common import console as terminal
 from asyncinvoke.gateway.fcapi import shown_policy
 from asyncinvoke.nodes import parse_nodes
@@ -24,10 +33,11 @@ def topology() -> None:
 
 @topology.command()
 @config_option
-def declare(config_path: str | None) -> None:
+@app_option
+def declare(config_path: str | None, app_ref: str | None) -> None:
     """Declare every exchange, queue and binding, idempotently."""
     settings = load_settings(config_path=config_path)
-    functions_file = functions.load(settings.config_path)
+    functions_file = load_functions(settings, config_path, app_ref)
     names = topo.Names(settings.namespace)
 
     async def go() -> None:
@@ -43,6 +53,7 @@ def declare(config_path: str | None) -> None:
 
 @topology.command()
 @config_option
+@app_option
 @click.option("--vhost", default="/", show_default=True, help="Virtual host of the definitions.")
 @click.option(
     "--rabbitmq-version",
@@ -52,7 +63,13 @@ def declare(config_path: str | None) -> None:
     "record queues, which 3.x must not get.",
 )
 @click.argument("output", type=click.File("wb"), default="-")
-def export(config_path: str | None, vhost: str, rabbitmq_version: str, output: Any) -> None:
+def export(
+    config_path: str | None,
+    app_ref: str | None,
+    vhost: str,
+    rabbitmq_version: str,
+    output: Any,
+) -> None:
     """Write the topology as a RabbitMQ definitions file (OUTPUT, default stdout).
 
     Load it at boot with `load_definitions = /path/definitions.json` in rabbitmq.conf,
@@ -65,7 +82,7 @@ def export(config_path: str | None, vhost: str, rabbitmq_version: str, output: A
             param_hint="--rabbitmq-version",
         )
     settings = load_settings(config_path=config_path)
-    functions_file = functions.load(settings.config_path)
+    functions_file = load_functions(settings, config_path, app_ref)
     document = topo.definitions(
         topo.Names(settings.namespace), functions_file.functions.values(), vhost, version
     )
@@ -80,6 +97,7 @@ async def _depths(settings: Settings, queues: list[str]) -> dict[str, int | None
 
 @topology.command()
 @config_option
+@app_option
 @json_option
 @click.option(
     "--rabbitmq-node",
@@ -88,10 +106,12 @@ async def _depths(settings: Settings, queues: list[str]) -> dict[str, int | None
     help="Also show each queue's leader and members, asked of this RabbitMQ node with "
     "rabbitmqctl (on a host that has it and the node's Erlang cookie), e.g. rabbit@rmq-1.",
 )
-def show(config_path: str | None, as_json: bool, rabbitmq_node: str | None) -> None:
+def show(
+    config_path: str | None, app_ref: str | None, as_json: bool, rabbitmq_node: str | None
+) -> None:
     """Show each function's queue, depth and effective policy, and the system queues."""
     settings = load_settings(config_path=config_path)
-    functions_file = functions.load(settings.config_path)
+    functions_file = load_functions(settings, config_path, app_ref)
     names = topo.Names(settings.namespace)
     specs = functions_file.functions
     system = [names.failed, names.unrouted, names.dead]
@@ -111,6 +131,11 @@ def show(config_path: str | None, as_json: bool, rabbitmq_node: str | None) -> N
                     **shown_policy(spec),
                     "queue": names.function_queue(name),
                     "messages": depths[names.function_queue(name)],
+                    **(
+                        {"sources": dict(functions_file.sources[name])}
+                        if name in functions_file.sources
+                        else {}
+                    ),
                 }
                 for name, spec in specs.items()
             },
@@ -162,6 +187,8 @@ def show(config_path: str | None, as_json: bool, rabbitmq_node: str | None) -> N
             )
         )
     console.print(table)
+    if functions_file.sources:
+        console.print(_sources_table(functions_file.sources))
     waiting = sum(depths[queue] or 0 for queue in ladder_queues)
     system_table = Table(title="system queues")
     system_table.add_column("queue")
@@ -182,3 +209,14 @@ def show(config_path: str | None, as_json: bool, rabbitmq_node: str | None) -> N
                     *cells(queue, where[queue].leader, ", ".join(where[queue].members))
                 )
         console.print(placement_table)
+
+
+def _sources_table(sources: Mapping[str, Mapping[str, str]]) -> Table:
+    """Where each value came from, for functions defined in code (and a file over them)."""
+    table = Table(title=escape("where each value comes from (file over code over [defaults])"))
+    for column in ("function", "key", "from"):
+        table.add_column(column)
+    for name, keys in sources.items():
+        for key, source in keys.items():
+            table.add_row(*cells(name, key, source))
+    return table

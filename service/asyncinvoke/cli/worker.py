@@ -2,13 +2,20 @@ from __future__ import annotations
 
 import click
 
-from asyncinvoke import functions
-from asyncinvoke.cli._common import config_option, load_settings, run
+from asyncinvoke.cli._common import (
+    app_option,
+    config_option,
+    load_functions,
+    load_settings,
+    run,
+    shutdown_grace_option,
+)
 from asyncinvoke.worker import Worker
 
 
 @click.command()
 @config_option
+@app_option
 @click.option(
     "--function",
     "only",
@@ -16,13 +23,7 @@ from asyncinvoke.worker import Worker
     metavar="NAME",
     help="Serve only this function (repeatable); default: all in the file.",
 )
-@click.option(
-    "--shutdown-grace",
-    type=float,
-    default=None,
-    metavar="S",
-    help="Seconds in-flight attempts may finish after SIGTERM (default 30).",
-)
+@shutdown_grace_option
 @click.option(
     "--metrics-port",
     type=click.IntRange(0, 65535),
@@ -39,6 +40,7 @@ from asyncinvoke.worker import Worker
 )
 def worker(
     config_path: str | None,
+    app_ref: str | None,
     only: tuple[str, ...],
     shutdown_grace: float | None,
     metrics_port: int | None,
@@ -46,7 +48,7 @@ def worker(
 ) -> None:
     """Run a worker: consume the functions' queues and run their invocations."""
     settings = load_settings(config_path=config_path, shutdown_grace_s=shutdown_grace)
-    functions_file = functions.load(settings.config_path)
+    functions_file = load_functions(settings, config_path, app_ref)
     worker = Worker(
         settings,
         functions_file,

@@ -1,39 +1,19 @@
 """The dead-letter tool: read, replay, purge and export the records in ``{ns}.failed``.
 
-- ``browse``: reading the queue without taking anything away (how, and why it is safe,
-  is told there);
+- ``browse``: reading the queue without taking anything away (why it is safe:
+  docs/dlq.md);
 - ``records``: what a record says (its function, condition, error line), selections,
   and the invocation a replay sends again;
 - ``operations``: the reading commands (stats, list, show, export) and purge;
 - ``replay``: sending failed invocations again, from the queue or an export file;
 - ``copies``: which records are copies of one failure (delivery is at least once);
-- ``errors``: each failure as one line that says what to do::
-
-    DlqError
-    ├── QueueMissing        {ns}.failed does not exist
-    ├── EmptyQueue          {ns}.failed holds no record
-    ├── NothingSelected     no record matches the selection (RecordNotFound: by id)
-    ├── Busy                another dlq command is reading the queue
-    ├── BrowseInterrupted   the broker closed the channel or connection mid-way
-    ├── BadReplayFile       a --from-file line is not an exported record
-    ├── RecordsSkipped      some selected records cannot be replayed; they stay
-    └── ReplayIncomplete    some replays were not confirmed; their records stay
+- its errors (``DlqError`` and below) are drawn with every other error at the top of
+  ``asyncinvoke.errors``; each is one line that says what to do.
 """
 
+from asyncinvoke.clock import now_ms
 from asyncinvoke.dlq.browse import Browser, Delivery, Progress
 from asyncinvoke.dlq.copies import Copies, FailureKey, failure_key
-from asyncinvoke.dlq.errors import (
-    BadReplayFile,
-    BrowseInterrupted,
-    Busy,
-    DlqError,
-    EmptyQueue,
-    NothingSelected,
-    QueueMissing,
-    RecordNotFound,
-    RecordsSkipped,
-    ReplayIncomplete,
-)
 from asyncinvoke.dlq.operations import (
     Exported,
     Group,
@@ -55,12 +35,23 @@ from asyncinvoke.dlq.records import (
     Summary,
     error_line,
     facts_of_record,
-    now_ms,
     parse_since,
     replay_envelope,
     summarize,
 )
 from asyncinvoke.dlq.replay import ReplayReport, replay, replay_file
+from asyncinvoke.errors import (
+    BadReplayFile,
+    BrowseInterrupted,
+    Busy,
+    DlqError,
+    EmptyQueue,
+    NothingSelected,
+    QueueMissing,
+    RecordNotFound,
+    RecordsSkipped,
+    ReplayIncomplete,
+)
 
 __all__ = [
     "ALL",

@@ -1,43 +1,13 @@
 """The dead-letter tool's browse: reading ``{ns}.failed`` without taking anything away.
 
-How reading stays non-destructive
----------------------------------
-``{ns}.failed`` is a quorum queue; AMQP 0-9-1 has no "peek". A browse therefore
-*consumes* with manual acks and simply never acks what it only reads:
-
-1. A passive declare gives N, the records ready now. The browse takes the first N
-   deliveries; records that arrive later are left for the next command.
-2. Deliveries are held unacked while reading, so the queue cannot hand the same
-   record out twice within one browse, and a crash (even ``kill -9``) returns them
-   all: the broker requeues every unacked delivery of a closed connection.
-3. At the end the browse closes its channels. RabbitMQ 3.10's quorum queue returns a
-   closed consumer's deliveries sorted by delivery order into its "returns" list,
-   which it serves before anything else, so the queue's order is kept. (A
-   ``basic.nack`` of many deliveries is *not* ordered in 3.10: it walks an Erlang map.)
-
-A consumer holds at most its prefetch (an AMQP short, 65535), so a browse reads the
-queue in *slices*: one consumer per channel, each taking the next ``slice`` records.
-The next slice starts only after the previous consumer was cancelled, so every slice
-is a contiguous run of the queue and closing the channels in slice order returns the
-whole head of the queue in its original order. It starts once the previous slice has
-been delivered and half read, which bounds this process's memory to about 1.5 slices
-of deliveries however slowly records are handled; each record is handled as it
-arrives and only counters are kept.
-
-Acks (replay, purge) are deferred while their slice's consumer is active and sent
-once it is cancelled: an ack frees consumer credit, and a delivery the broker sends
-on that credit *while* the consumer is being cancelled is returned out of order.
-Before a channel that acked is closed, a barrier makes sure the broker has all its
-acks (3.10 drops buffered acks at channel close; see ``Browser._settle_barrier``).
-Replay acks a record only after the broker confirmed the republished invocation, so
-a crash leaves a record replayed *and* still in the queue (it may run twice), never
-neither. At most one slice of acks plus the publish window is at stake.
-
-Each browse holds an exclusive lock queue, so two operators never see half the
-records each. A browse counts as a delivery of every record it reads: harmless on
-RabbitMQ 3.x, where ``{ns}.failed`` has no delivery limit. RabbitMQ 4.x gives quorum
-queues a default limit of 20 that these returns may count against: there, give
-``{ns}.failed`` a ``delivery-limit`` of -1 (unlimited) by policy (docs/dlq.md).
+A browse consumes with manual acks and never acks what it only reads. It takes the N
+records ready when it starts, in slices (one consumer per channel: a prefetch holds at
+most 65535), holds them unacked, and at the end closes the channels in slice order,
+which returns every record to the head of the queue in its order; a crash returns them
+too. Acks (replay, purge) wait until their slice's consumer is cancelled, and a barrier
+comes before a channel that acked is closed. An exclusive lock queue allows one browse
+at a time. Why this way, and what it costs: docs/dlq.md, "How reading stays
+non-destructive".
 """
 
 from __future__ import annotations
@@ -53,13 +23,14 @@ from typing import Any
 import aio_pika
 import aiormq
 from aiormq.abc import DeliveredMessage
-from pamqp.common import FieldValue
 
 from asyncinvoke import contract, topology
 from asyncinvoke.broker import Broker
-from asyncinvoke.dlq.errors import BrowseInterrupted, Busy, EmptyQueue, QueueMissing
-from asyncinvoke.dlq.records import Facts, _str_or_none, facts_of_record
+from asyncinvoke.consumer import settle_barrier
+from asyncinvoke.dlq.records import Facts, facts_of_record
+from asyncinvoke.errors import BrowseInterrupted, Busy, EmptyQueue, QueueMissing
 from asyncinvoke.settings import Settings
+from asyncinvoke.text import text_or_none
 
 READ_SLICE = 5000  # deliveries one consumer holds when only reading: the memory bound
 WRITE_SLICE = 1000  # when acking: bounds the records a crash leaves replayed and kept
@@ -128,9 +99,9 @@ class Delivery:
         properties = self.message.header.properties
         headers = properties.headers or {}
         facts = Facts(
-            id=_str_or_none(properties.message_id),
-            function=_str_or_none(headers.get(FUNCTION_HEADER)),
-            condition=_str_or_none(headers.get(CONDITION_HEADER)),
+            id=text_or_none(properties.message_id),
+            function=text_or_none(headers.get(FUNCTION_HEADER)),
+            condition=text_or_none(headers.get(CONDITION_HEADER)),
         )
         if need_timestamp or None in (facts.id, facts.function, facts.condition):
             from_record = facts_of_record(self.record())
@@ -267,22 +238,10 @@ class Browser:
             await chunk.underlay.basic_ack(tag)
 
     async def _settle_barrier(self, chunk: _Slice) -> None:
-        """Return once the broker has every ack sent on this channel.
-
-        RabbitMQ 3.10's channel buffers settles beyond 32 unapplied commands and drops
-        the buffer when the channel closes (measured: up to 40 % of a burst of acks
-        lost), which would put replayed records back. Two synchronous queue commands
-        after the acks (a consume, a cancel) let the buffer drain first. ``x-credit``
-        with a credit below 1 makes a consumer that is never given a message (encoded
-        as a 64-bit 'long', which is what the broker reads it as); a broker that
-        ignores the argument gives it the prefetch of 1 set here.
-        """
-        tag = chunk.tag + "-barrier"
-        await chunk.underlay.basic_qos(prefetch_count=1)
-        await chunk.underlay.basic_consume(
-            self.queue, _hold, consumer_tag=tag, arguments=_ZERO_CREDIT
-        )
-        await chunk.underlay.basic_cancel(tag)
+        """Return once the broker applied every ack sent on this channel: closing it
+        would otherwise drop the acks RabbitMQ still held back (``consumer.settle_barrier``),
+        and put replayed records back."""
+        await settle_barrier(chunk.underlay, self.queue, keep_delivery=True)
 
     async def ack(self, delivery: Delivery) -> None:
         """Remove this record from the queue (for good once its slice is cancelled)."""
@@ -365,13 +324,6 @@ class Browser:
         await control.queue_delete(self.queue + LOCK_SUFFIX)
         if self._control is not None:
             await self._control.close()
-
-
-_ZERO_CREDIT: dict[str, FieldValue] = {"x-credit": {"credit": -(2**63), "drain": False}}
-
-
-async def _hold(message: DeliveredMessage) -> None:
-    """A barrier consumer's delivery (never, on 3.x) stays unacked: it returns at close."""
 
 
 @contextlib.asynccontextmanager

@@ -23,16 +23,16 @@ from asyncinvoke.dlq.browse import (
     _no_progress,
 )
 from asyncinvoke.dlq.copies import Copies, failure_key
-from asyncinvoke.dlq.errors import (
-    DlqError,
-    NothingSelected,
-    RecordNotFound,
-)
 from asyncinvoke.dlq.records import (
     ALL,
     Selector,
     Summary,
     summarize,
+)
+from asyncinvoke.errors import (
+    DlqError,
+    NothingSelected,
+    RecordNotFound,
 )
 from asyncinvoke.settings import Settings
 

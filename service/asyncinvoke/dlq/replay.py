@@ -23,7 +23,7 @@ import orjson
 
 from asyncinvoke import contract, dispatch, topology
 from asyncinvoke.broker import Broker
-from asyncinvoke.clock import new_id
+from asyncinvoke.clock import new_id, now_ms
 from asyncinvoke.contract import Envelope
 from asyncinvoke.dlq.browse import (
     REPLAY_WINDOW,
@@ -34,15 +34,14 @@ from asyncinvoke.dlq.browse import (
     _no_progress,
 )
 from asyncinvoke.dlq.copies import FailureKey, failure_key
-from asyncinvoke.dlq.errors import BadReplayFile, DlqError, NothingSelected, ReplayIncomplete
 from asyncinvoke.dlq.records import (
     ALL,
     NotReplayable,
     Selector,
     facts_of_record,
-    now_ms,
     replay_envelope,
 )
+from asyncinvoke.errors import BadReplayFile, DlqError, NothingSelected, ReplayIncomplete
 from asyncinvoke.settings import Settings
 
 
@@ -104,11 +103,9 @@ class _Replayer:
 
     async def _function_exists(self, function: str) -> bool:
         if function not in self._functions:
-            assert self.broker.connection is not None
-            depth = await topology.queue_depth(
-                self.broker.connection, self.names.function_queue(function)
+            self._functions[function] = await topology.function_exists(
+                self.broker.connection, self.names, function
             )
-            self._functions[function] = depth is not None
         return self._functions[function]
 
     async def _copy_taken(self, key: FailureKey | None, delivery: Delivery | None) -> bool:

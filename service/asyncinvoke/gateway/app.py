@@ -20,10 +20,17 @@ from aiohttp import web
 from prometheus_client import Counter
 
 from asyncinvoke import contract, record_codec, topology
-from asyncinvoke.client import CallTimeout, Client, FunctionError, TaskExistsError
+from asyncinvoke.client import Client
 from asyncinvoke.clock import new_id
 from asyncinvoke.contract import UNHANDLED
-from asyncinvoke.errors import PayloadTooLarge, PublishInterrupted
+from asyncinvoke.errors import (
+    CallTimeout,
+    FunctionError,
+    PayloadTooLarge,
+    PublishInterrupted,
+    TaskExistsError,
+    TaskFinished,
+)
 from asyncinvoke.functions import FunctionsFile, FunctionSpec
 from asyncinvoke.gateway import fcapi, local
 from asyncinvoke.gateway.auth import Verifier, refuse_replay
@@ -39,7 +46,7 @@ from asyncinvoke.observability import get_logger
 from asyncinvoke.settings import Settings
 from asyncinvoke.systemd import Notifier
 from asyncinvoke.tasks.states import Status
-from asyncinvoke.tasks.store import Task, TaskFinished
+from asyncinvoke.tasks.store import Task
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9000

@@ -27,13 +27,17 @@ from aiohttp import web
 from multidict import CIMultiDictProxy, MultiMapping
 
 from asyncinvoke import contract
-from asyncinvoke.client import CallTimeout, TaskExistsError, UnknownFunctionError
 from asyncinvoke.errors import (
     AsyncInvokeError,
     BrokerUnavailable,
+    CallTimeout,
     InvalidMessage,
     PublishError,
+    TaskExistsError,
+    TaskFinished,
+    TaskNotFound,
     TaskStoreUnavailable,
+    UnknownFunctionError,
 )
 from asyncinvoke.functions import FunctionSpec
 from asyncinvoke.settings import redact_url
@@ -42,8 +46,6 @@ from asyncinvoke.tasks.store import (
     MAX_PAGE_LIMIT,
     Page,
     Task,
-    TaskFinished,
-    TaskNotFound,
     decode_page_token,
 )
 from asyncinvoke.tasks.views import async_task

@@ -15,27 +15,22 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from asyncinvoke.errors import ConfigError, TaskStoreUnavailable
-from asyncinvoke.settings import redact_url
+from asyncinvoke.errors import ConfigError, TaskExists, TaskNotFound, TaskStoreUnavailable
+from asyncinvoke.settings import DEFAULT_TASK_RESULT_MAX_BYTES, redact_url
+from asyncinvoke.tasks.query import list_query, page_of, postgres_prefix
 from asyncinvoke.tasks.states import TERMINAL, Status
 from asyncinvoke.tasks.store import (
-    DEFAULT_RESULT_MAX_BYTES,
     ENQUEUED_OVER_AMQP,
     NONCE_PRUNE_BATCH,
     ClaimResult,
     Page,
     Task,
-    TaskExists,
-    TaskNotFound,
-    check_limit,
     decide_claim,
     decide_reopen,
     decide_stop,
     decide_transition,
     decode_events,
-    decode_page_token,
     encode_events,
-    encode_page_token,
     new_task,
 )
 from asyncinvoke.text import encodable
@@ -81,7 +76,7 @@ class PostgresTaskStore:
         self,
         dsn: str,
         *,
-        result_max_bytes: int = DEFAULT_RESULT_MAX_BYTES,
+        result_max_bytes: int = DEFAULT_TASK_RESULT_MAX_BYTES,
         schema: str = DEFAULT_SCHEMA,
     ):
         if not _SCHEMA_NAME.match(schema):
@@ -282,40 +277,23 @@ class PostgresTaskStore:
         next_token: str | None = None,
         newest_first: bool = True,
     ) -> Page:
-        check_limit(limit)
-        conditions: list[str] = []
-        params: list[Any] = []
-
-        def bind(value: Any) -> str:
-            params.append(encodable(value))  # a NUL in a prefix is an error to PostgreSQL
-            return f"${len(params)}"
-
-        if function is not None:
-            conditions.append(f"function = {bind(function)}")
-        if status is not None:
-            conditions.append(f"status = {bind(status.value)}")
-        if prefix is not None:
-            conditions.append(f"starts_with(id, {bind(prefix)})")
-        if started_from is not None:
-            conditions.append(f"started_at >= {bind(started_from)}")
-        if started_to is not None:
-            conditions.append(f"started_at <= {bind(started_to)}")
-        direction, after = ("DESC", "<") if newest_first else ("ASC", ">")
-        if next_token is not None:
-            created_at, last_id = decode_page_token(next_token)
-            conditions.append(f"(created_at, id) {after} ({bind(created_at)}, {bind(last_id)})")
-        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        sql, params = list_query(
+            self._table,
+            _COLUMNS,
+            numbered=True,
+            prefix_test=postgres_prefix,
+            function=function,
+            status=status,
+            prefix=prefix,
+            started_from=started_from,
+            started_to=started_to,
+            limit=limit,
+            next_token=next_token,
+            newest_first=newest_first,
+        )
         with self._outage_is_unavailable():
-            rows = await self.pool.fetch(
-                f"SELECT {_COLUMNS} FROM {self._table} {where} "
-                f"ORDER BY created_at {direction}, id {direction} "
-                f"LIMIT {bind(limit + 1)}",
-                *params,
-            )
-        tasks = [_task_of(row) for row in rows]
-        if len(tasks) <= limit:
-            return Page(tasks, None)
-        return Page(tasks[:limit], encode_page_token(tasks[limit - 1]))
+            rows = await self.pool.fetch(sql, *params)
+        return page_of([_task_of(row) for row in rows], limit)
 
     async def purge(self, older_than_ms: int) -> int:
         with self._outage_is_unavailable():

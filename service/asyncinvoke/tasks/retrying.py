@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import tenacity
 
-from asyncinvoke.errors import TaskStoreUnavailable
+from asyncinvoke.errors import TaskExists, TaskFinished, TaskStoreUnavailable
 from asyncinvoke.observability import get_logger
 from asyncinvoke.tasks.states import Status
 from asyncinvoke.tasks.store import (
@@ -33,8 +33,6 @@ from asyncinvoke.tasks.store import (
     Event,
     Page,
     Task,
-    TaskExists,
-    TaskFinished,
     TaskStore,
     new_task,
 )

@@ -22,26 +22,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from asyncinvoke.errors import ConfigError, TaskStoreUnavailable
+from asyncinvoke.errors import ConfigError, TaskExists, TaskNotFound, TaskStoreUnavailable
+from asyncinvoke.settings import DEFAULT_TASK_RESULT_MAX_BYTES
+from asyncinvoke.tasks.query import list_query, page_of, sqlite_prefix
 from asyncinvoke.tasks.states import TERMINAL, Status
 from asyncinvoke.tasks.store import (
-    DEFAULT_RESULT_MAX_BYTES,
     ENQUEUED_OVER_AMQP,
     NONCE_PRUNE_BATCH,
     ClaimResult,
     Page,
     Task,
-    TaskExists,
-    TaskNotFound,
-    check_limit,
     decide_claim,
     decide_reopen,
     decide_stop,
     decide_transition,
     decode_events,
-    decode_page_token,
     encode_events,
-    encode_page_token,
     new_task,
 )
 from asyncinvoke.text import encodable
@@ -105,7 +101,7 @@ _PURGE = (
 class SqliteTaskStore:
     """TaskStore on one SQLite file (``path``), shared by the processes of one host."""
 
-    def __init__(self, path: str, *, result_max_bytes: int = DEFAULT_RESULT_MAX_BYTES):
+    def __init__(self, path: str, *, result_max_bytes: int = DEFAULT_TASK_RESULT_MAX_BYTES):
         self.path = path
         self.result_max_bytes = result_max_bytes
         self._thread: _SqliteThread | None = None
@@ -206,38 +202,25 @@ class SqliteTaskStore:
         next_token: str | None = None,
         newest_first: bool = True,
     ) -> Page:
-        check_limit(limit)
-        conditions: list[str] = []
-        params: list[Any] = []
-        function, prefix = encodable(function), encodable(prefix)  # no encoder takes a surrogate
-        for condition, values in (
-            ("function = ?", (function,)),
-            ("status = ?", (None if status is None else status.value,)),
-            ("substr(id, 1, ?) = ?", (None if prefix is None else len(prefix), prefix)),
-            ("started_at >= ?", (started_from,)),
-            ("started_at <= ?", (started_to,)),
-        ):
-            if values[-1] is not None:
-                conditions.append(condition)
-                params.extend(values)
-        direction, after = ("DESC", "<") if newest_first else ("ASC", ">")
-        if next_token is not None:
-            conditions.append(f"(created_at, id) {after} (?, ?)")
-            params.extend(decode_page_token(next_token))
-        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
-        sql = (
-            f"SELECT {_COLUMNS} FROM tasks {where} "
-            f"ORDER BY created_at {direction}, id {direction} LIMIT ?"
+        sql, params = list_query(
+            "tasks",
+            _COLUMNS,
+            numbered=False,
+            prefix_test=sqlite_prefix,
+            function=function,
+            status=status,
+            prefix=prefix,
+            started_from=started_from,
+            started_to=started_to,
+            limit=limit,
+            next_token=next_token,
+            newest_first=newest_first,
         )
-        params.append(limit + 1)
 
         def read(conn: sqlite3.Connection) -> list[Task]:
             return [_task_of(row) for row in conn.execute(sql, params)]
 
-        tasks = await self._run(read)
-        if len(tasks) <= limit:
-            return Page(tasks, None)
-        return Page(tasks[:limit], encode_page_token(tasks[limit - 1]))
+        return page_of(await self._run(read), limit)
 
     async def purge(self, older_than_ms: int) -> int:
         def delete(conn: sqlite3.Connection) -> int:

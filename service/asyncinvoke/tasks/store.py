@@ -16,12 +16,12 @@ from typing import Any, Protocol
 import orjson
 
 from asyncinvoke.contract import pack
-from asyncinvoke.errors import AsyncInvokeError
+from asyncinvoke.errors import TaskExists as TaskExists  # re-exported: the stores raise it
+from asyncinvoke.errors import TaskFinished as TaskFinished
+from asyncinvoke.errors import TaskNotFound as TaskNotFound
 from asyncinvoke.tasks.states import REPLAYABLE, TERMINAL, WAITING, Status, can_transition
 from asyncinvoke.text import encodable
 
-DEFAULT_RESULT_MAX_BYTES = 64 * 1024
-DEFAULT_RETENTION_S = 7 * 86400
 
 @dataclass(frozen=True, slots=True)
 class Event:
@@ -84,24 +84,6 @@ class ClaimResult:
 class Page:
     tasks: list[Task]
     next_token: str | None
-
-
-class TaskExists(AsyncInvokeError):
-    def __init__(self, task_id: str):
-        super().__init__(f"task {task_id!r} already exists: a task id is used once")
-        self.task_id = task_id
-
-
-class TaskNotFound(AsyncInvokeError):
-    def __init__(self, task_id: str):
-        super().__init__(f"no task {task_id!r}")
-        self.task_id = task_id
-
-
-class TaskFinished(AsyncInvokeError):
-    def __init__(self, task: Task):
-        super().__init__(f"task {task.id!r} already ended as {task.status.value}")
-        self.task = task
 
 
 class TaskStore(Protocol):

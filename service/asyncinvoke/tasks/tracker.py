@@ -16,6 +16,7 @@ from asyncinvoke.errors import TaskStoreUnavailable
 from asyncinvoke.functions import FunctionSpec
 from asyncinvoke.observability import get_logger
 from asyncinvoke.settings import DEFAULT_TASK_STORE_RETRY_S
+from asyncinvoke.tasks import open_store
 from asyncinvoke.tasks.retrying import RetryingTaskStore
 from asyncinvoke.tasks.states import REPLAYABLE, Status
 from asyncinvoke.tasks.store import Claim, ClaimResult, Task, TaskStore
@@ -51,8 +52,6 @@ class TaskTracker:
         if self._store is None:
             async with self._opening:
                 if self._retrying is None:
-                    from asyncinvoke.tasks import open_store  # drivers load only when used
-
                     store = open_store(self.store_url, **self.store_options)
                     self._retrying = RetryingTaskStore(store, retry_s=self.retry_s)
                 if self._store is None:
