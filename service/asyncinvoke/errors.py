@@ -10,6 +10,7 @@
     │       ├── BrokerBlocked  a resource alarm (memory, disk) blocks publishing
     │       └── PublishInterrupted  the connection was lost before the confirm came
     ├── BrokerUnavailable      no connection to the broker could be made
+    ├── PlacementUnknown       rabbitmqctl could not tell the queues' leaders and members
     ├── UnknownFunctionError   the function has no queue in the namespace (Client)
     ├── FunctionError          a synchronous call's function failed (Client.call)
     ├── CallTimeout            no reply to a synchronous call in time (Client.call)
@@ -166,6 +167,11 @@ class PublishInterrupted(PublishTimeout):
 
 class BrokerUnavailable(AsyncInvokeError):
     """No connection to the broker could be made."""
+
+
+class PlacementUnknown(AsyncInvokeError):
+    """The broker could not be asked where its queues live (``topology show
+    --rabbitmq-node``): no rabbitmqctl here, or the node did not answer."""
 
 
 class UnknownFunctionError(AsyncInvokeError):

@@ -14,13 +14,9 @@ from dataclasses import dataclass
 
 import orjson
 
-from asyncinvoke.errors import AsyncInvokeError
+from asyncinvoke.errors import PlacementUnknown
 
 RABBITMQCTL_TIMEOUT_S = 30.0
-
-
-class PlacementUnknown(AsyncInvokeError):
-    """The broker could not be asked where its queues live."""
 
 
 @dataclass(frozen=True, slots=True)
