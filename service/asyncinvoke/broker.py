@@ -25,8 +25,8 @@ Two things the broker does to publishers are handled here:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import ssl
 import weakref
 from typing import Any
 from uuid import uuid4
@@ -36,7 +36,7 @@ import aiormq
 from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
 
-from asyncinvoke import contract
+from asyncinvoke import contract, failover
 from asyncinvoke.errors import (
     BrokerBlocked,
     BrokerUnavailable,
@@ -45,12 +45,14 @@ from asyncinvoke.errors import (
     PublishTimeout,
     UnroutableError,
 )
+from asyncinvoke.nodes import NodeRing, parse_nodes
 from asyncinvoke.observability import get_logger
-from asyncinvoke.settings import Settings, redact_url
+from asyncinvoke.settings import Settings
 
 PERSISTENT = 2
 log = get_logger(component="broker")
 RECONNECT_INTERVAL_S = 2.0  # between attempts while the broker is away
+CLOSED_CHANNEL_RETRY_S = 0.05  # before a publish a closed channel refused is tried again
 ANSWER_POLL_S = 0.1  # how often a timed-out publish is checked for the broker's late answer
 # What a publish meets when the connection drops under it (aiormq's, not ours).
 _CONNECTION_LOST = (
@@ -113,11 +115,14 @@ class Broker:
         self.settings = settings
         self.name = name
         self.wait_while_blocked = wait_while_blocked
+        # The cluster's nodes (a bad list is a ConfigError here), and the one in use.
+        self.ring = NodeRing(parse_nodes(settings.amqp_url))
         self.connection: aio_pika.abc.AbstractRobustConnection | None = None
         self._publisher: aio_pika.abc.AbstractChannel | None = None
         # Up from connect until the connection is lost, and again once aio-pika has
         # reconnected and restored every channel and consumer.
         self._up = False
+        self._connected = asyncio.Event()  # set while _up
         # The broker's reason while a resource alarm blocks this connection, else None.
         self.blocked_reason: str | None = None
         self._unblocked = asyncio.Event()
@@ -128,19 +133,10 @@ class Broker:
 
     async def connect(self) -> None:
         hear_alarms()
-        url = self.settings.amqp_url
-        kwargs: dict[str, Any] = {"client_properties": {"connection_name": self.name}}
-        if url.startswith("amqps://"):
-            kwargs["ssl_context"] = ssl.create_default_context()
-        try:
-            self.connection = await aio_pika.connect_robust(
-                url, timeout=10, reconnect_interval=RECONNECT_INTERVAL_S, **kwargs
-            )
-        except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as exc:
-            raise BrokerUnavailable(
-                f"cannot connect to RabbitMQ at {redact_url(url)}: {exc or type(exc).__name__}; "
-                "start it (make broker) or set ASYNCINVOKE_AMQP_URL"
-            ) from None
+        self.connection = await failover.connect(
+            self.ring, name=self.name, reconnect_interval_s=RECONNECT_INTERVAL_S
+        )
+        log.info("broker_connected", node=self.node, nodes=len(self.ring.nodes))
         self._publisher = await self.connection.channel(
             publisher_confirms=True, on_return_raises=True
         )
@@ -148,17 +144,22 @@ class Broker:
         self.connection.reconnect_callbacks.add(self._on_restored)
         _BlockedWatch.brokers.add(self)
         self._up = True
+        self._connected.set()
 
     def _on_lost(self, _: object, exc: BaseException | None = None) -> None:
         if self._up:
-            log.warning("broker_connection_lost", error=str(exc) if exc else None)
+            log.warning(
+                "broker_connection_lost", node=self.node, error=str(exc) if exc else None
+            )
         self._up = False
+        self._connected.clear()
         # A new connection starts unblocked; the broker says so again should the alarm last.
         self._set_unblocked()
 
     def _on_restored(self, _: object) -> None:
         self._up = True
-        log.info("broker_reconnected")
+        self._connected.set()
+        log.info("broker_reconnected", node=self.node)
 
     def _is_mine(self, connection: object) -> bool:
         transport = getattr(self.connection, "transport", None)
@@ -216,6 +217,20 @@ class Broker:
     def is_connected(self) -> bool:
         return self._up
 
+    async def wait_connected(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the connection (a failover takes a second or
+        two); whether it is up."""
+        if not self._up:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._connected.wait()
+        return self._up
+
+    @property
+    def node(self) -> str:
+        """The node in use, or being tried while reconnecting (its URL, password hidden)."""
+        return self.ring.current.shown
+
     @property
     def publisher(self) -> aio_pika.abc.AbstractChannel:
         if self._publisher is None:
@@ -256,12 +271,23 @@ class Broker:
             async with asyncio.timeout(self.settings.publish_timeout_s) as deadline:
                 self._deadlines.add(deadline)
                 try:
-                    await self._hold_while_blocked(deadline)
-                    mine = await self._take_message_id(message_id)
-                    sent = True
-                    result = await self._publish_alone(
-                        body, exchange, routing_key, properties, mandatory, mine
-                    )
+                    while True:
+                        # While failing over to another node: wait for it, in the timeout.
+                        await self._connected.wait()
+                        await self._hold_while_blocked(deadline)
+                        mine = await self._take_message_id(message_id)
+                        sent = True
+                        try:
+                            result = await self._publish_alone(
+                                body, exchange, routing_key, properties, mandatory, mine
+                            )
+                            break
+                        except aiormq.exceptions.ChannelInvalidStateError:
+                            # Refused before it went out: the channel went with its node
+                            # a moment before the connection's loss is known. Once it is,
+                            # the wait above lasts until the next node answers.
+                            sent = False
+                            await asyncio.sleep(CLOSED_CHANNEL_RETRY_S)
                 finally:
                     self._deadlines.discard(deadline)
         except aiormq.exceptions.ChannelNotFoundEntity:
@@ -283,7 +309,7 @@ class Broker:
                 routing_key=routing_key,
             ) from None
         except _CONNECTION_LOST as exc:
-            raise _lost_error(exchange, routing_key, sent, exc) from None
+            raise _lost_error(exchange, routing_key, sent, exc, self.node) from None
         except TimeoutError:
             raise self._timeout_error(exchange, routing_key, sent) from None
         if isinstance(result, DeliveredMessage):  # returned, should on_return_raises be off
@@ -390,27 +416,42 @@ class Broker:
                 exchange=exchange,
                 routing_key=routing_key,
             )
+        if not self._up:
+            outcome = (
+                "the broker may or may not have the message" if sent
+                else "the message was not published"
+            )
+            return PublishTimeout(
+                f"the publish to {exchange!r}/{routing_key!r} was not confirmed: no node "
+                f"of RabbitMQ could be reached within {self.settings.publish_timeout_s:g} s "
+                f"(trying {self.node}); {outcome}",
+                exchange=exchange,
+                routing_key=routing_key,
+            )
         return PublishTimeout(
-            f"no confirm from the broker within {self.settings.publish_timeout_s:g} s "
-            f"for {exchange!r}/{routing_key!r}",
+            f"the publish to {exchange!r}/{routing_key!r} was not confirmed: no confirm "
+            f"from the broker within {self.settings.publish_timeout_s:g} s",
             exchange=exchange,
             routing_key=routing_key,
         )
 
 
 def _lost_error(
-    exchange: str, routing_key: str, sent: bool, exc: BaseException
+    exchange: str, routing_key: str, sent: bool, exc: BaseException, node: str
 ) -> PublishInterrupted | BrokerUnavailable:
     """A dropped connection as one of our errors: in doubt once the message may have gone
-    out, plainly unavailable before that."""
+    out, plainly unavailable before that. Either way the publish was not confirmed."""
     if sent:
         return PublishInterrupted(
-            f"the connection to the broker was lost before it confirmed the message for "
-            f"{exchange!r}/{routing_key!r} ({exc}): it may or may not have it; the client "
-            "reconnects",
+            f"the publish to {exchange!r}/{routing_key!r} was not confirmed: the connection "
+            f"to {node} was lost ({str(exc) or type(exc).__name__}); the broker may or may "
+            "not have the message; the client fails over to the next node",
+            node=node,
             exchange=exchange,
             routing_key=routing_key,
         )
     return BrokerUnavailable(
-        f"not connected to the broker ({exc}); the client reconnects, try again"
+        f"the publish to {exchange!r}/{routing_key!r} was not confirmed: not connected to "
+        f"{node} ({str(exc) or type(exc).__name__}); the message was not published; the "
+        "client reconnects, try again"
     )
