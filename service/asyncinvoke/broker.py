@@ -45,6 +45,7 @@ from asyncinvoke.errors import (
     PublishTimeout,
     UnroutableError,
 )
+from asyncinvoke.frame_room import wait_for_room
 from asyncinvoke.nodes import NodeRing, parse_nodes
 from asyncinvoke.observability import get_logger
 from asyncinvoke.settings import Settings
@@ -53,6 +54,13 @@ PERSISTENT = 2
 log = get_logger(component="broker")
 RECONNECT_INTERVAL_S = 2.0  # between attempts while the broker is away
 CLOSED_CHANNEL_RETRY_S = 0.05  # before a publish a closed channel refused is tried again
+# Before a publish the broker refused (basic.nack) is sent again: doubling up to the max.
+NACK_RETRY_S = 0.05
+NACK_RETRY_MAX_S = 0.5
+# How long refusals are retried (within the publish timeout): a quorum queue's leader
+# election after its node died takes a second or two; a queue that is full or has lost
+# its majority refuses for longer, and the caller hears of it after this.
+NACK_RETRY_WINDOW_S = 5.0
 ANSWER_POLL_S = 0.1  # how often a timed-out publish is checked for the broker's late answer
 # What a publish meets when the connection drops under it (aiormq's, not ours).
 _CONNECTION_LOST = (
@@ -267,6 +275,8 @@ class Broker:
             correlation_id=correlation_id,
         )
         sent = False
+        nacks = 0  # basic.nack answers so far
+        first_nack_at = 0.0
         try:
             async with asyncio.timeout(self.settings.publish_timeout_s) as deadline:
                 self._deadlines.add(deadline)
@@ -288,6 +298,23 @@ class Broker:
                             # the wait above lasts until the next node answers.
                             sent = False
                             await asyncio.sleep(CLOSED_CHANNEL_RETRY_S)
+                        except aiormq.exceptions.DeliveryError as exc:
+                            if isinstance(exc, aiormq.exceptions.PublishError):
+                                raise  # returned: unroutable, sending again cannot help
+                            # basic.nack: the broker did not take it. A quorum queue with
+                            # no leader for now (its node just died: the election takes a
+                            # second or so, or a majority is gone) refuses this way, so
+                            # it is sent again within the timeout.
+                            sent = False
+                            now = asyncio.get_running_loop().time()
+                            first_nack_at = first_nack_at or now
+                            refused_for = now - first_nack_at
+                            if refused_for >= NACK_RETRY_WINDOW_S:
+                                raise self._refused_error(
+                                    exchange, routing_key, refused_for
+                                ) from None
+                            await asyncio.sleep(min(NACK_RETRY_S * 2**nacks, NACK_RETRY_MAX_S))
+                            nacks += 1
                 finally:
                     self._deadlines.discard(deadline)
         except aiormq.exceptions.ChannelNotFoundEntity:
@@ -304,13 +331,17 @@ class Broker:
             ) from None
         except aiormq.exceptions.DeliveryError as exc:
             raise PublishError(
-                f"the broker refused the message for {exchange!r}/{routing_key!r}: {exc}",
+                f"the publish to {exchange!r}/{routing_key!r} was not confirmed: the broker "
+                f"refused the message: {exc}",
                 exchange=exchange,
                 routing_key=routing_key,
             ) from None
         except _CONNECTION_LOST as exc:
             raise _lost_error(exchange, routing_key, sent, exc, self.node) from None
         except TimeoutError:
+            if nacks and not sent:
+                waited = asyncio.get_running_loop().time() - first_nack_at
+                raise self._refused_error(exchange, routing_key, waited) from None
             raise self._timeout_error(exchange, routing_key, sent) from None
         if isinstance(result, DeliveredMessage):  # returned, should on_return_raises be off
             raise UnroutableError(
@@ -355,6 +386,9 @@ class Broker:
         answered = True
         try:
             channel = await self.publisher.get_underlay_channel()
+            # Room in the frame queue first (frame_room.py), so the publish frame
+            # cannot follow the close-ok of a channel the broker closed meanwhile.
+            await wait_for_room(channel)
             return await channel.basic_publish(
                 body,
                 exchange=exchange,
@@ -397,6 +431,17 @@ class Broker:
                 await asyncio.sleep(ANSWER_POLL_S)
         finally:
             self._release(message_id, mine)
+
+    def _refused_error(self, exchange: str, routing_key: str, for_s: float) -> PublishError:
+        return PublishError(
+            f"the publish to {exchange!r}/{routing_key!r} was not confirmed: the broker "
+            f"refused it (basic.nack) for {for_s:.1f} s on {self.node}, so it does not have "
+            "the message. A quorum queue it routes to has no leader (a majority of its "
+            "nodes is down?) or is full (overflow reject-publish); try again once "
+            "'rabbitmqctl list_queues name leader messages' shows a leader and room",
+            exchange=exchange,
+            routing_key=routing_key,
+        )
 
     def _timeout_error(self, exchange: str, routing_key: str, sent: bool) -> PublishTimeout:
         if self.blocked_reason is not None:

@@ -119,3 +119,21 @@ def tail(workers: list[WorkerProcess], lines: int = 12) -> str:
         f"worker {n}: " + "\n  ".join(line[:300] for line in worker.lines[-lines:])
         for n, worker in enumerate(workers)
     )
+
+
+def warnings_seen(workers: list[WorkerProcess]) -> dict[str, int]:
+    """How often each warning or error event appears in the workers' logs (diagnostics
+    printed with a test's figures: a lost connection, a failed ack, a channel closed by
+    the broker, a consumer cancelled)."""
+    seen: Counter[str] = Counter()
+    for worker in workers:
+        for line in worker.lines:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                if "Error" in line or "CHANNEL_ERROR" in line:
+                    seen[line.strip()[:80]] += 1
+                continue
+            if str(entry.get("level", "")) in ("warning", "error", "critical"):
+                seen[str(entry.get("event", "?"))[:80]] += 1
+    return dict(seen)

@@ -18,7 +18,7 @@ import pytest
 from asyncinvoke import AsyncInvokeError, BrokerUnavailable, Client, PublishError, functions
 from asyncinvoke.gateway.app import Gateway
 from tests.cluster.conftest import ClusterNamespace
-from tests.cluster.helpers import Seen, consume, free_port, tail, wait_until
+from tests.cluster.helpers import Seen, consume, free_port, tail, wait_until, warnings_seen
 from tests.conftest import WorkerProcess, declare_queue, write_functions
 from tests.support.cluster import amqp_port
 
@@ -127,7 +127,8 @@ async def test_a_client_and_the_gateway_lose_nothing_when_their_node_dies(
             f"({len(after_kill)} after the kill), non-202 answers {refused[:5]}, moved to "
             f"node {gateway_node}; first 200 requests after the kill within {slowest:.1f} s"
         )
-        print(f"raised: {[str(exc) for exc in raised[:3]]}")
+        print(f"raised: {[str(exc) for exc in raised[:3]]}; worker's warnings: "
+              f"{warnings_seen([worker])}")
         assert client_node != victim and gateway_node != victim
         assert not unclear, [str(exc) for exc in unclear[:3]]
         assert not refused, f"the gateway refused while other nodes were up: {refused[:5]}"

@@ -28,6 +28,7 @@ from tests.cluster.helpers import (
     readyz,
     tail,
     wait_until,
+    warnings_seen,
 )
 from tests.conftest import WorkerProcess, declare_queue, write_functions
 
@@ -63,6 +64,20 @@ async def _send(client: Client, plan: list[tuple[str, Any, int]]) -> dict[str, s
         by_id.update(dict.fromkeys(await hand_over_many(client, function, payloads, delay),
                                    function))
     return by_id
+
+
+def _channels(cluster: Any) -> str:
+    """Each node's channels: number, unacknowledged, prefetch, consumers, state."""
+    out = []
+    for n in cluster.up():
+        try:
+            out.append(f"node {n}: " + cluster.ctl(
+                "list_channels", "connection", "number", "messages_unacknowledged",
+                "prefetch_count", "consumer_count", "state", node=n, timeout=20,
+            ).strip().replace("\n", "; "))
+        except Exception as exc:  # a diagnostic only
+            out.append(f"node {n}: {exc}")
+    return " | ".join(out)
 
 
 def _holding(queues: list[dict[str, object]]) -> list[dict[str, object]]:
@@ -157,7 +172,8 @@ async def test_a_killed_node_loses_nothing_and_the_workers_fail_over(
             lambda: succeeding <= set(seen.successes), DRAIN_TIMEOUT_S,
             "every invocation to succeed",
             lambda: f"{len(succeeding - set(seen.successes))} missing; queues holding "
-            f"messages: {_holding(cluster.queues(space.ns + '.'))}\n{tail(workers)}",
+            f"messages: {_holding(cluster.queues(space.ns + '.'))}; workers' warnings: "
+            f"{warnings_seen(workers)}; channels: {_channels(cluster)}\n{tail(workers)}",
         )
         # The dead-letter tool's view, once every record is in.
         async def all_recorded() -> bool:
@@ -197,7 +213,8 @@ async def test_a_killed_node_loses_nothing_and_the_workers_fail_over(
             f"(leaders {dict(leaders)}), records flowing again {resumed_s:.1f} s after "
             f"the kill, its worker reconnected within {reconnected_s:.1f} s, node back "
             f"and rejoined {rejoined_s:.1f} s after the kill, all done "
-            f"{seen.last_at - started:.1f} s after the first publish"
+            f"{seen.last_at - started:.1f} s after the first publish; workers' warnings "
+            f"{warnings_seen(workers)}"
         )
         assert not lost, f"{len(lost)} lost, e.g. {sorted(lost)[:5]}"
         assert not early, f"{len(early)} delayed invocations ran early, e.g. {early[:3]}"
