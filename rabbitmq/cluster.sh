@@ -56,7 +56,15 @@ beam_pid() {  # the node's VM pid if it runs, else nothing
 require() {
     [ "$(id -u)" = 0 ] || die "run as root (the nodes are started as the rabbitmq user)"
     command -v rabbitmq-server >/dev/null || die "rabbitmq-server is not installed (apt-get install rabbitmq-server)"
-    [ -f "$RABBITMQ_HOME/.erlang.cookie" ] || die "no Erlang cookie in $RABBITMQ_HOME: start the default rabbitmq-server once"
+    id rabbitmq >/dev/null 2>&1 || die "no 'rabbitmq' user (the rabbitmq-server package makes it)"
+    if [ ! -f "$RABBITMQ_HOME/.erlang.cookie" ]; then
+        # A fresh machine whose default node never ran: the nodes and rabbitmqctl (run
+        # from that home) share the rabbitmq user's cookie, so make it as the node would.
+        mkdir -p "$RABBITMQ_HOME"
+        head -c 15 /dev/urandom | od -An -tx1 | tr -d ' \n' | tr 'a-f' 'A-F' >"$RABBITMQ_HOME/.erlang.cookie"
+        chown rabbitmq:rabbitmq "$RABBITMQ_HOME/.erlang.cookie"
+        chmod 400 "$RABBITMQ_HOME/.erlang.cookie"
+    fi
 }
 
 prepare() {  # a fresh data directory and configuration for node N

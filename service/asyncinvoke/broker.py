@@ -61,6 +61,8 @@ NACK_RETRY_MAX_S = 0.5
 # election after its node died takes a second or two; a queue that is full or has lost
 # its majority refuses for longer, and the caller hears of it after this.
 NACK_RETRY_WINDOW_S = 5.0
+# At most one new publisher channel this often, however many publishes were refused.
+FRESH_PUBLISHER_EVERY_S = 1.0
 ANSWER_POLL_S = 0.1  # how often a timed-out publish is checked for the broker's late answer
 # What a publish meets when the connection drops under it (aiormq's, not ours).
 _CONNECTION_LOST = (
@@ -138,6 +140,8 @@ class Broker:
         self._deadlines: set[asyncio.Timeout] = set()  # of the publishes awaiting a confirm
         self._publishing: dict[str, asyncio.Future[None]] = {}  # message_id → its publish
         self._releasing: set[asyncio.Task[None]] = set()
+        self._fresh_publisher_at = 0.0  # loop time the publisher channel was last replaced
+        self._retiring: set[asyncio.Task[None]] = set()
 
     async def connect(self) -> None:
         hear_alarms()
@@ -210,6 +214,8 @@ class Broker:
     async def close(self) -> None:
         self._up = False
         _BlockedWatch.brokers.discard(self)
+        for retiring in list(self._retiring):
+            retiring.cancel()
         if self.connection is not None:
             await self.connection.close()
             self.connection = None
@@ -287,9 +293,10 @@ class Broker:
                         await self._hold_while_blocked(deadline)
                         mine = await self._take_message_id(message_id)
                         sent = True
+                        used = self.publisher
                         try:
                             result = await self._publish_alone(
-                                body, exchange, routing_key, properties, mandatory, mine
+                                used, body, exchange, routing_key, properties, mandatory, mine
                             )
                             break
                         except aiormq.exceptions.ChannelInvalidStateError:
@@ -313,6 +320,7 @@ class Broker:
                                 raise self._refused_error(
                                     exchange, routing_key, refused_for
                                 ) from None
+                            await self._fresh_publisher(used)
                             await asyncio.sleep(min(NACK_RETRY_S * 2**nacks, NACK_RETRY_MAX_S))
                             nacks += 1
                 finally:
@@ -370,8 +378,57 @@ class Broker:
         self._publishing[message_id] = mine
         return mine
 
+    async def _fresh_publisher(self, refused: aio_pika.abc.AbstractChannel) -> None:
+        """Publish on a new channel from now on: ``refused`` got a basic.nack.
+
+        RabbitMQ 3.10.8 gives each channel, at its first publish to a quorum queue, a
+        client state that lists the queue's members, its leader as the queue's record
+        names it first; the first publish asks that node, and while it is unreachable
+        the publish is refused and the state stays as it was. A channel whose first
+        publish came between a leader node's death and the new leader's record update
+        is refused every publish to that queue until the dead node is back (measured
+        here for 5 s and more; read from the 3.10.8 ``rabbit_fifo_client:enqueue/3``). A
+        new channel starts from the queue's record as it is now, naming the new leader.
+        """
+        now = asyncio.get_running_loop().time()
+        if (
+            self.connection is None
+            or self._publisher is not refused
+            or now - self._fresh_publisher_at < FRESH_PUBLISHER_EVERY_S
+        ):
+            return
+        self._fresh_publisher_at = now
+        try:
+            fresh = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
+        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+            log.warning("publisher_channel_not_replaced", node=self.node, error=str(exc))
+            return
+        if self._publisher is not refused:  # replaced meanwhile (a reconnect)
+            await fresh.close()
+            return
+        self._publisher = fresh
+        log.warning(
+            "publisher_channel_replaced", node=self.node,
+            reason="the broker refused publishes on it (basic.nack)",
+        )
+        retiring = asyncio.get_running_loop().create_task(self._retire(refused))
+        self._retiring.add(retiring)
+        retiring.add_done_callback(self._retiring.discard)
+
+    async def _retire(self, channel: aio_pika.abc.AbstractChannel) -> None:
+        """Close a replaced publisher channel once the broker answered what went out on
+        it (or the publish timeout passed): closing earlier would fail those publishes."""
+        with contextlib.suppress(Exception):
+            underlay: Any = await channel.get_underlay_channel()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.publish_timeout_s):
+                    while underlay.confirmations and not underlay.is_closed:
+                        await asyncio.sleep(ANSWER_POLL_S)
+            await channel.close()
+
     async def _publish_alone(
         self,
+        publisher: aio_pika.abc.AbstractChannel,
         body: bytes,
         exchange: str,
         routing_key: str,
@@ -385,7 +442,7 @@ class Broker:
         channel: Any = None
         answered = True
         try:
-            channel = await self.publisher.get_underlay_channel()
+            channel = await publisher.get_underlay_channel()
             # Room in the frame queue first (frame_room.py), so the publish frame
             # cannot follow the close-ok of a channel the broker closed meanwhile.
             await wait_for_room(channel)

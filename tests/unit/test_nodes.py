@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from asyncinvoke import Client, SyncClient
 from asyncinvoke.errors import ConfigError
 from asyncinvoke.nodes import NodeRing, parse_nodes
 from asyncinvoke.settings import from_env
 
+ROOT = Path(__file__).resolve().parents[2]
 THREE = (
     "amqp://u:secret@10.0.0.1:5672/prod,"
     " amqp://u:secret@10.0.0.2:5672/prod ,"
@@ -78,6 +84,25 @@ def test_the_environment_is_checked_at_start() -> None:
     with pytest.raises(ConfigError, match="item 2 is empty"):
         from_env({"ASYNCINVOKE_AMQP_URL": "amqp://a/,"})
     assert from_env({"ASYNCINVOKE_AMQP_URL": THREE}).amqp_url == THREE
+
+
+def test_the_clients_refuse_a_bad_list_when_made_not_at_first_use() -> None:
+    for make in (Client, SyncClient):
+        with pytest.raises(ConfigError, match="mixes virtual hosts"):
+            make(url="amqp://u:p@a/x,amqp://u:p@b/y")
+
+
+@pytest.mark.parametrize("command", [["worker"], ["gateway"], ["serve"], ["dlq", "stats"]])
+def test_every_command_refuses_a_bad_list_at_start(command: list[str]) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "asyncinvoke", *command, "--config", "examples/functions.toml"]
+        if command[0] != "dlq" else [sys.executable, "-m", "asyncinvoke", *command],
+        env={**os.environ, "ASYNCINVOKE_AMQP_URL": "amqp://u:hunter2@a/,ftp://u:hunter2@b/"},
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )
+    assert done.returncode != 0
+    assert "item 2 (ftp://u:***@b/): unknown scheme 'ftp'" in done.stderr
+    assert "hunter2" not in done.stderr + done.stdout
 
 
 def test_a_ring_tries_every_node_once_from_its_start() -> None:
