@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-import weakref
 from typing import Any
 from uuid import uuid4
 
@@ -36,7 +34,7 @@ import aiormq
 from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
 
-from asyncinvoke import contract, failover
+from asyncinvoke import alarms, contract, failover
 from asyncinvoke.errors import (
     BrokerBlocked,
     BrokerUnavailable,
@@ -72,48 +70,6 @@ _CONNECTION_LOST = (
 )
 
 
-class _BlockedWatch(logging.Filter):
-    """Hears aiormq's ``connection.blocked`` / ``unblocked``, which aio-pika does not expose.
-
-    aiormq logs both frames (with the broker's reason) and keeps no callback for them,
-    so its log records are the one place they surface. A logger drops a record below its
-    level before any filter sees it, and quiet commands (the dlq tool) or an operator's
-    logging setup may raise aiormq's level: so ``hear_alarms`` keeps aiormq.connection
-    at WARNING, and this filter lets its other records through only at the level the
-    ``aiormq`` logger above it asks for. The two frames' records are taken here and not
-    passed on: the broker logs its own ``broker_blocked`` / ``broker_unblocked`` lines.
-    """
-
-    brokers: weakref.WeakSet[Broker] = weakref.WeakSet()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = str(record.msg)
-        if message.startswith("Connection %r was") and isinstance(record.args, tuple):
-            connection = record.args[0]
-            if "blocked by" in message and len(record.args) > 1:
-                for broker in list(self.brokers):
-                    broker._on_blocked(connection, str(record.args[1]))
-                return False
-            if message.endswith("was unblocked"):
-                for broker in list(self.brokers):
-                    broker._on_unblocked(connection)
-                return False
-        return record.levelno >= _AIORMQ_LOG.getEffectiveLevel()
-
-
-_WATCH = _BlockedWatch()
-_AIORMQ_LOG = logging.getLogger("aiormq")
-_AIORMQ_CONNECTION_LOG = logging.getLogger("aiormq.connection")
-_AIORMQ_CONNECTION_LOG.addFilter(_WATCH)
-
-
-def hear_alarms() -> None:
-    """Make sure aiormq.connection's WARNING records (the alarm frames) are made at all."""
-    _AIORMQ_CONNECTION_LOG.disabled = False  # dictConfig disables loggers it was not told of
-    if not _AIORMQ_CONNECTION_LOG.isEnabledFor(logging.WARNING):
-        _AIORMQ_CONNECTION_LOG.setLevel(logging.WARNING)
-
-
 class Broker:
     def __init__(
         self,
@@ -144,7 +100,7 @@ class Broker:
         self._retiring: set[asyncio.Task[None]] = set()
 
     async def connect(self) -> None:
-        hear_alarms()
+        alarms.hear_alarms()
         self.connection = await failover.connect(
             self.ring, name=self.name, reconnect_interval_s=RECONNECT_INTERVAL_S
         )
@@ -154,7 +110,7 @@ class Broker:
         )
         self.connection.close_callbacks.add(self._on_lost)
         self.connection.reconnect_callbacks.add(self._on_restored)
-        _BlockedWatch.brokers.add(self)
+        alarms.listen(self)
         self._up = True
         self._connected.set()
 
@@ -213,7 +169,7 @@ class Broker:
 
     async def close(self) -> None:
         self._up = False
-        _BlockedWatch.brokers.discard(self)
+        alarms.forget(self)
         for retiring in list(self._retiring):
             retiring.cancel()
         if self.connection is not None:

@@ -351,6 +351,22 @@ def definitions(
             for plan in plans
             for binding in plan.bindings
         ],
+        "policies": [cluster_policy(names, vhost)],
+    }
+
+
+def cluster_policy(names: Names, vhost: str = "/") -> dict[str, Any]:
+    """The namespace's policy for a cluster: quorum queue leaders spread over the nodes
+    ("balanced") for any queue of the namespace, also one declared without the argument
+    (by hand, or by an older asyncinvoke). Priority 0: a policy of your own for these
+    queues with a higher priority replaces it, so add ``queue-leader-locator`` to yours."""
+    return {
+        "name": f"{names.ns}.cluster",
+        "vhost": vhost,
+        "pattern": f"^{re.escape(names.ns)}\\.",
+        "apply-to": "queues",
+        "definition": {"queue-leader-locator": "balanced"},
+        "priority": 0,
     }
 
 

@@ -66,3 +66,5 @@ def test_leaders_spread_over_the_nodes_and_topology_show_tells_where(
     loaded_names = {str(q["name"]).replace(loaded_ns + ".", space.ns + ".", 1) for q in loaded}
     assert set(placement) <= loaded_names  # and the suspect queues, which show leaves out
     assert all(sorted(q["members"]) == every_node for q in loaded)  # type: ignore[call-overload]
+    policies = json.loads(space.cluster.ctl("list_policies", "--formatter", "json"))
+    assert any(p["name"] == loaded_ns + ".cluster" for p in policies), policies

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from asyncinvoke import topology
@@ -97,3 +99,11 @@ def test_rabbitmqctl_placement_is_read_for_quorum_queues_only() -> None:
     )
     assert parse(listing) == {"ns.failed": Placement("r@b", ("r@a", "r@b", "r@c"))}
     assert parse(b"") == {}
+
+
+def test_definitions_carry_the_namespaces_cluster_policy() -> None:
+    (policy,) = topology.definitions(NAMES, [])["policies"]
+    assert policy["definition"] == {"queue-leader-locator": "balanced"}
+    assert policy["apply-to"] == "queues"
+    assert re.match(policy["pattern"], NAMES.failed)
+    assert not re.match(policy["pattern"], NAMES.ns + "x.failed")  # another namespace
