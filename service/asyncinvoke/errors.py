@@ -23,6 +23,10 @@
     ├── NonRetryableError      raised by a handler: fail now, do not retry
     ├── HandlerProcessDied     a handler's own process (executor = "process") ended mid-attempt
     ├── QueueBusy              the console: another browse holds the failure queue now
+    ├── TriggerError           a trigger (timer or RabbitMQ source)
+    │   ├── InvalidTrigger     a definition is wrong (names the field)
+    │   ├── TriggerNotFound    no trigger of that name on the function
+    │   └── TriggerExists      the function has a trigger of that name already
     ├── DlqError               the dead-letter tool (``asyncinvoke dlq``)
     │   ├── QueueMissing       {ns}.failed does not exist
     │   ├── EmptyQueue         {ns}.failed holds no record
@@ -364,3 +368,39 @@ class HandlerProcessDied(AsyncInvokeError):
 
 class QueueBusy(AsyncInvokeError):
     """Another browse holds the failure queue now (the console's, or a dlq command's)."""
+
+
+class TriggerError(AsyncInvokeError):
+    """A trigger: a timer or a RabbitMQ source that invokes a function."""
+
+
+class InvalidTrigger(TriggerError):
+    """A trigger definition is wrong; ``field`` names the field (``cronExpression``,
+    ``triggerConfig.batchSize``) so an API answer or a file error can point at it."""
+
+    def __init__(self, message: str, *, field: str, trigger: str = ""):
+        where = f"trigger {trigger!r}: " if trigger else ""
+        super().__init__(f"{where}{field}: {message}")
+        self.reason = message
+        self.field = field
+        self.trigger = trigger
+
+
+class TriggerNotFound(TriggerError):
+    def __init__(self, function: str, trigger: str):
+        super().__init__(
+            f"function {function!r} has no trigger {trigger!r}; "
+            f"'asyncinvoke trigger list {function}' shows its triggers"
+        )
+        self.function = function
+        self.trigger = trigger
+
+
+class TriggerExists(TriggerError):
+    def __init__(self, function: str, trigger: str):
+        super().__init__(
+            f"function {function!r} has a trigger {trigger!r} already; update it, or "
+            "delete it first"
+        )
+        self.function = function
+        self.trigger = trigger

@@ -33,6 +33,7 @@ from asyncinvoke.system_queues import SystemQueues
 from asyncinvoke.systemd import Notifier, Supervision
 from asyncinvoke.tasks.mode import TaskMode, purge_forever
 from asyncinvoke.tasks.tracker import TaskTracker
+from asyncinvoke.triggers.runtime import Triggers
 
 SYSTEM_PREFETCH = 32
 
@@ -88,6 +89,14 @@ class Worker:
         )
         self.functions: dict[str, Function] = {}
         self.pipeline: Pipeline | None = None
+        self.triggers = Triggers(
+            self.broker,
+            self.names,
+            settings,
+            self.metrics,
+            self.all_specs,
+            [trigger for spec in self.all_specs.values() for trigger in spec.triggers],
+        )
         self._health: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._background: list[asyncio.Task[None]] = []
@@ -147,6 +156,7 @@ class Worker:
             )
         await self.consumers.consume(self.names.unrouted, SYSTEM_PREFETCH, system.on_unrouted)
         await self.consumers.consume(self.names.dead, SYSTEM_PREFETCH, system.on_dead)
+        await self.triggers.start()
         if self.metrics_port is not None:
             self._health = await serve_health(
                 self.metrics, self.not_ready, self.metrics_host, self.metrics_port
@@ -177,6 +187,7 @@ class Worker:
             reasons.append("RabbitMQ: not connected")
         if self.tracker.outage is not None:
             reasons.append(f"task store: {self.tracker.outage}")
+        reasons.extend(self.triggers.not_ready())
         return reasons
 
     def status(self) -> str:
@@ -191,6 +202,7 @@ class Worker:
         self.supervision.stopping(f"stopping; {len(self.in_flight)} in flight")
         log.info("worker_stopping", in_flight=len(self.in_flight))
         await self.consumers.cancel()
+        await self.triggers.stop()
         for task in self._background:
             task.cancel()
         if self.pipeline is not None:

@@ -1,0 +1,135 @@
+"""What a worker runs for triggers: its leader candidacy, the scheduler (which works only
+while this worker leads), and one consumer per enabled RabbitMQ source trigger.
+
+Definitions come from the functions file and from the stored ones (the API's, which win
+over a file's trigger of the same name), read again every ``POLL_S``: a trigger deleted
+or disabled through the API stops consuming within that and the time to close its
+channel, well inside 2 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Iterable
+
+from asyncinvoke.broker import Broker
+from asyncinvoke.metrics import Metrics
+from asyncinvoke.observability import get_logger
+from asyncinvoke.settings import Settings
+from asyncinvoke.topology import Names
+from asyncinvoke.triggers.definitions import SourceConfig, TimerConfig, Trigger
+from asyncinvoke.triggers.leader import Leadership
+from asyncinvoke.triggers.sources import SourceConsumer
+from asyncinvoke.triggers.timers import Scheduler
+
+POLL_S = 0.5
+
+log = get_logger(component="triggers")
+
+Stored = Callable[[], Awaitable[Iterable[Trigger]]]
+
+
+def effective(file: Iterable[Trigger], stored: Iterable[Trigger]) -> dict[tuple[str, str], Trigger]:
+    """The triggers in force: the file's, with stored ones of the same name over them."""
+    triggers = {trigger.key: trigger for trigger in file}
+    triggers.update((trigger.key, trigger) for trigger in stored)
+    return triggers
+
+
+class Triggers:
+    def __init__(
+        self,
+        broker: Broker,
+        names: Names,
+        settings: Settings,
+        metrics: Metrics,
+        functions: Iterable[str],
+        file_triggers: Iterable[Trigger],
+        stored: Stored | None = None,
+    ):
+        self.broker = broker
+        self.names = names
+        self.settings = settings
+        self.metrics = metrics
+        self.functions = frozenset(functions)
+        self.file_triggers = list(file_triggers)
+        self.stored = stored
+        self.current: dict[tuple[str, str], Trigger] = {}
+        self.changed = asyncio.Event()
+        self.leadership = Leadership(broker, names)
+        self.scheduler = Scheduler(
+            broker, names, self.leadership, self.timers, self.changed, metrics,
+            catch_up_s=settings.trigger_catch_up_s,
+        )
+        self.sources: dict[tuple[str, str], tuple[SourceConsumer, asyncio.Task[None]]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def timers(self) -> list[Trigger]:
+        return [t for t in self.current.values() if isinstance(t.config, TimerConfig)]
+
+    async def start(self) -> None:
+        await self.reload()
+        await self.leadership.start()
+        self.metrics.trigger_leader.set_function(lambda: float(self.leadership.is_leader))
+        self._tasks.append(asyncio.create_task(self.scheduler.run()))
+        if self.stored is not None:
+            self._tasks.append(asyncio.create_task(self._poll()))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for _, task in self.sources.values():
+            task.cancel()
+        for task in [*self._tasks, *(task for _, task in self.sources.values())]:
+            with contextlib.suppress(BaseException):
+                await task
+        self.sources.clear()
+        await self.leadership.stop()
+
+    def not_ready(self) -> list[str]:
+        """The source triggers that cannot consume now, and why."""
+        return [
+            f"{consumer.describe()}: {consumer.problem}"
+            for consumer, _ in self.sources.values()
+            if consumer.problem is not None
+        ]
+
+    async def reload(self) -> None:
+        stored: Iterable[Trigger] = ()
+        if self.stored is not None:
+            stored = await self.stored()
+        current = {
+            key: trigger
+            for key, trigger in effective(self.file_triggers, stored).items()
+            if trigger.function in self.functions
+        }
+        if current != self.current:
+            self.current = current
+            self.changed.set()
+        self._reconcile_sources()
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(POLL_S)
+            try:
+                await self.reload()
+            except Exception as exc:  # noqa: BLE001 - the store may be down for a while
+                log.warning("trigger_definitions_unreadable", error=str(exc))
+
+    def _reconcile_sources(self) -> None:
+        wanted = {
+            key: trigger
+            for key, trigger in self.current.items()
+            if isinstance(trigger.config, SourceConfig) and trigger.enabled
+        }
+        for key, (consumer, task) in list(self.sources.items()):
+            if wanted.get(key) != consumer.trigger:
+                task.cancel()  # closes its connection: unacked messages go back
+                del self.sources[key]
+                log.info("trigger_source_stopped", function=key[0], trigger=key[1])
+        for key, trigger in wanted.items():
+            if key not in self.sources:
+                consumer = SourceConsumer(trigger, self.broker, self.names, self.settings,
+                                          self.metrics)
+                self.sources[key] = (consumer, asyncio.create_task(consumer.run()))
