@@ -21,6 +21,8 @@
     │   └── TaskNotEnded       a re-run of a task that has not ended
     ├── SyncClientClosed       a SyncClient was used after close()
     ├── TaskStoreUnavailable   the task store cannot be reached or cannot write now (transient)
+    ├── StoreUnavailable       the configuration stream cannot be read or a change confirmed
+    ├── InvalidDocument        a configuration document, its kind or name is not storable
     ├── HttpDeliveryError      an HTTP destination refused a record or could not be reached
     ├── NonRetryableError      raised by a handler: fail now, do not retry
     ├── HandlerProcessDied     a handler's own process (executor = "process") ended mid-attempt
@@ -280,6 +282,19 @@ class TaskStoreUnavailable(AsyncInvokeError):
         super().__init__(f"task store {store} is unavailable: {reason}")
         self.store = store
         self.reason = reason
+
+
+class StoreUnavailable(AsyncInvokeError):
+    """The namespace's configuration stream ({ns}.config) could not be read, or a change
+    to it was not confirmed or read back in time."""
+
+    def __init__(self, message: str, *, stream: str):
+        super().__init__(message)
+        self.stream = stream
+
+
+class InvalidDocument(AsyncInvokeError, ValueError):
+    """A document for the configuration store, or its kind or name, cannot be stored."""
 
 
 class NonRetryableError(AsyncInvokeError):
