@@ -5,7 +5,8 @@
         └──────────► {ns}.unrouted ◄───────────────┘   (worker: UnknownFunction records)
     {ns}.fn.<fn> ─(delivery limit)─► {ns}.dead          (worker: DeliveryLimitExceeded records)
     {ns}.failed (topic, key = fn) ─(#)─► {ns}.failed    (the failure-destination queue)
-    {ns}.triggers.leader   single active consumer: the worker it delivers to schedules timers
+    {ns}.triggers.leader          single active consumer: the worker it delivers to schedules timers
+    {ns}.config (stream)          the namespace's live configuration and triggers (docstore)
 
 Quorum queues everywhere: replicated on a cluster, at-least-once dead-lettering,
 and a delivery limit for poison messages. The system queues that hold records
@@ -29,6 +30,8 @@ from asyncinvoke.errors import ConfigError
 from asyncinvoke.functions import FunctionSpec
 
 QUORUM = {"x-queue-type": "quorum"}
+# No retention arguments: the configuration log is the configuration (docstore.py).
+STREAM = {"x-queue-type": "stream"}
 AT_LEAST_ONCE = {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
 DIRECT, TOPIC, FANOUT = "direct", "topic", "fanout"
 UNLIMITED_DELIVERIES = {"x-delivery-limit": -1}
@@ -68,6 +71,11 @@ class Names:
     def trigger_leader(self) -> str:
         """Single-active-consumer queue: its active consumer is the timers' scheduler."""
         return f"{self.ns}.triggers.leader"
+
+    @property
+    def config_stream(self) -> str:
+        """The stream of configuration changes: async-invoke config, concurrency, triggers."""
+        return f"{self.ns}.config"
 
     @property
     def deliver(self) -> str:
@@ -187,6 +195,7 @@ def core_plan(names: Names, broker_version: tuple[int, int] | None = None) -> Pl
         QueueDecl(names.failed, dict(system)),
         # No delivery limit either: the baton in it returns each time a leader dies.
         QueueDecl(names.trigger_leader, {**system, **SINGLE_ACTIVE}),
+        QueueDecl(names.config_stream, dict(STREAM)),
     ]
     bindings = [
         Binding(names.unrouted, names.unrouted, ""),
