@@ -20,6 +20,7 @@ from asyncinvoke.acks import Acks
 from asyncinvoke.broker import Broker
 from asyncinvoke.consumer import Consumers
 from asyncinvoke.destinations import Destinations
+from asyncinvoke.docstore import DocumentStore
 from asyncinvoke.errors import AsyncInvokeError
 from asyncinvoke.functions import FunctionsFile, FunctionSpec, check_consumer_timeout, load_handler
 from asyncinvoke.journal import Journal
@@ -89,6 +90,8 @@ class Worker:
         )
         self.functions: dict[str, Function] = {}
         self.pipeline: Pipeline | None = None
+        # The namespace's live configuration and triggers, read whole at start.
+        self.store = DocumentStore(self.broker, self.names)
         self.triggers = Triggers(
             self.broker,
             self.names,
@@ -96,6 +99,7 @@ class Worker:
             self.metrics,
             self.all_specs,
             [trigger for spec in self.all_specs.values() for trigger in spec.triggers],
+            self.store,
         )
         self._health: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -118,6 +122,7 @@ class Worker:
         }
         await self.broker.connect()
         await topology.declare(self.broker.publisher, self.names, self.specs.values())
+        await self.store.start()
         self._session = aiohttp.ClientSession()
         destinations = Destinations(self.broker, self.names, self._session)
         pipeline = self.pipeline = Pipeline(
@@ -203,6 +208,7 @@ class Worker:
         log.info("worker_stopping", in_flight=len(self.in_flight))
         await self.consumers.cancel()
         await self.triggers.stop()
+        await self.store.close()
         for task in self._background:
             task.cancel()
         if self.pipeline is not None:

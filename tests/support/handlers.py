@@ -174,3 +174,14 @@ def burn_ms(event: Any, context: Context) -> int:
     while time.perf_counter() < end:
         count += 1
     return count
+
+
+def batch_numbers(event: Any, context: Context) -> list[Any]:
+    """A RabbitMQ trigger's batch (JSON list of CloudEvents) → each event's ``data["n"]``,
+    or its ``data_base64`` when the body was not JSON: a short record of what arrived."""
+    import json
+
+    return [
+        e["data"]["n"] if isinstance(e.get("data"), dict) else e.get("data_base64")
+        for e in json.loads(event)
+    ]

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 
@@ -105,8 +106,9 @@ def batches(events: list[bytes], max_payload_bytes: int) -> list[bytes]:
 
 
 def source_name(vhost: str | None, queue: str) -> str:
-    """The CloudEvents ``source``: the vhost and queue, never the broker's URL (a secret)."""
-    return f"/rabbitmq/{vhost or '/'}/{queue}".replace("//", "/")
+    """The CloudEvents ``source``: the vhost and queue, each percent-encoded (the default
+    vhost is ``%2F``, as in RabbitMQ's HTTP API), never the broker's URL (a secret)."""
+    return f"/rabbitmq/{quote(vhost or '/', safe='')}/{quote(queue, safe='')}"
 
 
 def batch_is_full(count: int, batch_size: int) -> bool:

@@ -1,19 +1,20 @@
 """What a worker runs for triggers: its leader candidacy, the scheduler (which works only
 while this worker leads), and one consumer per enabled RabbitMQ source trigger.
 
-Definitions come from the functions file and from the stored ones (the API's, which win
-over a file's trigger of the same name), read again every ``POLL_S``: a trigger deleted
-or disabled through the API stops consuming within that and the time to close its
-channel, well inside 2 s.
+Definitions come from the functions file and from the configuration store (the API's,
+which win over a file's trigger of the same name). The store tells every worker of each
+change as it reads it from its stream, so a trigger deleted or disabled through the API
+stops consuming within the time to close its channel, well inside 2 s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from asyncinvoke.broker import Broker
+from asyncinvoke.docstore import Change, DocumentStore
 from asyncinvoke.metrics import Metrics
 from asyncinvoke.observability import get_logger
 from asyncinvoke.settings import Settings
@@ -21,13 +22,10 @@ from asyncinvoke.topology import Names
 from asyncinvoke.triggers.definitions import SourceConfig, TimerConfig, Trigger
 from asyncinvoke.triggers.leader import Leadership
 from asyncinvoke.triggers.sources import SourceConsumer
+from asyncinvoke.triggers.stored import KIND, TriggerStore
 from asyncinvoke.triggers.timers import Scheduler
 
-POLL_S = 0.5
-
 log = get_logger(component="triggers")
-
-Stored = Callable[[], Awaitable[Iterable[Trigger]]]
 
 
 def effective(file: Iterable[Trigger], stored: Iterable[Trigger]) -> dict[tuple[str, str], Trigger]:
@@ -46,7 +44,7 @@ class Triggers:
         metrics: Metrics,
         functions: Iterable[str],
         file_triggers: Iterable[Trigger],
-        stored: Stored | None = None,
+        store: DocumentStore | None = None,
     ):
         self.broker = broker
         self.names = names
@@ -54,7 +52,8 @@ class Triggers:
         self.metrics = metrics
         self.functions = frozenset(functions)
         self.file_triggers = list(file_triggers)
-        self.stored = stored
+        self.stored = TriggerStore(store, file_triggers) if store is not None else None
+        self._unsubscribe: Callable[[], None] | None = None
         self.current: dict[tuple[str, str], Trigger] = {}
         self.changed = asyncio.Event()
         self.leadership = Leadership(broker, names)
@@ -69,14 +68,17 @@ class Triggers:
         return [t for t in self.current.values() if isinstance(t.config, TimerConfig)]
 
     async def start(self) -> None:
-        await self.reload()
+        """Start after the store did (it has read its stream whole)."""
+        if self.stored is not None:
+            self._unsubscribe = self.stored.store.subscribe(self._on_change)
+        self.reload()
         await self.leadership.start()
         self.metrics.trigger_leader.set_function(lambda: float(self.leadership.is_leader))
         self._tasks.append(asyncio.create_task(self.scheduler.run()))
-        if self.stored is not None:
-            self._tasks.append(asyncio.create_task(self._poll()))
 
     async def stop(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
         for task in self._tasks:
             task.cancel()
         for _, task in self.sources.values():
@@ -95,10 +97,14 @@ class Triggers:
             if consumer.problem is not None
         ]
 
-    async def reload(self) -> None:
+    def _on_change(self, change: Change) -> None:
+        if change.kind == KIND:
+            self.reload()
+
+    def reload(self) -> None:
         stored: Iterable[Trigger] = ()
         if self.stored is not None:
-            stored = await self.stored()
+            stored = self.stored.stored()
         current = {
             key: trigger
             for key, trigger in effective(self.file_triggers, stored).items()
@@ -108,14 +114,6 @@ class Triggers:
             self.current = current
             self.changed.set()
         self._reconcile_sources()
-
-    async def _poll(self) -> None:
-        while True:
-            await asyncio.sleep(POLL_S)
-            try:
-                await self.reload()
-            except Exception as exc:  # noqa: BLE001 - the store may be down for a while
-                log.warning("trigger_definitions_unreadable", error=str(exc))
 
     def _reconcile_sources(self) -> None:
         wanted = {
