@@ -211,3 +211,31 @@ def _reason(exc: BaseException, queue: str, url: str) -> str:
     if isinstance(exc, OSError | TimeoutError | aiormq.exceptions.AMQPConnectionError):
         return f"cannot reach the source broker {redact_url(url)} ({type(exc).__name__})"
     return f"source queue {queue!r}: {type(exc).__name__}: {redact_url(str(exc))}"
+
+
+async def probe(config: SourceConfig, default_url: str, timeout_s: float = 3.0) -> str | None:
+    """Why the source cannot be consumed now, or None when it can: asked of the source
+    broker (a passive declare), for ``trigger get`` in a process that does not consume."""
+    url = config.source_url(default_url)
+    try:
+        async with asyncio.timeout(timeout_s):
+            connection = await aio_pika.connect(url, timeout=timeout_s)
+            try:
+                channel = await connection.channel()
+                await channel.declare_queue(config.queue, passive=True)
+            finally:
+                await connection.close()
+    except Exception as exc:  # noqa: BLE001 - every failure is an answer here
+        return _reason(exc, config.queue, url)
+    return None
+
+
+async def status(trigger: Trigger, default_url: str) -> tuple[str, str]:
+    """``(status, reason)`` as ``trigger get`` shows them: Ready, Disabled or Unhealthy."""
+    if not trigger.enabled:
+        return "Disabled", ""
+    if isinstance(trigger.config, SourceConfig):
+        problem = await probe(trigger.config, default_url)
+        if problem is not None:
+            return "Unhealthy", problem
+    return "Ready", ""
