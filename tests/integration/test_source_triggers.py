@@ -32,14 +32,22 @@ def functions_with_source(results: str, source: str, size: int, window: float) -
         """
 
 
-async def publish(connection: aio_pika.abc.AbstractConnection, queue: str,
-                  bodies: list[bytes], **properties: object) -> None:
+async def publish(
+    connection: aio_pika.abc.AbstractConnection,
+    queue: str,
+    bodies: list[bytes],
+    **properties: object,
+) -> None:
     async with connection.channel(publisher_confirms=True) as channel:
-        await asyncio.gather(*(
-            channel.default_exchange.publish(aio_pika.Message(body, **properties),  # type: ignore[arg-type]
-                                             routing_key=queue)
-            for body in bodies
-        ))
+        await asyncio.gather(
+            *(
+                channel.default_exchange.publish(
+                    aio_pika.Message(body, **properties),  # type: ignore[arg-type]
+                    routing_key=queue,
+                )
+                for body in bodies
+            )
+        )
 
 
 async def declare_plain(connection: aio_pika.abc.AbstractConnection, queue: str) -> None:
@@ -62,8 +70,9 @@ async def test_batches_are_full_or_sent_when_their_window_closes_as_cloudevents(
     functions_file = namespace.functions(functions_with_source(results, source, 100, 0.5))
     async with running_worker(namespace, functions_file):
         await publish(amqp, source, [orjson.dumps({"n": n}) for n in range(250)])
-        sizes = sorted(len(r["responsePayload"]) for r in records_of(
-            await collect(amqp, results, 3, 10)))
+        sizes = sorted(
+            len(r["responsePayload"]) for r in records_of(await collect(amqp, results, 3, 10))
+        )
         assert sizes == [50, 100, 100]
 
         # A lone message waits out the window; one that is not JSON arrives base64.
@@ -86,10 +95,14 @@ async def test_a_missing_source_is_unhealthy_in_readyz_and_metrics_and_is_retrie
     await declare_queue(amqp, results)
     functions_file = namespace.functions(functions_with_source(results, source, 10, 0))
     async with running_worker(namespace, functions_file) as worker:
-        await wait_for(lambda: any("does not exist" in r for r in worker.not_ready()), 5,
-                       "the missing source in not_ready")
+        await wait_for(
+            lambda: any("does not exist" in r for r in worker.not_ready()),
+            5,
+            "the missing source in not_ready",
+        )
         assert 'asyncinvoke_trigger_healthy{function="batch",trigger="src"} 0.0' in (
-            worker.metrics.render().decode())
+            worker.metrics.render().decode()
+        )
         await declare_plain(amqp, source)
         await wait_for(lambda: not worker.not_ready(), 10, "the source consumed after a retry")
         await publish(amqp, source, [orjson.dumps({"n": 1})])
@@ -97,8 +110,11 @@ async def test_a_missing_source_is_unhealthy_in_readyz_and_metrics_and_is_retrie
 
         async with amqp.channel() as channel:
             await channel.queue_delete(source)
-        await wait_for(lambda: any("went away" in r or "does not exist" in r
-                                   for r in worker.not_ready()), 5, "the deleted source")
+        await wait_for(
+            lambda: any("went away" in r or "does not exist" in r for r in worker.not_ready()),
+            5,
+            "the deleted source",
+        )
 
 
 @asynccontextmanager
@@ -119,8 +135,15 @@ async def test_deleting_a_stored_source_trigger_stops_consumption_within_2_s(
         on_success = "queue:{results}"
         """)
     async with trigger_store(namespace) as store, running_worker(namespace, functions_file):
-        await store.create("batch", {"triggerName": "live", "triggerType": "rabbitmq",
-                                     "triggerConfig": {"queueName": source}}, clock.now_ms())
+        await store.create(
+            "batch",
+            {
+                "triggerName": "live",
+                "triggerType": "rabbitmq",
+                "triggerConfig": {"queueName": source},
+            },
+            clock.now_ms(),
+        )
         deadline = time.monotonic() + 5
         while await consumers_on(amqp, source) != 1:
             assert time.monotonic() < deadline, "the stored trigger never consumed"
@@ -136,5 +159,6 @@ async def test_deleting_a_stored_source_trigger_stops_consumption_within_2_s(
         await publish(amqp, source, [orjson.dumps({"n": 6})])
         await asyncio.sleep(0.5)
         async with amqp.channel() as channel:
-            assert (await channel.declare_queue(source, passive=True)
-                    ).declaration_result.message_count == 1
+            assert (
+                await channel.declare_queue(source, passive=True)
+            ).declaration_result.message_count == 1

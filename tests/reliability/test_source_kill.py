@@ -25,8 +25,9 @@ def publish_with_pika(queue: str, count: int) -> None:
         channel.queue_declare(queue, durable=True)
         channel.confirm_delivery()
         for n in range(count):
-            channel.basic_publish("", queue, b'{"n": %d}' % n,
-                                  pika.BasicProperties(delivery_mode=2))
+            channel.basic_publish(
+                "", queue, b'{"n": %d}' % n, pika.BasicProperties(delivery_mode=2)
+            )
     finally:
         connection.close()
 
@@ -58,7 +59,9 @@ async def test_a_kill_9_mid_stream_loses_no_source_message(
 ) -> None:
     results, source = namespace.queue_name("results"), namespace.queue_name("src")
     await declare_queue(amqp, results)
-    config = write_functions(tmp_path, f"""
+    config = write_functions(
+        tmp_path,
+        f"""
         [functions.batch]
         handler = "tests.support.handlers:batch_numbers"
         on_success = "queue:{results}"
@@ -68,7 +71,8 @@ async def test_a_kill_9_mid_stream_loses_no_source_message(
         queue = "{source}"
         batch_size = {BATCH_SIZE}
         batch_window = 0.2
-        """)
+        """,
+    )
     namespace.function_names.add("batch")
     await asyncio.to_thread(publish_with_pika, source, MESSAGES)
     batches = Batches()
@@ -93,5 +97,7 @@ async def test_a_kill_9_mid_stream_loses_no_source_message(
     assert set(batches.seen) == set(range(MESSAGES))
     assert max(batches.sizes) <= BATCH_SIZE
     redelivered = sum(count - 1 for count in batches.seen.values())
-    print(f"\n{MESSAGES} messages in {len(batches.sizes)} batches; killed after {killed_at} "
-          f"seen; {redelivered} arrived twice (in flight at the kill)")
+    print(
+        f"\n{MESSAGES} messages in {len(batches.sizes)} batches; killed after {killed_at} "
+        f"seen; {redelivered} arrived twice (in flight at the kill)"
+    )

@@ -88,8 +88,10 @@ async def test_one_tick_per_schedule_across_three_workers_through_a_kill_9_of_th
         """,
     )
     namespace.function_names.add("tick")
-    env = {"ASYNCINVOKE_TASK_STORE": f"sqlite:///{tmp_path / 'tasks.db'}",
-           "ASYNCINVOKE_TRIGGER_CATCH_UP": str(CATCH_UP_S)}
+    env = {
+        "ASYNCINVOKE_TASK_STORE": f"sqlite:///{tmp_path / 'tasks.db'}",
+        "ASYNCINVOKE_TRIGGER_CATCH_UP": str(CATCH_UP_S),
+    }
     workers = [WorkerProcess(namespace, config, **env) for _ in range(3)]
     try:
         await asyncio.gather(*(worker.start() for worker in workers))
@@ -105,8 +107,11 @@ async def test_one_tick_per_schedule_across_three_workers_through_a_kill_9_of_th
             await ticks.until(lambda: len(ticks.runs) >= before + 3, 15, "ticks after the kill")
             survivors = [w for w in workers if w is not first_leader]
             second_leader = leader_of(survivors)
-            first_after = min((created, tick_id) for tick_id, created in ticks.created.items()
-                              if created > killed_at)
+            first_after = min(
+                (created, tick_id)
+                for tick_id, created in ticks.created.items()
+                if created > killed_at
+            )
             resumed_ms = first_after[0] - killed_at
             resumed_late_ms = first_after[0] - int(first_after[1].rsplit("-", 1)[1])
             # Bounded: the next leader takes over as soon as the broker sees the
@@ -123,8 +128,11 @@ async def test_one_tick_per_schedule_across_three_workers_through_a_kill_9_of_th
             workers.append(late)
             await late.start()
             restarted_at = time.time_ns() // 1_000_000
-            await ticks.until(lambda: max(ticks.scheduled()) > restarted_at + EVERY_MS, 15,
-                              "ticks after the restart")
+            await ticks.until(
+                lambda: max(ticks.scheduled()) > restarted_at + EVERY_MS,
+                15,
+                "ticks after the restart",
+            )
             await asyncio.sleep(0.5)  # a duplicate, if any, would arrive by now
 
         scheduled = ticks.scheduled()
@@ -133,19 +141,27 @@ async def test_one_tick_per_schedule_across_three_workers_through_a_kill_9_of_th
         for tick_id, created in ticks.created.items():
             assert created >= int(tick_id.rsplit("-", 1)[1]), tick_id
         # Every tick up to the gap, none missing; within the gap only the catch-up window's.
-        missing = [ms for ms in range(scheduled[0], scheduled[-1] + 1, EVERY_MS)
-                   if ms not in set(scheduled)]
+        missing = [
+            ms
+            for ms in range(scheduled[0], scheduled[-1] + 1, EVERY_MS)
+            if ms not in set(scheduled)
+        ]
         assert all(gap_from < ms < restarted_at - CATCH_UP_S * 1000 + EVERY_MS for ms in missing)
-        caught_up = [ms for ms in scheduled if gap_from < ms and ticks.created[
-            f"tick-beat-{ms}"] - ms > EVERY_MS]
+        caught_up = [
+            ms
+            for ms in scheduled
+            if gap_from < ms and ticks.created[f"tick-beat-{ms}"] - ms > EVERY_MS
+        ]
         assert len(caught_up) >= CATCH_UP_S - 1, (caught_up, restarted_at)
         skipped = [json.loads(line) for line in late.lines if "trigger_ticks_skipped" in line]
         assert skipped and skipped[0]["skipped"] == len(missing)
         assert second_leader is not first_leader
-        print(f"\nticks resumed {resumed_ms} ms after kill -9 of the leader (that tick "
-              f"{resumed_late_ms} ms late); "
-              f"{len(caught_up)} caught up, {len(missing)} skipped after a "
-              f"{restarted_at - gap_from} ms gap")
+        print(
+            f"\nticks resumed {resumed_ms} ms after kill -9 of the leader (that tick "
+            f"{resumed_late_ms} ms late); "
+            f"{len(caught_up)} caught up, {len(missing)} skipped after a "
+            f"{restarted_at - gap_from} ms gap"
+        )
     finally:
         for worker in workers:
             await worker.kill()

@@ -38,8 +38,13 @@ def test_cron_tz_moves_the_wall_clock_to_that_zone() -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "interval_ms"), [("@every 30s", 30_000), ("@every 5m", 300_000),
-                              ("@every 1h", 3_600_000), ("@every 1h30m", 5_400_000)]
+    ("text", "interval_ms"),
+    [
+        ("@every 30s", 30_000),
+        ("@every 5m", 300_000),
+        ("@every 1h", 3_600_000),
+        ("@every 1h30m", 5_400_000),
+    ],
 )
 def test_every_reads_hours_minutes_and_seconds(text: str, interval_ms: int) -> None:
     schedule = cron.parse(text)
@@ -49,8 +54,17 @@ def test_every_reads_hours_minutes_and_seconds(text: str, interval_ms: int) -> N
 
 @pytest.mark.parametrize(
     "text",
-    ["0 */5 * * *", "0 0 0 30 2 *", "@every 0s", "@every 5x", "@every", "CRON_TZ=Mars/Base 0 * * * * *",
-     "61 * * * * *", "", "CRON_TZ=Europe/Berlin @every 5s"],
+    [
+        "0 */5 * * *",
+        "0 0 0 30 2 *",
+        "@every 0s",
+        "@every 5x",
+        "@every",
+        "CRON_TZ=Mars/Base 0 * * * * *",
+        "61 * * * * *",
+        "",
+        "CRON_TZ=Europe/Berlin @every 5s",
+    ],
 )
 def test_an_invalid_expression_names_the_cron_expression_field(text: str) -> None:
     with pytest.raises(InvalidTrigger) as caught:
@@ -70,7 +84,10 @@ def test_a_wall_clock_time_the_fall_back_day_repeats_fires_at_each_instant_once(
     daily = cron.parse("CRON_TZ=Europe/Berlin 0 30 2 * * *")
     first = daily.next_after(ms(2026, 10, 24, 12, 0, 0))
     second = daily.next_after(first)
-    assert (local(first), local(second)) == ("2026-10-25T02:30:00+02:00", "2026-10-25T02:30:00+01:00")
+    assert (local(first), local(second)) == (
+        "2026-10-25T02:30:00+02:00",
+        "2026-10-25T02:30:00+01:00",
+    )
     assert second - first == 3_600_000
     assert local(daily.next_after(second)) == "2026-10-26T02:30:00+01:00"
 
@@ -86,9 +103,17 @@ def test_a_step_keeps_real_time_intervals_through_the_repeated_hour() -> None:
     assert gaps == [600_000] + [1_200_000] * 8
 
 
-@given(st.integers(min_value=0, max_value=4_000_000_000_000),
-       st.sampled_from(["@every 7s", "*/15 * * * * *", "CRON_TZ=Europe/Berlin 0 30 2 * * *",
-                        "CRON_TZ=America/New_York 0 0 * * * 1-5"]))
+@given(
+    st.integers(min_value=0, max_value=4_000_000_000_000),
+    st.sampled_from(
+        [
+            "@every 7s",
+            "*/15 * * * * *",
+            "CRON_TZ=Europe/Berlin 0 30 2 * * *",
+            "CRON_TZ=America/New_York 0 0 * * * 1-5",
+        ]
+    ),
+)
 def test_the_next_tick_is_a_whole_second_strictly_after_and_the_same_from_anywhere_before(
     after_ms: int, text: str
 ) -> None:

@@ -10,8 +10,12 @@ from asyncinvoke.triggers import cron, ticks
 
 EVERY_2S = cron.parse("@every 2s")
 SCHEDULES = st.sampled_from(
-    [cron.parse("@every 1s"), cron.parse("@every 3s"), cron.parse("*/5 * * * * *"),
-     cron.parse("CRON_TZ=Europe/Berlin 10,20 * * * * *")]
+    [
+        cron.parse("@every 1s"),
+        cron.parse("@every 3s"),
+        cron.parse("*/5 * * * * *"),
+        cron.parse("CRON_TZ=Europe/Berlin 10,20 * * * * *"),
+    ]
 )
 
 
@@ -53,7 +57,7 @@ def test_no_tick_fires_early_and_fired_plus_skipped_are_every_tick_in_between(
     assert list(plan.fire) == sorted(set(plan.fire))
     expected = all_ticks(schedule, after_ms, now)
     assert plan.skipped + len(plan.fire) == len(expected)
-    assert list(plan.fire) == expected[len(expected) - len(plan.fire):]
+    assert list(plan.fire) == expected[len(expected) - len(plan.fire) :]
 
 
 @given(SCHEDULES, st.integers(0, 10**12), st.lists(st.integers(0, 9_000), min_size=1, max_size=30))
@@ -82,5 +86,8 @@ def test_a_tick_id_is_the_function_trigger_and_time_and_fits_the_contract() -> N
 
 def test_the_timer_event_is_fcs_shape() -> None:
     event = orjson.loads(ticks.timer_event("nightly", 1_700_000_005_000, "hello"))
-    assert event == {"triggerTime": "2023-11-14T22:13:25Z", "triggerName": "nightly",
-                     "payload": "hello"}
+    assert event == {
+        "triggerTime": "2023-11-14T22:13:25Z",
+        "triggerName": "nightly",
+        "payload": "hello",
+    }

@@ -40,8 +40,10 @@ async def _store(settings: Settings) -> AsyncIterator[tuple[TriggerStore, Broker
     if Path(settings.config_path).is_file():
         loaded = functions.load(settings.config_path)
         file_triggers = [t for spec in loaded.functions.values() for t in spec.triggers]
-    async with Broker(settings, name="asyncinvoke-cli-trigger") as broker, \
-            DocumentStore(broker, topology.Names(settings.namespace)) as store:
+    async with (
+        Broker(settings, name="asyncinvoke-cli-trigger") as broker,
+        DocumentStore(broker, topology.Names(settings.namespace)) as store,
+    ):
         yield TriggerStore(store, file_triggers), broker
 
 
@@ -61,9 +63,16 @@ async def _check_function(broker: Broker, settings: Settings, function: str) -> 
 
 def _config_from_flags(base: dict[str, Any], **flags: Any) -> dict[str, Any]:
     """``base`` with the flags that were given: the flat config keys."""
-    keys = {"cron": "cronExpression", "payload": "payload", "enable": "enable",
-            "queue": "queueName", "url": "url", "vhost": "virtualHostName",
-            "batch_size": "batchSize", "batch_window": "batchWindow"}
+    keys = {
+        "cron": "cronExpression",
+        "payload": "payload",
+        "enable": "enable",
+        "queue": "queueName",
+        "url": "url",
+        "vhost": "virtualHostName",
+        "batch_size": "batchSize",
+        "batch_window": "batchWindow",
+    }
     config = dict(base)
     config.update({keys[flag]: value for flag, value in flags.items() if value is not None})
     return config
@@ -75,8 +84,12 @@ def _flat(existing: Trigger) -> dict[str, Any]:
     if isinstance(config, TimerConfig):
         return config.to_fc()
     shown = config.to_fc()["eventSourceConfig"]["eventSourceParameters"]["sourceRabbitMQParameters"]
-    flat: dict[str, Any] = {"queueName": config.queue, "batchSize": config.batch_size,
-                            "batchWindow": config.batch_window_s, "enable": config.enable}
+    flat: dict[str, Any] = {
+        "queueName": config.queue,
+        "batchSize": config.batch_size,
+        "batchWindow": config.batch_window_s,
+        "enable": config.enable,
+    }
     if "Url" in shown:
         flat["url"] = shown["Url"]
     if config.vhost is not None:
@@ -85,8 +98,12 @@ def _flat(existing: Trigger) -> dict[str, Any]:
 
 
 _CONFIG_OPTIONS = [
-    click.option("--config", "config_json", metavar="JSON",
-                 help="triggerConfig as FC's JSON (the flags below add to it)."),
+    click.option(
+        "--config",
+        "config_json",
+        metavar="JSON",
+        help="triggerConfig as FC's JSON (the flags below add to it).",
+    ),
     click.option("--cron", help="timer: cronExpression ('0 */5 * * * *', '@every 30s')."),
     click.option("--payload", help="timer: the payload string of each tick."),
     click.option("--enable/--disable", "enable", default=None, help="Fire/consume or not."),
@@ -123,12 +140,22 @@ def _base(config_json: str | None) -> dict[str, Any]:
 @click.option("--type", "kind", type=click.Choice(KINDS), required=True)
 @_config_options
 @json_option
-def create(function: str, name: str, kind: str, config_json: str | None,
-           description: str | None, as_json: bool, **flags: Any) -> None:
+def create(
+    function: str,
+    name: str,
+    kind: str,
+    config_json: str | None,
+    description: str | None,
+    as_json: bool,
+    **flags: Any,
+) -> None:
     """Create trigger NAME on FUNCTION."""
     settings = load_settings()
-    body: dict[str, Any] = {"triggerName": name, "triggerType": kind,
-                            "triggerConfig": _config_from_flags(_base(config_json), **flags)}
+    body: dict[str, Any] = {
+        "triggerName": name,
+        "triggerType": kind,
+        "triggerConfig": _config_from_flags(_base(config_json), **flags),
+    }
     if description is not None:
         body["description"] = description
 
@@ -144,8 +171,14 @@ def create(function: str, name: str, kind: str, config_json: str | None,
 @click.argument("name")
 @_config_options
 @json_option
-def update(function: str, name: str, config_json: str | None, description: str | None,
-           as_json: bool, **flags: Any) -> None:
+def update(
+    function: str,
+    name: str,
+    config_json: str | None,
+    description: str | None,
+    as_json: bool,
+    **flags: Any,
+) -> None:
     """Change trigger NAME of FUNCTION: --config replaces its config, flags change keys."""
     settings = load_settings()
 
@@ -195,8 +228,9 @@ def list_(function: str | None, as_json: bool) -> None:
     for column in ("function", "trigger", "type", "enabled", "schedule / source", "defined in"):
         table.add_column(column)
     for item in found:
-        table.add_row(*cells(item.function, item.name, item.kind, item.enabled,
-                             _what(item), item.origin))
+        table.add_row(
+            *cells(item.function, item.name, item.kind, item.enabled, _what(item), item.origin)
+        )
     terminal().print(table)
 
 
@@ -232,7 +266,16 @@ def _show(item: Trigger, as_json: bool, settings: Settings) -> None:
         click.echo(orjson.dumps(view).decode())
         return
     console = terminal()
-    for key in ("functionName", "triggerName", "triggerType", "status", "statusReason",
-                "triggerConfig", "description", "createdTime", "lastModifiedTime"):
+    for key in (
+        "functionName",
+        "triggerName",
+        "triggerType",
+        "status",
+        "statusReason",
+        "triggerConfig",
+        "description",
+        "createdTime",
+        "lastModifiedTime",
+    ):
         if key in view:
             console.print(f"[bold]{key}[/bold]: {escape(str(view[key]))}", highlight=False)

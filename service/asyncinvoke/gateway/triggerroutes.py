@@ -80,8 +80,9 @@ class TriggerRoutes:
         limit = _limit(request.query.get("limit"))
         triggers = self.triggers.list(function, request.query.get("prefix") or "")
         shown, token = page(triggers, limit, request.query.get("nextToken") or None)
-        body: dict[str, Any] = {"triggers": [self._fc(t, "Ready" if t.enabled else "Disabled")
-                                             for t in shown]}
+        body: dict[str, Any] = {
+            "triggers": [self._fc(t, "Ready" if t.enabled else "Disabled") for t in shown]
+        }
         if token:
             body["nextToken"] = token
         return web.Response(body=orjson.dumps(body), content_type=JSON)
@@ -93,8 +94,9 @@ class TriggerRoutes:
     async def update(self, request: web.Request) -> web.Response:
         function = self.gateway._spec(request).name
         name = request.match_info["trigger"]
-        trigger = await self._call(self.triggers.update(function, name, await _body(request),
-                                                        now_ms()))
+        trigger = await self._call(
+            self.triggers.update(function, name, await _body(request), now_ms())
+        )
         return await self._shown(trigger)
 
     async def delete(self, request: web.Request) -> web.Response:
@@ -124,7 +126,9 @@ class TriggerRoutes:
 
     def _fc(self, trigger: Trigger, state: str, reason: str = "") -> dict[str, Any]:
         shown = trigger.to_fc(status=state, reason=reason)
-        shown["targetArn"] = f"acs:fc:asyncinvoke:{self.gateway.names.ns}:functions/{trigger.function}"
+        shown["targetArn"] = (
+            f"acs:fc:asyncinvoke:{self.gateway.names.ns}:functions/{trigger.function}"
+        )
         return shown
 
 

@@ -85,8 +85,9 @@ def parse(expression: object, *, trigger: str = "") -> Every | Cron:
         try:
             ZoneInfo(zone)
         except (ZoneInfoNotFoundError, ValueError):
-            raise _bad(f"unknown time zone {zone!r} in CRON_TZ=; use a name like Asia/Shanghai",
-                       trigger) from None
+            raise _bad(
+                f"unknown time zone {zone!r} in CRON_TZ=; use a name like Asia/Shanghai", trigger
+            ) from None
     if text.startswith("@every"):
         if zone != "UTC":
             raise _bad("CRON_TZ= does not apply to @every: leave it out", trigger)
@@ -118,8 +119,9 @@ def schedule_of(expression: str) -> Every | Cron:
 def _every(expression: str, text: str, trigger: str) -> Every:
     match = EVERY_RE.fullmatch(text)
     if match is None or not any(match.groups()):
-        raise _bad(f"{text!r}: write @every with h, m and s, like '@every 30s' or '@every 1h30m'",
-                   trigger)
+        raise _bad(
+            f"{text!r}: write @every with h, m and s, like '@every 30s' or '@every 1h30m'", trigger
+        )
     hours, minutes, seconds = (int(part or 0) for part in match.groups())
     interval_ms = ((hours * 60 + minutes) * 60 + seconds) * 1000
     if not MIN_EVERY_MS <= interval_ms <= MAX_EVERY_MS:

@@ -5,7 +5,7 @@ Two kinds, as FC names them:
 
 - ``timer``: ``triggerConfig`` ``{"cronExpression", "payload", "enable"}``.
 - ``rabbitmq``: the source queue, optionally another broker (``url``, a secret) or vhost,
-  ``batchSize`` (1–1000) and ``batchWindow`` (0–15 s). Read from a flat
+  ``batchSize`` (1-1000) and ``batchWindow`` (0-15 s). Read from a flat
   ``{"queueName", "url", "virtualHostName", "batchSize", "batchWindow", "enable"}`` or
   from FC's EventBridge shape (``eventSourceConfig.eventSourceParameters.
   sourceRabbitMQParameters`` and ``runOptions.batchWindow``), which is also the shape
@@ -48,8 +48,11 @@ class TimerConfig:
         return cron.schedule_of(self.cron_expression)
 
     def to_fc(self) -> dict[str, Any]:
-        return {"cronExpression": self.cron_expression, "payload": self.payload,
-                "enable": self.enable}
+        return {
+            "cronExpression": self.cron_expression,
+            "payload": self.payload,
+            "enable": self.enable,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,18 +135,27 @@ class Trigger:
         if isinstance(self.config, SourceConfig) and self.config.url is not None:
             params = config["eventSourceConfig"]["eventSourceParameters"]
             params["sourceRabbitMQParameters"]["Url"] = self.config.url
-        return {"function": self.function, "name": self.name, "type": self.kind,
-                "config": config, "description": self.description,
-                "created_ms": self.created_ms, "modified_ms": self.modified_ms}
+        return {
+            "function": self.function,
+            "name": self.name,
+            "type": self.kind,
+            "config": config,
+            "description": self.description,
+            "created_ms": self.created_ms,
+            "modified_ms": self.modified_ms,
+        }
 
 
 def from_record(record: Mapping[str, Any]) -> Trigger:
     kind = str(record["type"])
     return Trigger(
-        function=str(record["function"]), name=str(record["name"]), kind=kind,
+        function=str(record["function"]),
+        name=str(record["name"]),
+        kind=kind,
         config=parse_config(kind, record["config"], str(record["name"])),
         description=str(record.get("description", "")),
-        created_ms=int(record.get("created_ms", 0)), modified_ms=int(record.get("modified_ms", 0)),
+        created_ms=int(record.get("created_ms", 0)),
+        modified_ms=int(record.get("modified_ms", 0)),
     )
 
 
@@ -154,8 +166,9 @@ def create(function: str, body: Mapping[str, Any], now_ms: int) -> Trigger:
         raise InvalidTrigger(f"must match {NAME_RE.pattern}, got {name!r}", field="triggerName")
     kind = body.get("triggerType")
     if kind not in KINDS:
-        raise InvalidTrigger(f"must be one of {', '.join(KINDS)}, got {kind!r}",
-                             field="triggerType", trigger=name)
+        raise InvalidTrigger(
+            f"must be one of {', '.join(KINDS)}, got {kind!r}", field="triggerType", trigger=name
+        )
     config = parse_config(str(kind), _config_object(body.get("triggerConfig"), name), name)
     return Trigger(function, name, str(kind), config, _description(body, name), now_ms, now_ms)
 
@@ -167,9 +180,12 @@ def update(existing: Trigger, body: Mapping[str, Any], now_ms: int) -> Trigger:
     if body.get("triggerConfig") is not None:
         raw = _config_object(body["triggerConfig"], existing.name)
         config = parse_config(existing.kind, raw, existing.name)
-        if (isinstance(config, SourceConfig) and isinstance(existing.config, SourceConfig)
-                and existing.config.url is not None
-                and config.url == redact_url(existing.config.url)):
+        if (
+            isinstance(config, SourceConfig)
+            and isinstance(existing.config, SourceConfig)
+            and existing.config.url is not None
+            and config.url == redact_url(existing.config.url)
+        ):
             config = replace(config, url=existing.config.url)
         changed = replace(changed, config=config)
     if "description" in body and body["description"] is not None:
@@ -190,8 +206,11 @@ def _timer(raw: Mapping[str, Any], name: str) -> TimerConfig:
     if payload is None:
         payload = ""
     if not isinstance(payload, str) or len(payload) > MAX_PAYLOAD_CHARS:
-        raise InvalidTrigger(f"must be a string of at most {MAX_PAYLOAD_CHARS} characters",
-                             field="payload", trigger=name)
+        raise InvalidTrigger(
+            f"must be a string of at most {MAX_PAYLOAD_CHARS} characters",
+            field="payload",
+            trigger=name,
+        )
     return TimerConfig(str(expression), payload, _flag(raw, "enable", name))
 
 
@@ -201,25 +220,37 @@ def _source(raw: Mapping[str, Any], name: str) -> SourceConfig:
         flat = _flatten_event_bridge(raw, name)
     queue = flat.get("queueName")
     if not isinstance(queue, str) or not QUEUE_RE.fullmatch(queue):
-        raise InvalidTrigger(f"must name the source queue, got {queue!r}", field="queueName",
-                             trigger=name)
+        raise InvalidTrigger(
+            f"must name the source queue, got {queue!r}", field="queueName", trigger=name
+        )
     url = flat.get("url")
-    if url is not None and (not isinstance(url, str)
-                            or not url.startswith(("amqp://", "amqps://"))):
+    if url is not None and (
+        not isinstance(url, str) or not url.startswith(("amqp://", "amqps://"))
+    ):
         raise InvalidTrigger("must be an amqp:// or amqps:// URL", field="url", trigger=name)
     vhost = flat.get("virtualHostName")
     if vhost is not None and (not isinstance(vhost, str) or not vhost):
-        raise InvalidTrigger(f"must be a vhost name, got {vhost!r}", field="virtualHostName",
-                             trigger=name)
+        raise InvalidTrigger(
+            f"must be a vhost name, got {vhost!r}", field="virtualHostName", trigger=name
+        )
     size = flat.get("batchSize", 1)
     if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_BATCH_SIZE:
-        raise InvalidTrigger(f"must be an integer from 1 to {MAX_BATCH_SIZE}, got {size!r}",
-                             field="batchSize", trigger=name)
+        raise InvalidTrigger(
+            f"must be an integer from 1 to {MAX_BATCH_SIZE}, got {size!r}",
+            field="batchSize",
+            trigger=name,
+        )
     window = flat.get("batchWindow", 0)
-    if (isinstance(window, bool) or not isinstance(window, int | float)
-            or not 0 <= window <= MAX_BATCH_WINDOW_S):
-        raise InvalidTrigger(f"must be seconds from 0 to {MAX_BATCH_WINDOW_S:g}, got {window!r}",
-                             field="batchWindow", trigger=name)
+    if (
+        isinstance(window, bool)
+        or not isinstance(window, int | float)
+        or not 0 <= window <= MAX_BATCH_WINDOW_S
+    ):
+        raise InvalidTrigger(
+            f"must be seconds from 0 to {MAX_BATCH_WINDOW_S:g}, got {window!r}",
+            field="batchWindow",
+            trigger=name,
+        )
     enable = _flag(flat, "enable", name)
     return SourceConfig(queue, url, vhost, size, float(window), enable)
 
@@ -230,15 +261,23 @@ def _flatten_event_bridge(raw: Mapping[str, Any], name: str) -> dict[str, Any]:
     params = (source.get("eventSourceParameters") or {}) if isinstance(source, Mapping) else {}
     rabbit = params.get("sourceRabbitMQParameters") if isinstance(params, Mapping) else None
     if not isinstance(rabbit, Mapping):
-        raise InvalidTrigger("needs eventSourceParameters.sourceRabbitMQParameters",
-                             field="eventSourceConfig", trigger=name)
+        raise InvalidTrigger(
+            "needs eventSourceParameters.sourceRabbitMQParameters",
+            field="eventSourceConfig",
+            trigger=name,
+        )
     run = raw.get("runOptions") or {}
     window = (run.get("batchWindow") or {}) if isinstance(run, Mapping) else {}
-    flat: dict[str, Any] = {"queueName": rabbit.get("QueueName"),
-                            "enable": raw.get("triggerEnable", True)}
-    for key, value in (("url", rabbit.get("Url")), ("virtualHostName", rabbit.get("VirtualHostName")),
-                       ("batchSize", window.get("CountBasedWindow")),
-                       ("batchWindow", window.get("TimeBasedWindow"))):
+    flat: dict[str, Any] = {
+        "queueName": rabbit.get("QueueName"),
+        "enable": raw.get("triggerEnable", True),
+    }
+    for key, value in (
+        ("url", rabbit.get("Url")),
+        ("virtualHostName", rabbit.get("VirtualHostName")),
+        ("batchSize", window.get("CountBasedWindow")),
+        ("batchWindow", window.get("TimeBasedWindow")),
+    ):
         if value is not None:
             flat[key] = value
     return flat
@@ -250,8 +289,9 @@ def _config_object(raw: Any, name: str) -> Any:
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
-            raise InvalidTrigger(f"is not valid JSON ({exc})", field="triggerConfig",
-                                 trigger=name) from None
+            raise InvalidTrigger(
+                f"is not valid JSON ({exc})", field="triggerConfig", trigger=name
+            ) from None
     return raw
 
 
@@ -265,8 +305,9 @@ def _flag(raw: Mapping[str, Any], key: str, name: str) -> bool:
 def _description(body: Mapping[str, Any], name: str) -> str:
     value = body.get("description") or ""
     if not isinstance(value, str) or len(value) > 256:
-        raise InvalidTrigger("must be a string of at most 256 characters", field="description",
-                             trigger=name)
+        raise InvalidTrigger(
+            "must be a string of at most 256 characters", field="description", trigger=name
+        )
     return value
 
 
@@ -278,11 +319,25 @@ def _iso(ms: int) -> str:
 
 _FILE_KEYS = {
     TIMER: {"name", "type", "cron", "payload", "enable", "description"},
-    RABBITMQ: {"name", "type", "queue", "url", "vhost", "batch_size", "batch_window", "enable",
-               "description"},
+    RABBITMQ: {
+        "name",
+        "type",
+        "queue",
+        "url",
+        "vhost",
+        "batch_size",
+        "batch_window",
+        "enable",
+        "description",
+    },
 }
-_FILE_TO_FC = {"cron": "cronExpression", "queue": "queueName", "vhost": "virtualHostName",
-               "batch_size": "batchSize", "batch_window": "batchWindow"}
+_FILE_TO_FC = {
+    "cron": "cronExpression",
+    "queue": "queueName",
+    "vhost": "virtualHostName",
+    "batch_size": "batchSize",
+    "batch_window": "batchWindow",
+}
 
 
 def from_table(function: str, table: Mapping[str, Any], origin: str) -> Trigger:
@@ -292,14 +347,21 @@ def from_table(function: str, table: Mapping[str, Any], origin: str) -> Trigger:
         raise InvalidTrigger(f"must match {NAME_RE.pattern}, got {name!r}", field="name")
     kind = table.get("type")
     if kind not in KINDS:
-        raise InvalidTrigger(f"must be one of {', '.join(KINDS)}, got {kind!r}", field="type",
-                             trigger=name)
+        raise InvalidTrigger(
+            f"must be one of {', '.join(KINDS)}, got {kind!r}", field="type", trigger=name
+        )
     unknown = set(table) - _FILE_KEYS[str(kind)]
     if unknown:
-        raise InvalidTrigger(f"unknown; known keys: {', '.join(sorted(_FILE_KEYS[str(kind)]))}",
-                             field=sorted(unknown)[0], trigger=name)
-    raw = {_FILE_TO_FC.get(key, key): value for key, value in table.items()
-           if key not in ("name", "type", "description")}
+        raise InvalidTrigger(
+            f"unknown; known keys: {', '.join(sorted(_FILE_KEYS[str(kind)]))}",
+            field=sorted(unknown)[0],
+            trigger=name,
+        )
+    raw = {
+        _FILE_TO_FC.get(key, key): value
+        for key, value in table.items()
+        if key not in ("name", "type", "description")
+    }
     try:
         config = parse_config(str(kind), raw, name)
     except InvalidTrigger as exc:

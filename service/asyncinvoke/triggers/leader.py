@@ -58,7 +58,7 @@ def decode_baton(body: bytes) -> dict[str, int]:
         data: Any = contract.unpack(body)
         handled = data["handled"]
         return {str(key): int(value) for key, value in handled.items()}
-    except Exception:  # noqa: BLE001 - any garbage is an empty baton
+    except Exception:
         return {}
 
 

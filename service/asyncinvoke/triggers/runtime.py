@@ -58,7 +58,12 @@ class Triggers:
         self.changed = asyncio.Event()
         self.leadership = Leadership(broker, names)
         self.scheduler = Scheduler(
-            broker, names, self.leadership, self.timers, self.changed, metrics,
+            broker,
+            names,
+            self.leadership,
+            self.timers,
+            self.changed,
+            metrics,
             catch_up_s=settings.trigger_catch_up_s,
         )
         self.sources: dict[tuple[str, str], tuple[SourceConsumer, asyncio.Task[None]]] = {}
@@ -128,6 +133,7 @@ class Triggers:
                 log.info("trigger_source_stopped", function=key[0], trigger=key[1])
         for key, trigger in wanted.items():
             if key not in self.sources:
-                consumer = SourceConsumer(trigger, self.broker, self.names, self.settings,
-                                          self.metrics)
+                consumer = SourceConsumer(
+                    trigger, self.broker, self.names, self.settings, self.metrics
+                )
                 self.sources[key] = (consumer, asyncio.create_task(consumer.run()))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 
 import aio_pika
 import aiormq
@@ -84,7 +85,7 @@ class SourceConsumer:
                 await self._consume()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - every failure is retried
+            except Exception as exc:
                 self._unhealthy(_reason(exc, self.config.queue, self.url))
             else:
                 wait_s = RETRY_INITIAL_S
@@ -93,15 +94,20 @@ class SourceConsumer:
 
     def _unhealthy(self, reason: str) -> None:
         if self.problem != reason:
-            log.warning("trigger_source_unhealthy", function=self.trigger.function,
-                        trigger=self.trigger.name, reason=reason)
+            log.warning(
+                "trigger_source_unhealthy",
+                function=self.trigger.function,
+                trigger=self.trigger.name,
+                reason=reason,
+            )
         self.problem = reason
         self._healthy.set(0)
 
     async def _consume(self) -> None:
         self._buffer, self._gone = [], asyncio.Event()
         connection = await aio_pika.connect(
-            self.url, timeout=CONNECT_TIMEOUT_S,
+            self.url,
+            timeout=CONNECT_TIMEOUT_S,
             client_properties={"connection_name": f"asyncinvoke-trigger-{self.trigger.name}"},
         )
         try:
@@ -114,9 +120,13 @@ class SourceConsumer:
             channel.close_callbacks.add(lambda *_: self._gone.set())
             await queue.consume(self._on_message)
             if self.problem is not None:
-                log.info("trigger_source_consuming", function=self.trigger.function,
-                         trigger=self.trigger.name, queue=self.config.queue,
-                         broker=redact_url(self.url))
+                log.info(
+                    "trigger_source_consuming",
+                    function=self.trigger.function,
+                    trigger=self.trigger.name,
+                    queue=self.config.queue,
+                    broker=redact_url(self.url),
+                )
             self.problem = None
             self._healthy.set(1)
             await self._batches_forever()
@@ -134,15 +144,12 @@ class SourceConsumer:
         while True:
             await self._wait_for(lambda: bool(self._buffer), None)
             deadline = events.batch_deadline(loop.time(), window)
-            await self._wait_for(
-                lambda: events.batch_is_full(len(self._buffer), size), deadline
-            )
+            await self._wait_for(lambda: events.batch_is_full(len(self._buffer), size), deadline)
             batch, self._buffer = self._buffer[:size], self._buffer[size:]
             await self._invoke(batch)
 
-    async def _wait_for(self, ready: object, deadline: float | None) -> None:
+    async def _wait_for(self, ready: Callable[[], bool], deadline: float | None) -> None:
         """Until ``ready()`` or the deadline; SourceGone when the source went away."""
-        assert callable(ready)
         loop = asyncio.get_running_loop()
         while not ready():
             if self._gone.is_set():
@@ -154,8 +161,9 @@ class SourceConsumer:
             arrived = asyncio.ensure_future(self._arrived.wait())
             gone = asyncio.ensure_future(self._gone.wait())
             try:
-                await asyncio.wait({arrived, gone}, timeout=timeout,
-                                   return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(
+                    {arrived, gone}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
             finally:
                 arrived.cancel()
                 gone.cancel()
@@ -165,8 +173,9 @@ class SourceConsumer:
     async def _invoke(self, batch: list[aio_pika.abc.AbstractIncomingMessage]) -> None:
         encoded = events.encoded_events((_plain(message) for message in batch), self.source)
         for body in events.batches(encoded, self.settings.max_payload_bytes):
-            envelope = Envelope(id=clock.new_id(), fn=self.trigger.function, payload=body,
-                                created_at=clock.now_ms())
+            envelope = Envelope(
+                id=clock.new_id(), fn=self.trigger.function, payload=body, created_at=clock.now_ms()
+            )
             await dispatch.send(self.broker, self.names, envelope, contract.encode(envelope))
         # Every delivery before the batch's last on this channel is the batch's own.
         await batch[-1].ack(multiple=True)
@@ -225,7 +234,7 @@ async def probe(config: SourceConfig, default_url: str, timeout_s: float = 3.0) 
                 await channel.declare_queue(config.queue, passive=True)
             finally:
                 await connection.close()
-    except Exception as exc:  # noqa: BLE001 - every failure is an answer here
+    except Exception as exc:
         return _reason(exc, config.queue, url)
     return None
 

@@ -88,6 +88,5 @@ class TriggerStore:
         return existing
 
     async def _put(self, trigger: Trigger) -> Trigger:
-        entry = await self.store.put(KIND, key(trigger.function, trigger.name),
-                                     trigger.to_record())
+        entry = await self.store.put(KIND, key(trigger.function, trigger.name), trigger.to_record())
         return from_entry(entry)
