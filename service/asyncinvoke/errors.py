@@ -30,7 +30,8 @@
     ├── TriggerError           a trigger (timer or RabbitMQ source)
     │   ├── InvalidTrigger     a definition is wrong (names the field)
     │   ├── TriggerNotFound    no trigger of that name on the function
-    │   └── TriggerExists      the function has a trigger of that name already
+    │   ├── TriggerExists      the function has a trigger of that name already
+    │   └── SourceGone         a RabbitMQ trigger's source queue or broker went away
     ├── DlqError               the dead-letter tool (``asyncinvoke dlq``)
     │   ├── QueueMissing       {ns}.failed does not exist
     │   ├── EmptyQueue         {ns}.failed holds no record
@@ -442,3 +443,8 @@ class TriggerExists(TriggerError):
         )
         self.function = function
         self.trigger = trigger
+
+
+class SourceGone(TriggerError):
+    """A RabbitMQ trigger's source queue was deleted, or its connection dropped, while it
+    was consumed; the trigger is unhealthy and consumes again once it can."""

@@ -25,6 +25,7 @@ import aiormq
 from asyncinvoke import clock, contract, dispatch
 from asyncinvoke.broker import Broker
 from asyncinvoke.contract import Envelope
+from asyncinvoke.errors import SourceGone
 from asyncinvoke.metrics import Metrics
 from asyncinvoke.observability import get_logger
 from asyncinvoke.settings import Settings, redact_url
@@ -32,6 +33,9 @@ from asyncinvoke.topology import Names
 from asyncinvoke.triggers import events
 from asyncinvoke.triggers.definitions import SourceConfig, Trigger
 
+# Batches whose invocations are being published at once, per trigger and worker.
+BATCHES_IN_FLIGHT = 8
+MAX_PREFETCH = 2000
 RETRY_INITIAL_S = 0.5
 RETRY_MAX_S = 10.0
 CONNECT_TIMEOUT_S = 5.0
@@ -39,8 +43,10 @@ CONNECT_TIMEOUT_S = 5.0
 log = get_logger(component="triggers")
 
 
-class SourceGone(Exception):
-    """The source queue or its broker went away while consuming (internal)."""
+def prefetch_for(batch_size: int) -> int:
+    """Deliveries held: enough for the batches in flight and the one filling, at least two
+    whole batches, and not many thousands."""
+    return max(2 * batch_size, min(batch_size * (BATCHES_IN_FLIGHT + 1), MAX_PREFETCH))
 
 
 class SourceConsumer:
@@ -65,6 +71,7 @@ class SourceConsumer:
         self._buffer: list[aio_pika.abc.AbstractIncomingMessage] = []
         self._arrived = asyncio.Event()
         self._gone = asyncio.Event()
+        self._failure: Exception | None = None  # a batch's publish that failed
         self._healthy = metrics.trigger_healthy.labels(trigger.function, trigger.name)
         self._messages = metrics.trigger_messages.labels(trigger.function, trigger.name)
         self._batches = metrics.trigger_batches.labels(trigger.function, trigger.name)
@@ -104,7 +111,7 @@ class SourceConsumer:
         self._healthy.set(0)
 
     async def _consume(self) -> None:
-        self._buffer, self._gone = [], asyncio.Event()
+        self._buffer, self._gone, self._failure = [], asyncio.Event(), None
         connection = await aio_pika.connect(
             self.url,
             timeout=CONNECT_TIMEOUT_S,
@@ -113,7 +120,7 @@ class SourceConsumer:
         try:
             connection.close_callbacks.add(lambda *_: self._gone.set())
             channel = await connection.channel(publisher_confirms=False)
-            await channel.set_qos(prefetch_count=2 * self.config.batch_size)
+            await channel.set_qos(prefetch_count=prefetch_for(self.config.batch_size))
             queue = await channel.declare_queue(self.config.queue, passive=True)
             underlay = await channel.get_underlay_channel()
             underlay.on_consumer_cancel_callbacks.add(lambda *_: self._gone.set())
@@ -139,21 +146,59 @@ class SourceConsumer:
         self._arrived.set()
 
     async def _batches_forever(self) -> None:
+        """Cut batches and hand each to its own task, up to BATCHES_IN_FLIGHT at once (one
+        publish at a time would make a batch of one as slow as a confirm's round trip).
+        Each batch acks only after its invocation is confirmed *and* every batch before it
+        was acked, so one ``multiple`` ack covers exactly its own deliveries."""
         loop = asyncio.get_running_loop()
         size, window = self.config.batch_size, self.config.batch_window_s
-        while True:
-            await self._wait_for(lambda: bool(self._buffer), None)
-            deadline = events.batch_deadline(loop.time(), window)
-            await self._wait_for(lambda: events.batch_is_full(len(self._buffer), size), deadline)
-            batch, self._buffer = self._buffer[:size], self._buffer[size:]
-            await self._invoke(batch)
+        slots = asyncio.Semaphore(BATCHES_IN_FLIGHT)
+        previous = asyncio.Event()
+        previous.set()
+        running: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                await self._wait_for(lambda: bool(self._buffer), None)
+                deadline = events.batch_deadline(loop.time(), window)
+                await self._wait_for(
+                    lambda: events.batch_is_full(len(self._buffer), size), deadline
+                )
+                batch, self._buffer = self._buffer[:size], self._buffer[size:]
+                await self._take(slots)
+                acked = asyncio.Event()
+                task = asyncio.create_task(self._invoke(batch, previous, acked))
+                running.add(task)
+
+                def finished(done: asyncio.Task[None]) -> None:
+                    running.discard(done)
+                    slots.release()
+
+                task.add_done_callback(finished)
+                previous = acked
+        finally:
+            for task in list(running):
+                task.cancel()
+
+    async def _take(self, slots: asyncio.Semaphore) -> None:
+        """A slot for one more batch; SourceGone (or the failure) if the source went away
+        meanwhile: batches after a failed one wait for it forever and hold their slots."""
+        slot = asyncio.ensure_future(slots.acquire())
+        gone = asyncio.ensure_future(self._gone.wait())
+        try:
+            await asyncio.wait({slot, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not slot.done():
+                slot.cancel()
+        if not slot.done() or slot.cancelled():
+            raise self._gone_error()
 
     async def _wait_for(self, ready: Callable[[], bool], deadline: float | None) -> None:
         """Until ``ready()`` or the deadline; SourceGone when the source went away."""
         loop = asyncio.get_running_loop()
         while not ready():
             if self._gone.is_set():
-                raise SourceGone("the source connection or consumer was closed")
+                raise self._gone_error()
             timeout = None if deadline is None else deadline - loop.time()
             if timeout is not None and timeout <= 0:
                 return
@@ -168,17 +213,39 @@ class SourceConsumer:
                 arrived.cancel()
                 gone.cancel()
         if self._gone.is_set():
-            raise SourceGone("the source connection or consumer was closed")
+            raise self._gone_error()
 
-    async def _invoke(self, batch: list[aio_pika.abc.AbstractIncomingMessage]) -> None:
-        encoded = events.encoded_events((_plain(message) for message in batch), self.source)
-        for body in events.batches(encoded, self.settings.max_payload_bytes):
-            envelope = Envelope(
-                id=clock.new_id(), fn=self.trigger.function, payload=body, created_at=clock.now_ms()
-            )
-            await dispatch.send(self.broker, self.names, envelope, contract.encode(envelope))
-        # Every delivery before the batch's last on this channel is the batch's own.
-        await batch[-1].ack(multiple=True)
+    def _gone_error(self) -> Exception:
+        if self._failure is not None:
+            return self._failure
+        return SourceGone("the source connection or consumer was closed")
+
+    async def _invoke(
+        self,
+        batch: list[aio_pika.abc.AbstractIncomingMessage],
+        previous: asyncio.Event,
+        acked: asyncio.Event,
+    ) -> None:
+        try:
+            encoded = events.encoded_events((_plain(message) for message in batch), self.source)
+            for body in events.batches(encoded, self.settings.max_payload_bytes):
+                envelope = Envelope(
+                    id=clock.new_id(),
+                    fn=self.trigger.function,
+                    payload=body,
+                    created_at=clock.now_ms(),
+                )
+                await dispatch.send(self.broker, self.names, envelope, contract.encode(envelope))
+            await previous.wait()
+            # Every delivery up to the batch's last on this channel is acked now: the
+            # batches before it were (``previous``), the rest of these are its own.
+            await batch[-1].ack(multiple=True)
+        except Exception as exc:
+            # Not acked: the consumer closes its channel and the broker redelivers them.
+            self._failure = exc
+            self._gone.set()
+            raise
+        acked.set()
         self._messages.inc(len(batch))
         self._batches.inc()
 
