@@ -51,7 +51,7 @@ def serve(sock: socket.socket, handler: Any) -> None:
     """Answer requests until the worker closes the socket."""
     from asyncinvoke import contract
     from asyncinvoke.context import Context
-    from asyncinvoke.errors import NonRetryableError
+    from asyncinvoke.errors import NonRetryableError, Throttled
 
     reader = sock.makefile("rb")
     writer = sock.makefile("wb")
@@ -78,6 +78,9 @@ def serve(sock: socket.socket, handler: Any) -> None:
                 "error": contract.ErrorInfo.of(exc).to_wire(),
                 "retryable": not isinstance(exc, NonRetryableError),
             }
+            if isinstance(exc, Throttled):
+                answer["throttled"] = True
+                answer["retry_after"] = exc.retry_after
         try:
             frame = contract.pack(answer)
         except Exception as exc:  # a result msgpack cannot carry

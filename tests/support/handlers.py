@@ -10,7 +10,7 @@ import time
 from collections import defaultdict
 from typing import Any
 
-from asyncinvoke import Context, NonRetryableError
+from asyncinvoke import Context, NonRetryableError, Throttled
 from tests.support.poison import POISON_EXIT_STATUS
 
 CALLS: dict[str, list[tuple[str, int, float]]] = defaultdict(list)  # fn -> (id, attempt, t)
@@ -174,3 +174,11 @@ def burn_ms(event: Any, context: Context) -> int:
     while time.perf_counter() < end:
         count += 1
     return count
+
+
+async def throttled_once(event: Any, context: Context) -> str:
+    """Busy (``Throttled``, retry after 1 s) the first time an invocation id comes, then done."""
+    _note(context)
+    if [call[0] for call in CALLS[context.function]].count(context.invocation_id) == 1:
+        raise Throttled("the printer is busy", retry_after=1)
+    return "printed"
