@@ -39,9 +39,10 @@ from asyncinvoke.console.guard import (
     see_other,
 )
 from asyncinvoke.console.history import FAILURES, INVOCATIONS, History, read_totals
+from asyncinvoke.console.management import Management, endpoint
 from asyncinvoke.console.policy_sources import read_document, sources
 from asyncinvoke.console.shown import bars, packed_text, parse_when, when
-from asyncinvoke.errors import AsyncInvokeError, QueueBusy
+from asyncinvoke.errors import AsyncInvokeError, ManagementUnavailable, QueueBusy
 from asyncinvoke.metrics import Metrics
 from asyncinvoke.observability import get_logger
 from asyncinvoke.settings import Settings
@@ -80,6 +81,7 @@ class Console:
         self.sources = {name: sources(document, name) for name in policies}
         self.history = History(lambda: read_totals(metrics.registry))
         self.depths = Depths(client.broker, self.names)
+        self.management = Management(endpoint(settings))
         self.failures = FailureQueue(settings)
         self.failure_views = FailureViews(
             self.failures, self.depths, sorted(policies), self._render
@@ -107,6 +109,7 @@ class Console:
             self._sampler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sampler
+        await self.management.close()
 
     async def _sample(self) -> None:
         while True:
@@ -196,11 +199,14 @@ class Console:
     async def _function_rows(self) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         queues = [self.names.function_queue(name) for name in self.policies]
         ladder = self.depths.ladder_queues()
-        depths = await self.depths.read([*queues, *ladder, self.names.failed])
+        depths, (unacked, unacked_source) = await asyncio.gather(
+            self.depths.read([*queues, *ladder, self.names.failed]), self._unacked()
+        )
         now_s = time.time()
         rows = []
         for name, policy in sorted(self.policies.items()):
-            depth = depths.get(self.names.function_queue(name))
+            queue = self.names.function_queue(name)
+            depth = depths.get(queue)
             invocations = self.history.per_minute(name, INVOCATIONS, now_s)
             failures = self.history.per_minute(name, FAILURES, now_s)
             rows.append(
@@ -209,7 +215,10 @@ class Console:
                     "state": self._state(name),
                     "ready": "missing" if depth is None else depth.ready,
                     "consumers": "-" if depth is None else depth.consumers,
-                    "in_flight": self._in_flight(name),
+                    # The API has no statistics for a queue declared seconds ago: "…".
+                    "unacked": (
+                        self._in_flight(name) if unacked is None else unacked.get(queue, "…")
+                    ),
                     "invocations": sum(invocations),
                     "failures": sum(failures),
                     "invocation_bars": bars(invocations, "invocations"),
@@ -222,8 +231,32 @@ class Console:
             )
         waiting = sum(d.ready for q in ladder if (d := depths.get(q)) is not None)
         failed = depths.get(self.names.failed)
-        totals = {"ladder": waiting, "failed": "missing" if failed is None else failed.ready}
+        totals = {
+            "ladder": waiting,
+            "failed": "missing" if failed is None else failed.ready,
+            "unacked_source": unacked_source,
+        }
         return rows, totals
+
+    async def _unacked(self) -> tuple[dict[str, int] | None, str]:
+        """The broker's unacknowledged counts by queue (None when the management API
+        gives none), and a sentence saying where the shown figures come from."""
+        try:
+            counts = await self.management.unacked(self.names.function_queue(""))
+        except ManagementUnavailable as exc:
+            shown = (
+                "shown instead: the attempts in flight in this process's worker"
+                if self.counts_worker
+                else "no worker runs in this process, so none is shown"
+            )
+            hint = "" if self.management.where.configured else (
+                "; set ASYNCINVOKE_MANAGEMENT_URL, or enable the rabbitmq_management plugin"
+            )
+            return None, f"not known: {exc}{hint}; {shown}"
+        return counts, (
+            f"the broker's count over every consumer, from {self.management.source} "
+            "(which refreshes it every few seconds)"
+        )
 
     def _state(self, function: str) -> str:
         """Nothing pauses a function yet: live configuration (issue 15) will answer
@@ -252,11 +285,13 @@ class Console:
             self._sampled_at = now_s
             self.history.sample(now_s)
         rows, totals = await self._function_rows()
-        values: dict[str, Any] = {"ladder": totals["ladder"], "failed": totals["failed"]}
+        values: dict[str, Any] = {
+            key: totals[key] for key in ("ladder", "failed", "unacked_source")
+        }
         charts = {}
         chart = self.templates.get_template("chart.html")
         for row in rows:
-            for key in ("state", "ready", "consumers", "in_flight", "invocations", "failures"):
+            for key in ("state", "ready", "consumers", "unacked", "invocations", "failures"):
                 values[f"{row['name']}.{key}"] = row[key]
             charts[row["name"]] = chart.render(row=row)
         if request.query.get("page") == "failures":
