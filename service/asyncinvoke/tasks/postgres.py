@@ -27,6 +27,7 @@ from asyncinvoke.tasks.store import (
     Task,
     decide_claim,
     decide_reopen,
+    decide_rerun,
     decide_stop,
     decide_transition,
     decode_events,
@@ -327,6 +328,11 @@ class PostgresTaskStore:
     async def reopen(self, task_id: str, now_ms: int, detail: str) -> Task | None:
         return await self._change(
             task_id, lambda task: decide_reopen(task, now_ms, detail), lambda after: after
+        )
+
+    async def rerun(self, task_id: str, now_ms: int, detail: str) -> Task:
+        return await self._change(
+            task_id, lambda task: decide_rerun(task, now_ms, detail), lambda after: after
         )
 
 
