@@ -28,6 +28,7 @@
     ├── Throttled              raised by a handler: busy now, try later (spends no retry)
     ├── HandlerProcessDied     a handler's own process (executor = "process") ended mid-attempt
     ├── QueueBusy              the console: another browse holds the failure queue now
+    ├── ManagementUnavailable  the console: RabbitMQ's management API gave no counts
     ├── DlqError               the dead-letter tool (``asyncinvoke dlq``)
     │   ├── QueueMissing       {ns}.failed does not exist
     │   ├── EmptyQueue         {ns}.failed holds no record
@@ -418,3 +419,8 @@ class HandlerProcessDied(AsyncInvokeError):
 
 class QueueBusy(AsyncInvokeError):
     """Another browse holds the failure queue now (the console's, or a dlq command's)."""
+
+
+class ManagementUnavailable(AsyncInvokeError):
+    """RabbitMQ's management HTTP API did not give the queues' counts; the message names
+    the API's address and why (the console then shows what its own process knows)."""
