@@ -35,6 +35,10 @@ DEFAULT_CONCURRENCY = 16
 DEFAULT_DELIVERY_LIMIT = 5
 DEFAULT_SERVICE = "default"
 MAX_RETRIES_LIMIT = 8
+# How long throttles (HTTP 429/503, no connection, ``Throttled``) are retried, counted from
+# the first: 5 hours, as Function Compute's. At most a day, within the ladder's reach.
+DEFAULT_THROTTLE_BUDGET_S = 18000
+THROTTLE_BUDGET_LIMIT_S = 86400
 MAX_EVENT_AGE_LIMIT_S = 604800
 # Where a sync handler runs: a thread of the worker process, or a process of its own.
 EXECUTORS = ("thread", "process")
@@ -79,6 +83,7 @@ class FunctionSpec:
     service: str = DEFAULT_SERVICE  # FC 2.0's grouping: /2016-08-15/services/{service}/...
     executor: str = "thread"
     triggers: tuple[Trigger, ...] = ()  # [[functions.NAME.triggers]]
+    throttle_budget_s: int = DEFAULT_THROTTLE_BUDGET_S
 
     def policy(self) -> dict[str, Any]:
         """The effective policy, as ``topology show`` prints it."""
@@ -101,6 +106,7 @@ class FunctionSpec:
             "delivery_limit": self.delivery_limit,
             "service": self.service,
             "executor": self.executor,
+            "throttle_budget": self.throttle_budget_s,
         }
 
 
@@ -139,6 +145,7 @@ _KEYS = {
     "service",
     "executor",
     "triggers",
+    "throttle_budget",
 }
 _DEFAULT_KEYS = _KEYS - {"handler", "url", "triggers"}
 _BACKOFF_KEYS = {"initial", "multiplier", "max", "jitter"}
@@ -294,6 +301,9 @@ def _spec(
         service=reader.service(defaults.service),
         executor=reader.choice("executor", defaults.executor, EXECUTORS),
         triggers=reader.triggers(),
+        throttle_budget_s=reader.integer(
+            "throttle_budget", defaults.throttle_budget_s, 1, THROTTLE_BUDGET_LIMIT_S
+        ),
     )
 
 

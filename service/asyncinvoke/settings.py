@@ -57,6 +57,9 @@ class Settings:
     processes: int = 1  # worker processes under one supervisor (supervisor.py)
     # Ticks a new scheduler still fires after a failover, if no older than this (s).
     trigger_catch_up_s: float = DEFAULT_TRIGGER_CATCH_UP_S
+    # RabbitMQ's management HTTP API, where the console reads unacknowledged counts;
+    # None: derived from amqp_url (console/management.py).
+    management_url: str | None = None
 
     def with_overrides(self, **overrides: Any) -> Settings:
         """Flags override the environment: apply those that were given."""
@@ -135,7 +138,18 @@ def from_env(env: Mapping[str, str] | None = None, *, tty: bool = False) -> Sett
         trigger_catch_up_s=_float(
             env, "ASYNCINVOKE_TRIGGER_CATCH_UP", DEFAULT_TRIGGER_CATCH_UP_S
         ),
+        management_url=_management_url(env),
     )
+
+
+def _management_url(env: Mapping[str, str]) -> str | None:
+    raw = env.get("ASYNCINVOKE_MANAGEMENT_URL") or None
+    if raw is not None and urlsplit(raw).scheme not in ("http", "https"):
+        raise ConfigError(
+            f"ASYNCINVOKE_MANAGEMENT_URL={redact_url(raw)!r}: give the management API's "
+            "http(s) URL, such as http://user:password@rabbitmq:15672/"
+        )
+    return raw
 
 
 MAX_PROCESSES = 256

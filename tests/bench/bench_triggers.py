@@ -31,15 +31,23 @@ from pathlib import Path
 import aio_pika
 
 from asyncinvoke import contract, functions
-from tests.bench.common import AMQP_URL, Namespace, ROOT, percentile, say, stop_process
+from tests.bench.common import AMQP_URL, ROOT, Namespace, percentile, say, stop_process
 
 BATCH_SIZES = (1, 10, 100)
 
 
 async def start_worker(ns: Namespace, config: Path, *args: str) -> asyncio.subprocess.Process:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "asyncinvoke", "worker", "--config", str(config), *args,
-        env=ns.env(), cwd=str(ROOT), stdout=asyncio.subprocess.DEVNULL,
+        sys.executable,
+        "-m",
+        "asyncinvoke",
+        "worker",
+        "--config",
+        str(config),
+        *args,
+        env=ns.env(),
+        cwd=str(ROOT),
+        stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
     return process
@@ -86,8 +94,9 @@ async def timer_lateness(timers: int, seconds: float, tmp: Path) -> dict[str, li
     process = None
     try:
         channel = await connection.channel()
-        queue = await channel.declare_queue(results, durable=True,
-                                            arguments={"x-queue-type": "quorum"})
+        queue = await channel.declare_queue(
+            results, durable=True, arguments={"x-queue-type": "quorum"}
+        )
 
         async def on_record(message: aio_pika.abc.AbstractIncomingMessage) -> None:
             record = contract.unpack(message.body)
@@ -117,11 +126,14 @@ async def fill(connection: aio_pika.abc.AbstractConnection, queue: str, count: i
         await channel.declare_queue(queue, durable=True)
         window = 500
         for start in range(0, count, window):
-            await asyncio.gather(*(
-                channel.default_exchange.publish(
-                    aio_pika.Message(b'{"n": %d}' % n, delivery_mode=2), routing_key=queue)
-                for n in range(start, min(count, start + window))
-            ))
+            await asyncio.gather(
+                *(
+                    channel.default_exchange.publish(
+                        aio_pika.Message(b'{"n": %d}' % n, delivery_mode=2), routing_key=queue
+                    )
+                    for n in range(start, min(count, start + window))
+                )
+            )
 
 
 async def depth(connection: aio_pika.abc.AbstractConnection, queue: str) -> int:
@@ -150,8 +162,10 @@ async def ours(batch_size: int, messages: int, tmp: Path) -> float:
         process = await start_worker(ns, config, "--function", "other")
         began = await wait_line(process, "trigger_source_consuming", 60)
         async with asyncio.timeout(300):
-            while (await depth(connection, ns.names.function_queue("sink")) < invocations
-                   or await depth(connection, source) > 0):
+            while (
+                await depth(connection, ns.names.function_queue("sink")) < invocations
+                or await depth(connection, source) > 0
+            ):
                 await asyncio.sleep(0.01)
         return messages / (time.time() - began)
     finally:
@@ -177,7 +191,8 @@ async def bare(messages: int) -> float:
         async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
             nonlocal count
             await channel.default_exchange.publish(
-                aio_pika.Message(message.body, delivery_mode=2), routing_key=target)
+                aio_pika.Message(message.body, delivery_mode=2), routing_key=target
+            )
             await message.ack()
             count += 1
             if count >= messages:
@@ -203,13 +218,17 @@ async def main() -> None:
     tmp.mkdir()
 
     lateness = await timer_lateness(args.timers, args.seconds, tmp)
-    print(f"## Timer lateness: {args.timers} triggers, {args.seconds:g} s, "
-          f"{len(lateness['published'])} ticks")
+    print(
+        f"## Timer lateness: {args.timers} triggers, {args.seconds:g} s, "
+        f"{len(lateness['published'])} ticks"
+    )
     print("| measured from the scheduled time | p50 ms | p99 ms | max ms | min ms |")
     print("|---|---|---|---|---|")
     for what, values in lateness.items():
-        print(f"| {what} | {percentile(values, 50):.1f} | {percentile(values, 99):.1f} | "
-              f"{max(values):.0f} | {min(values):.0f} |")
+        print(
+            f"| {what} | {percentile(values, 50):.1f} | {percentile(values, 99):.1f} | "
+            f"{max(values):.0f} | {min(values):.0f} |"
+        )
 
     rates: dict[str, list[float]] = {"bare aio-pika": []}
     rates.update({f"batchSize {size}": [] for size in BATCH_SIZES})
@@ -225,11 +244,21 @@ async def main() -> None:
     print("|---|---|---|---|")
     for name, values in rates.items():
         median = statistics.median(values)
-        print(f"| {name} | {median:,.0f} | {', '.join(f'{v:,.0f}' for v in values)} | "
-              f"{median / baseline:.2f} |")
-    print(json.dumps({"lateness": {k: [percentile(v, 50), percentile(v, 99)]
-                                   for k, v in lateness.items()}, "rates": rates}),
-          file=sys.stderr)
+        print(
+            f"| {name} | {median:,.0f} | {', '.join(f'{v:,.0f}' for v in values)} | "
+            f"{median / baseline:.2f} |"
+        )
+    print(
+        json.dumps(
+            {
+                "lateness": {
+                    k: [percentile(v, 50), percentile(v, 99)] for k, v in lateness.items()
+                },
+                "rates": rates,
+            }
+        ),
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

@@ -141,7 +141,11 @@ class PostgresTaskStore:
         CREATE INDEX IF NOT EXISTS {TABLE}_function_created
             ON {self._table} (function, created_at, id);
         CREATE INDEX IF NOT EXISTS {TABLE}_created ON {self._table} (created_at, id);
-        CREATE INDEX IF NOT EXISTS {TABLE}_status ON {self._table} (status);
+        CREATE INDEX IF NOT EXISTS {TABLE}_status_created
+            ON {self._table} (status, created_at, id);
+        CREATE INDEX IF NOT EXISTS {TABLE}_function_status_created
+            ON {self._table} (function, status, created_at, id);
+        DROP INDEX IF EXISTS "{self.schema}".{TABLE}_status;
         CREATE INDEX IF NOT EXISTS {TABLE}_ended ON {self._table} (ended_at);
         """
 
