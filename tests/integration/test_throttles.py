@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 import socket
 import time
 from collections import defaultdict
@@ -72,7 +73,7 @@ def _sample(worker: Any, name: str, **labels: str) -> float:
 
 async def test_throttled_attempts_wait_their_retry_after_spend_no_retry_and_then_succeed(
     namespace: Namespace, amqp: AbstractConnection,
-    server: tuple[dict[str, BusyFunction], str],
+    server: tuple[dict[str, BusyFunction], str], capsys: pytest.CaptureFixture[str],
 ) -> None:
     functions, base = server
     done = namespace.queue_name("done")
@@ -126,6 +127,11 @@ async def test_throttled_attempts_wait_their_retry_after_spend_no_retry_and_then
     assert [attempt for attempt, _ in printer_calls] == [0, 0]
     assert printer_calls[1][1] - printer_calls[0][1] >= 1.0
     assert printer_throttles == 1
+    # Each throttle's log line says so (JSON or console format alike).
+    lines = [line for line in capsys.readouterr().out.splitlines() if task_id in line]
+    throttled_lines = [line for line in lines if re.search(r"outcome\W+throttled", line)]
+    assert len(throttled_lines) == 2
+    assert re.search(r"throttles\W+2", throttled_lines[1])
 
 
 async def test_a_spent_throttle_budget_ends_in_a_throttle_exhausted_record(
