@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 import socket
 import time
 from collections import defaultdict
@@ -72,7 +73,7 @@ def _sample(worker: Any, name: str, **labels: str) -> float:
 
 async def test_throttled_attempts_wait_their_retry_after_spend_no_retry_and_then_succeed(
     namespace: Namespace, amqp: AbstractConnection,
-    server: tuple[dict[str, BusyFunction], str],
+    server: tuple[dict[str, BusyFunction], str], capsys: pytest.CaptureFixture[str],
 ) -> None:
     functions, base = server
     done = namespace.queue_name("done")
@@ -126,6 +127,11 @@ async def test_throttled_attempts_wait_their_retry_after_spend_no_retry_and_then
     assert [attempt for attempt, _ in printer_calls] == [0, 0]
     assert printer_calls[1][1] - printer_calls[0][1] >= 1.0
     assert printer_throttles == 1
+    # Each throttle's log line says so (JSON or console format alike).
+    lines = [line for line in capsys.readouterr().out.splitlines() if task_id in line]
+    throttled_lines = [line for line in lines if re.search(r"outcome\W+throttled", line)]
+    assert len(throttled_lines) == 2
+    assert re.search(r"throttles\W+2", throttled_lines[1])
 
 
 async def test_a_spent_throttle_budget_ends_in_a_throttle_exhausted_record(
@@ -148,6 +154,10 @@ async def test_a_spent_throttle_budget_ends_in_a_throttle_exhausted_record(
 
         [functions.nobody]
         url = "http://127.0.0.1:{closed_port}/run"
+
+        [functions.quota]
+        handler = "tests.support.handlers:always_throttled"
+        executor = "process"
     """)
     store = f"sqlite:///{namespace.tmp_path / 'tasks.db'}"
     settings = namespace.settings.with_overrides(task_store=store)
@@ -155,8 +165,9 @@ async def test_a_spent_throttle_budget_ends_in_a_throttle_exhausted_record(
             Client(settings=settings) as client:
         busy = await client.invoke("unavailable", {"n": 2}, task=True)
         nobody = await client.invoke("nobody", {"n": 3}, task=True)
+        quota = await client.invoke("quota", {"n": 4}, task=True)
         records = {r["requestContext"]["requestId"]: r
-                   for r in records_of(await collect(amqp, failed, 2, timeout=20))}
+                   for r in records_of(await collect(amqp, failed, 3, timeout=30))}
         busy_task = await _until_status(client, busy, Status.FAILED)
         nobody_task = await _until_status(client, nobody, Status.FAILED)
         retries = _sample(worker, "asyncinvoke_retries_total", function="unavailable")
@@ -174,6 +185,10 @@ async def test_a_spent_throttle_budget_ends_in_a_throttle_exhausted_record(
     assert records[nobody]["requestContext"]["approximateInvokeCount"] == 2
     assert records[nobody]["responsePayload"]["errorType"] == "ClientConnectorError"
     assert retries == 0 and exhausted == 1
+    # Throttled raised in a handler process of its own: the same, 3 tries 1 s apart.
+    assert records[quota]["requestContext"]["condition"] == "ThrottleExhausted"
+    assert records[quota]["requestContext"]["approximateInvokeCount"] == 3
+    assert records[quota]["responsePayload"]["errorType"] == "Throttled"
 
     for task, throttled in ((busy_task, 2), (nobody_task, 1)):
         statuses = [event.status.value for event in task.events]

@@ -210,3 +210,8 @@ def scripted(event: Any, context: Context) -> dict[str, Any]:
     elif context.attempt == 0 and event.get("do") == "exit":
         os._exit(3)
     return {"pid": os.getpid(), "given": context.deadline - started}
+
+
+def always_throttled(event: Any, context: Context) -> None:
+    """A sync handler whose resource is always busy (retry after 1 s)."""
+    raise Throttled("the quota is spent", retry_after=1)
