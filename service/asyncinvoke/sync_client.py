@@ -31,7 +31,6 @@ import weakref
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any, TypeVar
 
-from asyncinvoke import tracing
 from asyncinvoke.client import DEFAULT_WINDOW, Client
 from asyncinvoke.errors import BrokerUnavailable, SyncClientClosed
 from asyncinvoke.settings import Settings, from_env, loop_factory
@@ -182,8 +181,7 @@ class SyncClient:
         client = runtime.client
         if client is None:
             raise SyncClientClosed()
-        # The caller's trace context goes along to the loop thread.
-        return runtime.wait(tracing.carry(operation(client)))
+        return runtime.wait(operation(client))
 
     async def run_async(self, operation: Callable[[Client], Coroutine[Any, Any, T]]) -> T:
         """Run ``operation`` on this client's loop from another event loop, without
@@ -194,7 +192,7 @@ class SyncClient:
         client = runtime.client
         if client is None:
             raise SyncClientClosed()
-        return await asyncio.wrap_future(runtime.submit(tracing.carry(operation(client))))
+        return await asyncio.wrap_future(runtime.submit(operation(client)))
 
     # -- the operations ---------------------------------------------------------------
 

@@ -25,9 +25,9 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
-from collections.abc import Coroutine, Iterator, Mapping, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import structlog
@@ -52,8 +52,6 @@ else:
     _PROPAGATOR = TraceContextTextMapPropagator()
     _TRACER = trace.get_tracer("asyncinvoke")
     _NO_SDK = (ProxyTracerProvider, NoOpTracerProvider)
-
-T = TypeVar("T")
 
 SYSTEM = "rabbitmq"
 TRACEPARENT = contract.META_TRACEPARENT
@@ -143,23 +141,6 @@ def _remote(meta: Mapping[str, str] | None, invocation_id: str) -> Any:
                   traceparent=meta[TRACEPARENT][:120], reason="not a W3C traceparent")
         return empty
     return extracted
-
-
-def carry(coroutine: Coroutine[Any, Any, T]) -> Coroutine[Any, Any, T]:
-    """``coroutine`` run in the current trace context wherever it runs (SyncClient hands
-    its calls to an event loop in another thread, where this thread's context is not)."""
-    if not AVAILABLE or not _in_trace():
-        return coroutine
-    context = otel_context.get_current()
-
-    async def in_context() -> T:
-        token = otel_context.attach(context)
-        try:
-            return await coroutine
-        finally:
-            otel_context.detach(token)
-
-    return in_context()
 
 
 # -- producer spans ---------------------------------------------------------------------

@@ -10,6 +10,7 @@ of the destination function.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
 
@@ -24,7 +25,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from asyncinvoke import Client, contract, dlq, tracing
+from asyncinvoke import Client, SyncClient, contract, dlq, tracing
 from asyncinvoke.gateway import Gateway
 from tests.conftest import AMQP_URL, Namespace, WorkerProcess, running_worker, wait_for
 from tests.integration.helpers import Connection, publish_raw
@@ -158,8 +159,12 @@ async def test_one_trace_follows_a_retry_and_a_function_destination(
     assert after.attributes is not None and after.attributes["asyncinvoke.outcome"] == "success"
 
 
+@pytest.mark.parametrize("path", [
+    "/2023-03-30/functions/web/invocations",
+    "/2016-08-15/services/default/functions/web/invocations",  # FC 2.0's face
+])
 async def test_a_traceparent_sent_to_the_gateway_by_curl_is_the_parent(
-    namespace: Namespace, spans: InMemorySpanExporter, hook: tuple[Hook, str]
+    namespace: Namespace, spans: InMemorySpanExporter, hook: tuple[Hook, str], path: str
 ) -> None:
     receiver, url = hook
     ns = namespace.ns
@@ -176,7 +181,7 @@ async def test_a_traceparent_sent_to_the_gateway_by_curl_is_the_parent(
                 "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST",
                 "-H", "x-fc-invocation-type: Async", "-H", f"traceparent: {TRACEPARENT}",
                 "--data-binary", "{}",
-                f"http://127.0.0.1:{gateway.port}/2023-03-30/functions/web/invocations",
+                f"http://127.0.0.1:{gateway.port}{path}",
                 stdout=asyncio.subprocess.PIPE,
             )
             out, _ = await asyncio.wait_for(curl.communicate(), 20)
@@ -218,6 +223,30 @@ async def test_an_envelope_published_by_pika_with_a_traceparent_joins_that_trace
     assert process.parent.trace_state.get("vendor") == "1"
     assert process.attributes is not None
     assert process.attributes["messaging.message.id"] == invocation_id
+
+
+async def test_sync_client_calls_from_another_thread_publish_in_the_callers_trace(
+    namespace: Namespace, spans: InMemorySpanExporter
+) -> None:
+    spec = namespace.functions("""
+        [functions.plain]
+        handler = "tests.support.handlers:noop"
+    """)
+
+    def invoke_in_a_span() -> ReadableSpan:
+        with trace.get_tracer("test").start_as_current_span("caller") as caller, SyncClient(
+            settings=namespace.settings
+        ) as client:
+            client.invoke("plain", None)
+        assert isinstance(caller, ReadableSpan)
+        return caller
+
+    async with running_worker(namespace, spec):
+        caller = await asyncio.to_thread(invoke_in_a_span)
+        await until_span(spans, f"process {namespace.ns}.fn.plain")
+    finished = spans.get_finished_spans()
+    publish = one(children(finished, caller), "the SyncClient's publish")
+    one(children(finished, publish), "the attempt")
 
 
 def _pika_publish(namespace: Namespace, wire: dict[str, object]) -> None:
@@ -286,15 +315,12 @@ async def test_a_replay_starts_a_trace_linked_to_the_original(
 
 async def wait_failed(namespace: Namespace, invocation_id: str) -> None:
     """Until the failure queue holds the record of ``invocation_id``."""
-    while True:
-        ids: list[str] = []
-        try:
-            await dlq.list_records(namespace.settings, dlq.ALL, lambda s: ids.append(str(s.id)))
-        except dlq.EmptyQueue:
-            pass
-        if invocation_id in ids:
-            return
+    ids: list[str] = []
+    while invocation_id not in ids:
         await asyncio.sleep(0.05)
+        ids.clear()
+        with contextlib.suppress(dlq.EmptyQueue):
+            await dlq.list_records(namespace.settings, dlq.ALL, lambda s: ids.append(str(s.id)))
 
 
 async def test_without_an_sdk_the_context_still_reaches_http_functions_and_log_lines(
