@@ -94,7 +94,7 @@ def hot_info(event: str, fields: dict[str, object]) -> None:
         structlog.get_logger().info(event, **fields)
         return
     if tracing.AVAILABLE:
-        tracing.add_log_ids(None, "info", fields)
+        tracing.add_delivery_ids(fields)
     fields["event"] = event
     fields["level"] = "info"
     fields["timestamp"] = _utc_stamp()
