@@ -225,6 +225,35 @@ async def test_an_envelope_published_by_pika_with_a_traceparent_joins_that_trace
     assert process.attributes["messaging.message.id"] == invocation_id
 
 
+async def test_a_delayed_invocation_forwarded_through_the_ladder_stays_in_its_trace(
+    namespace: Namespace, spans: InMemorySpanExporter, amqp: Connection
+) -> None:
+    spec = namespace.functions("""
+        [functions.plain]
+        handler = "tests.support.handlers:noop"
+    """)
+    async with running_worker(namespace, spec):
+        await publish_raw(amqp, namespace.names, {
+            "v": 1, "id": "later", "fn": "plain", "payload": None, "delay": 2,
+            "meta": {"traceparent": TRACEPARENT},
+        })
+        await wait_for(
+            lambda: len(named(spans.get_finished_spans(), "process")) >= 2, 20, "two deliveries"
+        )
+    finished = spans.get_finished_spans()
+    assert {format(span.context.trace_id, "032x") for span in finished} == {TRACE_ID}
+    forward = one([s for s in finished if parent_of(s) == int(PARENT_ID, 16)], "the forward")
+    assert forward.attributes is not None
+    assert forward.attributes["asyncinvoke.outcome"] == "forwarded"
+    assert forward.attributes["asyncinvoke.forward_delay_s"] in (1, 2)
+    into_ladder = one(children(finished, forward), "the forward's publish")
+    assert into_ladder.name.startswith(f"publish {namespace.ns}.delay.")
+    run = one(children(finished, into_ladder), "the attempt")
+    assert run.attributes is not None and run.attributes["asyncinvoke.outcome"] == "success"
+    lateness = run.attributes["asyncinvoke.lateness_ms"]
+    assert isinstance(lateness, int) and 0 <= lateness < 1000
+
+
 async def test_sync_client_calls_from_another_thread_publish_in_the_callers_trace(
     namespace: Namespace, spans: InMemorySpanExporter
 ) -> None:
