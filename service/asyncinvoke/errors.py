@@ -17,12 +17,17 @@
     ├── TaskExists             the task id is taken (also named TaskExistsError)
     ├── TaskNotFound           no task with that id
     ├── TaskFinished           the task already ended (a stop came too late)
+    ├── TaskNotRerunnable      a task cannot be run again (no payload kept)
+    │   └── TaskNotEnded       a re-run of a task that has not ended
     ├── SyncClientClosed       a SyncClient was used after close()
     ├── TaskStoreUnavailable   the task store cannot be reached or cannot write now (transient)
+    ├── StoreUnavailable       the configuration stream cannot be read or a change confirmed
+    ├── InvalidDocument        a configuration document, its kind or name is not storable
     ├── HttpDeliveryError      an HTTP destination refused a record or could not be reached
     ├── NonRetryableError      raised by a handler: fail now, do not retry
     ├── HandlerProcessDied     a handler's own process (executor = "process") ended mid-attempt
     ├── QueueBusy              the console: another browse holds the failure queue now
+    ├── ManagementUnavailable  the console: RabbitMQ's management API gave no counts
     ├── DlqError               the dead-letter tool (``asyncinvoke dlq``)
     │   ├── QueueMissing       {ns}.failed does not exist
     │   ├── EmptyQueue         {ns}.failed holds no record
@@ -241,6 +246,27 @@ class TaskFinished(AsyncInvokeError):
     def __init__(self, task: _EndedTask):
         super().__init__(f"task {task.id!r} already ended as {task.status.value}")
         self.task = task
+
+
+class TaskNotRerunnable(AsyncInvokeError):
+    """A re-run (``asyncinvoke task rerun``) that cannot be made; ``task`` is the task."""
+
+    def __init__(self, task: _EndedTask, reason: str):
+        super().__init__(f"task {task.id!r} cannot be run again: {reason}")
+        self.task = task
+
+
+class TaskNotEnded(TaskNotRerunnable):
+    """Only an ended task runs again: one still waiting or running would then run twice."""
+
+    def __init__(self, task: _EndedTask):
+        super().__init__(
+            task,
+            f"it has not ended (it is {task.status.value}); stop it first "
+            "('asyncinvoke task stop') or wait for it to end",
+        )
+
+
 class SyncClientClosed(AsyncInvokeError):
     """A ``SyncClient`` was called after it was closed (by ``close()``, its ``with``
     block, or the interpreter's exit)."""
@@ -257,6 +283,19 @@ class TaskStoreUnavailable(AsyncInvokeError):
         super().__init__(f"task store {store} is unavailable: {reason}")
         self.store = store
         self.reason = reason
+
+
+class StoreUnavailable(AsyncInvokeError):
+    """The namespace's configuration stream ({ns}.config) could not be read, or a change
+    to it was not confirmed or read back in time."""
+
+    def __init__(self, message: str, *, stream: str):
+        super().__init__(message)
+        self.stream = stream
+
+
+class InvalidDocument(AsyncInvokeError, ValueError):
+    """A document for the configuration store, or its kind or name, cannot be stored."""
 
 
 class NonRetryableError(AsyncInvokeError):
@@ -364,3 +403,8 @@ class HandlerProcessDied(AsyncInvokeError):
 
 class QueueBusy(AsyncInvokeError):
     """Another browse holds the failure queue now (the console's, or a dlq command's)."""
+
+
+class ManagementUnavailable(AsyncInvokeError):
+    """RabbitMQ's management HTTP API did not give the queues' counts; the message names
+    the API's address and why (the console then shows what its own process knows)."""

@@ -39,6 +39,9 @@ MAX_THREADS = 256
 
 class Runner(Protocol):
     cancellable: bool  # whether cancelling run() stops the function (not a sync thread)
+    # Attempts that may be in run() at once: the function's concurrency, or more where
+    # the runner queues some itself without starting them (the process executor's pipeline).
+    slots: int
 
     async def run(self, envelope: Envelope, context: Context) -> Outcome: ...
 
@@ -192,12 +195,14 @@ class PythonRunner:
             getattr(handler, "__call__", None)  # noqa: B004 - async callable objects
         )
         self.cancellable = self.is_async
+        self.slots = spec.concurrency
         self._processes = None
         if spec.executor == "process":
             from asyncinvoke.process_executor import ProcessExecutor  # it imports this module
 
             self._processes = ProcessExecutor(spec, self.is_async)
             self.cancellable = True  # cancelling an attempt ends its process
+            self.slots = self._processes.slots
         # A pool of its own: threads held by this function's overrunning handlers must
         # not leave another function's attempts queued until they time out unstarted.
         self._threads = None if self.is_async or self._processes else ThreadPoolExecutor(
@@ -289,6 +294,7 @@ class HttpRunner:
         self.session = session
         self.timeout = aiohttp.ClientTimeout(total=spec.timeout_s)
         self.cancellable = True
+        self.slots = spec.concurrency
 
     def close(self) -> None:
         """Nothing of its own to release: the session is the worker's."""

@@ -5,6 +5,7 @@
         └──────────► {ns}.unrouted ◄───────────────┘   (worker: UnknownFunction records)
     {ns}.fn.<fn> ─(delivery limit)─► {ns}.dead          (worker: DeliveryLimitExceeded records)
     {ns}.failed (topic, key = fn) ─(#)─► {ns}.failed    (the failure-destination queue)
+    {ns}.config (stream)          the namespace's live configuration and triggers (docstore)
 
 Quorum queues everywhere: replicated on a cluster, at-least-once dead-lettering,
 and a delivery limit for poison messages. The system queues that hold records
@@ -28,6 +29,8 @@ from asyncinvoke.errors import ConfigError
 from asyncinvoke.functions import FunctionSpec
 
 QUORUM = {"x-queue-type": "quorum"}
+# No retention arguments: the configuration log is the configuration (docstore.py).
+STREAM = {"x-queue-type": "stream"}
 AT_LEAST_ONCE = {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
 DIRECT, TOPIC, FANOUT = "direct", "topic", "fanout"
 UNLIMITED_DELIVERIES = {"x-delivery-limit": -1}
@@ -61,6 +64,11 @@ class Names:
     def control(self) -> str:
         """Fanout to every worker: task stop requests."""
         return f"{self.ns}.control"
+
+    @property
+    def config_stream(self) -> str:
+        """The stream of configuration changes: async-invoke config, concurrency, triggers."""
+        return f"{self.ns}.config"
 
     @property
     def deliver(self) -> str:
@@ -178,6 +186,7 @@ def core_plan(names: Names, broker_version: tuple[int, int] | None = None) -> Pl
         QueueDecl(names.unrouted, dict(system)),
         QueueDecl(names.dead, dict(system)),
         QueueDecl(names.failed, dict(system)),
+        QueueDecl(names.config_stream, dict(STREAM)),
     ]
     bindings = [
         Binding(names.unrouted, names.unrouted, ""),

@@ -174,3 +174,20 @@ def burn_ms(event: Any, context: Context) -> int:
     while time.perf_counter() < end:
         count += 1
     return count
+
+
+def scripted(event: Any, context: Context) -> dict[str, Any]:
+    """A sync handler for the process executor's pipeline: appends "name pid" to the file
+    event["log"] when it starts, then does event["do"] on its first attempt ("spin":
+    forever; "exit": ends its process; "sleep": event["s"] seconds, every attempt).
+    Returns its pid and how long its context gave it (deadline - start, in seconds)."""
+    started = time.time()
+    with open(event["log"], "a") as log:
+        log.write(f"{event['name']} {os.getpid()}\n")
+    if event.get("do") == "sleep":
+        time.sleep(float(event["s"]))
+    elif context.attempt == 0 and event.get("do") == "spin":
+        spin_forever(event, context)
+    elif context.attempt == 0 and event.get("do") == "exit":
+        os._exit(3)
+    return {"pid": os.getpid(), "given": context.deadline - started}

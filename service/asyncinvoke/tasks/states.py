@@ -10,7 +10,9 @@
 A terminal state is never left by a transition. Only a replay from the failure queue
 (``asyncinvoke dlq replay``) reopens a task that ended without success (Failed, Expired,
 Invalid): it is Enqueued again, a new attempt of the same task. Succeeded is final, and so
-is Stopped, which an operator asked for.
+is Stopped, which an operator asked for, for every copy of a message: only an operator's
+re-run (``asyncinvoke task rerun``, ``store.decide_rerun``) enqueues any ended task again,
+as a new attempt sequence under the same id.
 """
 
 from __future__ import annotations

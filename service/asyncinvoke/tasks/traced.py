@@ -98,6 +98,10 @@ class TracedTaskStore:
         with tracing.store_write("reopen", task_id, self.system):
             return await self.store.reopen(task_id, now_ms, detail)
 
+    async def rerun(self, task_id: str, now_ms: int, detail: str) -> Task:
+        with tracing.store_write("rerun", task_id, self.system):
+            return await self.store.rerun(task_id, now_ms, detail)
+
 
 def traced(store: TaskStore, url: str) -> TaskStore:
     """``store`` with spans around its writes, where tracing is installed."""
