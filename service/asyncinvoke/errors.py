@@ -27,6 +27,7 @@
     ├── NonRetryableError      raised by a handler: fail now, do not retry
     ├── Throttled              raised by a handler: busy now, try later (spends no retry)
     ├── HandlerProcessDied     a handler's own process (executor = "process") ended mid-attempt
+    ├── NotStarted             an attempt queued behind one whose process ended; it never ran
     ├── QueueBusy              the console: another browse holds the failure queue now
     ├── ManagementUnavailable  the console: RabbitMQ's management API gave no counts
     ├── DlqError               the dead-letter tool (``asyncinvoke dlq``)
@@ -415,6 +416,11 @@ class ReplayIncomplete(DlqError):
 
 class HandlerProcessDied(AsyncInvokeError):
     """The handler's process (``executor = "process"``) ended in the middle of an attempt."""
+
+
+class NotStarted(AsyncInvokeError):
+    """An attempt waited behind another in a handler process that ended: it never ran, and
+    goes to another process."""
 
 
 class QueueBusy(AsyncInvokeError):
