@@ -27,6 +27,7 @@
     ├── NonRetryableError      raised by a handler: fail now, do not retry
     ├── Throttled              raised by a handler: busy now, try later (spends no retry)
     ├── HandlerProcessDied     a handler's own process (executor = "process") ended mid-attempt
+    ├── NotStarted             an attempt queued behind one whose process ended; it never ran
     ├── QueueBusy              the console: another browse holds the failure queue now
     ├── TriggerError           a trigger (timer or RabbitMQ source)
     │   ├── InvalidTrigger     a definition is wrong (names the field)
@@ -420,6 +421,11 @@ class ReplayIncomplete(DlqError):
 
 class HandlerProcessDied(AsyncInvokeError):
     """The handler's process (``executor = "process"``) ended in the middle of an attempt."""
+
+
+class NotStarted(AsyncInvokeError):
+    """An attempt waited behind another in a handler process that ended: it never ran, and
+    goes to another process."""
 
 
 class QueueBusy(AsyncInvokeError):

@@ -19,7 +19,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import Counter
 
-from asyncinvoke import topology
+from asyncinvoke import topology, tracing
 from asyncinvoke.client import Client
 from asyncinvoke.clock import now_ms
 from asyncinvoke.console.app import Console
@@ -230,7 +230,14 @@ class Gateway:
                 signed = await self._verify(request)
                 if signed is not None:
                     await refuse_replay(await self.client.tasks(), signed, now_ms())
-            response = await handler(request)
+            matched = request.match_info.route
+            if matched.name in INVOKE_ROUTES:
+                # The caller's traceparent header is the parent of what the invocation does.
+                path = matched.resource.canonical if matched.resource else request.path
+                with tracing.serving(request.method, path, request.headers):
+                    response = await handler(request)
+            else:
+                response = await handler(request)
         except web.HTTPException as exc:
             response = self._error_response(
                 request, fcapi.from_http_exception(exc, request.method, request.path)
