@@ -108,6 +108,7 @@ class Console:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sampler
         await self.management.close()
+        await self.failures.close()
 
     async def _sample(self) -> None:
         while True:
