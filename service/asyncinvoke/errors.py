@@ -25,6 +25,7 @@
     ├── InvalidDocument        a configuration document, its kind or name is not storable
     ├── HttpDeliveryError      an HTTP destination refused a record or could not be reached
     ├── NonRetryableError      raised by a handler: fail now, do not retry
+    ├── Throttled              raised by a handler: busy now, try later (spends no retry)
     ├── HandlerProcessDied     a handler's own process (executor = "process") ended mid-attempt
     ├── QueueBusy              the console: another browse holds the failure queue now
     ├── ManagementUnavailable  the console: RabbitMQ's management API gave no counts
@@ -300,6 +301,21 @@ class InvalidDocument(AsyncInvokeError, ValueError):
 
 class NonRetryableError(AsyncInvokeError):
     """Raise from a handler to end the invocation now, without retries."""
+
+
+class Throttled(AsyncInvokeError):
+    """Raise from a handler when what it needs is busy (rate-limited, overloaded): the
+    attempt is retried through the delay ladder after ``retry_after`` seconds (or the
+    function's backoff when None), and it does not count against ``max_retries``; the
+    function's ``throttle_budget`` bounds how long throttles go on (then the record's
+    condition is ``ThrottleExhausted``). An HTTP function answering 429 or 503, or one
+    that cannot be connected to, is throttled the same way."""
+
+    def __init__(self, message: str = "throttled", *, retry_after: float | None = None):
+        if retry_after is not None and not (0 <= retry_after < float("inf")):
+            raise ValueError(f"retry_after must be a number of seconds >= 0, got {retry_after!r}")
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class HttpDeliveryError(AsyncInvokeError):

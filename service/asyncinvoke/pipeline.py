@@ -277,7 +277,7 @@ class Pipeline:
         await self._follow_up(envelope, spec, outcome, settlement, finished)
         await tasks.after_follow_up(envelope, outcome, settlement, finished)
         self.acks.ack(message)
-        self.journal.attempt(envelope, settlement.result, outcome)
+        self.journal.settled(envelope, settlement, outcome)
 
     async def _follow_up(
         self,
@@ -300,6 +300,9 @@ class Pipeline:
                                 replay=False)
                 await _testpoints.pause("retry")
                 await dispatch.send(self.broker, self.names, retry)
+            case policy.Throttle():
+                # The function was busy: the same attempt again later, on its own budget.
+                await dispatch.send(self.broker, self.names, settlement.next_envelope(envelope))
             case policy.GiveUp(condition):
                 record = records.of_outcome(envelope, outcome, condition, finished)
                 await self.destinations.send(record, spec.on_failure)

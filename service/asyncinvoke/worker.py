@@ -38,9 +38,10 @@ SYSTEM_PREFETCH = 32
 
 
 def prefetch_for(concurrency: int) -> int:
-    """Deliveries a function's consumer may hold: its concurrency (the attempts that run,
-    capped by Function.slots) and as many again for deliveries waiting out the last
-    fraction of a second of a delay, which must not hold back those due now."""
+    """Deliveries a function's consumer may hold: its runner's slots (the attempts that
+    run, or wait in the process executor's pipeline: Function.slots caps them) and as
+    many again for deliveries waiting out the last fraction of a second of a delay,
+    which must not hold back those due now."""
     return 2 * concurrency
 
 
@@ -129,7 +130,7 @@ class Worker:
                 runner = PythonRunner(spec, handlers[name], self._watchdog)
             else:
                 runner = HttpRunner(spec, self._session)
-            self.functions[name] = Function(spec, runner, asyncio.Semaphore(spec.concurrency))
+            self.functions[name] = Function(spec, runner, asyncio.Semaphore(runner.slots))
         if any(spec.task_mode for spec in self.specs.values()):
             await self.tracker.store()  # a bad ASYNCINVOKE_TASK_STORE fails at start
             self._background.append(
@@ -139,7 +140,7 @@ class Worker:
         for name, function in self.functions.items():
             queue = self.names.function_queue(name)
             await self.consumers.consume(
-                queue, prefetch_for(function.spec.concurrency), pipeline.consumer(function, queue)
+                queue, prefetch_for(function.runner.slots), pipeline.consumer(function, queue)
             )
             suspects = self.names.suspect_queue(name)
             await self.consumers.consume(
