@@ -20,7 +20,7 @@ from typing import Any
 
 import aiormq
 
-from asyncinvoke import _testpoints, contract, dispatch, policy, record_codec, records
+from asyncinvoke import _testpoints, contract, dispatch, policy, record_codec, records, tracing
 from asyncinvoke.acks import Acks
 from asyncinvoke.broker import Broker
 from asyncinvoke.clock import now_ms
@@ -101,6 +101,7 @@ class Pipeline:
             except Exception as exc:
                 await self.settle_failed(message, exc)
             finally:
+                tracing.finish_delivery()
                 self.redeliveries.ended(message, settled)
                 self.in_flight.pop(task, None)
                 in_flight.dec()
@@ -143,6 +144,7 @@ class Pipeline:
         envelope = await self._decoded(message, spec)
         if envelope is None:
             return
+        tracing.start_process(envelope, self.names, received, len(message.body))
         if message.reply_to:
             await self._call(message, envelope, function)
             return
@@ -200,6 +202,7 @@ class Pipeline:
         await dispatch.send(self.broker, self.names, envelope)
         self.acks.ack(message)
         log.info("forwarded", invocation_id=envelope.id, function=envelope.fn, delay_s=delay_s)
+        tracing.forwarded(delay_s)
 
     async def _expire(
         self,

@@ -20,6 +20,7 @@ from asyncinvoke.acks import Acks
 from asyncinvoke.broker import Broker
 from asyncinvoke.consumer import Consumers
 from asyncinvoke.destinations import Destinations
+from asyncinvoke.docstore import DocumentStore
 from asyncinvoke.errors import AsyncInvokeError
 from asyncinvoke.functions import FunctionsFile, FunctionSpec, check_consumer_timeout, load_handler
 from asyncinvoke.journal import Journal
@@ -33,6 +34,7 @@ from asyncinvoke.system_queues import SystemQueues
 from asyncinvoke.systemd import Notifier, Supervision
 from asyncinvoke.tasks.mode import TaskMode, purge_forever
 from asyncinvoke.tasks.tracker import TaskTracker
+from asyncinvoke.triggers.runtime import Triggers
 
 SYSTEM_PREFETCH = 32
 
@@ -89,6 +91,17 @@ class Worker:
         )
         self.functions: dict[str, Function] = {}
         self.pipeline: Pipeline | None = None
+        # The namespace's live configuration and triggers, read whole at start.
+        self.store = DocumentStore(self.broker, self.names)
+        self.triggers = Triggers(
+            self.broker,
+            self.names,
+            settings,
+            self.metrics,
+            self.all_specs,
+            [trigger for spec in self.all_specs.values() for trigger in spec.triggers],
+            self.store,
+        )
         self._health: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._background: list[asyncio.Task[None]] = []
@@ -110,6 +123,7 @@ class Worker:
         }
         await self.broker.connect()
         await topology.declare(self.broker.publisher, self.names, self.specs.values())
+        await self.store.start()
         self._session = aiohttp.ClientSession()
         destinations = Destinations(self.broker, self.names, self._session)
         pipeline = self.pipeline = Pipeline(
@@ -148,6 +162,7 @@ class Worker:
             )
         await self.consumers.consume(self.names.unrouted, SYSTEM_PREFETCH, system.on_unrouted)
         await self.consumers.consume(self.names.dead, SYSTEM_PREFETCH, system.on_dead)
+        await self.triggers.start()
         if self.metrics_port is not None:
             self._health = await serve_health(
                 self.metrics, self.not_ready, self.metrics_host, self.metrics_port
@@ -178,6 +193,7 @@ class Worker:
             reasons.append("RabbitMQ: not connected")
         if self.tracker.outage is not None:
             reasons.append(f"task store: {self.tracker.outage}")
+        reasons.extend(self.triggers.not_ready())
         return reasons
 
     def status(self) -> str:
@@ -192,6 +208,8 @@ class Worker:
         self.supervision.stopping(f"stopping; {len(self.in_flight)} in flight")
         log.info("worker_stopping", in_flight=len(self.in_flight))
         await self.consumers.cancel()
+        await self.triggers.stop()
+        await self.store.close()
         for task in self._background:
             task.cancel()
         if self.pipeline is not None:
