@@ -5,9 +5,9 @@ Each handler finds the function through its service (``fc2api``), then calls wha
 middleware checks the signature (``auth2``) and writes errors in FC 2.0's JSON for these
 paths.
 
-Put/Delete of the async config and the trigger routes join here when live configuration
-and triggers exist: a handler each, over the implementation the 2023-03-30 routes use,
-with the shapes in ``fc2api``.
+Put/Delete of the async config join here when live configuration exists: a handler each,
+over the implementation the 2023-03-30 routes use, with the shapes in ``fc2api``. The
+trigger routes are ``triggerroutes``' own, given this face's function lookup.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from aiohttp import web
 from asyncinvoke.functions import FunctionSpec
 from asyncinvoke.gateway import fc2api, fcapi
 from asyncinvoke.gateway.fcapi import JSON
+from asyncinvoke.gateway.triggerroutes import TriggerRoutes
 from asyncinvoke.tasks.store import Task
 
 if TYPE_CHECKING:
@@ -63,6 +64,14 @@ class Fc2Routes:
                 self.list_async_configs,
                 name="FC2.ListFunctionAsyncInvokeConfigs",
             ),
+            *TriggerRoutes(
+                self.gateway,
+                self.gateway.triggers,
+                base=base + "/triggers",
+                find=self._spec,
+                config_as_text=False,
+                route_prefix="FC2.",
+            ).routes(),
         ]
 
     def _spec(self, request: web.Request) -> FunctionSpec:
