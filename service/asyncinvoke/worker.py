@@ -20,15 +20,19 @@ from asyncinvoke.acks import Acks
 from asyncinvoke.broker import Broker
 from asyncinvoke.consumer import Consumers
 from asyncinvoke.destinations import Destinations
+from asyncinvoke.docstore import DocumentStore
 from asyncinvoke.errors import AsyncInvokeError
 from asyncinvoke.functions import FunctionsFile, FunctionSpec, check_consumer_timeout, load_handler
 from asyncinvoke.journal import Journal
 from asyncinvoke.last_resort import LastResort
+from asyncinvoke.liveconfig.applier import Applier
+from asyncinvoke.liveconfig.live import LiveConfig
 from asyncinvoke.metrics import Metrics, serve_health
 from asyncinvoke.observability import get_logger
 from asyncinvoke.pipeline import Function, Pipeline
 from asyncinvoke.runners import HttpRunner, PythonRunner, Runner, Watchdog
 from asyncinvoke.settings import Settings
+from asyncinvoke.slots import Slots
 from asyncinvoke.system_queues import SystemQueues
 from asyncinvoke.systemd import Notifier, Supervision
 from asyncinvoke.tasks.mode import TaskMode, purge_forever
@@ -65,6 +69,7 @@ class Worker:
         self.notifier = notifier or Notifier()
         self.supervision = Supervision(self.notifier, self.status)
         self.names = topology.Names(settings.namespace)
+        self.functions_file = functions_file
         self.all_specs = dict(functions_file.functions)
         self.specs = _selected(functions_file, only)
         check_consumer_timeout(
@@ -88,6 +93,10 @@ class Worker:
         )
         self.functions: dict[str, Function] = {}
         self.pipeline: Pipeline | None = None
+        # The namespace's live configuration ({ns}.config), read whole before consuming.
+        self.store = DocumentStore(self.broker, self.names)
+        self.live: LiveConfig | None = None
+        self.applier: Applier | None = None
         self._health: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._background: list[asyncio.Task[None]] = []
@@ -109,6 +118,8 @@ class Worker:
         }
         await self.broker.connect()
         await topology.declare(self.broker.publisher, self.names, self.specs.values())
+        await self.store.start()
+        live = self.live = LiveConfig(self.store, self.functions_file)
         self._session = aiohttp.ClientSession()
         destinations = Destinations(self.broker, self.names, self._session)
         pipeline = self.pipeline = Pipeline(
@@ -129,8 +140,11 @@ class Worker:
                 runner = PythonRunner(spec, handlers[name], self._watchdog)
             else:
                 runner = HttpRunner(spec, self._session)
-            self.functions[name] = Function(spec, runner, asyncio.Semaphore(spec.concurrency))
-        if any(spec.task_mode for spec in self.specs.values()):
+            config = live.effective(name)
+            self.functions[name] = Function(
+                config.spec, runner, Slots(config.spec.concurrency), config.version, config.paused
+            )
+        if any(function.spec.task_mode for function in self.functions.values()):
             await self.tracker.store()  # a bad ASYNCINVOKE_TASK_STORE fails at start
             self._background.append(
                 asyncio.create_task(purge_forever(self.tracker, self.settings.task_retention_s))
@@ -139,12 +153,24 @@ class Worker:
         for name, function in self.functions.items():
             queue = self.names.function_queue(name)
             await self.consumers.consume(
-                queue, prefetch_for(function.spec.concurrency), pipeline.consumer(function, queue)
+                queue,
+                prefetch_for(function.spec.concurrency),
+                pipeline.consumer(function, queue),
+                paused=function.paused,
             )
             suspects = self.names.suspect_queue(name)
             await self.consumers.consume(
-                suspects, 1, pipeline.consumer(function, suspects, suspect=True)
+                suspects,
+                1,
+                pipeline.consumer(function, suspects, suspect=True),
+                paused=function.paused,
             )
+        applier = self.applier = Applier(
+            self.functions, self.consumers, self.names, prefetch_for, lambda: self.store.version
+        )
+        live.listen(applier.on_change)
+        for name in self.functions:  # what changed while the consumers started
+            applier.on_change(name, live.effective(name))
         await self.consumers.consume(self.names.unrouted, SYSTEM_PREFETCH, system.on_unrouted)
         await self.consumers.consume(self.names.dead, SYSTEM_PREFETCH, system.on_dead)
         if self.metrics_port is not None:
@@ -190,11 +216,16 @@ class Worker:
         self.stopping = True
         self.supervision.stopping(f"stopping; {len(self.in_flight)} in flight")
         log.info("worker_stopping", in_flight=len(self.in_flight))
+        if self.live is not None:
+            self.live.close()
+        if self.applier is not None:
+            await self.applier.close()  # before the cancel: no consumer started again
         await self.consumers.cancel()
         for task in self._background:
             task.cancel()
         if self.pipeline is not None:
             await self.pipeline.return_unfinished(self.settings.shutdown_grace_s)
+        await self.store.close()
         await self.broker.close()
         await self.tracker.close()
         if self._health is not None:

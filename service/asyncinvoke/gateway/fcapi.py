@@ -32,8 +32,10 @@ from asyncinvoke.errors import (
     AsyncInvokeError,
     BrokerUnavailable,
     CallTimeout,
+    InvalidConfig,
     InvalidMessage,
     PublishError,
+    StoreUnavailable,
     TaskExistsError,
     TaskFinished,
     TaskNotFound,
@@ -153,8 +155,10 @@ def from_error(exc: Exception) -> FcError | None:
         return NotFound(str(exc), code="AsyncTaskNotFound")
     if isinstance(exc, TaskFinished):
         return Conflict(str(exc), code="AsyncTaskFinished")
-    if isinstance(exc, InvalidMessage):
+    if isinstance(exc, InvalidMessage | InvalidConfig):
         return InvalidArgument(str(exc))
+    if isinstance(exc, StoreUnavailable):
+        return ServiceUnavailable(f"{exc}; try again shortly")
     if isinstance(exc, CallTimeout):
         return InvocationTimeout(str(exc))
     if isinstance(exc, PublishError | BrokerUnavailable):
