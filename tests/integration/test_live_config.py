@@ -69,7 +69,9 @@ def record_of(message: aio_pika.abc.AbstractIncomingMessage) -> dict[str, Any]:
 
 
 async def test_the_sdk_puts_retries_and_a_failure_queue_and_deleting_returns_to_the_file(
-    namespace: Namespace, amqp: aio_pika.abc.AbstractConnection
+    namespace: Namespace,
+    amqp: aio_pika.abc.AbstractConnection,
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
     target = namespace.queue_name("x")
     await declare_queue(amqp, target)
@@ -109,6 +111,10 @@ async def test_the_sdk_puts_retries_and_a_failure_queue_and_deleting_returns_to_
         assert context["approximateInvokeCount"] == 1
         assert context["configVersion"] == version
         assert [call_[0] for call_ in handlers.CALLS["flaky"]].count(first_id) == 1
+        logged = [line for line in capfd.readouterr().out.splitlines() if first_id in line]
+        assert any(
+            "attempt" in line and f"config_version={version}" in line for line in logged
+        ), logged
 
         await call(client.delete_async_invoke_config, "flaky", fc.DeleteAsyncInvokeConfigRequest())
         back = await call(

@@ -83,6 +83,7 @@ class Applier:
             "config_applied",
             function=name,
             version=version,
+            store_version=heard,
             paused=paused,
             concurrency=function.spec.concurrency,
             max_retries=function.spec.max_retries,
