@@ -1,5 +1,6 @@
 """The producer API: ``Client.invoke`` and ``invoke_many`` (asynchronous), ``call``
-(synchronous, through direct reply-to), and the task store (``tasks``, ``stop_task``).
+(synchronous, through direct reply-to), and the task store (``tasks``, ``stop_task``,
+``rerun_task``).
 
 ``invoke`` returns only after the broker confirmed the message. Before the first
 publish for a function the client checks once that its queue exists, so a typo
@@ -33,6 +34,7 @@ from asyncinvoke.errors import (
     PublishTimeout,
     TaskExists,
     TaskExistsError,
+    TaskNotFound,
     UnknownFunctionError,
 )
 from asyncinvoke.settings import Settings, from_env
@@ -215,6 +217,35 @@ class Client:
                 self.names.control, "", contract.pack({"stop": task_id}), mandatory=False
             )
         return task
+
+    async def rerun_task(self, task_id: str) -> Task:
+        """Run an ended task again: its stored payload, under the same id, as a new attempt
+        sequence (retries and event age counted afresh); its events are kept. Returns the
+        task, Enqueued, once the broker confirmed the invocation.
+
+        Raises TaskNotFound, TaskNotEnded (409 at the gateway) for a task still waiting
+        or running, TaskNotRerunnable for one without a stored payload, and
+        UnknownFunctionError when no queue serves its function any more.
+        """
+        store = await self.tasks()
+        found = await store.get(task_id)
+        if found is None:
+            raise TaskNotFound(task_id)
+        # Checked before the task is touched: a task reopened for a function with no
+        # queue would wait Enqueued for nothing.
+        await self.ensure_function(found.function)
+        now = clock.now_ms()
+        # Built first, so that a payload the envelope refuses leaves the task as it was.
+        # A task without a payload is refused by the store's rerun.
+        payload = None if found.payload is None else contract.unpack(found.payload)
+        envelope, body = self.envelope(found.function, payload, id=task_id, task=True, now_ms=now)
+        rerun = await store.rerun(task_id, now, f"rerun after it ended {found.status.value}")
+        try:
+            await dispatch.send(self.broker, self.names, envelope, body)
+        except AsyncInvokeError as exc:
+            await self._not_accepted(envelope, exc)
+            raise
+        return rerun
 
     async def _create_task(self, envelope: Envelope) -> None:
         store = await self.tasks()

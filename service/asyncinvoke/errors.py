@@ -18,6 +18,8 @@
     ├── TaskExists             the task id is taken (also named TaskExistsError)
     ├── TaskNotFound           no task with that id
     ├── TaskFinished           the task already ended (a stop came too late)
+    ├── TaskNotRerunnable      a task cannot be run again (no payload kept)
+    │   └── TaskNotEnded       a re-run of a task that has not ended
     ├── SyncClientClosed       a SyncClient was used after close()
     ├── TaskStoreUnavailable   the task store cannot be reached or cannot write now (transient)
     ├── StoreUnavailable       the configuration stream cannot be read or a change confirmed
@@ -26,8 +28,10 @@
     ├── FunctionPaused         the function was paused (reservedConcurrency 0) before an attempt
     ├── HttpDeliveryError      an HTTP destination refused a record or could not be reached
     ├── NonRetryableError      raised by a handler: fail now, do not retry
+    ├── Throttled              raised by a handler: busy now, try later (spends no retry)
     ├── HandlerProcessDied     a handler's own process (executor = "process") ended mid-attempt
     ├── QueueBusy              the console: another browse holds the failure queue now
+    ├── ManagementUnavailable  the console: RabbitMQ's management API gave no counts
     ├── DlqError               the dead-letter tool (``asyncinvoke dlq``)
     │   ├── QueueMissing       {ns}.failed does not exist
     │   ├── EmptyQueue         {ns}.failed holds no record
@@ -258,6 +262,27 @@ class TaskFinished(AsyncInvokeError):
     def __init__(self, task: _EndedTask):
         super().__init__(f"task {task.id!r} already ended as {task.status.value}")
         self.task = task
+
+
+class TaskNotRerunnable(AsyncInvokeError):
+    """A re-run (``asyncinvoke task rerun``) that cannot be made; ``task`` is the task."""
+
+    def __init__(self, task: _EndedTask, reason: str):
+        super().__init__(f"task {task.id!r} cannot be run again: {reason}")
+        self.task = task
+
+
+class TaskNotEnded(TaskNotRerunnable):
+    """Only an ended task runs again: one still waiting or running would then run twice."""
+
+    def __init__(self, task: _EndedTask):
+        super().__init__(
+            task,
+            f"it has not ended (it is {task.status.value}); stop it first "
+            "('asyncinvoke task stop') or wait for it to end",
+        )
+
+
 class SyncClientClosed(AsyncInvokeError):
     """A ``SyncClient`` was called after it was closed (by ``close()``, its ``with``
     block, or the interpreter's exit)."""
@@ -305,6 +330,21 @@ class FunctionPaused(AsyncInvokeError):
 
 class NonRetryableError(AsyncInvokeError):
     """Raise from a handler to end the invocation now, without retries."""
+
+
+class Throttled(AsyncInvokeError):
+    """Raise from a handler when what it needs is busy (rate-limited, overloaded): the
+    attempt is retried through the delay ladder after ``retry_after`` seconds (or the
+    function's backoff when None), and it does not count against ``max_retries``; the
+    function's ``throttle_budget`` bounds how long throttles go on (then the record's
+    condition is ``ThrottleExhausted``). An HTTP function answering 429 or 503, or one
+    that cannot be connected to, is throttled the same way."""
+
+    def __init__(self, message: str = "throttled", *, retry_after: float | None = None):
+        if retry_after is not None and not (0 <= retry_after < float("inf")):
+            raise ValueError(f"retry_after must be a number of seconds >= 0, got {retry_after!r}")
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class HttpDeliveryError(AsyncInvokeError):
@@ -408,3 +448,8 @@ class HandlerProcessDied(AsyncInvokeError):
 
 class QueueBusy(AsyncInvokeError):
     """Another browse holds the failure queue now (the console's, or a dlq command's)."""
+
+
+class ManagementUnavailable(AsyncInvokeError):
+    """RabbitMQ's management HTTP API did not give the queues' counts; the message names
+    the API's address and why (the console then shows what its own process knows)."""

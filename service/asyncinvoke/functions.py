@@ -33,6 +33,10 @@ DEFAULT_CONCURRENCY = 16
 DEFAULT_DELIVERY_LIMIT = 5
 DEFAULT_SERVICE = "default"
 MAX_RETRIES_LIMIT = 8
+# How long throttles (HTTP 429/503, no connection, ``Throttled``) are retried, counted from
+# the first: 5 hours, as Function Compute's. At most a day, within the ladder's reach.
+DEFAULT_THROTTLE_BUDGET_S = 18000
+THROTTLE_BUDGET_LIMIT_S = 86400
 MAX_EVENT_AGE_LIMIT_S = 604800
 # Where a sync handler runs: a thread of the worker process, or a process of its own.
 EXECUTORS = ("thread", "process")
@@ -76,6 +80,7 @@ class FunctionSpec:
     delivery_limit: int = DEFAULT_DELIVERY_LIMIT
     service: str = DEFAULT_SERVICE  # FC 2.0's grouping: /2016-08-15/services/{service}/...
     executor: str = "thread"
+    throttle_budget_s: int = DEFAULT_THROTTLE_BUDGET_S
 
     def policy(self) -> dict[str, Any]:
         """The effective policy, as ``topology show`` prints it."""
@@ -98,6 +103,7 @@ class FunctionSpec:
             "delivery_limit": self.delivery_limit,
             "service": self.service,
             "executor": self.executor,
+            "throttle_budget": self.throttle_budget_s,
         }
 
 
@@ -135,6 +141,7 @@ _KEYS = {
     "delivery_limit",
     "service",
     "executor",
+    "throttle_budget",
 }
 _DEFAULT_KEYS = _KEYS - {"handler", "url"}
 _BACKOFF_KEYS = {"initial", "multiplier", "max", "jitter"}
@@ -273,6 +280,9 @@ def _spec(
         delivery_limit=reader.integer("delivery_limit", defaults.delivery_limit, 1, 1000),
         service=reader.service(defaults.service),
         executor=reader.choice("executor", defaults.executor, EXECUTORS),
+        throttle_budget_s=reader.integer(
+            "throttle_budget", defaults.throttle_budget_s, 1, THROTTLE_BUDGET_LIMIT_S
+        ),
     )
 
 

@@ -82,6 +82,13 @@ class Metrics:
             ["function"],
             registry=self.registry,
         )
+        self.throttles = Counter(
+            "asyncinvoke_throttles",
+            "Attempts throttled (HTTP 429/503, no connection, Throttled) and sent again on "
+            "the throttle budget; not retries, not failures.",
+            ["function"],
+            registry=self.registry,
+        )
         self.failure_records = Counter(
             "asyncinvoke_failure_records",
             "Failure records sent, by condition.",

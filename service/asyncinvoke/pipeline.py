@@ -292,7 +292,7 @@ class Pipeline:
         await self._follow_up(envelope, spec, outcome, settlement, finished, version)
         await tasks.after_follow_up(envelope, outcome, settlement, finished)
         self.acks.ack(message)
-        self.journal.attempt(envelope, settlement.result, outcome, config_version=version)
+        self.journal.settled(envelope, settlement, outcome, config_version=version)
 
     async def _follow_up(
         self,
@@ -318,6 +318,9 @@ class Pipeline:
                                 replay=False)
                 await _testpoints.pause("retry")
                 await dispatch.send(self.broker, self.names, retry)
+            case policy.Throttle():
+                # The function was busy: the same attempt again later, on its own budget.
+                await dispatch.send(self.broker, self.names, settlement.next_envelope(envelope))
             case policy.GiveUp(condition):
                 record = records.of_outcome(envelope, outcome, condition, finished)
                 record = replace(record, config_version=version)

@@ -42,9 +42,10 @@ SYSTEM_PREFETCH = 32
 
 
 def prefetch_for(concurrency: int) -> int:
-    """Deliveries a function's consumer may hold: its concurrency (the attempts that run,
-    capped by Function.slots) and as many again for deliveries waiting out the last
-    fraction of a second of a delay, which must not hold back those due now."""
+    """Deliveries a function's consumer may hold: its runner's slots (the attempts that
+    run, or wait in the process executor's pipeline: Function.slots caps them) and as
+    many again for deliveries waiting out the last fraction of a second of a delay,
+    which must not hold back those due now."""
     return 2 * concurrency
 
 
@@ -142,7 +143,11 @@ class Worker:
                 runner = HttpRunner(spec, self._session)
             config = live.effective(name)
             self.functions[name] = Function(
-                config.spec, runner, Slots(config.spec.concurrency), config.version, config.paused
+                config.spec,
+                runner,
+                Slots(self._slot_limit(name, runner, config.spec.concurrency)),
+                config.version,
+                config.paused,
             )
         if any(function.spec.task_mode for function in self.functions.values()):
             await self.tracker.store()  # a bad ASYNCINVOKE_TASK_STORE fails at start
@@ -154,7 +159,7 @@ class Worker:
             queue = self.names.function_queue(name)
             await self.consumers.consume(
                 queue,
-                prefetch_for(function.spec.concurrency),
+                prefetch_for(function.slots.limit),
                 pipeline.consumer(function, queue),
                 paused=function.paused,
             )
@@ -166,7 +171,16 @@ class Worker:
                 paused=function.paused,
             )
         applier = self.applier = Applier(
-            self.functions, self.consumers, self.names, prefetch_for, lambda: self.store.version
+            self.functions,
+            self.consumers,
+            self.names,
+            lambda name, concurrency: prefetch_for(
+                self._slot_limit(name, self.functions[name].runner, concurrency)
+            ),
+            lambda name, concurrency: self._slot_limit(
+                name, self.functions[name].runner, concurrency
+            ),
+            lambda: self.store.version,
         )
         live.listen(applier.on_change)
         for name in self.functions:  # what changed while the consumers started
@@ -187,6 +201,12 @@ class Worker:
             metrics_port=self.metrics_port,
             event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
         )
+
+    def _slot_limit(self, name: str, runner: Runner, concurrency: int) -> int:
+        """A function's slots for a (live) concurrency: its runner's slots scaled by it
+        (the process executor holds a second attempt per process in its pipeline; its pool
+        keeps the size it started with)."""
+        return max(1, runner.slots * concurrency // self.specs[name].concurrency)
 
     def ready(self) -> bool:
         """Consuming, connected, and the task store up: what /readyz reports."""

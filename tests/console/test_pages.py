@@ -104,9 +104,39 @@ def test_stop_on_a_delayed_task_shows_stopped(served: Served, driver: Any, fixed
     driver.get(served.url + "/console/tasks?function=mend")
     submit(driver, driver.find_element(By.LINK_TEXT, "later-1"))
     assert driver.find_element(By.ID, "task-status").text == "Enqueued"
+    assert driver.find_elements(By.XPATH, "//button[.='Re-run']") == []  # not ended
     submit(driver, driver.find_element(By.XPATH, "//button[.='Stop']"))
     assert driver.find_element(By.ID, "task-status").text == "Stopped"
     assert driver.find_elements(By.XPATH, "//button[.='Stop']") == []
+    assert driver.find_elements(By.XPATH, "//button[.='Re-run']")  # ended: it may run again
+
+
+def test_rerun_runs_an_ended_task_again_under_its_id(
+    served: Served, driver: Any, fixed: Path
+) -> None:
+    fixed.touch()
+    served.invoke("mend", {"fixed_when": str(fixed), "note": "twice"}, task=True, id="again-1")
+
+    def status_is(wanted: str) -> bool:
+        driver.get(served.url + "/console/tasks/again-1")
+        shown = driver.find_elements(By.ID, "task-status")
+        return bool(shown) and shown[0].text == wanted
+
+    wait_until(lambda: status_is("Succeeded"), 20, "again-1 Succeeded", served.tail)
+    submit(driver, driver.find_element(By.XPATH, "//button[.='Re-run']"))
+
+    def events() -> list[str]:
+        return [item.text for item in driver.find_elements(By.CSS_SELECTOR, ".timeline li")]
+
+    wait_until(
+        lambda: status_is("Succeeded") and len(events()) == 6, 20, "again-1 run again",
+        served.tail,
+    )
+    shown = events()
+    assert [e.split()[2] for e in shown] == [
+        "Enqueued", "Running", "Succeeded", "Enqueued", "Running", "Succeeded"
+    ], shown
+    assert "rerun after it ended Succeeded" in shown[3]
 
 
 def test_live_counters_change_when_invocations_arrive(served: Served, driver: Any) -> None:

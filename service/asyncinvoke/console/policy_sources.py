@@ -28,6 +28,7 @@ _FIELD_KEYS = {
     "on_success": ("on_success",),
     "on_failure": ("on_failure",),
     "delivery_limit": ("delivery_limit",),
+    "throttle_budget": ("throttle_budget",),
 }
 
 

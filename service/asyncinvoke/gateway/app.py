@@ -204,6 +204,10 @@ class Gateway:
                 web.get(base + "/async-tasks", self.list_tasks, name="ListAsyncTasks"),
                 web.get(base + "/async-tasks/{task_id}", self.get_task, name="GetAsyncTask"),
                 web.put(base + "/async-tasks/{task_id}/stop", self.stop_task, name="StopAsyncTask"),
+                # Our own extension, beside FC's task paths: run an ended task again.
+                web.post(
+                    base + "/async-tasks/{task_id}/rerun", self.rerun_task, name="RerunAsyncTask"
+                ),
                 *ConfigRoutes(self).routes(),
                 *health_routes(self.metrics, self.not_ready),
                 *self.console.routes(),
@@ -317,6 +321,16 @@ class Gateway:
         task = await self._task(request)
         await self.operations.stop(task, "AsyncTaskFinished")
         return web.Response(status=200)
+
+    async def rerun_task(self, request: web.Request) -> web.Response:
+        """POST .../async-tasks/{id}/rerun (our extension): 202 with the task, Enqueued
+        again; 409 (AsyncTaskNotEnded) for a task that has not ended."""
+        task = await self._task(request)
+        rerun = await self.client.rerun_task(task.id)
+        response = _json(fcapi.task_output(rerun))
+        response.set_status(202)
+        response.headers[REQUEST_ID] = rerun.id
+        return response
 
     # -- running -----------------------------------------------------------------------
 

@@ -30,17 +30,21 @@ class Applier:
         functions: dict[str, Function],
         consumers: Consumers,
         names: Names,
-        prefetch_for: Callable[[int], int],
+        prefetch_for: Callable[[str, int], int],
+        slots_for: Callable[[str, int], int],
         log_version: Callable[[], int],
     ):
         self.functions = functions
         self.consumers = consumers
         self.names = names
-        self.prefetch_for = prefetch_for
+        self.prefetch_for = prefetch_for  # (function, concurrency) → its consumer's prefetch
+        self.slots_for = slots_for  # (function, concurrency) → its attempts at once
         self.log_version = log_version
         self.applied: dict[str, int] = {name: log_version() for name in functions}
         self._heard: dict[str, int] = dict(self.applied)
-        self._prefetch = {name: prefetch_for(f.spec.concurrency) for name, f in functions.items()}
+        self._prefetch = {
+            name: prefetch_for(name, f.spec.concurrency) for name, f in functions.items()
+        }
         self._locks = {name: asyncio.Lock() for name in functions}
         self._changed = asyncio.Condition()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -53,7 +57,7 @@ class Applier:
         function.spec = live.spec
         function.version = live.version
         function.paused = live.paused
-        function.slots.resize(live.spec.concurrency)
+        function.slots.resize(self.slots_for(name, live.spec.concurrency))
         self._heard[name] = self.log_version()
         task = asyncio.get_running_loop().create_task(self._follow(name))
         self._tasks.add(task)
@@ -70,7 +74,7 @@ class Applier:
                     await self.consumers.pause(queue)
                     await self.consumers.pause(suspects)
                 else:
-                    prefetch = self.prefetch_for(function.spec.concurrency)
+                    prefetch = self.prefetch_for(name, function.spec.concurrency)
                     if prefetch != self._prefetch[name]:
                         await self.consumers.set_prefetch(queue, prefetch)
                         self._prefetch[name] = prefetch

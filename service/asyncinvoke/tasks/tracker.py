@@ -151,9 +151,17 @@ class TaskTracker:
                 status = Status.RETRYING
                 detail = (f"attempt {envelope.attempt} failed ({error}); retry in "
                           f"{backoff_ms / 1000:.3f} s")
+            case policy.Throttle(wait_ms=wait_ms, since=since):
+                status = Status.THROTTLED
+                detail = (f"attempt {envelope.attempt} throttled ({error}); again in "
+                          f"{wait_ms / 1000:.3f} s, throttle {envelope.throttles + 1} in "
+                          f"{(now_ms - since) / 1000:.3f} s")
             case policy.GiveUp(condition):
                 status = Status.FAILED
                 detail = f"{condition} after attempt {envelope.attempt}: {error}"
+                if condition == contract.THROTTLE_EXHAUSTED:
+                    detail = (f"{condition}: throttled {envelope.throttles + 1} times, past "
+                              f"the function's throttle budget; last: {error}")
         if status is Status.SUCCEEDED:
             task = await store.transition(
                 envelope.id, status, now_ms, detail, result=outcome.result
