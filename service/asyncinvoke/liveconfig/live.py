@@ -73,6 +73,9 @@ class LiveConfig:
         except OSError:
             self.file_modified_ms = 0
         self._listeners: list[Listener] = []
+        # Each function's configuration in force, built once per change: the gateway asks
+        # for it on every invocation.
+        self._cache: dict[str, Effective] = {}
         self._unsubscribe = store.subscribe(self._on_change)
 
     def close(self) -> None:
@@ -85,13 +88,17 @@ class LiveConfig:
             raise FunctionNotConfigured(name, self.path)
 
     def effective(self, name: str) -> Effective:
+        cached = self._cache.get(name)
+        if cached is not None:
+            return cached
         self.known(name)
-        return model.effective(
+        live = self._cache[name] = model.effective(
             self.base[name],
             self.base_sources.get(name, {}),
             _stored(self.store.get(ASYNC_CONFIG, name)),
             _stored(self.store.get(CONCURRENCY, name)),
         )
+        return live
 
     def all(self) -> dict[str, Effective]:
         return {name: self.effective(name) for name in sorted(self.base)}
@@ -110,6 +117,7 @@ class LiveConfig:
     def _on_change(self, change: Change) -> None:
         if change.kind not in (ASYNC_CONFIG, CONCURRENCY) or change.name not in self.base:
             return
+        self._cache.pop(change.name, None)
         live = self.effective(change.name)
         log.info(
             "config_changed",
