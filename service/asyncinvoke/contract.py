@@ -76,6 +76,11 @@ HANDLED = "HandledInvocationError"
 UNHANDLED = "UnhandledInvocationError"
 TIMEOUT = "TimeoutError"
 
+# W3C trace context (SPEC section 12) travels in 'meta' under the names of its HTTP headers:
+# any producer that can write a header can start or continue the trace (tracing.py).
+META_TRACEPARENT = "traceparent"
+META_TRACESTATE = "tracestate"
+
 _PUBLIC_KEYS = frozenset(
     {"v", "id", "fn", "payload", "created_at", "delay", "attempt", "task", "meta"}
 )

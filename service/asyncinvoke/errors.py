@@ -30,7 +30,13 @@
     ├── NonRetryableError      raised by a handler: fail now, do not retry
     ├── Throttled              raised by a handler: busy now, try later (spends no retry)
     ├── HandlerProcessDied     a handler's own process (executor = "process") ended mid-attempt
+    ├── NotStarted             an attempt queued behind one whose process ended; it never ran
     ├── QueueBusy              the console: another browse holds the failure queue now
+    ├── TriggerError           a trigger (timer or RabbitMQ source)
+    │   ├── InvalidTrigger     a definition is wrong (names the field)
+    │   ├── TriggerNotFound    no trigger of that name on the function
+    │   ├── TriggerExists      the function has a trigger of that name already
+    │   └── SourceGone         a RabbitMQ trigger's source queue or broker went away
     ├── ManagementUnavailable  the console: RabbitMQ's management API gave no counts
     ├── DlqError               the dead-letter tool (``asyncinvoke dlq``)
     │   ├── QueueMissing       {ns}.failed does not exist
@@ -446,8 +452,54 @@ class HandlerProcessDied(AsyncInvokeError):
     """The handler's process (``executor = "process"``) ended in the middle of an attempt."""
 
 
+class NotStarted(AsyncInvokeError):
+    """An attempt waited behind another in a handler process that ended: it never ran, and
+    goes to another process."""
+
+
 class QueueBusy(AsyncInvokeError):
     """Another browse holds the failure queue now (the console's, or a dlq command's)."""
+
+
+class TriggerError(AsyncInvokeError):
+    """A trigger: a timer or a RabbitMQ source that invokes a function."""
+
+
+class InvalidTrigger(TriggerError):
+    """A trigger definition is wrong; ``field`` names the field (``cronExpression``,
+    ``triggerConfig.batchSize``) so an API answer or a file error can point at it."""
+
+    def __init__(self, message: str, *, field: str, trigger: str = ""):
+        where = f"trigger {trigger!r}: " if trigger else ""
+        super().__init__(f"{where}{field}: {message}")
+        self.reason = message
+        self.field = field
+        self.trigger = trigger
+
+
+class TriggerNotFound(TriggerError):
+    def __init__(self, function: str, trigger: str):
+        super().__init__(
+            f"function {function!r} has no trigger {trigger!r}; "
+            f"'asyncinvoke trigger list {function}' shows its triggers"
+        )
+        self.function = function
+        self.trigger = trigger
+
+
+class TriggerExists(TriggerError):
+    def __init__(self, function: str, trigger: str):
+        super().__init__(
+            f"function {function!r} has a trigger {trigger!r} already; update it, or "
+            "delete it first"
+        )
+        self.function = function
+        self.trigger = trigger
+
+
+class SourceGone(TriggerError):
+    """A RabbitMQ trigger's source queue was deleted, or its connection dropped, while it
+    was consumed; the trigger is unhealthy and consumes again once it can."""
 
 
 class ManagementUnavailable(AsyncInvokeError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from asyncinvoke import contract, policy
+from asyncinvoke import contract, policy, tracing
 from asyncinvoke.clock import now_ms
 from asyncinvoke.contract import Envelope, Outcome
 from asyncinvoke.metrics import Metrics
@@ -42,6 +42,7 @@ class Journal:
         if extra:
             fields.update(extra)
         hot_info("attempt", fields)
+        tracing.end_process(result, outcome)
 
     def settled(
         self, envelope: Envelope, settlement: policy.Settlement, outcome: Outcome, **extra: Any
@@ -58,6 +59,7 @@ class Journal:
 
     def lateness(self, envelope: Envelope) -> None:
         """How late a delayed invocation (or a retry) starts."""
+        tracing.started(envelope)
         if envelope.due_at is not None or envelope.delay:
             self.metrics.delay_lateness.observe(max(0, now_ms() - envelope.due_at_ms()) / 1000)
 

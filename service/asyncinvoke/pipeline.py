@@ -20,7 +20,7 @@ from typing import Any
 
 import aiormq
 
-from asyncinvoke import _testpoints, contract, dispatch, policy, record_codec, records
+from asyncinvoke import _testpoints, contract, dispatch, policy, record_codec, records, tracing
 from asyncinvoke.acks import Acks
 from asyncinvoke.broker import Broker
 from asyncinvoke.clock import now_ms
@@ -107,6 +107,7 @@ class Pipeline:
             except Exception as exc:
                 await self.settle_failed(message, exc)
             finally:
+                tracing.finish_delivery()
                 self.redeliveries.ended(message, settled)
                 self.in_flight.pop(task, None)
                 in_flight.dec()
@@ -149,6 +150,7 @@ class Pipeline:
         envelope = await self._decoded(message, spec)
         if envelope is None:
             return
+        tracing.start_process(envelope, self.names, received, len(message.body))
         if function.paused:
             await self._return_paused(message, function, suspect)
             return
@@ -212,6 +214,7 @@ class Pipeline:
         await dispatch.send(self.broker, self.names, envelope)
         self.acks.ack(message)
         log.info("forwarded", invocation_id=envelope.id, function=envelope.fn, delay_s=delay_s)
+        tracing.forwarded(delay_s)
 
     async def _expire(
         self,

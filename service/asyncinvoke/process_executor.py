@@ -35,9 +35,9 @@ from typing import Any
 from asyncinvoke import contract
 from asyncinvoke.context import Context
 from asyncinvoke.contract import Envelope, ErrorInfo, Outcome
-from asyncinvoke.errors import ConfigError, HandlerProcessDied
+from asyncinvoke.errors import ConfigError, HandlerProcessDied, NotStarted
 from asyncinvoke.functions import FunctionSpec
-from asyncinvoke.handler_link import HandlerProcess, Job, NotStarted
+from asyncinvoke.handler_link import HandlerProcess, Job
 from asyncinvoke.observability import get_logger
 from asyncinvoke.runners import Watchdog, _timeout_outcome, throttled_outcome
 

@@ -19,6 +19,7 @@ handler is throttled by raising ``asyncinvoke.Throttled``.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import email.utils
 import inspect
 import time
@@ -29,7 +30,7 @@ from typing import Any, Protocol
 import aiohttp
 import orjson
 
-from asyncinvoke import contract, record_codec
+from asyncinvoke import contract, record_codec, tracing
 from asyncinvoke.clock import now_ms
 from asyncinvoke.context import Context as Context  # re-exported: runners.Context
 from asyncinvoke.contract import Envelope, ErrorInfo, Outcome
@@ -297,8 +298,11 @@ class PythonRunner:
                 result = await self.handler(envelope.payload, context)
             else:
                 loop = asyncio.get_running_loop()
+                # In the attempt's context (as asyncio.to_thread does): the handler's log
+                # lines and its own spans belong to the attempt's trace.
                 result = await loop.run_in_executor(
-                    self._threads, self._in_thread, envelope.payload, context, start
+                    self._threads, contextvars.copy_context().run, self._in_thread,
+                    envelope.payload, context, start,
                 )
         except asyncio.CancelledError:
             if self.watchdog.release(task):
@@ -360,14 +364,17 @@ class HttpRunner:
         try:
             # Never follow a redirect: aiohttp would turn the POST into a GET without the
             # event (301/302/303), and its 2xx would count as a success that never saw it.
-            async with self.session.post(
-                self.url, data=body, headers=headers, timeout=self.timeout, allow_redirects=False
-            ) as response:
-                response_body = await response.read()
-                status = response.status
-                response_type = response.content_type
-                location = response.headers.get("Location")
-                retry_after = response.headers.get("Retry-After")
+            with tracing.http_call(self.url, headers) as span:
+                async with self.session.post(
+                    self.url, data=body, headers=headers, timeout=self.timeout,
+                    allow_redirects=False,
+                ) as response:
+                    response_body = await response.read()
+                    status = response.status
+                    response_type = response.content_type
+                    location = response.headers.get("Location")
+                    retry_after = response.headers.get("Retry-After")
+                tracing.http_status(span, status)
         except TimeoutError:
             return _timeout_outcome(self.spec, started)
         except aiohttp.ClientConnectorError as exc:

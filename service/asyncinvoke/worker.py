@@ -37,6 +37,7 @@ from asyncinvoke.system_queues import SystemQueues
 from asyncinvoke.systemd import Notifier, Supervision
 from asyncinvoke.tasks.mode import TaskMode, purge_forever
 from asyncinvoke.tasks.tracker import TaskTracker
+from asyncinvoke.triggers.runtime import Triggers
 
 SYSTEM_PREFETCH = 32
 
@@ -94,10 +95,19 @@ class Worker:
         )
         self.functions: dict[str, Function] = {}
         self.pipeline: Pipeline | None = None
-        # The namespace's live configuration ({ns}.config), read whole before consuming.
+        # The namespace's live configuration and triggers, read whole at start.
         self.store = DocumentStore(self.broker, self.names)
         self.live: LiveConfig | None = None
         self.applier: Applier | None = None
+        self.triggers = Triggers(
+            self.broker,
+            self.names,
+            settings,
+            self.metrics,
+            self.all_specs,
+            [trigger for spec in self.all_specs.values() for trigger in spec.triggers],
+            self.store,
+        )
         self._health: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._background: list[asyncio.Task[None]] = []
@@ -187,6 +197,7 @@ class Worker:
             applier.on_change(name, live.effective(name))
         await self.consumers.consume(self.names.unrouted, SYSTEM_PREFETCH, system.on_unrouted)
         await self.consumers.consume(self.names.dead, SYSTEM_PREFETCH, system.on_dead)
+        await self.triggers.start()
         if self.metrics_port is not None:
             self._health = await serve_health(
                 self.metrics, self.not_ready, self.metrics_host, self.metrics_port
@@ -223,6 +234,7 @@ class Worker:
             reasons.append("RabbitMQ: not connected")
         if self.tracker.outage is not None:
             reasons.append(f"task store: {self.tracker.outage}")
+        reasons.extend(self.triggers.not_ready())
         return reasons
 
     def status(self) -> str:
@@ -241,11 +253,12 @@ class Worker:
         if self.applier is not None:
             await self.applier.close()  # before the cancel: no consumer started again
         await self.consumers.cancel()
+        await self.triggers.stop()
+        await self.store.close()
         for task in self._background:
             task.cancel()
         if self.pipeline is not None:
             await self.pipeline.return_unfinished(self.settings.shutdown_grace_s)
-        await self.store.close()
         await self.broker.close()
         await self.tracker.close()
         if self._health is not None:

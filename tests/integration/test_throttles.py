@@ -154,6 +154,10 @@ async def test_a_spent_throttle_budget_ends_in_a_throttle_exhausted_record(
 
         [functions.nobody]
         url = "http://127.0.0.1:{closed_port}/run"
+
+        [functions.quota]
+        handler = "tests.support.handlers:always_throttled"
+        executor = "process"
     """)
     store = f"sqlite:///{namespace.tmp_path / 'tasks.db'}"
     settings = namespace.settings.with_overrides(task_store=store)
@@ -161,8 +165,9 @@ async def test_a_spent_throttle_budget_ends_in_a_throttle_exhausted_record(
             Client(settings=settings) as client:
         busy = await client.invoke("unavailable", {"n": 2}, task=True)
         nobody = await client.invoke("nobody", {"n": 3}, task=True)
+        quota = await client.invoke("quota", {"n": 4}, task=True)
         records = {r["requestContext"]["requestId"]: r
-                   for r in records_of(await collect(amqp, failed, 2, timeout=20))}
+                   for r in records_of(await collect(amqp, failed, 3, timeout=30))}
         busy_task = await _until_status(client, busy, Status.FAILED)
         nobody_task = await _until_status(client, nobody, Status.FAILED)
         retries = _sample(worker, "asyncinvoke_retries_total", function="unavailable")
@@ -180,6 +185,10 @@ async def test_a_spent_throttle_budget_ends_in_a_throttle_exhausted_record(
     assert records[nobody]["requestContext"]["approximateInvokeCount"] == 2
     assert records[nobody]["responsePayload"]["errorType"] == "ClientConnectorError"
     assert retries == 0 and exhausted == 1
+    # Throttled raised in a handler process of its own: the same, 3 tries 1 s apart.
+    assert records[quota]["requestContext"]["condition"] == "ThrottleExhausted"
+    assert records[quota]["requestContext"]["approximateInvokeCount"] == 3
+    assert records[quota]["responsePayload"]["errorType"] == "Throttled"
 
     for task, throttled in ((busy_task, 2), (nobody_task, 1)):
         statuses = [event.status.value for event in task.events]

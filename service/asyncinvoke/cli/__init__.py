@@ -14,6 +14,7 @@ from asyncinvoke.cli.gateway import gateway, serve
 from asyncinvoke.cli.invoke import invoke
 from asyncinvoke.cli.task import task
 from asyncinvoke.cli.topology import topology
+from asyncinvoke.cli.trigger import trigger
 from asyncinvoke.cli.worker import worker
 
 
@@ -35,6 +36,7 @@ cli.add_command(task)
 cli.add_command(function)
 cli.add_command(gateway)
 cli.add_command(serve)
+cli.add_command(trigger)
 
 
 def main() -> None:

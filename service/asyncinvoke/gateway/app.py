@@ -21,7 +21,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import Counter
 
-from asyncinvoke import topology
+from asyncinvoke import topology, tracing
 from asyncinvoke.client import Client
 from asyncinvoke.clock import now_ms
 from asyncinvoke.console.app import Console
@@ -38,12 +38,14 @@ from asyncinvoke.gateway.fcapi import (
     FcError,
 )
 from asyncinvoke.gateway.operations import SYNC_MARGIN_S, ConfigOperations, Operations
+from asyncinvoke.gateway.triggerroutes import TriggerRoutes
 from asyncinvoke.liveconfig.live import LiveConfig
 from asyncinvoke.metrics import Metrics, health_routes
 from asyncinvoke.observability import get_logger
 from asyncinvoke.settings import Settings
 from asyncinvoke.systemd import Notifier, supervised
 from asyncinvoke.tasks.store import Task
+from asyncinvoke.triggers.stored import TriggerStore
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9000
@@ -68,10 +70,13 @@ class Gateway:
         self.names = topology.Names(settings.namespace)
         self.client = Client(settings=settings)
         self.operations = Operations(self.client, sync_margin_s)
-        # The namespace's configuration store (live configuration; triggers share it).
+        # The namespace's live configuration and triggers, read whole at start.
         self.store = DocumentStore(self.client.broker, self.names)
         self.live = LiveConfig(self.store, functions_file)
         self.config = ConfigOperations(self.live)
+        self.triggers = TriggerStore(
+            self.store, [trigger for spec in self.specs.values() for trigger in spec.triggers]
+        )
         self.verifier = Verifier(access_keys) if access_keys else None
         self.fc2_verifier = Fc2Verifier(access_keys) if access_keys else None
         self.config_modified_ms = _modified_ms(functions_file.path)
@@ -113,9 +118,9 @@ class Gateway:
             )
             host = LOOPBACK
         await self.client.connect()
-        await self.store.start()
         # Declared here too, so invocations are kept even before any worker started.
         await topology.declare(self.client.broker.publisher, self.names, self.specs.values())
+        await self.store.start()
         for name in self.specs:
             await self.client.ensure_function(name)
         # Once, before any request: two first sync calls at once would both subscribe.
@@ -200,6 +205,7 @@ class Gateway:
         app.add_routes(
             [
                 *Fc2Routes(self).routes(),
+                *TriggerRoutes(self, self.triggers).routes(),
                 web.post(base + "/invocations", self.invoke, name="InvokeFunction"),
                 web.get(base + "/async-tasks", self.list_tasks, name="ListAsyncTasks"),
                 web.get(base + "/async-tasks/{task_id}", self.get_task, name="GetAsyncTask"),
@@ -227,7 +233,14 @@ class Gateway:
                 signed = await self._verify(request)
                 if signed is not None:
                     await refuse_replay(await self.client.tasks(), signed, now_ms())
-            response = await handler(request)
+            matched = request.match_info.route
+            if matched.name in INVOKE_ROUTES:
+                # The caller's traceparent header is the parent of what the invocation does.
+                path = matched.resource.canonical if matched.resource else request.path
+                with tracing.serving(request.method, path, request.headers):
+                    response = await handler(request)
+            else:
+                response = await handler(request)
         except web.HTTPException as exc:
             response = self._error_response(
                 request, fcapi.from_http_exception(exc, request.method, request.path)

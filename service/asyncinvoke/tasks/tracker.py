@@ -20,6 +20,7 @@ from asyncinvoke.tasks import open_store
 from asyncinvoke.tasks.retrying import RetryingTaskStore
 from asyncinvoke.tasks.states import REPLAYABLE, Status
 from asyncinvoke.tasks.store import Claim, ClaimResult, Task, TaskStore
+from asyncinvoke.tasks.traced import traced
 
 # A Running claim outlives its attempt's timeout by this much; a claim whose worker
 # died is taken over by a redelivery once it has run out.
@@ -56,7 +57,7 @@ class TaskTracker:
                     self._retrying = RetryingTaskStore(store, retry_s=self.retry_s)
                 if self._store is None:
                     await self._retrying.open()
-                    self._store = self._retrying
+                    self._store = traced(self._retrying, self.store_url)
         return self._store
 
     @property
