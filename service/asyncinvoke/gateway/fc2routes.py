@@ -9,7 +9,7 @@ Put/Get/Delete/List of the async config are here over the implementation the 202
 routes use (``operations.ConfigOperations``), in FC 2.0's shapes (``statefulInvocation``
 is task mode). FC 2.0 has no per-function concurrency config (its on-demand and
 provisioned configs are about instances), so pause and resume are 2023-03-30 routes only.
-The trigger routes join here the same way.
+The trigger routes are ``triggerroutes``' own, given this face's function lookup.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from aiohttp import web
 from asyncinvoke.functions import FunctionSpec
 from asyncinvoke.gateway import fc2api, fcapi
 from asyncinvoke.gateway.fcapi import JSON
+from asyncinvoke.gateway.triggerroutes import TriggerRoutes
 from asyncinvoke.liveconfig import model
 from asyncinvoke.liveconfig.model import Effective
 from asyncinvoke.tasks.store import Task
@@ -77,6 +78,14 @@ class Fc2Routes:
                 self.list_async_configs,
                 name="FC2.ListFunctionAsyncInvokeConfigs",
             ),
+            *TriggerRoutes(
+                self.gateway,
+                self.gateway.triggers,
+                base=base + "/triggers",
+                find=self._spec,
+                config_as_text=False,
+                route_prefix="FC2.",
+            ).routes(),
         ]
 
     def _spec(self, request: web.Request) -> FunctionSpec:
