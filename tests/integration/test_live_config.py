@@ -403,3 +403,41 @@ async def test_the_fc2_face_puts_gets_lists_and_deletes_the_async_config(
         assert refused.value.status_code == 400
         assert "maxAsyncRetryAttempts must be an integer from 0 to 8" in str(refused.value)
 
+
+
+async def test_the_config_lists_page_by_function_name_with_next_token(
+    namespace: Namespace,
+) -> None:
+    functions_file = namespace.functions("""
+        [functions.a]
+        handler = "m:f"
+        [functions.b]
+        handler = "m:f"
+        concurrency = 3
+        [functions.c]
+        handler = "m:f"
+    """)
+    async with running_gateway(namespace, functions_file, task_store=task_store(namespace)) as gw:
+        client = sdk(gw)
+        first = await call(
+            client.list_async_invoke_configs, fc.ListAsyncInvokeConfigsRequest(limit=2)
+        )
+        assert [c.function_arn.rsplit("/", 1)[1] for c in first.body.configs] == ["a", "b"]
+        rest = await call(client.list_async_invoke_configs, fc.ListAsyncInvokeConfigsRequest(
+            limit=2, next_token=first.body.next_token
+        ))
+        assert [c.function_arn.rsplit("/", 1)[1] for c in rest.body.configs] == ["c"]
+        assert rest.body.next_token is None
+        concurrency = await call(
+            client.list_concurrency_configs, fc.ListConcurrencyConfigsRequest(limit=5)
+        )
+        assert [
+            (c.function_arn.rsplit("/", 1)[1], c.reserved_concurrency)
+            for c in concurrency.body.configs
+        ] == [("a", 16), ("b", 3), ("c", 16)]
+        with pytest.raises(ClientException) as refused:
+            await call(client.list_async_invoke_configs, fc.ListAsyncInvokeConfigsRequest(
+                limit=101
+            ))
+        assert refused.value.status_code == 400 and "limit" in refused.value.message
+
