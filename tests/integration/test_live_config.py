@@ -441,3 +441,28 @@ async def test_the_config_lists_page_by_function_name_with_next_token(
             ))
         assert refused.value.status_code == 400 and "limit" in refused.value.message
 
+
+
+async def test_a_worker_started_while_paused_consumes_nothing_until_the_resume(
+    namespace: Namespace, amqp: aio_pika.abc.AbstractConnection
+) -> None:
+    done = namespace.queue_name("done")
+    await declare_queue(amqp, done)
+    functions_file = slow_functions(namespace, done)
+    async with running_gateway(namespace, functions_file, keys={}) as gateway:
+        await gateway.config.put_concurrency("slow", b'{"reservedConcurrency": 0}')
+        async with running_worker(namespace, functions_file) as worker, Client(
+            settings=namespace.settings
+        ) as client:
+            assert worker.functions["slow"].paused
+            queue = namespace.names.function_queue("slow")
+            # Not subscribed at all: the broker counts no consumer on the function's queue.
+            async with amqp.channel() as channel:
+                declared = await channel.declare_queue(queue, passive=True)
+                assert declared.declaration_result.consumer_count == 0
+            ids = [await client.invoke("slow", {"seconds": 0}) for _ in range(3)]
+            assert await topology.queue_depth(amqp, queue) == 3
+            assert handlers.CALLS["slow"] == []
+            await gateway.config.delete_concurrency("slow")
+            records = [record_of(message) for message in await collect(amqp, done, 3, 20)]
+    assert sorted(record["requestContext"]["requestId"] for record in records) == sorted(ids)
