@@ -41,7 +41,9 @@ def _otlp(environ: Mapping[str, str]) -> SpanExporter:
             f"OTEL_EXPORTER_OTLP_PROTOCOL {protocol!r} is not supported: use grpc or "
             "http/protobuf"
         )
-    return OTLPSpanExporter()
+    # Typed here: without the otlp extra installed, mypy sees the exporter as Any.
+    exporter: SpanExporter = OTLPSpanExporter()
+    return exporter
 
 
 def provider(exporters: Sequence[str], environ: Mapping[str, str]) -> TracerProvider:

@@ -153,6 +153,24 @@ def test_live_counters_change_when_invocations_arrive(served: Served, driver: An
     assert status.startswith("Counts as of"), status
 
 
+def test_a_throttle_shows_in_the_functions_row_and_its_chart(
+    served: Served, driver: Any, tmp_path: Path
+) -> None:
+    driver.get(served.url + "/console/functions")
+    counter = driver.find_element(By.CSS_SELECTOR, '[data-live="choke.throttles"]')
+    assert counter.text == "0"
+
+    served.invoke("choke", {"mark": str(tmp_path / "choked")})
+
+    wait_until(lambda: counter.text == "1", 20, "the throttle counted", served.tail)
+    chart = driver.find_element(By.CSS_SELECTOR, '[data-chart="choke"] .throttle')
+    titles = [bar.get_attribute("textContent") for bar in chart.find_elements(By.TAG_NAME, "title")]
+    assert titles == ["1 throttles, this minute"], titles
+    invocations = driver.find_element(By.CSS_SELECTOR, '[data-live="choke.invocations"]')
+    wait_until(lambda: invocations.text == "2", 20, "the attempt after the throttle counted")
+    assert driver.find_element(By.CSS_SELECTOR, '[data-live="choke.failures"]').text == "0"
+
+
 def test_without_keys_it_answers_only_loopback_hosts_and_no_foreign_origin(
     served: Served,
 ) -> None:

@@ -39,7 +39,7 @@ def test_ticks_inside_the_window_fire_and_older_ones_are_skipped_and_counted() -
 
 def test_a_round_with_nothing_due_changes_nothing() -> None:
     plan = ticks.plan(EVERY_2S, after_ms=20_000, now_ms=21_999, window_ms=60_000)
-    assert plan == ticks.TickPlan((), 0, None, None, 20_000)
+    assert plan == ticks.TickPlan((), 0, None, None, 20_000, 22_000)
 
 
 def test_a_long_outage_counts_at_most_so_many_skips_and_still_fires_the_window() -> None:

@@ -37,7 +37,7 @@ from asyncinvoke.console.guard import (
     after_login,
     see_other,
 )
-from asyncinvoke.console.history import FAILURES, INVOCATIONS, History, read_totals
+from asyncinvoke.console.history import FAILURES, INVOCATIONS, THROTTLES, History, read_totals
 from asyncinvoke.console.management import Management, endpoint
 from asyncinvoke.console.policy_sources import read_document, sources
 from asyncinvoke.console.shown import bars, when
@@ -108,6 +108,7 @@ class Console:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sampler
         await self.management.close()
+        await self.failures.close()
 
     async def _sample(self) -> None:
         while True:
@@ -205,6 +206,7 @@ class Console:
             depth = depths.get(queue)
             invocations = self.history.per_minute(name, INVOCATIONS, now_s)
             failures = self.history.per_minute(name, FAILURES, now_s)
+            throttles = self.history.per_minute(name, THROTTLES, now_s)
             rows.append(
                 {
                     "name": name,
@@ -217,8 +219,10 @@ class Console:
                     ),
                     "invocations": sum(invocations),
                     "failures": sum(failures),
+                    "throttles": sum(throttles),
                     "invocation_bars": bars(invocations, "invocations"),
                     "failure_bars": bars(failures, "failures"),
+                    "throttle_bars": bars(throttles, "throttles"),
                     "policy": [
                         (field, _policy_text(value), self.sources[name].get(field, "-"))
                         for field, value in policy.items()
@@ -287,7 +291,9 @@ class Console:
         charts = {}
         chart = self.templates.get_template("chart.html")
         for row in rows:
-            for key in ("state", "ready", "consumers", "unacked", "invocations", "failures"):
+            for key in (
+                "state", "ready", "consumers", "unacked", "invocations", "failures", "throttles"
+            ):
                 values[f"{row['name']}.{key}"] = row[key]
             charts[row["name"]] = chart.render(row=row)
         if request.query.get("page") == "failures":

@@ -1,14 +1,16 @@
-"""FC's trigger API (2023-03-30): CreateTrigger, GetTrigger, ListTriggers, UpdateTrigger,
-DeleteTrigger, over the trigger definitions in the configuration store.
+"""FC's trigger API: CreateTrigger, GetTrigger, ListTriggers, UpdateTrigger, DeleteTrigger,
+over the trigger definitions in the configuration store; the 2023-03-30 face, and FC 2.0's
+(2016-08-15, 2021-04-06: the function found through its service, ``fc2routes``).
 
-Shapes are FC's: a Trigger with ``triggerConfig`` as a JSON string, ``ListTriggersOutput``
-with ``triggers`` and ``nextToken``. A RabbitMQ trigger's URL is shown redacted; GetTrigger
-asks the source broker whether the queue can be consumed and says ``Unhealthy`` (with
-``statusReason``) when it cannot.
+Shapes are FC's: a Trigger with ``triggerConfig`` as a JSON string (2023-03-30) or an
+object (2.0), ``ListTriggersOutput`` with ``triggers`` and ``nextToken``. A RabbitMQ
+trigger's URL is shown redacted; GetTrigger asks the source broker whether the queue can
+be consumed and says ``Unhealthy`` (with ``statusReason``) when it cannot.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -16,6 +18,7 @@ from aiohttp import web
 
 from asyncinvoke.clock import now_ms
 from asyncinvoke.errors import InvalidTrigger, StoreUnavailable, TriggerExists, TriggerNotFound
+from asyncinvoke.functions import FunctionSpec
 from asyncinvoke.gateway.fcapi import (
     JSON,
     Conflict,
@@ -55,28 +58,47 @@ def page(triggers: list[Trigger], limit: int, next_token: str | None) -> tuple[l
     return shown, (start[limit].name if len(start) > limit else "")
 
 
+BASE = "/2023-03-30/functions/{fn}/triggers"
+
+
 class TriggerRoutes:
-    def __init__(self, gateway: Gateway, triggers: TriggerStore):
+    """The five operations under ``base``; ``find`` names the function a request is about
+    (2.0 finds it through its service), ``config_as_text`` is 2023-03-30's string form."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        triggers: TriggerStore,
+        *,
+        base: str = BASE,
+        find: Callable[[web.Request], FunctionSpec] | None = None,
+        config_as_text: bool = True,
+        route_prefix: str = "",
+    ):
         self.gateway = gateway
         self.triggers = triggers
+        self.base = base
+        self.find = find or gateway._spec
+        self.config_as_text = config_as_text
+        self.route_prefix = route_prefix
 
     def routes(self) -> list[web.RouteDef]:
-        base = "/2023-03-30/functions/{fn}/triggers"
+        base, prefix = self.base, self.route_prefix
         return [
-            web.post(base, self.create, name="CreateTrigger"),
-            web.get(base, self.list, name="ListTriggers"),
-            web.get(base + "/{trigger}", self.get, name="GetTrigger"),
-            web.put(base + "/{trigger}", self.update, name="UpdateTrigger"),
-            web.delete(base + "/{trigger}", self.delete, name="DeleteTrigger"),
+            web.post(base, self.create, name=prefix + "CreateTrigger"),
+            web.get(base, self.list, name=prefix + "ListTriggers"),
+            web.get(base + "/{trigger}", self.get, name=prefix + "GetTrigger"),
+            web.put(base + "/{trigger}", self.update, name=prefix + "UpdateTrigger"),
+            web.delete(base + "/{trigger}", self.delete, name=prefix + "DeleteTrigger"),
         ]
 
     async def create(self, request: web.Request) -> web.Response:
-        function = self.gateway._spec(request).name
+        function = self.find(request).name
         trigger = await self._call(self.triggers.create(function, await _body(request), now_ms()))
         return await self._shown(trigger)
 
     async def list(self, request: web.Request) -> web.Response:
-        function = self.gateway._spec(request).name
+        function = self.find(request).name
         limit = _limit(request.query.get("limit"))
         triggers = self.triggers.list(function, request.query.get("prefix") or "")
         shown, token = page(triggers, limit, request.query.get("nextToken") or None)
@@ -88,11 +110,11 @@ class TriggerRoutes:
         return web.Response(body=orjson.dumps(body), content_type=JSON)
 
     async def get(self, request: web.Request) -> web.Response:
-        function = self.gateway._spec(request).name
+        function = self.find(request).name
         return await self._shown(await self._found(function, request.match_info["trigger"]))
 
     async def update(self, request: web.Request) -> web.Response:
-        function = self.gateway._spec(request).name
+        function = self.find(request).name
         name = request.match_info["trigger"]
         trigger = await self._call(
             self.triggers.update(function, name, await _body(request), now_ms())
@@ -100,7 +122,7 @@ class TriggerRoutes:
         return await self._shown(trigger)
 
     async def delete(self, request: web.Request) -> web.Response:
-        function = self.gateway._spec(request).name
+        function = self.find(request).name
         await self._call(self.triggers.delete(function, request.match_info["trigger"]))
         return web.Response(status=204)
 
@@ -126,6 +148,8 @@ class TriggerRoutes:
 
     def _fc(self, trigger: Trigger, state: str, reason: str = "") -> dict[str, Any]:
         shown = trigger.to_fc(status=state, reason=reason)
+        if not self.config_as_text:
+            shown["triggerConfig"] = orjson.loads(shown["triggerConfig"])
         shown["targetArn"] = (
             f"acs:fc:asyncinvoke:{self.gateway.names.ns}:functions/{trigger.function}"
         )

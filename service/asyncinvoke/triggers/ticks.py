@@ -34,6 +34,7 @@ class TickPlan:
     first_skipped_ms: int | None
     last_skipped_ms: int | None
     handled_ms: int  # the new after_ms: every tick up to it is fired or skipped
+    next_ms: int  # the first tick after now: when the scheduler wakes for this trigger
 
 
 def plan(schedule: Schedule, after_ms: int, now_ms: int, window_ms: int) -> TickPlan:
@@ -62,7 +63,7 @@ def plan(schedule: Schedule, after_ms: int, now_ms: int, window_ms: int) -> Tick
         fire.append(tick)
         handled = tick
         tick = schedule.next_after(tick)
-    return TickPlan(tuple(fire), skipped, first, last, handled)
+    return TickPlan(tuple(fire), skipped, first, last, handled, tick)
 
 
 def tick_id(function: str, trigger: str, scheduled_ms: int) -> str:
@@ -80,9 +81,3 @@ def timer_event(trigger: str, scheduled_ms: int, payload: str) -> bytes:
     return orjson.dumps(
         {"triggerTime": utc_iso(scheduled_ms), "triggerName": trigger, "payload": payload}
     )
-
-
-def next_due(schedules: dict[str, tuple[Schedule, int]]) -> int | None:
-    """The earliest next tick of several schedules, each with its ``after_ms``."""
-    dues = [schedule.next_after(after_ms) for schedule, after_ms in schedules.values()]
-    return min(dues) if dues else None

@@ -73,6 +73,9 @@ class Scheduler:
 
     async def _lead(self) -> None:
         while self.leadership.is_leader:
+            # Cleared before the definitions are read: a change during the round wakes
+            # the sleep that follows it at once.
+            self.changed.clear()
             handled = dict(self.leadership.handled)
             before = dict(handled)
             enabled = [
@@ -83,14 +86,14 @@ class Scheduler:
             now = clock.now_ms()
             for timer in enabled:
                 handled.setdefault(progress_key(timer), anchor_ms(timer, now, self.window_ms))
-            await asyncio.gather(*(self._fire_due(timer, handled) for timer in enabled))
+            plans = await asyncio.gather(*(self._fire_due(timer, handled) for timer in enabled))
             live = {progress_key(timer) for timer in enabled}
             handled = {key: ms for key, ms in handled.items() if key in live}
             if handled != before and self.leadership.is_leader:
                 await self.leadership.record(handled)
-            await self._sleep_until_next(enabled, handled)
+            await self._sleep_until(min((plan.next_ms for plan in plans), default=None))
 
-    async def _fire_due(self, timer: Trigger, handled: dict[str, int]) -> None:
+    async def _fire_due(self, timer: Trigger, handled: dict[str, int]) -> ticks.TickPlan:
         assert isinstance(timer.config, TimerConfig)
         key = progress_key(timer)
         plan = ticks.plan(timer.config.schedule, handled[key], clock.now_ms(), self.window_ms)
@@ -111,6 +114,7 @@ class Scheduler:
             await self._fire(timer, timer.config, scheduled_ms)
             handled[key] = scheduled_ms
         handled[key] = plan.handled_ms
+        return plan
 
     async def _fire(self, timer: Trigger, config: TimerConfig, scheduled_ms: int) -> None:
         now = clock.now_ms()
@@ -133,20 +137,14 @@ class Scheduler:
             lateness_ms=round(lateness_s * 1000),
         )
 
-    async def _sleep_until_next(self, enabled: list[Trigger], handled: dict[str, int]) -> None:
-        due = ticks.next_due(
-            {
-                progress_key(timer): (timer.config.schedule, handled[progress_key(timer)])
-                for timer in enabled
-                if isinstance(timer.config, TimerConfig)
-            }
-        )
-        self.changed.clear()
+    async def _sleep_until(self, due_ms: int | None) -> None:
+        """Until ``due_ms`` (the next tick of any timer), a change of definitions, or the
+        loss of leadership, whichever comes first."""
         wakers = [
             asyncio.ensure_future(self.changed.wait()),
             asyncio.ensure_future(self.leadership.deposed.wait()),
         ]
-        timeout = None if due is None else max(0.0, (due - clock.now_ms()) / 1000)
+        timeout = None if due_ms is None else max(0.0, (due_ms - clock.now_ms()) / 1000)
         try:
             await asyncio.wait(wakers, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
