@@ -67,6 +67,7 @@ CONDITIONS = (
 # 'invocation' cannot hold it; what was replaced by a readable rendering, and why; the
 # size of an original message of which the record keeps only the start.
 INVOCATION_BASE64 = "invocationBase64"
+CONFIG_VERSION = "configVersion"  # in requestContext: the live configuration's version
 ENCODING_ERROR = "encodingError"
 INVOCATION_BYTES = "invocationBytes"
 
@@ -491,6 +492,9 @@ class Record:
     invocation_bytes: int | None = None
     delivery_error: DeliveryError | None = None
     encoding_error: str | None = None
+    # The live configuration's version the attempt ran under (0: the functions file alone);
+    # None for a record no attempt made (invalid, unknown function, poison).
+    config_version: int | None = None
 
     @property
     def error(self) -> ErrorInfo | None:
@@ -528,6 +532,8 @@ class Record:
             wire[DELIVERY_ERROR] = self.delivery_error.to_wire()
         if self.encoding_error is not None:
             wire[ENCODING_ERROR] = self.encoding_error
+        if self.config_version is not None:
+            wire[REQUEST_CONTEXT][CONFIG_VERSION] = self.config_version
         return wire
 
     @classmethod
@@ -561,6 +567,7 @@ class Record:
             invocation_bytes=kept if isinstance(kept, int) else None,
             delivery_error=DeliveryError.from_wire(data.get(DELIVERY_ERROR)),
             encoding_error=encoding_error if isinstance(encoding_error, str) else None,
+            config_version=_whole(context.get(CONFIG_VERSION)),
         )
 
 

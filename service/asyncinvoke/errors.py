@@ -11,6 +11,7 @@
     │       └── PublishInterrupted  the connection was lost before the confirm came
     ├── BrokerUnavailable      no connection to the broker could be made
     ├── UnknownFunctionError   the function has no queue in the namespace (Client)
+    │   └── FunctionNotConfigured  not in the functions file: no live configuration for it
     ├── FunctionError          a synchronous call's function failed (Client.call)
     ├── CallTimeout            no reply to a synchronous call in time (Client.call)
     ├── InvokeManyError        some publishes of an invoke_many were not confirmed
@@ -23,6 +24,8 @@
     ├── TaskStoreUnavailable   the task store cannot be reached or cannot write now (transient)
     ├── StoreUnavailable       the configuration stream cannot be read or a change confirmed
     ├── InvalidDocument        a configuration document, its kind or name is not storable
+    ├── InvalidConfig          a live configuration value is out of range or form (names the field)
+    ├── FunctionPaused         the function was paused (reservedConcurrency 0) before an attempt
     ├── HttpDeliveryError      an HTTP destination refused a record or could not be reached
     ├── NonRetryableError      raised by a handler: fail now, do not retry
     ├── Throttled              raised by a handler: busy now, try later (spends no retry)
@@ -187,6 +190,18 @@ class UnknownFunctionError(AsyncInvokeError):
         self.function = function
 
 
+class FunctionNotConfigured(UnknownFunctionError):
+    """Live configuration for a function that is not in the functions file."""
+
+    def __init__(self, function: str, path: str):
+        AsyncInvokeError.__init__(
+            self,
+            f"function {function!r} does not exist: it is not in the functions file {path}; "
+            "a configuration can only be set for a known function",
+        )
+        self.function = function
+
+
 class FunctionError(AsyncInvokeError):
     """A synchronous call's function failed: ``info`` says how; ``error`` is the same as
     its errorType/errorMessage/stackTrace map."""
@@ -303,6 +318,20 @@ class StoreUnavailable(AsyncInvokeError):
 
 class InvalidDocument(AsyncInvokeError, ValueError):
     """A document for the configuration store, or its kind or name, cannot be stored."""
+
+
+class InvalidConfig(AsyncInvokeError, ValueError):
+    """A live configuration value (PutAsyncInvokeConfig, PutConcurrencyConfig, the CLI)
+    is out of range or form; ``field`` names it, the message gives the range or forms."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+class FunctionPaused(AsyncInvokeError):
+    """The worker's pipeline: the function was paused after a delivery was received and
+    before its attempt started; the delivery goes back to its queue."""
 
 
 class NonRetryableError(AsyncInvokeError):

@@ -45,17 +45,17 @@ class Journal:
         tracing.end_process(result, outcome)
 
     def settled(
-        self, envelope: Envelope, settlement: policy.Settlement, outcome: Outcome
+        self, envelope: Envelope, settlement: policy.Settlement, outcome: Outcome, **extra: Any
     ) -> None:
         """The log line of an attempt that ran and was settled; a throttle says how many
         there were and when it comes back (it is counted apart from failures)."""
         if isinstance(settlement, policy.Throttle):
             self.attempt(
                 envelope, settlement.result, outcome,
-                throttles=envelope.throttles + 1, retry_in_s=settlement.wait_ms / 1000,
+                throttles=envelope.throttles + 1, retry_in_s=settlement.wait_ms / 1000, **extra,
             )
         else:
-            self.attempt(envelope, settlement.result, outcome)
+            self.attempt(envelope, settlement.result, outcome, **extra)
 
     def lateness(self, envelope: Envelope) -> None:
         """How late a delayed invocation (or a retry) starts."""

@@ -4,7 +4,9 @@ and FC 2.0's (2016-08-15, 2021-04-06: ``fc2routes``) over the same implementatio
 One ``Client`` (one broker connection) serves every request. Async invocations
 are answered 202 only after the broker confirmed them; sync invocations go through
 RabbitMQ too (``Client.call``, direct reply-to) and the worker that runs one replies.
-What is fixed for the process (functions, their policy, keys) is read once at start.
+What is fixed for the process (functions, keys) is read once at start; the functions'
+policy is the functions file's with the namespace's live configuration over it
+(``liveconfig``, read from the configuration store and followed while it runs).
 """
 
 from __future__ import annotations
@@ -28,14 +30,16 @@ from asyncinvoke.functions import FunctionsFile, FunctionSpec
 from asyncinvoke.gateway import fc2api, fcapi, local
 from asyncinvoke.gateway.auth import SignedRequest, Verifier, refuse_replay
 from asyncinvoke.gateway.auth2 import Fc2Verifier
+from asyncinvoke.gateway.configroutes import ConfigRoutes
 from asyncinvoke.gateway.fc2routes import INVOKE_ROUTES, Fc2Routes
 from asyncinvoke.gateway.fcapi import (
     JSON,
     REQUEST_ID,
     FcError,
 )
-from asyncinvoke.gateway.operations import SYNC_MARGIN_S, Operations
+from asyncinvoke.gateway.operations import SYNC_MARGIN_S, ConfigOperations, Operations
 from asyncinvoke.gateway.triggerroutes import TriggerRoutes
+from asyncinvoke.liveconfig.live import LiveConfig
 from asyncinvoke.metrics import Metrics, health_routes
 from asyncinvoke.observability import get_logger
 from asyncinvoke.settings import Settings
@@ -68,6 +72,8 @@ class Gateway:
         self.operations = Operations(self.client, sync_margin_s)
         # The namespace's live configuration and triggers, read whole at start.
         self.store = DocumentStore(self.client.broker, self.names)
+        self.live = LiveConfig(self.store, functions_file)
+        self.config = ConfigOperations(self.live)
         self.triggers = TriggerStore(
             self.store, [trigger for spec in self.specs.values() for trigger in spec.triggers]
         )
@@ -183,6 +189,7 @@ class Gateway:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        self.live.close()
         await self.store.close()
         await self.client.close()
         log.info("gateway_stopped")
@@ -207,11 +214,7 @@ class Gateway:
                 web.post(
                     base + "/async-tasks/{task_id}/rerun", self.rerun_task, name="RerunAsyncTask"
                 ),
-                web.get(
-                    base + "/async-invoke-config",
-                    self.get_async_config,
-                    name="GetAsyncInvokeConfig",
-                ),
+                *ConfigRoutes(self).routes(),
                 *health_routes(self.metrics, self.not_ready),
                 *self.console.routes(),
             ]
@@ -264,7 +267,7 @@ class Gateway:
                 request.method, request.path, url.raw_path, url.query.items(),
                 request.headers, await request.read(),
             )
-        if request.path.startswith(fcapi.API_PREFIX):
+        if request.path.startswith(f"/{fcapi.API_VERSION}/"):
             return self.verifier.verify(
                 request.method, url.raw_path, url.query.items(), request.headers,
                 await request.read(),
@@ -292,11 +295,11 @@ class Gateway:
         )
 
     def _spec(self, request: web.Request) -> FunctionSpec:
+        """The function the path names, with the live configuration in force now."""
         name = request.match_info["fn"]
-        spec = self.specs.get(name)
-        if spec is None:
+        if name not in self.specs:
             raise fcapi.function_not_found(name)
-        return spec
+        return self.live.effective(name).spec
 
     # -- InvokeFunction ----------------------------------------------------------------
 
@@ -341,12 +344,6 @@ class Gateway:
         response.set_status(202)
         response.headers[REQUEST_ID] = rerun.id
         return response
-
-    # -- GetAsyncInvokeConfig ----------------------------------------------------------
-
-    async def get_async_config(self, request: web.Request) -> web.Response:
-        spec = self._spec(request)
-        return _json(fcapi.async_config(spec, self.names, self.config_modified_ms))
 
     # -- running -----------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -58,7 +58,9 @@ class TimerConfig:
 @dataclass(frozen=True, slots=True)
 class SourceConfig:
     queue: str
-    url: str | None = None  # a secret: another broker; None is the worker's own
+    # A secret: another broker (None: the worker's own). Kept out of repr, so no log line
+    # or error that shows the config can show it.
+    url: str | None = field(default=None, repr=False)
     vhost: str | None = None
     batch_size: int = 1
     batch_window_s: float = 0.0

@@ -130,6 +130,8 @@ class Triggers:
             if wanted.get(key) != consumer.trigger:
                 task.cancel()  # closes its connection: unacked messages go back
                 del self.sources[key]
+                if key not in wanted:  # gone or disabled: its series go too
+                    consumer.forget_metrics()
                 log.info("trigger_source_stopped", function=key[0], trigger=key[1])
         for key, trigger in wanted.items():
             if key not in self.sources:

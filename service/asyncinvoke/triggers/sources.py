@@ -77,6 +77,17 @@ class SourceConsumer:
         self._batches = metrics.trigger_batches.labels(trigger.function, trigger.name)
         self._healthy.set(0)
 
+    def forget_metrics(self) -> None:
+        """Drop this trigger's labelled series (it was deleted or disabled)."""
+        labels = (self.trigger.function, self.trigger.name)
+        for metric in (
+            self.metrics.trigger_healthy,
+            self.metrics.trigger_messages,
+            self.metrics.trigger_batches,
+        ):
+            with contextlib.suppress(KeyError):
+                metric.remove(*labels)
+
     @property
     def healthy(self) -> bool:
         return self.problem is None
