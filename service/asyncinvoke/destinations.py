@@ -85,7 +85,7 @@ class Destinations:
             contract.FUNCTION_HEADER: record.function,
             contract.CONDITION_HEADER: record.condition,
         }
-        with tracing.publishing(exchange or "(default)", key):
+        with tracing.publishing(exchange or "amq.default", key):
             tracing.headers(headers)  # whoever reads the record joins the trace
             await self.broker.publish(
                 exchange,

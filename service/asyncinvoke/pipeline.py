@@ -107,7 +107,7 @@ class Pipeline:
             except Exception as exc:
                 await self.settle_failed(message, exc)
             finally:
-                tracing.finish_delivery()
+                tracing.finish_delivery(settled)
                 self.redeliveries.ended(message, settled)
                 self.in_flight.pop(task, None)
                 in_flight.dec()

@@ -307,11 +307,16 @@ def forwarded(delay_s: int) -> None:
     end_process("forwarded", None)
 
 
-def finish_delivery() -> None:
-    """The delivery's handling is over; a span still open was not settled by an attempt
-    (an exception, shutdown): it ends as an error, the delivery runs again."""
+def finish_delivery(settled: bool) -> None:
+    """The delivery's handling is over; a span still open ended without an attempt. When
+    the delivery was settled that way (put back in its queue while its function is
+    paused, say) the span just ends; otherwise (an exception, shutdown) it ends as an
+    error: the delivery runs again."""
     current = _PROCESS.get()
     if current is None:
+        return
+    if settled:
+        end_process("returned", None)
         return
     if current[0].is_recording():
         current[0].set_status(Status(StatusCode.ERROR, "not settled: the delivery runs again"))

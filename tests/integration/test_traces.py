@@ -375,3 +375,40 @@ async def test_without_an_sdk_the_context_still_reaches_http_functions_and_log_l
     assert receiver.headers[0]["traceparent"] == TRACEPARENT
     attempt = next(orjson.loads(line) for line in worker.lines if '"attempt"' in line)
     assert (attempt["trace_id"], attempt["span_id"]) == (TRACE_ID, PARENT_ID)
+
+
+async def test_a_worker_set_up_by_otel_variables_exports_its_spans_over_otlp(
+    namespace: Namespace, amqp: Connection
+) -> None:
+    """OTEL_EXPORTER_OTLP_ENDPOINT alone: the worker sets up the SDK and the OTLP/HTTP
+    exporter, and its spans reach the collector (here a receiver that keeps the bodies)."""
+    bodies: list[bytes] = []
+
+    async def collector(request: web.Request) -> web.Response:
+        bodies.append(await request.read())
+        return web.Response(content_type="application/x-protobuf", body=b"")
+
+    app = web.Application()
+    app.router.add_post("/v1/traces", collector)
+    config = namespace.tmp_path / "plain.toml"
+    config.write_text('[functions.plain]\nhandler = "tests.support.handlers:noop"\n')
+    namespace.function_names.add("plain")
+    async with TestServer(app, host="127.0.0.1") as server:
+        worker = WorkerProcess(
+            namespace, config,
+            OTEL_EXPORTER_OTLP_ENDPOINT=str(server.make_url("")).rstrip("/"),
+            OTEL_SERVICE_NAME="otlp-test-worker", OTEL_BSP_SCHEDULE_DELAY="100",
+        )
+        await worker.start()
+        try:
+            await publish_raw(amqp, namespace.names, {
+                "v": 1, "id": "exported_one", "fn": "plain", "payload": None,
+                "meta": {"traceparent": TRACEPARENT},
+            })
+            await wait_for(lambda: any(b"exported_one" in body for body in bodies), 20,
+                           "the process span at the collector")
+        finally:
+            await worker.terminate()
+    assert any('"tracing_configured"' in line for line in worker.lines)
+    exported = next(body for body in bodies if b"exported_one" in body)
+    assert bytes.fromhex(TRACE_ID) in exported and b"otlp-test-worker" in exported

@@ -103,7 +103,7 @@ def test_without_opentelemetry_installed_everything_works_and_does_nothing() -> 
         tracing.start_process(envelope, None, 0, 0)
         tracing.started(envelope)
         tracing.end_process("success", None)
-        tracing.finish_delivery()
+        tracing.finish_delivery(False)
         assert tracing.configure_from_env({"OTEL_TRACES_EXPORTER": "otlp"}) is None
         with tracing.publishing("x", "y", envelope), tracing.http_call("http://h/", {}) as s:
             assert s is None
