@@ -1,5 +1,6 @@
 """A handler process of ``executor = "process"``: runs one function's sync handler, one
-attempt at a time, for the worker process that started it (``process_executor.py``).
+attempt at a time, for the worker process that started it (``process_executor.py``,
+``handler_link.py``).
 
     python -m asyncinvoke._handler_process FUNCTION HANDLER
 
@@ -8,7 +9,9 @@ and its own ``sys.path`` (``ASYNCINVOKE_HANDLER_SYS_PATH``, JSON), so the handle
 imported by its configured name exactly as the worker imported it. Nothing but msgpack
 crosses the socket: a request is the event and the context's fields, an answer the
 result or the error; each is a frame of a 4-byte big-endian length and the msgpack
-bytes. Only the configured handler ever runs here.
+bytes. Requests are answered in the order they came, one answer each (``{"skipped":
+true}`` for one the worker withdrew before it began). Only the configured handler ever
+runs here.
 """
 
 from __future__ import annotations
@@ -16,10 +19,13 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import select
 import signal
 import socket
 import struct
 import sys
+import time
+from collections import deque
 from typing import Any
 
 FRAME = struct.Struct(">I")
@@ -40,34 +46,67 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def _read_exactly(stream: Any, size: int) -> bytes | None:
-    data = stream.read(size)
-    if not data or len(data) < size:
-        return None
-    return bytes(data)
+class Requests:
+    """The requests the worker sent, in order, read ahead of the one that runs.
+
+    The worker may send the next request while this process runs one (a pipeline), and
+    may then ask it to skip a request not begun yet (``{"skip": seq}``: stopped while it
+    waited). So before each request starts, everything that arrived meanwhile is read: a
+    skip sent before that moment is always seen.
+    """
+
+    def __init__(self, sock: socket.socket):
+        from asyncinvoke import contract
+
+        self.unpack = contract.unpack
+        self.sock = sock
+        self.buffer = bytearray()
+        self.waiting: deque[dict[str, Any]] = deque()
+        self.open = True
+
+    def _receive(self) -> None:
+        data = self.sock.recv(1 << 16)
+        if not data:
+            self.open = False
+        self.buffer += data
+        while len(self.buffer) >= FRAME.size:
+            size = FRAME.unpack_from(self.buffer)[0]
+            if len(self.buffer) < FRAME.size + size:
+                return
+            frame = self.unpack(bytes(self.buffer[FRAME.size : FRAME.size + size]))
+            del self.buffer[: FRAME.size + size]
+            if "skip" in frame:
+                for request in self.waiting:
+                    if request["seq"] == frame["skip"]:
+                        request["skipped"] = True
+            else:
+                self.waiting.append(frame)
+
+    def next(self) -> dict[str, Any] | None:
+        """The next request; None once the worker closed the socket."""
+        while self.open and select.select([self.sock], [], [], 0)[0]:
+            self._receive()
+        while self.open and not self.waiting:
+            self._receive()
+        return self.waiting.popleft() if self.open and self.waiting else None
 
 
 def serve(sock: socket.socket, handler: Any) -> None:
-    """Answer requests until the worker closes the socket."""
+    """Answer requests, in order, until the worker closes the socket."""
     from asyncinvoke import contract
     from asyncinvoke.context import Context
-    from asyncinvoke.errors import NonRetryableError
+    from asyncinvoke.errors import NonRetryableError, Throttled
 
-    reader = sock.makefile("rb")
-    writer = sock.makefile("wb")
-    while True:
-        header = _read_exactly(reader, FRAME.size)
-        if header is None:
-            return
-        body = _read_exactly(reader, FRAME.unpack(header)[0])
-        if body is None:
-            return
-        request = contract.unpack(body)
+    requests = Requests(sock)
+    while (request := requests.next()) is not None:
+        if request.get("skipped"):
+            _send(sock, contract.pack({"skipped": True}))
+            continue
         context = Context(
             invocation_id=request["id"],
             function=request["fn"],
             attempt=request["attempt"],
-            deadline=request["deadline"],
+            deadline=time.time() + request["timeout"],  # its timeout starts now
             meta=request["meta"],
         )
         try:
@@ -78,6 +117,9 @@ def serve(sock: socket.socket, handler: Any) -> None:
                 "error": contract.ErrorInfo.of(exc).to_wire(),
                 "retryable": not isinstance(exc, NonRetryableError),
             }
+            if isinstance(exc, Throttled):
+                answer["throttled"] = True
+                answer["retry_after"] = exc.retry_after
         try:
             frame = contract.pack(answer)
         except Exception as exc:  # a result msgpack cannot carry
@@ -90,8 +132,7 @@ def serve(sock: socket.socket, handler: Any) -> None:
                 ).to_wire(),
                 "retryable": False,
             })  # fmt: skip
-        writer.write(FRAME.pack(len(frame)) + frame)
-        writer.flush()
+        _send(sock, frame)
 
 
 def main() -> None:

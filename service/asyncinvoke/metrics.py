@@ -11,7 +11,7 @@ supervisor), and the supervisor serves their sum (``supervisor.py``).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import (
@@ -38,6 +38,26 @@ def multiprocess() -> bool:
     """Whether prometheus-client keeps values in files (PROMETHEUS_MULTIPROC_DIR was set
     when it was imported), to be summed by another process."""
     return bool(getattr(values.ValueClass, "_multiprocess", False))
+
+
+class SampledGauge(Gauge):
+    """A gauge read from a function. In multiprocess mode the function is sampled into
+    the gauge's file by ``sample()`` (prometheus-client's own ``set_function`` only
+    answers in-process scrapes, and the supervisor reads files)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sample: Callable[[], float] | None = None
+
+    def set_function(self, f: Callable[[], float]) -> None:
+        if multiprocess():
+            self._sample = f
+        else:
+            super().set_function(f)
+
+    def sample(self) -> None:
+        if self._sample is not None:
+            self.set(self._sample())
 
 
 class WatchedBroker(Protocol):
@@ -120,6 +140,13 @@ class Metrics:
             ["function"],
             registry=self.registry,
         )
+        self.throttles = Counter(
+            "asyncinvoke_throttles",
+            "Attempts throttled (HTTP 429/503, no connection, Throttled) and sent again on "
+            "the throttle budget; not retries, not failures.",
+            ["function"],
+            registry=self.registry,
+        )
         self.failure_records = Counter(
             "asyncinvoke_failure_records",
             "Failure records sent, by condition.",
@@ -141,6 +168,44 @@ class Metrics:
         )
         self._broker_connected = _BrokerConnected(self.registry)
 
+        self.trigger_ticks = Counter(
+            "asyncinvoke_trigger_ticks",
+            "Timer ticks fired, or skipped as older than the catch-up window.",
+            ["function", "trigger", "outcome"],
+            registry=self.registry,
+        )
+        self.trigger_lateness = Histogram(
+            "asyncinvoke_trigger_lateness_seconds",
+            "How late a timer tick was confirmed by the broker after its scheduled time.",
+            buckets=LATENESS_BUCKETS,
+            registry=self.registry,
+        )
+        self.trigger_messages = Counter(
+            "asyncinvoke_trigger_source_messages",
+            "Source messages turned into invocations (and acked) by RabbitMQ triggers.",
+            ["function", "trigger"],
+            registry=self.registry,
+        )
+        self.trigger_batches = Counter(
+            "asyncinvoke_trigger_source_batches",
+            "Invocations made by RabbitMQ triggers, one per batch.",
+            ["function", "trigger"],
+            registry=self.registry,
+        )
+        self.trigger_healthy = Gauge(
+            "asyncinvoke_trigger_healthy",
+            "1 while a RabbitMQ trigger consumes its source queue, 0 while it cannot.",
+            ["function", "trigger"],
+            registry=self.registry,
+            multiprocess_mode="livemin",
+        )
+        self.trigger_leader = SampledGauge(
+            "asyncinvoke_trigger_leader",
+            "1 in the worker that schedules the timers now.",
+            registry=self.registry,
+            multiprocess_mode="livemax",
+        )
+
     def watch_broker(self, broker: WatchedBroker) -> None:
         """Report ``broker``'s connection and node (metric and /readyz)."""
         self._broker_connected.broker = broker
@@ -161,6 +226,7 @@ class Metrics:
     def sample(self) -> None:
         """Write the values read from functions (multiprocess mode; else a no-op)."""
         self._broker_connected.sample()
+        self.trigger_leader.sample()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -268,6 +268,10 @@ class SyncClient:
         """Stop a task: one not started never starts; a running one is cancelled."""
         return self._run(lambda client: client.stop_task(task_id))
 
+    def rerun_task(self, task_id: str) -> Task:
+        """Run an ended task again with its payload, same id, as a new attempt sequence."""
+        return self._run(lambda client: client.rerun_task(task_id))
+
 
 # Every SyncClient of this process, for the fork and exit hooks; weak, so that a client
 # dropped by its owner is not kept alive by them.

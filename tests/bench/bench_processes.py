@@ -83,6 +83,12 @@ class Sample:
     cpu_us: float | None = None  # worker CPU per task
     broker_cores: float | None = None  # the broker's CPU over the drain, in cores
     worker_cores: float | None = None
+    # CPU per task of the worker's whole process tree (supervisor, consumer processes,
+    # handler processes), over the drain: what the task-running processes' own figure
+    # leaves out where tasks run in other processes than the consumer's (ours with
+    # executor = "process", Celery's prefork pool).
+    tree_us: float | None = None
+    broker_us: float | None = None  # the broker's CPU per task over the drain
 
 
 @dataclass
@@ -115,6 +121,16 @@ def broker_process() -> psutil.Process | None:
     return None
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and all its live descendants."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    return sum(cpu_seconds(proc) for proc in procs)
+
+
 def cpu_seconds(proc: psutil.Process | None) -> float:
     if proc is None:
         return 0.0
@@ -125,13 +141,26 @@ def cpu_seconds(proc: psutil.Process | None) -> float:
     return float(times.user + times.system)
 
 
-async def wait_multi(run: Run, n: int, timeout: float) -> tuple[float, float, float]:
+async def wait_multi(
+    run: Run, n: int, timeout: float, tree: list[float] | None = None
+) -> tuple[float, float, float]:
     """Wait until the processes' probes counted ``n`` tasks: (rate, CPU seconds spent by
-    the task-running processes between their first and last task, seconds of the drain)."""
+    the task-running processes between their first and last task, seconds of the drain).
+    ``tree`` gets the worker's process tree's CPU seconds per task, from the first poll
+    that saw a tenth of them counted to the last (after the start-up of every process:
+    an interpreter's start costs as much CPU as hundreds of tasks)."""
     deadline = time.monotonic() + timeout
+    tree_start: tuple[int, float] | None = None
     while True:
         slots = probe.read_multi(str(run.out))
-        if sum(slot[0] for slot in slots) >= n:
+        counted = sum(slot[0] for slot in slots)
+        if tree is not None and run.worker is not None:
+            if tree_start is None and counted >= max(1, n // 10):
+                tree_start = (counted, tree_cpu_seconds(run.worker.pid))
+            elif tree_start is not None and counted >= n and counted > tree_start[0]:
+                spent = tree_cpu_seconds(run.worker.pid) - tree_start[1]
+                tree.append(spent / (counted - tree_start[0]))
+        if counted >= n:
             busy = [slot for slot in slots if slot[0] > 1]
             first = min(slot[1] for slot in busy)
             last = max(slot[2] for slot in busy)
@@ -159,20 +188,25 @@ async def drain(run: Run, n: int, broker: psutil.Process | None) -> Sample:
         await run.wait_depth(run.queue, n)
     await run.start_worker()
     broker_before, wall_before = cpu_seconds(broker), time.monotonic()
-    rate, worker_cpu, seconds = await wait_multi(run, n, drain_timeout(n))
+    tree: list[float] = []
+    rate, worker_cpu, seconds = await wait_multi(run, n, drain_timeout(n), tree)
     wall = time.monotonic() - wall_before
+    broker_spent = cpu_seconds(broker) - broker_before
     # The broker's CPU from the worker's start to the end (start-up included: the
     # broker is idle then); the workers' from their first task to their last.
-    broker_cores = (cpu_seconds(broker) - broker_before) / wall
+    broker_cores = broker_spent / wall
     sample = Sample(
         rate=rate,
         cpu_us=worker_cpu / (n - 1) * 1e6,
         broker_cores=broker_cores,
         worker_cores=worker_cpu / seconds,
+        tree_us=tree[0] * 1e6 if tree else None,
+        broker_us=broker_spent / n * 1e6,
     )
     say(
         f"{run.label}: {rate:,.0f}/s, worker CPU {sample.cpu_us:.0f} µs/task "
-        f"({sample.worker_cores:.2f} cores), broker {broker_cores:.2f} cores"
+        f"({sample.worker_cores:.2f} cores), whole worker tree {_n(sample.tree_us)} µs/task, "
+        f"broker {broker_cores:.2f} cores ({sample.broker_us:.0f} µs/task)"
     )
     return sample
 
@@ -359,9 +393,10 @@ def report(parts: dict[str, dict[str, Series]], cores: int) -> str:
         out += [
             "### Per process, no-op (median of the rounds)",
             "",
-            "| system | tasks/s | ours ÷ this | worker CPU µs/task (median) | every round |",
+            "| system | tasks/s | ours ÷ this | worker CPU µs/task: task process; whole "
+            "tree; broker (medians) | every round |",
             "|---|---:|---:|---:|---|",
-            table(s, "ours", lambda item: _n(item.median("cpu_us"))),
+            table(s, "ours", _cpu_figures),
             "",
         ]
         if fastest and ours_rate:
@@ -380,11 +415,12 @@ def report(parts: dict[str, dict[str, Series]], cores: int) -> str:
         out += [
             "### Per machine, no-op, 2 processes (median of the rounds)",
             "",
-            "| system | tasks/s | ours ÷ this | broker / workers CPU, cores (median) "
-            "| every round |",
+            "| system | tasks/s | ours ÷ this | broker / workers CPU, cores; whole worker "
+            "tree, broker µs/task (medians) | every round |",
             "|---|---:|---:|---|---|",
             table(parts["machine"], "ours", lambda item: (
-                f"{_n(item.median('broker_cores'), 2)} / {_n(item.median('worker_cores'), 2)}"
+                f"{_n(item.median('broker_cores'), 2)} / {_n(item.median('worker_cores'), 2)}; "
+                f"{_n(item.median('tree_us'))}, {_n(item.median('broker_us'))}"
             )),
             "",
         ]
@@ -416,8 +452,36 @@ def report(parts: dict[str, dict[str, Series]], cores: int) -> str:
             "|---|---:|---:|---|---|",
             table(parts["cpu"], "ours", lambda item: _ideal(item, cores)),
             "",
+            "CPU per task of the whole worker tree and of the broker (medians), and the rate "
+            "they allow on these cores alone (cores ÷ their sum; ideal "
+            f"{ideal:,.0f}/s): the machine's load does not change these much.",
+            "",
+            "| system | worker tree µs/task | broker µs/task | capacity, tasks/s "
+            "| ÷ ideal |",
+            "|---|---:|---:|---:|---:|",
+            *(_capacity(item, cores) for item in parts["cpu"].values()),
+            "",
         ]
     return "\n".join(out)
+
+
+def _cpu_figures(item: Series) -> str:
+    return (
+        f"{_n(item.median('cpu_us'))}; {_n(item.median('tree_us'))}; "
+        f"{_n(item.median('broker_us'))}"
+    )
+
+
+def _capacity(item: Series, cores: int) -> str:
+    tree, broker = item.median("tree_us"), item.median("broker_us")
+    if not tree:
+        return f"| {item.label} | - | {_n(broker)} | - | - |"
+    capacity = cores / ((tree + (broker or 0)) / 1e6)
+    ideal = cores / (BURN_MS / 1000)
+    return (
+        f"| {item.label} | {tree:,.0f} | {_n(broker)} | {capacity:,.0f} "
+        f"| {capacity / ideal:.2f} |"
+    )
 
 
 def _ideal(item: Series, cores: int) -> str:
@@ -472,6 +536,8 @@ def main(argv: list[str] | None = None) -> int:
     cores = os.cpu_count() or 1
     print(f"bench_processes, {started:%Y-%m-%d %H:%M %Z}, {cores} CPUs; "
           f"per-process N = {args.n:,} x {args.rounds} rounds")  # fmt: skip
+    if os.environ.get("BENCH_PINNED"):
+        print(f"pinned: {os.environ['BENCH_PINNED']}")
     print(report(parts, cores))
     if LOADS:
         print(f"1-minute load at the start of each round: {min(LOADS):.2f} .. {max(LOADS):.2f}")

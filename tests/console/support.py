@@ -41,6 +41,9 @@ task_mode = true
 
 [functions.hello]
 handler = "tests.console.handlers:hello"
+
+[functions.choke]
+handler = "tests.console.handlers:choke"
 """
 
 
@@ -76,20 +79,36 @@ def free_port() -> int:
 
 
 class Served:
-    """``asyncinvoke serve`` in its own namespace, and a client of that namespace."""
+    """``asyncinvoke serve`` in its own namespace, and a client of that namespace.
 
-    def __init__(self, tmp: Path, **env: str):
+    ``command="gateway"`` runs the gateway alone (no worker in its process); ``amqp_url``
+    points it at another broker (a private node, thrown away whole, so nothing is cleaned
+    up on it)."""
+
+    def __init__(
+        self,
+        tmp: Path,
+        *,
+        command: str = "serve",
+        amqp_url: str = AMQP_URL,
+        functions_toml: str = FUNCTIONS,
+        **env: str,
+    ):
         self.namespace = Namespace(tmp)
+        self.command = command
+        self.amqp_url = amqp_url
         self.config = tmp / "functions.toml"
-        self.config.write_text(FUNCTIONS)
+        self.config.write_text(functions_toml)
         self.namespace.function_names.update(functions.load(self.config).functions)
         self.store = f"sqlite:///{tmp / 'tasks.db'}"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = tmp / "serve.log"
-        self.env = self.namespace.env(ASYNCINVOKE_TASK_STORE=self.store, **env)
+        self.log = tmp / f"{command}.log"
+        self.env = self.namespace.env(
+            ASYNCINVOKE_TASK_STORE=self.store, ASYNCINVOKE_AMQP_URL=amqp_url, **env
+        )
         self.settings = Settings(
-            amqp_url=AMQP_URL, namespace=self.namespace.ns, task_store=self.store
+            amqp_url=amqp_url, namespace=self.namespace.ns, task_store=self.store
         )
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -98,21 +117,26 @@ class Served:
 
     def launch(self) -> Served:
         with self.log.open("wb") as log:
+            grace = ["--shutdown-grace", "2"] if self.command == "serve" else []
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "asyncinvoke", "serve", "--config", str(self.config),
-                 "--port", str(self.port), "--shutdown-grace", "2"],
+                [sys.executable, "-m", "asyncinvoke", self.command, "--config",
+                 str(self.config), "--port", str(self.port), *grace],
                 env=self.env, cwd=str(ROOT), stdout=log, stderr=subprocess.STDOUT,
             )
         return self
 
     def wait_ready(self, timeout: float = 60.0) -> Served:
-        wait_until(lambda: self._ready(), timeout, f"serve ready at {self.url}", self.tail)
+        wait_until(
+            lambda: self._ready(), timeout, f"{self.command} ready at {self.url}", self.tail
+        )
         return self
 
     def _ready(self) -> bool:
         assert self.process is not None
         if self.process.poll() is not None:
-            raise AssertionError(f"serve exited with {self.process.returncode}:\n{self.tail()}")
+            raise AssertionError(
+                f"{self.command} exited with {self.process.returncode}:\n{self.tail()}"
+            )
         try:
             with urllib.request.urlopen(self.url + "/readyz", timeout=1) as answer:
                 return bool(answer.status == 200)
@@ -130,10 +154,8 @@ class Served:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        asyncio.run(self._cleanup())
-
-    async def _cleanup(self) -> None:
-        await self.namespace.cleanup()
+        if self.amqp_url == AMQP_URL:
+            asyncio.run(self.namespace.cleanup())
 
     def invoke(self, function: str, payload: Any, **options: Any) -> str:
         async def go() -> str:

@@ -104,9 +104,39 @@ def test_stop_on_a_delayed_task_shows_stopped(served: Served, driver: Any, fixed
     driver.get(served.url + "/console/tasks?function=mend")
     submit(driver, driver.find_element(By.LINK_TEXT, "later-1"))
     assert driver.find_element(By.ID, "task-status").text == "Enqueued"
+    assert driver.find_elements(By.XPATH, "//button[.='Re-run']") == []  # not ended
     submit(driver, driver.find_element(By.XPATH, "//button[.='Stop']"))
     assert driver.find_element(By.ID, "task-status").text == "Stopped"
     assert driver.find_elements(By.XPATH, "//button[.='Stop']") == []
+    assert driver.find_elements(By.XPATH, "//button[.='Re-run']")  # ended: it may run again
+
+
+def test_rerun_runs_an_ended_task_again_under_its_id(
+    served: Served, driver: Any, fixed: Path
+) -> None:
+    fixed.touch()
+    served.invoke("mend", {"fixed_when": str(fixed), "note": "twice"}, task=True, id="again-1")
+
+    def status_is(wanted: str) -> bool:
+        driver.get(served.url + "/console/tasks/again-1")
+        shown = driver.find_elements(By.ID, "task-status")
+        return bool(shown) and shown[0].text == wanted
+
+    wait_until(lambda: status_is("Succeeded"), 20, "again-1 Succeeded", served.tail)
+    submit(driver, driver.find_element(By.XPATH, "//button[.='Re-run']"))
+
+    def events() -> list[str]:
+        return [item.text for item in driver.find_elements(By.CSS_SELECTOR, ".timeline li")]
+
+    wait_until(
+        lambda: status_is("Succeeded") and len(events()) == 6, 20, "again-1 run again",
+        served.tail,
+    )
+    shown = events()
+    assert [e.split()[2] for e in shown] == [
+        "Enqueued", "Running", "Succeeded", "Enqueued", "Running", "Succeeded"
+    ], shown
+    assert "rerun after it ended Succeeded" in shown[3]
 
 
 def test_live_counters_change_when_invocations_arrive(served: Served, driver: Any) -> None:
@@ -121,6 +151,53 @@ def test_live_counters_change_when_invocations_arrive(served: Served, driver: An
     assert driver.execute_script("return window.stillThisPage;") is True  # never reloaded
     status = driver.find_element(By.ID, "live-status").text
     assert status.startswith("Counts as of"), status
+
+
+def test_a_throttle_shows_in_the_functions_row_and_its_chart(
+    served: Served, driver: Any, tmp_path: Path
+) -> None:
+    driver.get(served.url + "/console/functions")
+    counter = driver.find_element(By.CSS_SELECTOR, '[data-live="choke.throttles"]')
+    assert counter.text == "0"
+
+    served.invoke("choke", {"mark": str(tmp_path / "choked")})
+
+    wait_until(lambda: counter.text == "1", 20, "the throttle counted", served.tail)
+    chart = driver.find_element(By.CSS_SELECTOR, '[data-chart="choke"] .throttle')
+    titles = [bar.get_attribute("textContent") for bar in chart.find_elements(By.TAG_NAME, "title")]
+    assert titles == ["1 throttles, this minute"], titles
+    invocations = driver.find_element(By.CSS_SELECTOR, '[data-live="choke.invocations"]')
+    wait_until(lambda: invocations.text == "2", 20, "the attempt after the throttle counted")
+    assert driver.find_element(By.CSS_SELECTOR, '[data-live="choke.failures"]').text == "0"
+
+
+def test_pause_keeps_invocations_waiting_until_resume(served: Served, driver: Any) -> None:
+    def cell(key: str) -> str:
+        return str(driver.find_element(By.CSS_SELECTOR, f'[data-live="hello.{key}"]').text)
+
+    driver.get(served.url + "/console/functions")
+    assert cell("state") == "running"
+    submit(driver, driver.find_element(By.CSS_SELECTOR, "button[aria-label='Pause hello']"))
+    assert cell("state") == "paused"
+    assert not driver.find_elements(By.CSS_SELECTOR, "button[aria-label='Pause hello']")
+    policy = driver.find_element(By.XPATH, "//tr[th[.='hello']]//table[@class='policy']")
+    concurrency = policy.find_element(By.XPATH, ".//tr[th[.='concurrency']]")
+    assert "0 (paused)" in concurrency.get_attribute("textContent")
+    assert "live configuration (version" in concurrency.get_attribute("textContent")
+    # The worker in serve cancels its consumer once it reads the change (milliseconds).
+    wait_until(lambda: cell("consumers") == "0", 20, "hello's consumer gone", served.tail)
+    before = int(cell("invocations"))
+
+    served.invoke_many("hello", 3)
+
+    wait_until(lambda: cell("ready") == "3", 20, "3 invocations waiting in the queue")
+    assert int(cell("invocations")) == before  # none ran
+    submit(driver, driver.find_element(By.CSS_SELECTOR, "button[aria-label='Resume hello']"))
+    assert cell("state") == "running"
+    wait_until(
+        lambda: (cell("ready"), cell("invocations")) == ("0", str(before + 3)), 20,
+        "the 3 run after the resume", served.tail,
+    )
 
 
 def test_without_keys_it_answers_only_loopback_hosts_and_no_foreign_origin(

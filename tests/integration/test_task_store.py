@@ -25,7 +25,16 @@ from asyncinvoke.tasks import open_store
 from asyncinvoke.tasks.postgres import PostgresTaskStore
 from asyncinvoke.tasks.sqlite import SqliteTaskStore
 from asyncinvoke.tasks.states import TERMINAL, WAITING, Status
-from asyncinvoke.tasks.store import Claim, Task, TaskExists, TaskFinished, TaskNotFound, TaskStore
+from asyncinvoke.tasks.store import (
+    Claim,
+    Task,
+    TaskExists,
+    TaskFinished,
+    TaskNotEnded,
+    TaskNotFound,
+    TaskNotRerunnable,
+    TaskStore,
+)
 
 POSTGRES_DSN = os.environ.get(
     "ASYNCINVOKE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
@@ -712,3 +721,80 @@ async def test_concurrent_remembers_of_one_nonce_accept_exactly_one(stores: Stor
         )
     )
     assert answers.count(True) == 1
+
+
+# rerun (asyncinvoke task rerun)
+
+
+@pytest.mark.parametrize("status", sorted(TERMINAL))
+async def test_a_rerun_enqueues_an_ended_task_afresh_and_keeps_its_events(
+    store: TaskStore, status: Status
+) -> None:
+    ended = await task_in(store, status)
+
+    rerun = await store.rerun("inv-1", NOW + 50, "rerun after it ended")
+
+    assert rerun == await store.get("inv-1")
+    assert rerun.status is Status.ENQUEUED
+    assert (rerun.attempts, rerun.started_at, rerun.ended_at, rerun.lease_until) == (
+        0, None, None, None,
+    )
+    assert (rerun.result, rerun.error, rerun.payload) == (None, None, PAYLOAD)
+    assert rerun.events[:-1] == ended.events
+    assert (rerun.events[-1].status, rerun.events[-1].timestamp) == (Status.ENQUEUED, NOW + 50)
+    claimed = await store.claim("inv-1", 0, NOW + 60, LEASE_MS)
+    assert claimed.claim is Claim.CLAIMED
+    assert claimed.task is not None and claimed.task.attempts == 1
+
+
+@pytest.mark.parametrize("status", sorted(set(Status) - TERMINAL))
+async def test_a_rerun_of_a_task_not_ended_is_refused_and_changes_nothing(
+    store: TaskStore, status: Status
+) -> None:
+    before = await task_in(store, status)
+
+    with pytest.raises(TaskNotEnded) as raised:
+        await store.rerun("inv-1", NOW + 50, "rerun")
+    assert f"it is {status.value}" in str(raised.value)
+    assert await store.get("inv-1") == before
+
+
+async def test_a_rerun_of_a_task_without_a_payload_or_of_no_task_is_refused(
+    store: TaskStore,
+) -> None:
+    await store.ensure("bad-1", "resize", None, NOW)
+    await store.transition("bad-1", Status.INVALID, NOW + 1, "not msgpack")
+
+    with pytest.raises(TaskNotRerunnable, match="no payload was kept"):
+        await store.rerun("bad-1", NOW + 5, "rerun")
+    with pytest.raises(TaskNotFound):
+        await store.rerun("nope", NOW + 5, "rerun")
+
+
+# throttles
+
+
+async def test_a_throttle_is_an_event_that_gives_back_its_attempt_and_the_task_runs_again(
+    store: TaskStore,
+) -> None:
+    await task_in(store, Status.RUNNING)
+
+    throttled = await store.transition(
+        "inv-1", Status.THROTTLED, NOW + 5, "attempt 0 throttled (HTTP429: busy)",
+        error="HTTP429: busy",
+    )
+
+    assert throttled is not None and throttled == await store.get("inv-1")
+    assert (throttled.status, throttled.attempts, throttled.lease_until) == (
+        Status.THROTTLED, 0, None,
+    )
+    assert (throttled.events[-1].status, throttled.events[-1].detail) == (
+        Status.THROTTLED, "attempt 0 throttled (HTTP429: busy)",
+    )
+    listed = await store.list(status=Status.THROTTLED)
+    assert [task.id for task in listed.tasks] == ["inv-1"]
+    again = await store.claim("inv-1", 0, NOW + 1_000, LEASE_MS)
+    assert again.claim is Claim.CLAIMED
+    assert again.task is not None and again.task.attempts == 1
+    stopped = await task_in(store, Status.THROTTLED, "inv-2")
+    assert (await store.request_stop(stopped.id, NOW + 9)).status is Status.STOPPED

@@ -133,3 +133,23 @@ def stop(task_id: str, as_json: bool) -> None:
         click.echo(orjson.dumps(view).decode())
     else:
         click.echo(f"{task_id}: {view['status']} at {_when(clock.now_ms())}")
+
+
+@task.command()
+@click.argument("task_id")
+@json_option
+def rerun(task_id: str, as_json: bool) -> None:
+    """Run an ended task again: its original payload, the same id, a new attempt sequence
+    (its events are kept). A task that has not ended is refused."""
+    settings = load_settings()
+
+    async def go() -> dict[str, object]:
+        async with Client(settings=settings) as client:
+            enqueued = await client.rerun_task(task_id)
+        return async_task(enqueued, include_payload=False)
+
+    view = run(go())
+    if as_json:
+        click.echo(orjson.dumps(view).decode())
+    else:
+        click.echo(f"{task_id}: {view['status']} again at {_when(clock.now_ms())}")

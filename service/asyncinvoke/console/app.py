@@ -13,21 +13,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 import jinja2
 import orjson
 from aiohttp import web
 
-from asyncinvoke import clock, contract, topology
+from asyncinvoke import clock, topology
 from asyncinvoke.client import Client
 from asyncinvoke.console import sessions
 from asyncinvoke.console.depths import Depths
 from asyncinvoke.console.failure_views import FailureViews
 from asyncinvoke.console.failures import FailureQueue
+from asyncinvoke.console.function_state import FunctionState, Shown
 from asyncinvoke.console.guard import (
     CSRF_FIELD,
     PREFIX,
@@ -38,18 +39,18 @@ from asyncinvoke.console.guard import (
     after_login,
     see_other,
 )
-from asyncinvoke.console.history import FAILURES, INVOCATIONS, History, read_totals
+from asyncinvoke.console.history import FAILURES, INVOCATIONS, THROTTLES, History, read_totals
+from asyncinvoke.console.management import Management, endpoint
 from asyncinvoke.console.policy_sources import read_document, sources
-from asyncinvoke.console.shown import bars, packed_text, parse_when, when
-from asyncinvoke.errors import AsyncInvokeError, QueueBusy
+from asyncinvoke.console.shown import bars, when
+from asyncinvoke.console.task_views import TaskViews
+from asyncinvoke.errors import AsyncInvokeError, ManagementUnavailable, QueueBusy
+from asyncinvoke.liveconfig.live import LiveConfig
 from asyncinvoke.metrics import Metrics
 from asyncinvoke.observability import get_logger
 from asyncinvoke.settings import Settings
-from asyncinvoke.tasks.states import TERMINAL, Status
-from asyncinvoke.tasks.store import MAX_PAGE_LIMIT, TaskFinished, TaskNotFound
 
 SAMPLE_EVERY_S = 5.0
-TASKS_PER_PAGE = 50
 STATIC_TYPES = {".js": "text/javascript", ".css": "text/css"}
 
 log = get_logger(component="console")
@@ -66,6 +67,8 @@ class Console:
         metrics: Metrics,
         *,
         counts_worker: bool,
+        live: LiveConfig | None,
+        shown: Shown,
     ):
         self.settings = settings
         self.client = client
@@ -77,13 +80,17 @@ class Console:
         self.counts_worker = counts_worker
         self.metrics = metrics
         document = read_document(config_path)
-        self.sources = {name: sources(document, name) for name in policies}
+        file_sources = {name: sources(document, name) for name in policies}
+        # ``shown``: how the gateway shows a spec's policy (passwords of URLs out).
+        self.state = FunctionState(policies, file_sources, live, shown)
         self.history = History(lambda: read_totals(metrics.registry))
         self.depths = Depths(client.broker, self.names)
+        self.management = Management(endpoint(settings))
         self.failures = FailureQueue(settings)
         self.failure_views = FailureViews(
             self.failures, self.depths, sorted(policies), self._render
         )
+        self.task_views = TaskViews(client, sorted(policies), self._render)
         self._sampler: asyncio.Task[None] | None = None
         self._sampled_at = 0.0
         self.templates = jinja2.Environment(
@@ -107,6 +114,8 @@ class Console:
             self._sampler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sampler
+        await self.management.close()
+        await self.failures.close()
 
     async def _sample(self) -> None:
         while True:
@@ -122,9 +131,9 @@ class Console:
             web.post(PREFIX + "/login", page(self.login, public=True)),
             web.post(PREFIX + "/logout", page(self.logout)),
             web.get(PREFIX + "/functions", page(self.functions)),
-            web.get(PREFIX + "/tasks", page(self.tasks)),
-            web.get(PREFIX + "/tasks/{task_id}", page(self.task)),
-            web.post(PREFIX + "/tasks/{task_id}/stop", page(self.stop_task)),
+            web.post(PREFIX + "/functions/{name}/pause", page(self.pause)),
+            web.post(PREFIX + "/functions/{name}/resume", page(self.resume)),
+            *self.task_views.routes(page),
             *self.failure_views.routes(page),
             web.get(PREFIX + "/live.json", page(self.live)),
             web.get(PREFIX + "/static/{name}", self.static),
@@ -196,40 +205,64 @@ class Console:
     async def _function_rows(self) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         queues = [self.names.function_queue(name) for name in self.policies]
         ladder = self.depths.ladder_queues()
-        depths = await self.depths.read([*queues, *ladder, self.names.failed])
+        depths, (unacked, unacked_source) = await asyncio.gather(
+            self.depths.read([*queues, *ladder, self.names.failed]), self._unacked()
+        )
         now_s = time.time()
         rows = []
-        for name, policy in sorted(self.policies.items()):
-            depth = depths.get(self.names.function_queue(name))
+        for name in sorted(self.policies):
+            queue = self.names.function_queue(name)
+            depth = depths.get(queue)
             invocations = self.history.per_minute(name, INVOCATIONS, now_s)
             failures = self.history.per_minute(name, FAILURES, now_s)
+            throttles = self.history.per_minute(name, THROTTLES, now_s)
             rows.append(
                 {
                     "name": name,
-                    "state": self._state(name),
+                    "state": self.state.state(name),
                     "ready": "missing" if depth is None else depth.ready,
                     "consumers": "-" if depth is None else depth.consumers,
-                    "in_flight": self._in_flight(name),
+                    # The API has no statistics for a queue declared seconds ago: "…".
+                    "unacked": (
+                        self._in_flight(name) if unacked is None else unacked.get(queue, "…")
+                    ),
                     "invocations": sum(invocations),
                     "failures": sum(failures),
+                    "throttles": sum(throttles),
                     "invocation_bars": bars(invocations, "invocations"),
                     "failure_bars": bars(failures, "failures"),
-                    "policy": [
-                        (field, _policy_text(value), self.sources[name].get(field, "-"))
-                        for field, value in policy.items()
-                    ],
+                    "throttle_bars": bars(throttles, "throttles"),
+                    "policy": self.state.policy(name),
                 }
             )
         waiting = sum(d.ready for q in ladder if (d := depths.get(q)) is not None)
         failed = depths.get(self.names.failed)
-        totals = {"ladder": waiting, "failed": "missing" if failed is None else failed.ready}
+        totals = {
+            "ladder": waiting,
+            "failed": "missing" if failed is None else failed.ready,
+            "unacked_source": unacked_source,
+        }
         return rows, totals
 
-    def _state(self, function: str) -> str:
-        """Nothing pauses a function yet: live configuration (issue 15) will answer
-        "paused" here, and add pause and resume forms to the row (POSTs that carry the
-        CSRF token, as Stop does)."""
-        return "running"
+    async def _unacked(self) -> tuple[dict[str, int] | None, str]:
+        """The broker's unacknowledged counts by queue (None when the management API
+        gives none), and a sentence saying where the shown figures come from."""
+        try:
+            counts = await self.management.unacked(self.names.function_queue(""))
+        except ManagementUnavailable as exc:
+            shown = (
+                "shown instead: the attempts in flight in this process's worker"
+                if self.counts_worker
+                else "no worker runs in this process, so none is shown"
+            )
+            hint = "" if self.management.where.configured else (
+                "; set ASYNCINVOKE_MANAGEMENT_URL, or enable the rabbitmq_management plugin"
+            )
+            return None, f"not known: {exc}{hint}; {shown}"
+        return counts, (
+            f"the broker's count over every consumer, from {self.management.source} "
+            "(which refreshes it every few seconds)"
+        )
 
     def _in_flight(self, function: str) -> int | str:
         if not self.counts_worker:
@@ -240,8 +273,28 @@ class Console:
         rows, totals = await self._function_rows()
         return self._render(
             "functions.html", visit, title="Functions", rows=rows, totals=totals,
-            counts_worker=self.counts_worker, chart_macro=True,
+            counts_worker=self.counts_worker, chart_macro=True, can_pause=self.state.can_pause,
         )
+
+    async def pause(self, request: web.Request, visit: Visit) -> web.StreamResponse:
+        return await self._pause_or_resume(request, visit, self.state.pause)
+
+    async def resume(self, request: web.Request, visit: Visit) -> web.StreamResponse:
+        return await self._pause_or_resume(request, visit, self.state.resume)
+
+    async def _pause_or_resume(
+        self, request: web.Request, visit: Visit, change: Callable[[str], Awaitable[None]]
+    ) -> web.StreamResponse:
+        name = request.match_info["name"]
+        if name not in self.policies or not self.state.can_pause:
+            return self._render(
+                "message.html", visit, title="Not done", status=404,
+                message=f"No function {name!r} can be paused or resumed here (it is not in "
+                "the functions file, or this console has no live configuration).",
+            )
+        await change(name)  # returns once the configuration store holds the change
+        log.info("console_function_state", function=name, action=request.path.rsplit("/")[-1])
+        return see_other(PREFIX + "/functions")
 
     # -- live --------------------------------------------------------------------------
 
@@ -252,11 +305,15 @@ class Console:
             self._sampled_at = now_s
             self.history.sample(now_s)
         rows, totals = await self._function_rows()
-        values: dict[str, Any] = {"ladder": totals["ladder"], "failed": totals["failed"]}
+        values: dict[str, Any] = {
+            key: totals[key] for key in ("ladder", "failed", "unacked_source")
+        }
         charts = {}
         chart = self.templates.get_template("chart.html")
         for row in rows:
-            for key in ("state", "ready", "consumers", "in_flight", "invocations", "failures"):
+            for key in (
+                "state", "ready", "consumers", "unacked", "invocations", "failures", "throttles"
+            ):
                 values[f"{row['name']}.{key}"] = row[key]
             charts[row["name"]] = chart.render(row=row)
         if request.query.get("page") == "failures":
@@ -267,74 +324,6 @@ class Console:
             body=orjson.dumps({"values": values, "charts": charts}),
             content_type="application/json",
         )
-
-    # -- tasks -------------------------------------------------------------------------
-
-    async def tasks(self, request: web.Request, visit: Visit) -> web.StreamResponse:
-        query = request.query
-        wanted_id = query.get("id", "").strip()
-        store = await self.client.tasks()
-        if wanted_id and contract.ID_RE.fullmatch(wanted_id):
-            found = await store.get(wanted_id)
-            if found is not None:
-                return see_other(f"{PREFIX}/tasks/{found.id}")
-        function = query.get("function") or None
-        status_text = query.get("status") or None
-        status = Status(status_text) if status_text in set(Status) else None
-        started_from = parse_when(query.get("from"))
-        started_to = parse_when(query.get("to"))
-        token = query.get("token") or None
-        try:
-            page = await store.list(
-                function=function,
-                status=status,
-                prefix=wanted_id or None,
-                started_from=started_from,
-                started_to=started_to,
-                limit=min(TASKS_PER_PAGE, MAX_PAGE_LIMIT),
-                next_token=token,
-            )
-            problem = None
-        except ValueError as exc:
-            page, problem = None, str(exc)
-        filters = {
-            "function": function or "",
-            "status": status.value if status else "",
-            "from": query.get("from", ""),
-            "to": query.get("to", ""),
-            "id": wanted_id,
-        }
-        next_link = None
-        if page is not None and page.next_token:
-            next_link = "?" + urlencode({**filters, "token": page.next_token})
-        return self._render(
-            "tasks.html", visit, title="Tasks", tasks=page.tasks if page else [],
-            filters=filters, functions=sorted(self.policies), statuses=[s.value for s in Status],
-            next_link=next_link, paged=token is not None, problem=problem,
-        )
-
-    async def task(self, request: web.Request, visit: Visit) -> web.StreamResponse:
-        task_id = request.match_info["task_id"]
-        store = await self.client.tasks()
-        task = await store.get(task_id) if contract.ID_RE.fullmatch(task_id) else None
-        if task is None:
-            return self._render(
-                "message.html", visit, title="No such task", status=404,
-                message=f"No task {task_id!r} is in the task store (it may have been "
-                "purged after the retention period, or never ran in task mode).",
-            )
-        return self._render(
-            "task.html", visit, title=f"Task {task.id}", task=task,
-            payload=packed_text(task.payload), result=packed_text(task.result),
-            can_stop=task.status not in TERMINAL and task.status is not Status.STOPPING,
-        )
-
-    async def stop_task(self, request: web.Request, visit: Visit) -> web.StreamResponse:
-        task_id = request.match_info["task_id"]
-        with contextlib.suppress(TaskFinished, TaskNotFound):
-            # Already ended or gone: the task page shows how it ended.
-            await self.client.stop_task(task_id)
-        return see_other(f"{PREFIX}/tasks/{task_id}")
 
     # -- static ------------------------------------------------------------------------
 
@@ -356,11 +345,3 @@ def _load_static() -> dict[str, bytes]:
 
 
 STATIC_FILES = _load_static()
-
-
-def _policy_text(value: Any) -> str:
-    if isinstance(value, dict):
-        return ", ".join(f"{key} {item}" for key, item in value.items())
-    if value is None:
-        return "-"
-    return str(value).lower() if isinstance(value, bool) else str(value)

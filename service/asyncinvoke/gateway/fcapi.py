@@ -9,7 +9,8 @@ AsyncTask, ListAsyncTasksOutput ``{tasks, nextToken}``, AsyncConfig, and errors 
     ├── InvalidArgument        400  a header, query parameter or id is malformed
     ├── AccessDenied           403  no or wrong signature, unknown key, stale date, reused nonce
     ├── NotFound               404  no such function, task or path
-    ├── Conflict               409  the task id is taken, the task already ended
+    ├── Conflict               409  the task id is taken, the task already ended, a re-run
+    │                               of a task that has not ended
     ├── EntityTooLarge         413  the body is over ASYNCINVOKE_MAX_PAYLOAD_BYTES
     ├── ServiceUnavailable     503  RabbitMQ is not reachable now
     └── InvocationTimeout      504  no reply to a synchronous invocation in time
@@ -32,11 +33,15 @@ from asyncinvoke.errors import (
     AsyncInvokeError,
     BrokerUnavailable,
     CallTimeout,
+    InvalidConfig,
     InvalidMessage,
     PublishError,
+    StoreUnavailable,
     TaskExistsError,
     TaskFinished,
+    TaskNotEnded,
     TaskNotFound,
+    TaskNotRerunnable,
     TaskStoreUnavailable,
     UnknownFunctionError,
 )
@@ -153,8 +158,14 @@ def from_error(exc: Exception) -> FcError | None:
         return NotFound(str(exc), code="AsyncTaskNotFound")
     if isinstance(exc, TaskFinished):
         return Conflict(str(exc), code="AsyncTaskFinished")
-    if isinstance(exc, InvalidMessage):
+    if isinstance(exc, TaskNotEnded):
+        return Conflict(str(exc), code="AsyncTaskNotEnded")
+    if isinstance(exc, TaskNotRerunnable):
+        return Conflict(str(exc), code="AsyncTaskNotRerunnable")
+    if isinstance(exc, InvalidMessage | InvalidConfig):
         return InvalidArgument(str(exc))
+    if isinstance(exc, StoreUnavailable):
+        return ServiceUnavailable(f"{exc}; try again shortly")
     if isinstance(exc, CallTimeout):
         return InvocationTimeout(str(exc))
     if isinstance(exc, PublishError | BrokerUnavailable):

@@ -27,6 +27,7 @@ from asyncinvoke.tasks.store import (
     Task,
     decide_claim,
     decide_reopen,
+    decide_rerun,
     decide_stop,
     decide_transition,
     decode_events,
@@ -140,7 +141,11 @@ class PostgresTaskStore:
         CREATE INDEX IF NOT EXISTS {TABLE}_function_created
             ON {self._table} (function, created_at, id);
         CREATE INDEX IF NOT EXISTS {TABLE}_created ON {self._table} (created_at, id);
-        CREATE INDEX IF NOT EXISTS {TABLE}_status ON {self._table} (status);
+        CREATE INDEX IF NOT EXISTS {TABLE}_status_created
+            ON {self._table} (status, created_at, id);
+        CREATE INDEX IF NOT EXISTS {TABLE}_function_status_created
+            ON {self._table} (function, status, created_at, id);
+        DROP INDEX IF EXISTS "{self.schema}".{TABLE}_status;
         CREATE INDEX IF NOT EXISTS {TABLE}_ended ON {self._table} (ended_at);
         """
 
@@ -323,6 +328,11 @@ class PostgresTaskStore:
     async def reopen(self, task_id: str, now_ms: int, detail: str) -> Task | None:
         return await self._change(
             task_id, lambda task: decide_reopen(task, now_ms, detail), lambda after: after
+        )
+
+    async def rerun(self, task_id: str, now_ms: int, detail: str) -> Task:
+        return await self._change(
+            task_id, lambda task: decide_rerun(task, now_ms, detail), lambda after: after
         )
 
 

@@ -13,6 +13,10 @@ from asyncinvoke.tasks.states import Status
 from asyncinvoke.tasks.store import Page, Task, check_limit, decode_page_token, encode_page_token
 from asyncinvoke.text import encodable
 
+# created_at and started_at may come from the clocks of two hosts (the gateway's and a
+# worker's): the bound a start time puts on the creation time allows them this much apart.
+CLOCK_SKEW_MARGIN_MS = 15 * 60_000
+
 Bind = Callable[[Any], str]  # adds a parameter and returns its placeholder
 
 
@@ -60,6 +64,9 @@ def list_query(
         conditions.append(f"started_at >= {bind(started_from)}")
     if started_to is not None:
         conditions.append(f"started_at <= {bind(started_to)}")
+        # Implied (a task starts after it was created), and what lets the created_at
+        # index skip every task created after the range instead of reading it.
+        conditions.append(f"created_at <= {bind(started_to + CLOCK_SKEW_MARGIN_MS)}")
     direction, after = ("DESC", "<") if newest_first else ("ASC", ">")
     if next_token is not None:
         created_at, last_id = decode_page_token(next_token)

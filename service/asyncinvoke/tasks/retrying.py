@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import tenacity
 
-from asyncinvoke.errors import TaskExists, TaskFinished, TaskStoreUnavailable
+from asyncinvoke.errors import TaskExists, TaskFinished, TaskNotEnded, TaskStoreUnavailable
 from asyncinvoke.observability import get_logger
 from asyncinvoke.tasks.states import Status
 from asyncinvoke.tasks.store import (
@@ -258,6 +258,23 @@ class RetryingTaskStore:
             # Our own reopen that lost its answer: a replay must not be dropped for it.
             return await self._written(task_id, Event(Status.ENQUEUED, now_ms, detail))
         return reopened
+
+    async def rerun(self, task_id: str, now_ms: int, detail: str) -> Task:
+        async def rerun() -> Task | TaskNotEnded:
+            try:
+                return await self.store.rerun(task_id, now_ms, detail)
+            except TaskNotEnded as exc:
+                return exc
+
+        rerun_task, tries = await self._retrying(rerun)
+        if not isinstance(rerun_task, TaskNotEnded):
+            return rerun_task
+        if tries > 1:
+            # Our own re-run that lost its answer: the caller must still send its message.
+            ours = await self._written(task_id, Event(Status.ENQUEUED, now_ms, detail))
+            if ours is not None:
+                return ours
+        raise rerun_task
 
     async def remember_nonce(self, nonce: str, expires_at_ms: int, now_ms: int) -> bool:
         # Not tried again: an insert that committed and lost its answer would find its own

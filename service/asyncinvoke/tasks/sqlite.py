@@ -34,6 +34,7 @@ from asyncinvoke.tasks.store import (
     Task,
     decide_claim,
     decide_reopen,
+    decide_rerun,
     decide_stop,
     decide_transition,
     decode_events,
@@ -75,7 +76,13 @@ CREATE TABLE IF NOT EXISTS tasks (
 );
 CREATE INDEX IF NOT EXISTS tasks_function_created ON tasks (function, created_at, id);
 CREATE INDEX IF NOT EXISTS tasks_created ON tasks (created_at, id);
-CREATE INDEX IF NOT EXISTS tasks_status ON tasks (status);
+-- A status (and a function's status) listed newest first is read along an index, never
+-- sorted: 5,000 Failed of 100,000 tasks took 10 ms to sort (60-400 ms on a loaded
+-- machine), 0.1 ms along this. It replaces the index on status alone.
+CREATE INDEX IF NOT EXISTS tasks_status_created ON tasks (status, created_at, id);
+CREATE INDEX IF NOT EXISTS tasks_function_status_created
+    ON tasks (function, status, created_at, id);
+DROP INDEX IF EXISTS tasks_status;
 CREATE INDEX IF NOT EXISTS tasks_ended ON tasks (ended_at);
 """
 _COLUMNS = (
@@ -234,6 +241,11 @@ class SqliteTaskStore:
     async def reopen(self, task_id: str, now_ms: int, detail: str) -> Task | None:
         return await self._run(lambda conn: _change(
             conn, task_id, lambda task: decide_reopen(task, now_ms, detail), lambda after: after
+        ))
+
+    async def rerun(self, task_id: str, now_ms: int, detail: str) -> Task:
+        return await self._run(lambda conn: _change(
+            conn, task_id, lambda task: decide_rerun(task, now_ms, detail), lambda after: after
         ))
 
 

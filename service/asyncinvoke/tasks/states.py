@@ -3,6 +3,7 @@
     Enqueued ─► Dequeued ─► Running ─► Succeeded
         │           │          ├─────► Failed
         │           │          ├─────► Retrying ─► Dequeued / Running ...
+        │           │          ├─────► Throttled ─► Dequeued / Running ... (no retry spent)
         │           │          └─────► Stopping ─► Stopped
         └───────────┴──(stop before start)──────► Stopped
     (not started in time: Expired; broke the contract: Invalid)
@@ -10,7 +11,9 @@
 A terminal state is never left by a transition. Only a replay from the failure queue
 (``asyncinvoke dlq replay``) reopens a task that ended without success (Failed, Expired,
 Invalid): it is Enqueued again, a new attempt of the same task. Succeeded is final, and so
-is Stopped, which an operator asked for.
+is Stopped, which an operator asked for, for every copy of a message: only an operator's
+re-run (``asyncinvoke task rerun``, ``store.decide_rerun``) enqueues any ended task again,
+as a new attempt sequence under the same id.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ class Status(StrEnum):
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
     RETRYING = "Retrying"
+    # Our addition to FC's names: the function was busy (HTTP 429/503, no connection,
+    # ``Throttled``); the task waits to try again on its throttle budget.
+    THROTTLED = "Throttled"
     STOPPING = "Stopping"
     STOPPED = "Stopped"
     EXPIRED = "Expired"
@@ -36,7 +42,7 @@ TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.STOPPED, Status.EX
 # Ended without success and not by a stop: a replay makes these Enqueued again.
 REPLAYABLE = frozenset({Status.FAILED, Status.EXPIRED, Status.INVALID})
 # Not started yet: a stop makes these Stopped at once.
-WAITING = frozenset({Status.ENQUEUED, Status.DEQUEUED, Status.RETRYING})
+WAITING = frozenset({Status.ENQUEUED, Status.DEQUEUED, Status.RETRYING, Status.THROTTLED})
 
 _ALLOWED: dict[Status, frozenset[Status]] = {
     Status.ENQUEUED: frozenset({Status.DEQUEUED, Status.RUNNING, Status.STOPPED,
@@ -45,8 +51,10 @@ _ALLOWED: dict[Status, frozenset[Status]] = {
                                 Status.INVALID, Status.FAILED}),
     Status.RETRYING: frozenset({Status.DEQUEUED, Status.RUNNING, Status.STOPPED,
                                 Status.EXPIRED, Status.FAILED}),
+    Status.THROTTLED: frozenset({Status.DEQUEUED, Status.RUNNING, Status.STOPPED,
+                                 Status.EXPIRED, Status.FAILED}),
     Status.RUNNING: frozenset({Status.SUCCEEDED, Status.FAILED, Status.RETRYING,
-                               Status.STOPPING, Status.STOPPED}),
+                               Status.THROTTLED, Status.STOPPING, Status.STOPPED}),
     Status.STOPPING: frozenset({Status.STOPPED}),
 }
 

@@ -18,7 +18,9 @@ import orjson
 from asyncinvoke.contract import pack
 from asyncinvoke.errors import TaskExists as TaskExists  # re-exported: the stores raise it
 from asyncinvoke.errors import TaskFinished as TaskFinished
+from asyncinvoke.errors import TaskNotEnded as TaskNotEnded
 from asyncinvoke.errors import TaskNotFound as TaskNotFound
+from asyncinvoke.errors import TaskNotRerunnable as TaskNotRerunnable
 from asyncinvoke.tasks.states import REPLAYABLE, TERMINAL, WAITING, Status, can_transition
 from asyncinvoke.text import encodable
 
@@ -172,6 +174,12 @@ class TaskStore(Protocol):
         again; None if it is in any other status."""
         ...
 
+    async def rerun(self, task_id: str, now_ms: int, detail: str) -> Task:
+        """An ended task (any terminal status) Enqueued again as a new attempt sequence,
+        its events kept (``decide_rerun``). TaskNotFound; TaskNotEnded for a task that has
+        not ended; TaskNotRerunnable for one without a stored payload."""
+        ...
+
 
 # Decisions shared by the implementations, pure over Task values. A store reads the task,
 # asks one of these what it becomes, and writes that back with a compare-and-set on the
@@ -263,6 +271,10 @@ def decide_transition(
         changes["error"] = error  # a success clears the error of an earlier attempt
     if target is Status.RUNNING and task.started_at is None:
         changes["started_at"] = now_ms
+    if target is Status.THROTTLED:
+        # A throttle spends no attempt: the claim that counted one gives it back, so that
+        # alreadyRetriedTimes counts only the attempts max_retries counts.
+        changes["attempts"] = max(0, task.attempts - 1)
     return _moved(task, target, now_ms, detail, **changes)
 
 
@@ -286,6 +298,36 @@ def decide_reopen(task: Task, now_ms: int, detail: str) -> Task | None:
         status=Status.ENQUEUED,
         updated_at=now_ms,
         ended_at=None,  # it has not ended now; its next end sets this again
+        lease_until=None,
+        events=(*task.events, Event(Status.ENQUEUED, now_ms, detail)),
+    )
+
+
+def decide_rerun(task: Task, now_ms: int, detail: str) -> Task:
+    """The task Enqueued again for a re-run (``asyncinvoke task rerun``): any ended task,
+    also one that succeeded or was stopped, since an operator asks for it by its id.
+
+    A new attempt sequence: the attempt count, start and end, error and result start
+    afresh, so that the task reads as this run; the events keep every earlier run.
+    """
+    if task.status not in TERMINAL:
+        raise TaskNotEnded(task)
+    if task.payload is None:
+        raise TaskNotRerunnable(
+            task,
+            "no payload was kept for it (its message could not be decoded); replay its "
+            "record from the failure queue instead ('asyncinvoke dlq replay --id ID')",
+        )
+    return replace(
+        task,
+        status=Status.ENQUEUED,
+        updated_at=now_ms,
+        attempts=0,
+        started_at=None,
+        ended_at=None,
+        result=None,
+        result_truncated=False,
+        error=None,
         lease_until=None,
         events=(*task.events, Event(Status.ENQUEUED, now_ms, detail)),
     )

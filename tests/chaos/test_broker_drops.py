@@ -1,12 +1,14 @@
 """The broker drops every connection, twice, during 5,000 invocations: all of them run,
-the worker never exits, and /readyz says not-ready in between."""
+the worker never exits, and /readyz says not-ready in between.
+
+On the chaos suite's private node: ``close_all_connections`` on the shared broker would
+drop every other test run's connections too."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import socket
-import subprocess
 from pathlib import Path
 
 import aio_pika
@@ -14,13 +16,9 @@ import aiohttp
 import pytest
 
 from asyncinvoke import Client, contract
-from tests.conftest import AMQP_URL, Namespace, WorkerProcess, collect, declare_queue
-from tests.support.infrastructure import require_tool
-
-
-@pytest.fixture(autouse=True)
-def _rabbitmqctl() -> None:
-    require_tool("rabbitmqctl")
+from tests.chaos.conftest import NodeNamespace
+from tests.conftest import WorkerProcess, collect, declare_queue
+from tests.support.private_broker import PrivateBroker
 
 
 def _free_port() -> int:
@@ -29,13 +27,8 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def _drop_all_connections() -> None:
-    result = await asyncio.to_thread(
-        subprocess.run,
-        ["rabbitmqctl", "-q", "close_all_connections", "asyncinvoke test: broker drop"],
-        capture_output=True, text=True, timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
+async def _drop_all_connections(node: PrivateBroker) -> None:
+    await asyncio.to_thread(node.ctl, "-q", "close_all_connections", "asyncinvoke test: drop")
 
 
 async def _ready(session: aiohttp.ClientSession, port: int) -> bool:
@@ -58,7 +51,7 @@ async def _wait_for_results(
     ran: set[str],
     count: int,
     progress: asyncio.Event,
-    namespace: Namespace,
+    namespace: NodeNamespace,
     worker: WorkerProcess,
     timeout: float = 60,
 ) -> None:
@@ -71,14 +64,12 @@ async def _wait_for_results(
                 await progress.wait()
     except TimeoutError:
         listing = await asyncio.to_thread(
-            subprocess.run,
-            ["rabbitmqctl", "-q", "list_queues", "name", "messages_ready",
-             "messages_unacknowledged", "consumers"],
-            capture_output=True, text=True, timeout=60,
+            namespace.node.ctl, "-q", "list_queues", "name", "messages_ready",
+            "messages_unacknowledged", "consumers",
         )
-        queues = [line for line in listing.stdout.splitlines() if namespace.ns in line]
+        queues = [line for line in listing.splitlines() if namespace.ns in line]
         failed: list[str] = []
-        connection = await aio_pika.connect(AMQP_URL)
+        connection = await aio_pika.connect(namespace.node.url)
         try:  # what ended in {ns}.failed instead, read without taking it away
             channel = await connection.channel()
             queue = await channel.get_queue(namespace.names.failed, ensure=False)
@@ -101,8 +92,9 @@ async def _wait_for_results(
 
 @pytest.mark.timeout(300)  # above the waits' own budgets, so a stall reports what it saw
 async def test_all_invocations_run_through_two_connection_drops(
-    namespace: Namespace, amqp
+    node_namespace: NodeNamespace, node_amqp: aio_pika.abc.AbstractRobustConnection
 ) -> None:
+    namespace = node_namespace
     results = namespace.queue_name("results")
     functions_file = namespace.functions(f"""
         [functions.work]
@@ -110,14 +102,14 @@ async def test_all_invocations_run_through_two_connection_drops(
         concurrency = 50
         on_success = "queue:{results}"
     """)
-    await declare_queue(amqp, results)
+    await declare_queue(node_amqp, results)
     port = _free_port()
     worker = WorkerProcess(namespace, functions_file.path, "--metrics-port", str(port))
     await worker.start()
     ran: set[str] = set()
     progress = asyncio.Event()
     # The test's own connections are dropped too: a robust one keeps collecting.
-    collector = await aio_pika.connect_robust(AMQP_URL, reconnect_interval=1)
+    collector = await aio_pika.connect_robust(namespace.node.url, reconnect_interval=1)
     try:
         async with Client(settings=namespace.settings) as client:
             ids = await client.invoke_many([("work", {"seconds": 0.05}) for _ in range(5000)])
@@ -141,7 +133,7 @@ async def test_all_invocations_run_through_two_connection_drops(
                 # Reconnecting takes milliseconds while the broker is up: poll fast.
                 answers: list[bool] = []
                 watcher = asyncio.create_task(_watch_readiness(session, port, answers))
-                await _drop_all_connections()
+                await _drop_all_connections(namespace.node)
                 async with asyncio.timeout(30):
                     while not (False in answers and answers[-1]):
                         await asyncio.sleep(0.05)
@@ -155,30 +147,22 @@ async def test_all_invocations_run_through_two_connection_drops(
         await worker.kill()
 
 
-async def _queue_drained(names: list[str], timeout: float) -> None:
+async def _queue_drained(node: PrivateBroker, names: list[str], timeout: float) -> None:
     """Until none of ``names`` holds a message, ready or unacknowledged."""
     async with asyncio.timeout(timeout):
         while True:
-            listing = await asyncio.to_thread(
-                subprocess.run,
-                ["rabbitmqctl", "-q", "list_queues", "name", "messages"],
-                capture_output=True, text=True, timeout=60,
-            )
-            depth = {
-                parts[0]: int(parts[1])
-                for parts in (line.split() for line in listing.stdout.splitlines())
-                if len(parts) == 2 and parts[1].isdigit()
-            }
-            if all(depth.get(name, 0) == 0 for name in names):
+            counts = await asyncio.to_thread(node.queue_counts)
+            if all(sum(counts.get(name, (0, 0))) == 0 for name in names):
                 return
             await asyncio.sleep(0.2)
 
 
 async def test_attempts_running_through_a_connection_drop_are_neither_suspects_nor_rerun(
-    namespace: Namespace, tmp_path: Path
+    node_namespace: NodeNamespace, tmp_path: Path
 ) -> None:
     """The worker lives through the drop: the deliveries it was running come back
     redelivered, and are settled by the attempts still running, not run again alone."""
+    namespace = node_namespace
     marks = tmp_path / "marks.txt"
     marks.touch()
     results = namespace.queue_name("results")
@@ -188,7 +172,7 @@ async def test_attempts_running_through_a_connection_drop_are_neither_suspects_n
         concurrency = 20
         on_success = "queue:{results}"
     """)
-    connection = await aio_pika.connect(AMQP_URL)
+    connection = await aio_pika.connect(namespace.node.url)
     try:
         await declare_queue(connection, results)
     finally:
@@ -203,8 +187,8 @@ async def test_attempts_running_through_a_connection_drop_are_neither_suspects_n
         async with asyncio.timeout(30):
             while len(marks.read_text().splitlines()) < 20:
                 await asyncio.sleep(0.05)
-        await _drop_all_connections()
-        connection = await aio_pika.connect(AMQP_URL)
+        await _drop_all_connections(namespace.node)
+        connection = await aio_pika.connect(namespace.node.url)
         try:
             got = await collect(connection, results, 20, timeout=60)
         finally:
@@ -212,9 +196,8 @@ async def test_attempts_running_through_a_connection_drop_are_neither_suspects_n
         assert {contract.unpack(m.body)["requestContext"]["requestId"] for m in got} == set(ids)
         # Before, all 20 went through the suspect queue one at a time (4 s each) and ran
         # twice; now the queues empty as soon as the attempts running end.
-        await _queue_drained(
-            [namespace.names.function_queue("work"), namespace.names.suspect_queue("work")], 30
-        )
+        held = [namespace.names.function_queue("work"), namespace.names.suspect_queue("work")]
+        await _queue_drained(namespace.node, held, 30)
         assert sorted(marks.read_text().splitlines()) == sorted(f"{i} 0" for i in ids)
         assert not [line for line in worker.lines if '"event":"suspect"' in line]
         settled = [line for line in worker.lines if "redelivery_already_settled" in line]
