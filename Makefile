@@ -44,7 +44,7 @@ image: install
 bench: install broker
 	$(BIN)/pip install -q -e '.[test,peers]'
 	$(BIN)/python -m tests.bench.suite
-	$(BIN)/python -m tests.bench.bench_processes
+	$(BIN)/python -m tests.bench.private tests.bench.bench_processes
 
 # The other benchmarks: worker CPU per message against bare aio-pika (and its profile),
 # the HTTP gateway under wrk, and the dead-letter tool's export.
