@@ -54,9 +54,10 @@ from urllib.parse import urlsplit
 
 import psutil
 
+from asyncinvoke import topology
 from tests.bench.bench_peers import OURS_CONCURRENCY, PEER_SETTINGS, drain_bare, drain_timeout
 from tests.bench.common import AMQP_URL, LOADS, note_load, say
-from tests.bench.peers import probe
+from tests.bench.peers import classic_worker, probe
 from tests.bench.peers.runner import (
     CELERY,
     DRAMATIQ,
@@ -217,15 +218,31 @@ async def drain(run: Run, n: int, broker: psutil.Process | None) -> Sample:
 
 
 class OursWorker(OursRun):
-    """Our worker with extra arguments (``--processes``)."""
+    """Our worker with extra arguments (``--processes``), on quorum function queues (the
+    product's) or, with ``classic``, on classic ones (``peers.classic_worker``): whether
+    the queue type is what holds a run back."""
 
-    def __init__(self, *args: Any, worker_args: tuple[str, ...] = (), **kwargs: Any):
+    def __init__(
+        self, *args: Any, worker_args: tuple[str, ...] = (), classic: bool = False, **kwargs: Any
+    ):
         super().__init__(*args, **kwargs)
         self.worker_args = worker_args
+        self.classic = classic
+
+    async def declare(self) -> None:
+        if not self.classic:
+            return await super().declare()
+        quorum = topology.function_queue_arguments
+        classic_worker.use_classic_queues()
+        try:
+            await super().declare()
+        finally:
+            topology.function_queue_arguments = quorum  # type: ignore[assignment]
 
     async def start_worker(self) -> None:
         env = self.space.env(**self.probe_env(), **self.extra_env)
-        command = [sys.executable, "-m", "asyncinvoke", "worker", "--config", str(self.config),
+        module = "tests.bench.peers.classic_worker" if self.classic else "asyncinvoke"
+        command = [sys.executable, "-m", module, "worker", "--config", str(self.config),
                    *self.worker_args]  # fmt: skip
         self.worker = await spawn(command, env, self.log)
 
@@ -234,10 +251,12 @@ async def ours(
     workdir: Path, n: int, broker: psutil.Process | None, *, processes: int = 1,
     handler: str = "tests.bench.peers.ours:noop", concurrency: int = OURS_CONCURRENCY,
     extra: str = "", env: dict[str, str] | None = None, label: str = "asyncinvoke",
+    classic: bool = False,
 ) -> Sample:  # fmt: skip
     async with OursWorker(
         workdir, n, label=label, handler=handler, concurrency=concurrency, toml_extra=extra,
         env={**MULTI_ENV, **(env or {})}, worker_args=("--processes", str(processes)),
+        classic=classic,
     ) as run:  # fmt: skip
         assert isinstance(run, OursRun)
         await run.declare()
@@ -342,14 +361,22 @@ async def cpu_bound(args: argparse.Namespace, workdir: Path, broker: Any) -> dic
     n = args.cpu_n
     burn_env = {"BENCH_TASK": "burn", "BENCH_BURN_MS": str(BURN_MS)}
     series = {
-        "ours": Series("ours", 'asyncinvoke, executor = "process", concurrency 2'),
-        "dramatiq": Series("dramatiq", "Dramatiq -p 2 --threads 1"),
-        "celery": Series("celery", "Celery prefork -c 2"),
+        "ours": Series("ours", 'asyncinvoke, executor = "process", concurrency 2 (quorum queue)'),
+        "classic": Series("classic", "asyncinvoke, as above, on a classic queue"),
+        "dramatiq": Series("dramatiq", "Dramatiq -p 2 --threads 1 (classic queue)"),
+        "celery": Series("celery", "Celery prefork -c 2 (classic queue)"),
     }
     attempts: dict[str, Callable[[], Awaitable[Sample]]] = {
         "ours": partial(
             ours, workdir, n, broker, handler="tests.bench.peers.ours:burn", concurrency=2,
             extra='executor = "process"\n', env=burn_env, label="asyncinvoke cpu",
+        ),
+        # The peers' queues are classic; ours are quorum queues (the product's): the same
+        # worker on a classic queue tells the queue type's share from the worker's.
+        "classic": partial(
+            ours, workdir, n, broker, handler="tests.bench.peers.ours:burn", concurrency=2,
+            extra='executor = "process"\n', env=burn_env, label="asyncinvoke cpu classic",
+            classic=True,
         ),
         "dramatiq": partial(peer, "dramatiq", workdir, n, broker, processes=2, threads=1,
                             env=burn_env),
