@@ -11,7 +11,7 @@ from asyncinvoke.console.history import (
     Totals,
     read_totals,
 )
-from asyncinvoke.console.policy_sources import BUILT_IN, DEFAULTS, sources
+from asyncinvoke.console.policy_sources import BUILT_IN, DEFAULTS, sources, with_live
 from asyncinvoke.console.shown import CHART_HEIGHT, bars, parse_when, value_text, when
 from asyncinvoke.contract import pack
 from asyncinvoke.metrics import Metrics
@@ -29,6 +29,17 @@ def test_each_policy_field_names_the_table_that_set_it() -> None:
     assert found["backoff"] == DEFAULTS
     assert found["concurrency"] == BUILT_IN
     assert sources(document, "other")["max_retries"] == BUILT_IN
+
+
+def test_fields_live_configuration_sets_name_it_and_its_version() -> None:
+    file_sources = {"max_retries": DEFAULTS, "concurrency": BUILT_IN, "timeout": DEFAULTS}
+    live_sources = {"max_retries": "api", "concurrency": "functions file"}
+    found = with_live(file_sources, live_sources, "api", 7)
+    assert found == {
+        "max_retries": "live configuration (version 7)",
+        "concurrency": BUILT_IN,
+        "timeout": DEFAULTS,
+    }
 
 
 def test_the_history_counts_per_minute_from_cumulative_snapshots() -> None:

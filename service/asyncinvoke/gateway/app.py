@@ -100,6 +100,8 @@ class Gateway:
             access_keys,
             self.metrics,
             counts_worker=metrics is not None,  # serve shares its worker's metrics
+            live=self.live,
+            shown=fcapi.shown_policy,
         )
         self._runner: web.AppRunner | None = None
         self.host = ""

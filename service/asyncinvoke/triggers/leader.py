@@ -75,6 +75,7 @@ class Leadership:
         self.deposed.set()
         self._held: list[aio_pika.abc.AbstractIncomingMessage] = []
         self._channel: aio_pika.abc.AbstractChannel | None = None
+        self._queue: aio_pika.abc.AbstractQueue | None = None
         self._lock = asyncio.Lock()
 
     @property
@@ -86,8 +87,11 @@ class Leadership:
         channel.close_callbacks.add(self._on_channel_lost)
         assert self.broker.connection is not None
         self.broker.connection.close_callbacks.add(self._on_channel_lost)
-        queue = await channel.get_queue(self.names.trigger_leader, ensure=False)
-        await queue.consume(self._on_baton)
+        # Declared (passively) on the robust channel and held here: after a reconnect
+        # aio-pika restores only consumers of queues it declared and that are still
+        # referenced; without it this worker would never be a candidate again.
+        self._queue = await channel.declare_queue(self.names.trigger_leader, passive=True)
+        await self._queue.consume(self._on_baton)
         await self.broker.publish("", self.names.trigger_leader, encode_baton({}))
 
     async def stop(self) -> None:
@@ -97,7 +101,7 @@ class Leadership:
             self._channel.close_callbacks.discard(self._on_channel_lost)
             with contextlib.suppress(Exception):
                 await self._channel.close()
-            self._channel = None
+            self._channel = self._queue = None
         if self.broker.connection is not None:
             self.broker.connection.close_callbacks.discard(self._on_channel_lost)
 
@@ -136,7 +140,10 @@ class Leadership:
 
     def _on_channel_lost(self, *_: object) -> None:
         # Deliveries of a lost channel cannot be acked, and the broker has given the
-        # baton back to the queue: whoever it goes to now leads.
+        # baton back to the queue: whoever it goes to now leads. A late notice of an old
+        # channel's loss must not depose a leader already holding a baton of the new one.
+        if self._held and all(_is_open(message) for message in self._held):
+            return
         self._step_down()
 
     def _step_down(self) -> None:
@@ -145,3 +152,12 @@ class Leadership:
         self.elected.clear()
         self.deposed.set()
         self._held = []
+
+
+def _is_open(message: aio_pika.abc.AbstractIncomingMessage) -> bool:
+    """Whether the channel ``message`` came on is still open (aiormq raises for one that
+    lost its transport)."""
+    try:
+        return not message.channel.is_closed
+    except aiormq.exceptions.AMQPError:
+        return False

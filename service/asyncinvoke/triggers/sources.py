@@ -193,6 +193,9 @@ class SourceConsumer:
     async def _take(self, slots: asyncio.Semaphore) -> None:
         """A slot for one more batch; SourceGone (or the failure) if the source went away
         meanwhile: batches after a failed one wait for it forever and hold their slots."""
+        if not slots.locked():  # the common case: no futures to make
+            await slots.acquire()
+            return
         slot = asyncio.ensure_future(slots.acquire())
         gone = asyncio.ensure_future(self._gone.wait())
         try:
