@@ -36,6 +36,7 @@ if TYPE_CHECKING:
         TaskNotFound,
         TaskNotRerunnable,
         TaskStoreUnavailable,
+        Throttled,
         UnknownFunctionError,
         UnroutableError,
     )
@@ -73,6 +74,7 @@ _HOMES = {
             "TaskNotFound",
             "TaskNotRerunnable",
             "TaskStoreUnavailable",
+            "Throttled",
             "UnknownFunctionError",
             "UnroutableError",
         )
@@ -106,6 +108,7 @@ __all__ = [
     "TaskNotFound",
     "TaskNotRerunnable",
     "TaskStoreUnavailable",
+    "Throttled",
     "UnknownFunctionError",
     "UnroutableError",
     "__version__",

@@ -95,7 +95,7 @@ def serve(sock: socket.socket, handler: Any) -> None:
     """Answer requests, in order, until the worker closes the socket."""
     from asyncinvoke import contract
     from asyncinvoke.context import Context
-    from asyncinvoke.errors import NonRetryableError
+    from asyncinvoke.errors import NonRetryableError, Throttled
 
     requests = Requests(sock)
     while (request := requests.next()) is not None:
@@ -117,6 +117,9 @@ def serve(sock: socket.socket, handler: Any) -> None:
                 "error": contract.ErrorInfo.of(exc).to_wire(),
                 "retryable": not isinstance(exc, NonRetryableError),
             }
+            if isinstance(exc, Throttled):
+                answer["throttled"] = True
+                answer["retry_after"] = exc.retry_after
         try:
             frame = contract.pack(answer)
         except Exception as exc:  # a result msgpack cannot carry

@@ -12,6 +12,7 @@ follows from it was confirmed.
 from __future__ import annotations
 
 import asyncio
+import traceback
 import weakref
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -48,7 +49,20 @@ class Acks:
         state = self._channels.get(message.channel)
         if state is None:
             state = self._channels[message.channel] = _ChannelAcks()
-        state.done.add(message.delivery_tag)
+        tag = message.delivery_tag
+        if tag <= state.floor or tag in state.sent_above or tag in state.done:
+            # A second ack (or an ack after a nack) of one delivery is a channel error
+            # for the broker: it would close the channel, and every other delivery in
+            # flight on it would be redelivered and run again. It is a bug in the
+            # caller, so it is logged loudly, with where it came from, and not sent.
+            log.error(
+                "ack_twice",
+                delivery_tag=tag,
+                message_id=getattr(message, "message_id", None),
+                caller="".join(traceback.format_stack(limit=8)[:-1]),
+            )
+            return
+        state.done.add(tag)
         if not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._flush_soon)

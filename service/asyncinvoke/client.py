@@ -19,7 +19,7 @@ from uuid import uuid4
 import aio_pika
 import aiormq
 
-from asyncinvoke import clock, contract, dispatch, topology
+from asyncinvoke import clock, contract, dispatch, topology, tracing
 from asyncinvoke.broker import Broker
 from asyncinvoke.contract import Envelope, ErrorInfo, Reply
 from asyncinvoke.errors import (
@@ -130,8 +130,10 @@ class Client:
                 wire["due_at"] = created_at + round(delay * 1000)
         if task is not None:
             wire["task"] = task
-        if meta:
-            wire["meta"] = dict(meta)
+        # The trace context current here (the caller's publish span) rides in the meta.
+        traced_meta = tracing.traced_meta(meta)
+        if traced_meta:
+            wire["meta"] = traced_meta
         envelope = contract.from_wire(
             wire, received_at_ms=created_at, max_delay_s=self.settings.max_delay_s
         )
@@ -179,16 +181,20 @@ class Client:
         With ``task=True`` the task is recorded (Enqueued) before it is published, and an
         id that already exists is refused with TaskExists.
         """
-        envelope, body = self.envelope(function, payload, delay=delay, id=id, task=task, meta=meta)
-        await self.ensure_function(function)
-        if task:
-            await self._create_task(envelope)
-        try:
-            await dispatch.send(self.broker, self.names, envelope, body)
-        except AsyncInvokeError as exc:
+        with tracing.publishing(self.names.invoke, function):
+            envelope, body = self.envelope(
+                function, payload, delay=delay, id=id, task=task, meta=meta
+            )
+            tracing.describe(envelope, len(body))
+            await self.ensure_function(function)
             if task:
-                await self._not_accepted(envelope, exc)
-            raise
+                await self._create_task(envelope)
+            try:
+                await dispatch.send(self.broker, self.names, envelope, body)
+            except AsyncInvokeError as exc:
+                if task:
+                    await self._not_accepted(envelope, exc)
+                raise
         return envelope.id
 
     async def tasks(self) -> TaskStore:
@@ -235,16 +241,20 @@ class Client:
         # queue would wait Enqueued for nothing.
         await self.ensure_function(found.function)
         now = clock.now_ms()
-        # Built first, so that a payload the envelope refuses leaves the task as it was.
-        # A task without a payload is refused by the store's rerun.
-        payload = None if found.payload is None else contract.unpack(found.payload)
-        envelope, body = self.envelope(found.function, payload, id=task_id, task=True, now_ms=now)
-        rerun = await store.rerun(task_id, now, f"rerun after it ended {found.status.value}")
-        try:
-            await dispatch.send(self.broker, self.names, envelope, body)
-        except AsyncInvokeError as exc:
-            await self._not_accepted(envelope, exc)
-            raise
+        with tracing.publishing(self.names.invoke, found.function):
+            # Built first, so that a payload the envelope refuses leaves the task as it
+            # was. A task without a payload is refused by the store's rerun.
+            payload = None if found.payload is None else contract.unpack(found.payload)
+            envelope, body = self.envelope(
+                found.function, payload, id=task_id, task=True, now_ms=now
+            )
+            tracing.describe(envelope, len(body))
+            rerun = await store.rerun(task_id, now, f"rerun after it ended {found.status.value}")
+            try:
+                await dispatch.send(self.broker, self.names, envelope, body)
+            except AsyncInvokeError as exc:
+                await self._not_accepted(envelope, exc)
+                raise
         return rerun
 
     async def _create_task(self, envelope: Envelope) -> None:
@@ -292,22 +302,24 @@ class Client:
         One attempt, no retries. A function error raises FunctionError; no reply within
         ``timeout`` seconds raises CallTimeout.
         """
-        envelope, _ = self.envelope(function, payload, id=id, meta=meta)
-        envelope.reply_by = envelope.created_at + round(timeout * 1000)
-        await self.ensure_function(function)
-        await self.prepare_calls()
         correlation_id = uuid4().hex
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        self._replies[correlation_id] = future
         try:
-            await self.broker.publish(
-                self.names.invoke,
-                function,
-                contract.encode(envelope),
-                message_id=envelope.id,
-                reply_to=DIRECT_REPLY_TO,
-                correlation_id=correlation_id,
-            )
+            with tracing.publishing(self.names.invoke, function):
+                envelope, _ = self.envelope(function, payload, id=id, meta=meta)
+                envelope.reply_by = envelope.created_at + round(timeout * 1000)
+                tracing.describe(envelope, 0)
+                await self.ensure_function(function)
+                await self.prepare_calls()
+                self._replies[correlation_id] = future
+                await self.broker.publish(
+                    self.names.invoke,
+                    function,
+                    contract.encode(envelope),
+                    message_id=envelope.id,
+                    reply_to=DIRECT_REPLY_TO,
+                    correlation_id=correlation_id,
+                )
             try:
                 async with asyncio.timeout(timeout):
                     reply = await future
@@ -366,12 +378,7 @@ class Client:
         raises InvokeManyError listing the accepted and the failed ids.
         """
         now = clock.now_ms()
-        built = [
-            self.envelope(function, payload, delay=delay, now_ms=now)
-            for function, payload in invocations
-        ]
-        for function in {envelope.fn for envelope, _ in built}:
-            await self.ensure_function(function)
+        invocations = list(invocations)
         failed: dict[str, BaseException] = {}
         semaphore = asyncio.Semaphore(window)
 
@@ -382,7 +389,15 @@ class Client:
                 except AsyncInvokeError as exc:
                     failed[envelope.id] = exc
 
-        await asyncio.gather(*(one(envelope, body) for envelope, body in built))
+        # One publish span for the batch; every invocation in it carries its context.
+        with tracing.publishing(self.names.invoke, "", batch=len(invocations)):
+            built = [
+                self.envelope(function, payload, delay=delay, now_ms=now)
+                for function, payload in invocations
+            ]
+            for function in {envelope.fn for envelope, _ in built}:
+                await self.ensure_function(function)
+            await asyncio.gather(*(one(envelope, body) for envelope, body in built))
         ids = [envelope.id for envelope, _ in built]
         if failed:
             raise InvokeManyError([i for i in ids if i not in failed], failed)

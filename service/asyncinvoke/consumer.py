@@ -204,8 +204,11 @@ class Consumers:
         """Whether anything is consumed yet."""
         return bool(self._consumers) or self._control is not None
 
-    async def consume(self, queue: str, prefetch: int, callback: Callback) -> None:
-        """Consume ``queue`` (which must exist) on a channel of its own."""
+    async def consume(
+        self, queue: str, prefetch: int, callback: Callback, *, paused: bool = False
+    ) -> None:
+        """Consume ``queue`` (which must exist) on a channel of its own; ``paused``: make
+        the channel, but receive nothing until ``resume``."""
         channel = await self.broker.channel(prefetch=prefetch)
         assert isinstance(channel, aio_pika.RobustChannel)
         self._channels.append((channel, queue, prefetch))
@@ -217,8 +220,40 @@ class Consumers:
                 f"queue {queue!r} does not exist: run 'asyncinvoke topology declare'"
             ) from None
         consumer = Consumer(channel, queue, callback, self.broker)
-        await consumer.start()
         self._consumers.append(consumer)
+        if not paused:
+            await consumer.start()
+        else:
+            consumer._cancelled = True
+
+    def _find(self, queue: str) -> Consumer:
+        return next(consumer for consumer in reversed(self._consumers) if consumer.queue == queue)
+
+    async def pause(self, queue: str) -> None:
+        """Stop receiving from ``queue`` (live configuration: a paused function); the
+        deliveries received stay with their callbacks, which return them."""
+        await self._find(queue).cancel()
+
+    async def resume(self, queue: str) -> None:
+        """Receive from ``queue`` again, on its channel, after ``pause``."""
+        old = self._find(queue)
+        if not old._cancelled:
+            return
+        consumer = Consumer(old.channel, queue, old.callback, self.broker)
+        self._consumers[self._consumers.index(old)] = consumer
+        await consumer.start()
+
+    async def set_prefetch(self, queue: str, prefetch: int) -> None:
+        """A new prefetch for ``queue`` (live configuration: its concurrency). RabbitMQ
+        applies a per-consumer prefetch to consumers started after it, so a running
+        consumer is started again (what it received stays with its callbacks)."""
+        for number, (channel, consumed, _) in enumerate(self._channels):
+            if consumed == queue:
+                await channel.set_qos(prefetch_count=prefetch)
+                self._channels[number] = (channel, queue, prefetch)
+        if not self._find(queue)._cancelled:
+            await self.pause(queue)
+            await self.resume(queue)
 
     async def control(
         self, exchange: str, callback: Callable[[Any], Coroutine[Any, Any, None]], prefetch: int

@@ -33,6 +33,8 @@ MAX_CLOCK_SKEW_MS = 300_000
 # the slack lets an older or newer peer's envelopes through, and the bound keeps the
 # increment of a retry inside msgpack's 64-bit integers.
 MAX_ATTEMPT = 64
+# The highest throttle count accepted: a budget of a day throttled every second, with room.
+MAX_THROTTLES = 1_000_000
 # How far ahead a 'due_at' may lie: the ladder's reach. The service writes at most a
 # backoff or a task lease ahead (both capped at a day), and anything beyond one trip down
 # the ladder would circle it forever without ever becoming due or expiring.
@@ -48,6 +50,7 @@ EVENT_AGE_EXCEEDED = "EventAgeExceeded"
 INVALID_MESSAGE = "InvalidMessage"
 UNKNOWN_FUNCTION = "UnknownFunction"
 DELIVERY_LIMIT_EXCEEDED = "DeliveryLimitExceeded"
+THROTTLE_EXHAUSTED = "ThrottleExhausted"  # throttled past the function's throttle_budget
 CONDITIONS = (
     SUCCESS,
     RETRIES_EXHAUSTED,
@@ -56,6 +59,7 @@ CONDITIONS = (
     INVALID_MESSAGE,
     UNKNOWN_FUNCTION,
     DELIVERY_LIMIT_EXCEEDED,
+    THROTTLE_EXHAUSTED,
 )
 
 # Keys a record carries beside those of SPEC section 5, when it cannot carry everything
@@ -63,6 +67,7 @@ CONDITIONS = (
 # 'invocation' cannot hold it; what was replaced by a readable rendering, and why; the
 # size of an original message of which the record keeps only the start.
 INVOCATION_BASE64 = "invocationBase64"
+CONFIG_VERSION = "configVersion"  # in requestContext: the live configuration's version
 ENCODING_ERROR = "encodingError"
 INVOCATION_BYTES = "invocationBytes"
 
@@ -70,6 +75,11 @@ INVOCATION_BYTES = "invocationBytes"
 HANDLED = "HandledInvocationError"
 UNHANDLED = "UnhandledInvocationError"
 TIMEOUT = "TimeoutError"
+
+# W3C trace context (SPEC section 12) travels in 'meta' under the names of its HTTP headers:
+# any producer that can write a header can start or continue the trace (tracing.py).
+META_TRACEPARENT = "traceparent"
+META_TRACESTATE = "tracestate"
 
 _PUBLIC_KEYS = frozenset(
     {"v", "id", "fn", "payload", "created_at", "delay", "attempt", "task", "meta"}
@@ -79,6 +89,14 @@ _PUBLIC_KEYS = frozenset(
 # replay from the failure queue (a task that failed may run again; one that succeeded never).
 _INTERNAL_KEYS = frozenset({"due_at", "reply_by", "replay"})
 _KNOWN_KEYS = _PUBLIC_KEYS | _INTERNAL_KEYS
+# The service's own throttle state travels in 'meta', under these keys, as decimal text:
+# how many throttles the invocation has had, and when the first came (ms). Not as keys of
+# their own: a worker of an earlier release refuses an envelope with a key it does not
+# know, while it carries meta through its retries unread, so an envelope a newer worker
+# throttled still runs on an older one. Handlers never see them in context.meta.
+META_THROTTLES = "asyncinvoke-throttles"
+META_THROTTLED_SINCE = "asyncinvoke-throttled-since"
+_THROTTLE_META = (META_THROTTLES, META_THROTTLED_SINCE)
 
 
 @dataclass(slots=True)
@@ -96,6 +114,8 @@ class Envelope:
     due_at: int | None = None  # internal: start no earlier than this (ms)
     reply_by: int | None = None  # internal: a sync caller waits until then (ms)
     replay: bool = False  # internal: sent again by 'dlq replay'
+    throttles: int = 0  # internal (in meta): throttled attempts so far; they are no attempts
+    throttled_since: int | None = None  # internal (in meta): the first throttle (ms)
 
     def due_at_ms(self) -> int:
         """When this invocation may start (ms since the epoch)."""
@@ -117,8 +137,9 @@ class Envelope:
             wire["attempt"] = self.attempt
         if self.task is not None:
             wire["task"] = self.task
-        if self.meta:
-            wire["meta"] = self.meta
+        meta = self._wire_meta()
+        if meta:
+            wire["meta"] = meta
         if self.due_at is not None:
             wire["due_at"] = self.due_at
         if self.reply_by is not None:
@@ -127,9 +148,22 @@ class Envelope:
             wire["replay"] = True
         return wire
 
+    def _wire_meta(self) -> dict[str, str] | None:
+        if not self.throttles:
+            return self.meta
+        meta = dict(self.meta or {})
+        meta[META_THROTTLES] = str(self.throttles)
+        if self.throttled_since is not None:
+            meta[META_THROTTLED_SINCE] = str(self.throttled_since)
+        return meta
+
     def for_replay(self) -> dict[str, Any]:
         """The envelope as a producer sent it: attempt count and internal keys dropped."""
         wire = self.to_wire()
+        if self.meta:
+            wire["meta"] = self.meta  # without the throttle state: a replay starts afresh
+        else:
+            wire.pop("meta", None)
         wire.pop("attempt", None)
         wire.pop("due_at", None)
         wire.pop("reply_by", None)
@@ -225,6 +259,7 @@ def from_wire(data: dict[str, Any], *, received_at_ms: int, max_delay_s: int) ->
         and all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items())
     ):
         raise InvalidMessage("'meta' must be a map of strings to strings", partial=data)
+    meta, throttles, throttled_since = _throttle_state(meta, data)
     due_at = data.get("due_at")
     if due_at is not None and type(due_at) is not int:
         raise InvalidMessage("'due_at' must be an integer", partial=data)
@@ -252,7 +287,30 @@ def from_wire(data: dict[str, Any], *, received_at_ms: int, max_delay_s: int) ->
         due_at=due_at,
         reply_by=reply_by,
         replay=replay,
+        throttles=throttles,
+        throttled_since=throttled_since,
     )
+
+
+def _throttle_state(
+    meta: dict[str, str] | None, data: dict[str, Any]
+) -> tuple[dict[str, str] | None, int, int | None]:
+    """The caller's meta without the service's throttle keys, and the throttle state."""
+    if meta is None or not any(key in meta for key in _THROTTLE_META):
+        return meta, 0, None
+    values: list[int | None] = []
+    for key, high in ((META_THROTTLES, MAX_THROTTLES), (META_THROTTLED_SINCE, 2**63 - 1)):
+        text = meta.get(key)
+        if text is not None and not (text.isascii() and text.isdigit() and int(text) <= high):
+            raise InvalidMessage(
+                f"meta key {key!r} is the service's own and must be a whole number up to "
+                f"{high}, got {text[:40]!r}; a producer leaves keys starting "
+                "'asyncinvoke-' out of meta",
+                partial=data,
+            )
+        values.append(None if text is None else int(text))
+    rest = {key: value for key, value in meta.items() if key not in _THROTTLE_META}
+    return rest or None, values[0] or 0, values[1]
 
 
 # -- what an attempt produced, and how a caller or a record is told ----------------------
@@ -329,6 +387,10 @@ class Outcome:
     status_code: int = 200
     retryable: bool = True
     duration_ms: float = 0.0
+    # The function was busy (HTTP 429/503, no connection, ``Throttled``): retried on the
+    # throttle budget, not on max_retries; not before ``retry_after_ms`` when it said so.
+    throttled: bool = False
+    retry_after_ms: int | None = None
 
 
 # -- synchronous replies -----------------------------------------------------------------
@@ -430,6 +492,9 @@ class Record:
     invocation_bytes: int | None = None
     delivery_error: DeliveryError | None = None
     encoding_error: str | None = None
+    # The live configuration's version the attempt ran under (0: the functions file alone);
+    # None for a record no attempt made (invalid, unknown function, poison).
+    config_version: int | None = None
 
     @property
     def error(self) -> ErrorInfo | None:
@@ -467,6 +532,8 @@ class Record:
             wire[DELIVERY_ERROR] = self.delivery_error.to_wire()
         if self.encoding_error is not None:
             wire[ENCODING_ERROR] = self.encoding_error
+        if self.config_version is not None:
+            wire[REQUEST_CONTEXT][CONFIG_VERSION] = self.config_version
         return wire
 
     @classmethod
@@ -500,6 +567,7 @@ class Record:
             invocation_bytes=kept if isinstance(kept, int) else None,
             delivery_error=DeliveryError.from_wire(data.get(DELIVERY_ERROR)),
             encoding_error=encoding_error if isinstance(encoding_error, str) else None,
+            config_version=_whole(context.get(CONFIG_VERSION)),
         )
 
 

@@ -17,7 +17,7 @@ from uuid import uuid4
 import aiohttp
 import tenacity
 
-from asyncinvoke import _testpoints, clock, contract, dispatch, record_codec
+from asyncinvoke import _testpoints, clock, contract, dispatch, record_codec, tracing
 from asyncinvoke.broker import Broker
 from asyncinvoke.contract import DeliveryError, Envelope, Record
 from asyncinvoke.errors import HttpDeliveryError, PublishError, PublishTimeout
@@ -81,34 +81,41 @@ class Destinations:
         await self._publish_record(record, self.names.failed, record.function)
 
     async def _publish_record(self, record: Record, exchange: str, key: str) -> None:
-        await self.broker.publish(
-            exchange,
-            key,
-            record_codec.pack_record(record.to_wire()),
-            message_id=record.request_id,
-            headers={
-                contract.FUNCTION_HEADER: record.function,
-                contract.CONDITION_HEADER: record.condition,
-            },
-        )
+        headers = {
+            contract.FUNCTION_HEADER: record.function,
+            contract.CONDITION_HEADER: record.condition,
+        }
+        with tracing.publishing(exchange or "amq.default", key):
+            tracing.headers(headers)  # whoever reads the record joins the trace
+            await self.broker.publish(
+                exchange,
+                key,
+                record_codec.pack_record(record.to_wire()),
+                message_id=record.request_id,
+                headers=headers,
+            )
 
     async def _to_function(self, record: Record, function: str) -> None:
         wire = record.to_wire()
-        envelope = Envelope(
-            id=f"{record.request_id[:100]}_{uuid4().hex[:16]}",
-            fn=function,
-            payload=wire,
-            created_at=clock.now_ms(),
-            meta={"source": record.request_id, "condition": record.condition},
-        )
-        # The record is that function's payload: it must fit the payload limit.
-        body = record_codec.encode_record(
-            wire,
-            lambda value: contract.encode(replace(envelope, payload=value)),
-            self.broker.settings.max_payload_bytes,
-        )
-        await _testpoints.pause("function_destination")
-        await dispatch.send(self.broker, self.names, envelope, body)
+        with tracing.publishing(self.names.invoke, function):
+            envelope = Envelope(
+                id=f"{record.request_id[:100]}_{uuid4().hex[:16]}",
+                fn=function,
+                payload=wire,
+                created_at=clock.now_ms(),
+                meta=tracing.traced_meta(
+                    {"source": record.request_id, "condition": record.condition}
+                ),
+            )
+            # The record is that function's payload: it must fit the payload limit.
+            body = record_codec.encode_record(
+                wire,
+                lambda value: contract.encode(replace(envelope, payload=value)),
+                self.broker.settings.max_payload_bytes,
+            )
+            tracing.describe(envelope, len(body))
+            await _testpoints.pause("function_destination")
+            await dispatch.send(self.broker, self.names, envelope, body)
 
     async def _to_http(self, record: Record, url: str) -> None:
         body = record_codec.record_json(record.to_wire())
@@ -134,18 +141,24 @@ class Destinations:
         try:
             # Never follow a redirect: aiohttp would turn the POST into a GET without the
             # record (301/302/303) and count the 2xx at the end as delivered.
-            async with self.session.post(
-                url, data=body, headers=headers, timeout=timeout, allow_redirects=False
-            ) as response:
-                if 300 <= response.status < 400:
-                    location = response.headers.get("Location") or "(no Location header)"
-                    raise HttpDeliveryError(
-                        url,
-                        f"status {response.status}: redirected to {location}, not followed "
-                        "(redirects never are); set the destination to the final address",
-                    )
-                if not 200 <= response.status < 300:
-                    detail = (await response.read())[:300].decode("utf-8", errors="replace")
-                    raise HttpDeliveryError(url, f"status {response.status} {detail}".strip())
+            with tracing.http_call(url, headers) as span:
+                async with self.session.post(
+                    url, data=body, headers=headers, timeout=timeout, allow_redirects=False
+                ) as response:
+                    tracing.http_status(span, response.status)
+                    await self._check(url, response)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise HttpDeliveryError(url, str(exc) or type(exc).__name__) from None
+
+    async def _check(self, url: str, response: aiohttp.ClientResponse) -> None:
+        """A 2xx delivered the record; anything else is a failed POST."""
+        if 300 <= response.status < 400:
+            location = response.headers.get("Location") or "(no Location header)"
+            raise HttpDeliveryError(
+                url,
+                f"status {response.status}: redirected to {location}, not followed "
+                "(redirects never are); set the destination to the final address",
+            )
+        if not 200 <= response.status < 300:
+            detail = (await response.read())[:300].decode("utf-8", errors="replace")
+            raise HttpDeliveryError(url, f"status {response.status} {detail}".strip())

@@ -13,7 +13,7 @@ cannot drop a republished message.
 
 from __future__ import annotations
 
-from asyncinvoke import clock, contract, ladder
+from asyncinvoke import clock, contract, ladder, tracing
 from asyncinvoke.broker import Broker
 from asyncinvoke.contract import Envelope
 from asyncinvoke.topology import Names
@@ -26,17 +26,20 @@ async def send(
 
     The ladder's seconds are reckoned at the moment of publishing, not when the
     envelope was made: in a burst the two lie a hundred milliseconds and more apart.
-    ``body`` is the envelope already encoded, when the caller has it.
+    ``body`` is the envelope already encoded, when the caller has it; a caller that
+    encodes it has put the trace context in its meta and holds the publish span itself
+    (``tracing.publishing``). Otherwise this publish is a span, and the envelope sent
+    carries it: a retry, a forward, a deferral, a replay.
     """
     delay_s = ladder.seconds_to_wait(envelope.due_at_ms() - clock.now_ms())
-    if body is None:
-        body = contract.encode(envelope)
     if delay_s > 0:
-        await broker.publish(
-            names.level(ladder.entry_level(delay_s)),
-            ladder.routing_key(delay_s, envelope.fn),
-            body,
-            message_id=envelope.id,
-        )
+        exchange = names.level(ladder.entry_level(delay_s))
+        routing_key = ladder.routing_key(delay_s, envelope.fn)
     else:
-        await broker.publish(names.invoke, envelope.fn, body, message_id=envelope.id)
+        exchange, routing_key = names.invoke, envelope.fn
+    if body is not None:
+        await broker.publish(exchange, routing_key, body, message_id=envelope.id)
+        return
+    with tracing.publishing(exchange, routing_key, envelope):
+        body = contract.encode(tracing.traced(envelope))
+        await broker.publish(exchange, routing_key, body, message_id=envelope.id)

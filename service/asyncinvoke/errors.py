@@ -11,6 +11,7 @@
     │       └── PublishInterrupted  the connection was lost before the confirm came
     ├── BrokerUnavailable      no connection to the broker could be made
     ├── UnknownFunctionError   the function has no queue in the namespace (Client)
+    │   └── FunctionNotConfigured  not in the functions file: no live configuration for it
     ├── FunctionError          a synchronous call's function failed (Client.call)
     ├── CallTimeout            no reply to a synchronous call in time (Client.call)
     ├── InvokeManyError        some publishes of an invoke_many were not confirmed
@@ -23,10 +24,19 @@
     ├── TaskStoreUnavailable   the task store cannot be reached or cannot write now (transient)
     ├── StoreUnavailable       the configuration stream cannot be read or a change confirmed
     ├── InvalidDocument        a configuration document, its kind or name is not storable
+    ├── InvalidConfig          a live configuration value is out of range or form (names the field)
+    ├── FunctionPaused         the function was paused (reservedConcurrency 0) before an attempt
     ├── HttpDeliveryError      an HTTP destination refused a record or could not be reached
     ├── NonRetryableError      raised by a handler: fail now, do not retry
+    ├── Throttled              raised by a handler: busy now, try later (spends no retry)
     ├── HandlerProcessDied     a handler's own process (executor = "process") ended mid-attempt
+    ├── NotStarted             an attempt queued behind one whose process ended; it never ran
     ├── QueueBusy              the console: another browse holds the failure queue now
+    ├── TriggerError           a trigger (timer or RabbitMQ source)
+    │   ├── InvalidTrigger     a definition is wrong (names the field)
+    │   ├── TriggerNotFound    no trigger of that name on the function
+    │   ├── TriggerExists      the function has a trigger of that name already
+    │   └── SourceGone         a RabbitMQ trigger's source queue or broker went away
     ├── ManagementUnavailable  the console: RabbitMQ's management API gave no counts
     ├── DlqError               the dead-letter tool (``asyncinvoke dlq``)
     │   ├── QueueMissing       {ns}.failed does not exist
@@ -180,6 +190,18 @@ class UnknownFunctionError(AsyncInvokeError):
         self.function = function
 
 
+class FunctionNotConfigured(UnknownFunctionError):
+    """Live configuration for a function that is not in the functions file."""
+
+    def __init__(self, function: str, path: str):
+        AsyncInvokeError.__init__(
+            self,
+            f"function {function!r} does not exist: it is not in the functions file {path}; "
+            "a configuration can only be set for a known function",
+        )
+        self.function = function
+
+
 class FunctionError(AsyncInvokeError):
     """A synchronous call's function failed: ``info`` says how; ``error`` is the same as
     its errorType/errorMessage/stackTrace map."""
@@ -298,8 +320,37 @@ class InvalidDocument(AsyncInvokeError, ValueError):
     """A document for the configuration store, or its kind or name, cannot be stored."""
 
 
+class InvalidConfig(AsyncInvokeError, ValueError):
+    """A live configuration value (PutAsyncInvokeConfig, PutConcurrencyConfig, the CLI)
+    is out of range or form; ``field`` names it, the message gives the range or forms."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+class FunctionPaused(AsyncInvokeError):
+    """The worker's pipeline: the function was paused after a delivery was received and
+    before its attempt started; the delivery goes back to its queue."""
+
+
 class NonRetryableError(AsyncInvokeError):
     """Raise from a handler to end the invocation now, without retries."""
+
+
+class Throttled(AsyncInvokeError):
+    """Raise from a handler when what it needs is busy (rate-limited, overloaded): the
+    attempt is retried through the delay ladder after ``retry_after`` seconds (or the
+    function's backoff when None), and it does not count against ``max_retries``; the
+    function's ``throttle_budget`` bounds how long throttles go on (then the record's
+    condition is ``ThrottleExhausted``). An HTTP function answering 429 or 503, or one
+    that cannot be connected to, is throttled the same way."""
+
+    def __init__(self, message: str = "throttled", *, retry_after: float | None = None):
+        if retry_after is not None and not (0 <= retry_after < float("inf")):
+            raise ValueError(f"retry_after must be a number of seconds >= 0, got {retry_after!r}")
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class HttpDeliveryError(AsyncInvokeError):
@@ -401,8 +452,54 @@ class HandlerProcessDied(AsyncInvokeError):
     """The handler's process (``executor = "process"``) ended in the middle of an attempt."""
 
 
+class NotStarted(AsyncInvokeError):
+    """An attempt waited behind another in a handler process that ended: it never ran, and
+    goes to another process."""
+
+
 class QueueBusy(AsyncInvokeError):
     """Another browse holds the failure queue now (the console's, or a dlq command's)."""
+
+
+class TriggerError(AsyncInvokeError):
+    """A trigger: a timer or a RabbitMQ source that invokes a function."""
+
+
+class InvalidTrigger(TriggerError):
+    """A trigger definition is wrong; ``field`` names the field (``cronExpression``,
+    ``triggerConfig.batchSize``) so an API answer or a file error can point at it."""
+
+    def __init__(self, message: str, *, field: str, trigger: str = ""):
+        where = f"trigger {trigger!r}: " if trigger else ""
+        super().__init__(f"{where}{field}: {message}")
+        self.reason = message
+        self.field = field
+        self.trigger = trigger
+
+
+class TriggerNotFound(TriggerError):
+    def __init__(self, function: str, trigger: str):
+        super().__init__(
+            f"function {function!r} has no trigger {trigger!r}; "
+            f"'asyncinvoke trigger list {function}' shows its triggers"
+        )
+        self.function = function
+        self.trigger = trigger
+
+
+class TriggerExists(TriggerError):
+    def __init__(self, function: str, trigger: str):
+        super().__init__(
+            f"function {function!r} has a trigger {trigger!r} already; update it, or "
+            "delete it first"
+        )
+        self.function = function
+        self.trigger = trigger
+
+
+class SourceGone(TriggerError):
+    """A RabbitMQ trigger's source queue was deleted, or its connection dropped, while it
+    was consumed; the trigger is unhealthy and consumes again once it can."""
 
 
 class ManagementUnavailable(AsyncInvokeError):

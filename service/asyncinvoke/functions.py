@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from asyncinvoke.errors import ConfigError
+from asyncinvoke.errors import ConfigError, InvalidTrigger
 from asyncinvoke.ladder import HOLD_LIMIT_MS
+from asyncinvoke.triggers import definitions as trigger_definitions
+from asyncinvoke.triggers.definitions import Trigger
 
 FUNCTION_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
 QUEUE_NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,255}$")
@@ -33,6 +35,10 @@ DEFAULT_CONCURRENCY = 16
 DEFAULT_DELIVERY_LIMIT = 5
 DEFAULT_SERVICE = "default"
 MAX_RETRIES_LIMIT = 8
+# How long throttles (HTTP 429/503, no connection, ``Throttled``) are retried, counted from
+# the first: 5 hours, as Function Compute's. At most a day, within the ladder's reach.
+DEFAULT_THROTTLE_BUDGET_S = 18000
+THROTTLE_BUDGET_LIMIT_S = 86400
 MAX_EVENT_AGE_LIMIT_S = 604800
 # Where a sync handler runs: a thread of the worker process, or a process of its own.
 EXECUTORS = ("thread", "process")
@@ -76,6 +82,8 @@ class FunctionSpec:
     delivery_limit: int = DEFAULT_DELIVERY_LIMIT
     service: str = DEFAULT_SERVICE  # FC 2.0's grouping: /2016-08-15/services/{service}/...
     executor: str = "thread"
+    triggers: tuple[Trigger, ...] = ()  # [[functions.NAME.triggers]]
+    throttle_budget_s: int = DEFAULT_THROTTLE_BUDGET_S
 
     def policy(self) -> dict[str, Any]:
         """The effective policy, as ``topology show`` prints it."""
@@ -98,6 +106,7 @@ class FunctionSpec:
             "delivery_limit": self.delivery_limit,
             "service": self.service,
             "executor": self.executor,
+            "throttle_budget": self.throttle_budget_s,
         }
 
 
@@ -135,8 +144,10 @@ _KEYS = {
     "delivery_limit",
     "service",
     "executor",
+    "triggers",
+    "throttle_budget",
 }
-_DEFAULT_KEYS = _KEYS - {"handler", "url"}
+_DEFAULT_KEYS = _KEYS - {"handler", "url", "triggers"}
 _BACKOFF_KEYS = {"initial", "multiplier", "max", "jitter"}
 
 
@@ -198,6 +209,22 @@ class _Reader:
             max=sub.number("backoff.max", default.max, 0.0, 86400.0),
             jitter=sub.number("backoff.jitter", default.jitter, 0.0, 1.0),
         )
+
+    def triggers(self) -> tuple[Trigger, ...]:
+        raw = self.table.get("triggers", [])
+        if not isinstance(raw, list) or not all(isinstance(table, dict) for table in raw):
+            raise self.error("triggers", "must be an array of tables: [[functions.NAME.triggers]]")
+        found: dict[str, Trigger] = {}
+        for table in raw:
+            try:
+                trigger = trigger_definitions.from_table(self.function, table, self.path)
+            except InvalidTrigger as exc:
+                where = f"triggers.{exc.trigger}.{exc.field}" if exc.trigger else "triggers.name"
+                raise self.error(where, exc.reason) from None
+            if trigger.name in found:
+                raise self.error(f"triggers.{trigger.name}", "a second trigger of that name")
+            found[trigger.name] = trigger
+        return tuple(found.values())
 
     def service(self, default: str) -> str:
         value = self.table.get("service", default)
@@ -273,6 +300,10 @@ def _spec(
         delivery_limit=reader.integer("delivery_limit", defaults.delivery_limit, 1, 1000),
         service=reader.service(defaults.service),
         executor=reader.choice("executor", defaults.executor, EXECUTORS),
+        triggers=reader.triggers(),
+        throttle_budget_s=reader.integer(
+            "throttle_budget", defaults.throttle_budget_s, 1, THROTTLE_BUDGET_LIMIT_S
+        ),
     )
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from asyncinvoke import contract
 from asyncinvoke._handler_process import FD_ENV, FRAME, PARENT_ENV, SYS_PATH_ENV
-from asyncinvoke.errors import HandlerProcessDied
+from asyncinvoke.errors import HandlerProcessDied, NotStarted
 from asyncinvoke.functions import FunctionSpec
 from asyncinvoke.observability import describe_exit, get_logger
 from asyncinvoke.runners import RunStart, Watchdog
@@ -34,10 +34,6 @@ from asyncinvoke.runners import RunStart, Watchdog
 START_TIMEOUT_S = 60.0
 
 log = get_logger(component="process_executor")
-
-
-class NotStarted(Exception):
-    """The attempt waited behind another in a process that ended: it never ran."""
 
 
 class Job:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from asyncinvoke import contract
+from asyncinvoke import contract, policy, tracing
 from asyncinvoke.clock import now_ms
 from asyncinvoke.contract import Envelope, Outcome
 from asyncinvoke.metrics import Metrics
 from asyncinvoke.observability import hot_info
 
 FAILURE_CONDITIONS = frozenset(contract.CONDITIONS) - {contract.SUCCESS}
+THROTTLED = "throttled"  # policy.Throttle's result: neither a retry nor a failure
 
 
 class Journal:
@@ -41,9 +42,24 @@ class Journal:
         if extra:
             fields.update(extra)
         hot_info("attempt", fields)
+        tracing.end_process(result, outcome)
+
+    def settled(
+        self, envelope: Envelope, settlement: policy.Settlement, outcome: Outcome, **extra: Any
+    ) -> None:
+        """The log line of an attempt that ran and was settled; a throttle says how many
+        there were and when it comes back (it is counted apart from failures)."""
+        if isinstance(settlement, policy.Throttle):
+            self.attempt(
+                envelope, settlement.result, outcome,
+                throttles=envelope.throttles + 1, retry_in_s=settlement.wait_ms / 1000, **extra,
+            )
+        else:
+            self.attempt(envelope, settlement.result, outcome, **extra)
 
     def lateness(self, envelope: Envelope) -> None:
         """How late a delayed invocation (or a retry) starts."""
+        tracing.started(envelope)
         if envelope.due_at is not None or envelope.delay:
             self.metrics.delay_lateness.observe(max(0, now_ms() - envelope.due_at_ms()) / 1000)
 
@@ -68,6 +84,8 @@ class Journal:
         ]
         if result == "retry":
             children.append(metrics.retries.labels(function))
+        elif result == THROTTLED:
+            children.append(metrics.throttles.labels(function))
         elif result in FAILURE_CONDITIONS:
             children.append(metrics.failure_records.labels(function, result))
         return tuple(children)

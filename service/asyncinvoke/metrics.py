@@ -82,6 +82,13 @@ class Metrics:
             ["function"],
             registry=self.registry,
         )
+        self.throttles = Counter(
+            "asyncinvoke_throttles",
+            "Attempts throttled (HTTP 429/503, no connection, Throttled) and sent again on "
+            "the throttle budget; not retries, not failures.",
+            ["function"],
+            registry=self.registry,
+        )
         self.failure_records = Counter(
             "asyncinvoke_failure_records",
             "Failure records sent, by condition.",
@@ -107,6 +114,43 @@ class Metrics:
             registry=self.registry,
             multiprocess_mode="livemin",
         )
+        self.trigger_ticks = Counter(
+            "asyncinvoke_trigger_ticks",
+            "Timer ticks fired, or skipped as older than the catch-up window.",
+            ["function", "trigger", "outcome"],
+            registry=self.registry,
+        )
+        self.trigger_lateness = Histogram(
+            "asyncinvoke_trigger_lateness_seconds",
+            "How late a timer tick was confirmed by the broker after its scheduled time.",
+            buckets=LATENESS_BUCKETS,
+            registry=self.registry,
+        )
+        self.trigger_messages = Counter(
+            "asyncinvoke_trigger_source_messages",
+            "Source messages turned into invocations (and acked) by RabbitMQ triggers.",
+            ["function", "trigger"],
+            registry=self.registry,
+        )
+        self.trigger_batches = Counter(
+            "asyncinvoke_trigger_source_batches",
+            "Invocations made by RabbitMQ triggers, one per batch.",
+            ["function", "trigger"],
+            registry=self.registry,
+        )
+        self.trigger_healthy = Gauge(
+            "asyncinvoke_trigger_healthy",
+            "1 while a RabbitMQ trigger consumes its source queue, 0 while it cannot.",
+            ["function", "trigger"],
+            registry=self.registry,
+            multiprocess_mode="livemin",
+        )
+        self.trigger_leader = SampledGauge(
+            "asyncinvoke_trigger_leader",
+            "1 in the worker that schedules the timers now.",
+            registry=self.registry,
+            multiprocess_mode="livemax",
+        )
 
     def function_label(self, function: str) -> str:
         return function if function in self.functions else OTHER_FUNCTION
@@ -118,6 +162,7 @@ class Metrics:
     def sample(self) -> None:
         """Write the values read from functions (multiprocess mode; else a no-op)."""
         self.broker_connected.sample()
+        self.trigger_leader.sample()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -17,6 +17,7 @@ from typing import IO, Any
 import orjson
 import structlog
 
+from asyncinvoke import tracing
 from asyncinvoke.text import escape_surrogates
 
 
@@ -92,6 +93,8 @@ def hot_info(event: str, fields: dict[str, object]) -> None:
     if writer is None:
         structlog.get_logger().info(event, **fields)
         return
+    if tracing.AVAILABLE:
+        tracing.add_delivery_ids(fields)
     fields["event"] = event
     fields["level"] = "info"
     fields["timestamp"] = _utc_stamp()
@@ -103,6 +106,9 @@ def configure_logging(log_format: str = "json", level: int = logging.INFO) -> No
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    if tracing.AVAILABLE:
+        # Log lines and traces join up: trace_id and span_id on every line in a trace.
+        shared.append(tracing.add_log_ids)
     if log_format == "json":
         processors: list[structlog.types.Processor] = [
             *shared,

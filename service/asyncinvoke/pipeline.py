@@ -20,14 +20,14 @@ from typing import Any
 
 import aiormq
 
-from asyncinvoke import _testpoints, contract, dispatch, policy, record_codec, records
+from asyncinvoke import _testpoints, contract, dispatch, policy, record_codec, records, tracing
 from asyncinvoke.acks import Acks
 from asyncinvoke.broker import Broker
 from asyncinvoke.clock import now_ms
 from asyncinvoke.consumer import Callback, Message
 from asyncinvoke.contract import Envelope, ErrorInfo, Outcome, Reply
 from asyncinvoke.destinations import Destinations
-from asyncinvoke.errors import InvalidMessage, TaskStoreUnavailable
+from asyncinvoke.errors import FunctionPaused, InvalidMessage, TaskStoreUnavailable
 from asyncinvoke.functions import FunctionSpec
 from asyncinvoke.gate import Gate
 from asyncinvoke.journal import Journal
@@ -35,6 +35,7 @@ from asyncinvoke.observability import get_logger
 from asyncinvoke.redelivery import Redeliveries
 from asyncinvoke.runners import Runner, make_context
 from asyncinvoke.settings import Settings
+from asyncinvoke.slots import Slots
 from asyncinvoke.tasks import mode
 from asyncinvoke.tasks.mode import NO_TASKS, TaskMode
 from asyncinvoke.tasks.tracker import STOPPED_RESULT_DISCARDED
@@ -47,12 +48,17 @@ log = get_logger(component="worker")
 
 @dataclass(slots=True)
 class Function:
+    # The configuration in force now: the functions file's, with the live configuration
+    # over it (liveconfig), replaced as it changes. An attempt takes it once, when it
+    # starts, and runs and settles under that one (``version``: 0 for the file alone).
     spec: FunctionSpec
     runner: Runner
     # Attempts in flight are capped at the function's concurrency here, not by the
     # prefetch: deliveries held for their last fraction of a second must not take the
     # places of those due now (worker.prefetch_for gives the consumer room for both).
-    slots: asyncio.Semaphore
+    slots: Slots
+    version: int = 0
+    paused: bool = False  # reservedConcurrency 0: nothing starts; deliveries go back
 
 
 class Pipeline:
@@ -101,6 +107,7 @@ class Pipeline:
             except Exception as exc:
                 await self.settle_failed(message, exc)
             finally:
+                tracing.finish_delivery(settled)
                 self.redeliveries.ended(message, settled)
                 self.in_flight.pop(task, None)
                 in_flight.dec()
@@ -143,6 +150,10 @@ class Pipeline:
         envelope = await self._decoded(message, spec)
         if envelope is None:
             return
+        tracing.start_process(envelope, self.names, received, len(message.body))
+        if function.paused:
+            await self._return_paused(message, function, suspect)
+            return
         if message.reply_to:
             await self._call(message, envelope, function)
             return
@@ -165,6 +176,9 @@ class Pipeline:
             return
         try:
             await self._attempt(message, envelope, function, tasks)
+        except FunctionPaused:
+            await tasks.released(envelope, "function paused", claimed.lease_until)
+            await self._return_paused(message, function, suspect)
         except BaseException as exc:
             # Cut short (shutdown) or not settled (a publish that failed, the store down):
             # the delivery runs again.
@@ -200,6 +214,7 @@ class Pipeline:
         await dispatch.send(self.broker, self.names, envelope)
         self.acks.ack(message)
         log.info("forwarded", invocation_id=envelope.id, function=envelope.fn, delay_s=delay_s)
+        tracing.forwarded(delay_s)
 
     async def _expire(
         self,
@@ -251,9 +266,12 @@ class Pipeline:
     async def _attempt(
         self, message: Message, envelope: Envelope, function: Function, tasks: TaskMode
     ) -> None:
-        """Run the attempt, then settle it."""
-        spec = function.spec
+        """Run the attempt, then settle it, under the configuration in force when it
+        started (taken once, with its slot)."""
         async with function.slots:
+            if function.paused:
+                raise FunctionPaused
+            spec, version = function.spec, function.version
             outcome, stop_asked = await tasks.run(
                 envelope,
                 function.runner.run(envelope, make_context(envelope, spec)),
@@ -264,7 +282,7 @@ class Pipeline:
             detail = "stopped while running" if outcome is None else STOPPED_RESULT_DISCARDED
             await tasks.stopped(envelope, detail)
             self.acks.ack(message)
-            self.journal.attempt(envelope, "stopped", outcome)
+            self.journal.attempt(envelope, "stopped", outcome, config_version=version)
             return
         if outcome.ok and outcome.result is not None and (tasks is not NO_TASKS or spec.on_success):
             outcome = _checked_result(outcome)
@@ -272,12 +290,12 @@ class Pipeline:
         settlement = policy.settle(outcome, envelope, spec, finished)
         if await tasks.before_follow_up(envelope, outcome, settlement, finished):
             self.acks.ack(message)  # stopped meanwhile: its retry is not sent
-            self.journal.attempt(envelope, "stopped", outcome)
+            self.journal.attempt(envelope, "stopped", outcome, config_version=version)
             return
-        await self._follow_up(envelope, spec, outcome, settlement, finished)
+        await self._follow_up(envelope, spec, outcome, settlement, finished, version)
         await tasks.after_follow_up(envelope, outcome, settlement, finished)
         self.acks.ack(message)
-        self.journal.attempt(envelope, settlement.result, outcome)
+        self.journal.settled(envelope, settlement, outcome, config_version=version)
 
     async def _follow_up(
         self,
@@ -286,12 +304,15 @@ class Pipeline:
         outcome: Outcome,
         settlement: policy.Settlement,
         finished: int,
+        version: int = 0,
     ) -> None:
-        """Publish what follows an attempt (record or retry) and wait for its confirm."""
+        """Publish what follows an attempt (record or retry) and wait for its confirm; a
+        record names the configuration version the attempt ran under."""
         match settlement:
             case policy.Done():
                 if spec.on_success is not None:
                     record = records.of_outcome(envelope, outcome, contract.SUCCESS, finished)
+                    record = replace(record, config_version=version)
                     await self.destinations.send(record, spec.on_success)
             case policy.Retry(due_at):
                 # A retry is no replay: if the task fails for good meanwhile, a stray copy
@@ -300,8 +321,12 @@ class Pipeline:
                                 replay=False)
                 await _testpoints.pause("retry")
                 await dispatch.send(self.broker, self.names, retry)
+            case policy.Throttle():
+                # The function was busy: the same attempt again later, on its own budget.
+                await dispatch.send(self.broker, self.names, settlement.next_envelope(envelope))
             case policy.GiveUp(condition):
                 record = records.of_outcome(envelope, outcome, condition, finished)
+                record = replace(record, config_version=version)
                 await self.destinations.send(record, spec.on_failure)
 
     async def _give_up_poison(
@@ -380,6 +405,14 @@ class Pipeline:
             correlation_id=message.correlation_id,
         )
         self.acks.ack(message)
+
+    async def _return_paused(self, message: Message, function: Function, suspect: bool) -> None:
+        """The function is paused: its consumer is (being) cancelled, and what it had
+        received goes back to its queue as new messages, to wait there for the resume."""
+        name = function.spec.name
+        queue = self.names.suspect_queue(name) if suspect else self.names.function_queue(name)
+        await self.republish(message, queue)
+        log.info("returned_paused", function=name, message_id=message.message_id)
 
     async def move_to_suspects(self, message: Message, function: Function) -> None:
         """A redelivery: its worker died (or stopped) while it was in flight. It goes to

@@ -35,11 +35,11 @@ from typing import Any
 from asyncinvoke import contract
 from asyncinvoke.context import Context
 from asyncinvoke.contract import Envelope, ErrorInfo, Outcome
-from asyncinvoke.errors import ConfigError, HandlerProcessDied
+from asyncinvoke.errors import ConfigError, HandlerProcessDied, NotStarted
 from asyncinvoke.functions import FunctionSpec
-from asyncinvoke.handler_link import HandlerProcess, Job, NotStarted
+from asyncinvoke.handler_link import HandlerProcess, Job
 from asyncinvoke.observability import get_logger
-from asyncinvoke.runners import Watchdog, _timeout_outcome
+from asyncinvoke.runners import Watchdog, _timeout_outcome, throttled_outcome
 
 # Handler processes of one function in one worker process at most, whatever its
 # concurrency (each is a Python interpreter: tens of MB).
@@ -158,6 +158,14 @@ def _answer_outcome(answer: Any, started: float) -> Outcome:
     duration_ms = (time.perf_counter() - started) * 1000
     if answer["ok"]:
         return Outcome(ok=True, result=answer["result"], duration_ms=duration_ms)
+    if answer.get("throttled"):
+        retry_after = answer.get("retry_after")
+        return throttled_outcome(
+            ErrorInfo.from_wire(answer["error"]) or ErrorInfo("Throttled", "throttled"),
+            None if not isinstance(retry_after, int | float) else round(retry_after * 1000),
+            status_code=429,
+            duration_ms=duration_ms,
+        )
     retryable = bool(answer["retryable"])
     return Outcome(
         ok=False,

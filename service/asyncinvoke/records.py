@@ -19,12 +19,13 @@ LAST_RESORT_REASON_CHARS = 2000
 
 
 def of_outcome(envelope: Envelope, outcome: Outcome, condition: str, now_ms: int) -> Record:
-    """The record of an attempt that ended the invocation, successful or not."""
+    """The record of an attempt that ended the invocation, successful or not. Its
+    approximateInvokeCount counts the throttled attempts too: the function was called."""
     return Record(
         request_id=envelope.id,
         function=envelope.fn,
         condition=condition,
-        attempts=envelope.attempt + 1,
+        attempts=envelope.attempt + envelope.throttles + 1,
         request_payload=envelope.payload,
         status_code=outcome.status_code,
         function_error=outcome.function_error,

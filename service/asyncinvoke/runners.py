@@ -10,12 +10,17 @@ moment a thread starts it, not from the moment it queued for one; it waits at mo
 that long again for a thread, and then fails as a timeout that says so.
 
 HTTP functions get the event POSTed; 2xx is success, anything else a retryable
-failure (a redirect too: it is never followed).
+failure (a redirect too: it is never followed), except that 429 and 503, and a
+function that cannot be connected to, are throttled (``Outcome.throttled``, with its
+``Retry-After``): retried on the throttle budget, not on max_retries. A Python
+handler is throttled by raising ``asyncinvoke.Throttled``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import email.utils
 import inspect
 import time
 from collections.abc import Callable
@@ -25,15 +30,18 @@ from typing import Any, Protocol
 import aiohttp
 import orjson
 
-from asyncinvoke import contract, record_codec
+from asyncinvoke import contract, record_codec, tracing
+from asyncinvoke.clock import now_ms
 from asyncinvoke.context import Context as Context  # re-exported: runners.Context
 from asyncinvoke.contract import Envelope, ErrorInfo, Outcome
-from asyncinvoke.errors import NonRetryableError
+from asyncinvoke.errors import NonRetryableError, Throttled
 from asyncinvoke.functions import FunctionSpec
 
 # Threads for one function's sync handlers at most, whatever its concurrency: beyond
 # this its attempts queue for a thread, and their timeouts start when they get one.
 MAX_THREADS = 256
+# What an HTTP function answers when it is busy rather than broken (RFC 6585, RFC 9110).
+THROTTLE_STATUSES = frozenset({429, 503})
 
 
 class Runner(Protocol):
@@ -70,6 +78,13 @@ def _timeout_outcome(spec: FunctionSpec, started: float) -> Outcome:
 
 
 def _error_outcome(exc: BaseException, started: float) -> Outcome:
+    if isinstance(exc, Throttled):
+        return throttled_outcome(
+            ErrorInfo.of(exc),
+            None if exc.retry_after is None else round(exc.retry_after * 1000),
+            status_code=429,
+            duration_ms=(time.perf_counter() - started) * 1000,
+        )
     non_retryable = isinstance(exc, NonRetryableError)
     return Outcome(
         ok=False,
@@ -79,6 +94,39 @@ def _error_outcome(exc: BaseException, started: float) -> Outcome:
         retryable=not non_retryable,
         duration_ms=(time.perf_counter() - started) * 1000,
     )
+
+
+def throttled_outcome(
+    error: ErrorInfo, retry_after_ms: int | None, *, status_code: int, duration_ms: float
+) -> Outcome:
+    """The function was busy: a failed attempt that spends the throttle budget."""
+    return Outcome(
+        ok=False,
+        error=error,
+        function_error=contract.HANDLED,
+        status_code=status_code,
+        duration_ms=duration_ms,
+        throttled=True,
+        retry_after_ms=retry_after_ms,
+    )
+
+
+def retry_after_ms(value: str | None, now_ms: int) -> int | None:
+    """A ``Retry-After`` header (RFC 9110: delay-seconds or an HTTP-date) as ms from now;
+    None when absent or unreadable (then the function's backoff applies). A date in the
+    past is 0."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isascii() and text.isdigit():
+        return int(text) * 1000
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # RFC 9110 dates are GMT; a zone-less one is read as such
+        return None
+    return max(0, round(when.timestamp() * 1000) - now_ms)
 
 
 def _unsendable_outcome(exc: Exception, started: float) -> Outcome:
@@ -250,8 +298,11 @@ class PythonRunner:
                 result = await self.handler(envelope.payload, context)
             else:
                 loop = asyncio.get_running_loop()
+                # In the attempt's context (as asyncio.to_thread does): the handler's log
+                # lines and its own spans belong to the attempt's trace.
                 result = await loop.run_in_executor(
-                    self._threads, self._in_thread, envelope.payload, context, start
+                    self._threads, contextvars.copy_context().run, self._in_thread,
+                    envelope.payload, context, start,
                 )
         except asyncio.CancelledError:
             if self.watchdog.release(task):
@@ -313,15 +364,28 @@ class HttpRunner:
         try:
             # Never follow a redirect: aiohttp would turn the POST into a GET without the
             # event (301/302/303), and its 2xx would count as a success that never saw it.
-            async with self.session.post(
-                self.url, data=body, headers=headers, timeout=self.timeout, allow_redirects=False
-            ) as response:
-                response_body = await response.read()
-                status = response.status
-                response_type = response.content_type
-                location = response.headers.get("Location")
+            with tracing.http_call(self.url, headers) as span:
+                async with self.session.post(
+                    self.url, data=body, headers=headers, timeout=self.timeout,
+                    allow_redirects=False,
+                ) as response:
+                    response_body = await response.read()
+                    status = response.status
+                    response_type = response.content_type
+                    location = response.headers.get("Location")
+                    retry_after = response.headers.get("Retry-After")
+                tracing.http_status(span, status)
         except TimeoutError:
             return _timeout_outcome(self.spec, started)
+        except aiohttp.ClientConnectorError as exc:
+            duration_ms = (time.perf_counter() - started) * 1000
+            if isinstance(exc, aiohttp.ClientSSLError):
+                return _error_outcome(exc, started)  # reached, and refused: not busy
+            # Nothing listens (refused), or the host is unreachable now: it cannot take
+            # the event, as a busy function cannot. No event was delivered.
+            return throttled_outcome(
+                ErrorInfo.of(exc), None, status_code=503, duration_ms=duration_ms
+            )
         except aiohttp.ClientError as exc:
             return _error_outcome(exc, started)
         duration_ms = (time.perf_counter() - started) * 1000
@@ -329,6 +393,13 @@ class HttpRunner:
             return Outcome(
                 ok=True,
                 result=_response_result(response_body, response_type),
+                status_code=status,
+                duration_ms=duration_ms,
+            )
+        if status in THROTTLE_STATUSES:
+            return throttled_outcome(
+                ErrorInfo(f"HTTP{status}", response_body[:2000].decode("utf-8", "replace")),
+                retry_after_ms(retry_after, now_ms()),
                 status_code=status,
                 duration_ms=duration_ms,
             )

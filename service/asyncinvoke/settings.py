@@ -31,6 +31,8 @@ DEFAULT_BROKER_CONSUMER_TIMEOUT_S = 1800.0
 # store before it goes back to its queue (as a new message, not as a suspect).
 DEFAULT_TASK_STORE_RETRY_S = 30.0
 
+DEFAULT_TRIGGER_CATCH_UP_S = 60.0
+
 EVENT_LOOPS = ("asyncio", "uvloop")
 
 NAMESPACE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
@@ -53,6 +55,8 @@ class Settings:
     event_loop: str = "asyncio"
     broker_consumer_timeout_s: float = DEFAULT_BROKER_CONSUMER_TIMEOUT_S
     processes: int = 1  # worker processes under one supervisor (supervisor.py)
+    # Ticks a new scheduler still fires after a failover, if no older than this (s).
+    trigger_catch_up_s: float = DEFAULT_TRIGGER_CATCH_UP_S
     # RabbitMQ's management HTTP API, where the console reads unacknowledged counts;
     # None: derived from amqp_url (console/management.py).
     management_url: str | None = None
@@ -131,6 +135,9 @@ def from_env(env: Mapping[str, str] | None = None, *, tty: bool = False) -> Sett
         event_loop=event_loop,
         broker_consumer_timeout_s=consumer_timeout_s,
         processes=parse_processes(env.get("ASYNCINVOKE_PROCESSES") or "1"),
+        trigger_catch_up_s=_float(
+            env, "ASYNCINVOKE_TRIGGER_CATCH_UP", DEFAULT_TRIGGER_CATCH_UP_S
+        ),
         management_url=_management_url(env),
     )
 

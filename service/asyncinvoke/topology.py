@@ -5,6 +5,7 @@
         └──────────► {ns}.unrouted ◄───────────────┘   (worker: UnknownFunction records)
     {ns}.fn.<fn> ─(delivery limit)─► {ns}.dead          (worker: DeliveryLimitExceeded records)
     {ns}.failed (topic, key = fn) ─(#)─► {ns}.failed    (the failure-destination queue)
+    {ns}.triggers.leader          single active consumer: the worker it delivers to schedules timers
     {ns}.config (stream)          the namespace's live configuration and triggers (docstore)
 
 Quorum queues everywhere: replicated on a cluster, at-least-once dead-lettering,
@@ -34,6 +35,7 @@ STREAM = {"x-queue-type": "stream"}
 AT_LEAST_ONCE = {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
 DIRECT, TOPIC, FANOUT = "direct", "topic", "fanout"
 UNLIMITED_DELIVERIES = {"x-delivery-limit": -1}
+SINGLE_ACTIVE = {"x-single-active-consumer": True}
 # The first RabbitMQ with a default delivery limit (20) on quorum queues.
 DEFAULT_DELIVERY_LIMIT_SINCE = (4, 0)
 
@@ -64,6 +66,11 @@ class Names:
     def control(self) -> str:
         """Fanout to every worker: task stop requests."""
         return f"{self.ns}.control"
+
+    @property
+    def trigger_leader(self) -> str:
+        """Single-active-consumer queue: its active consumer is the timers' scheduler."""
+        return f"{self.ns}.triggers.leader"
 
     @property
     def config_stream(self) -> str:
@@ -186,6 +193,8 @@ def core_plan(names: Names, broker_version: tuple[int, int] | None = None) -> Pl
         QueueDecl(names.unrouted, dict(system)),
         QueueDecl(names.dead, dict(system)),
         QueueDecl(names.failed, dict(system)),
+        # No delivery limit either: the baton in it returns each time a leader dies.
+        QueueDecl(names.trigger_leader, {**system, **SINGLE_ACTIVE}),
         QueueDecl(names.config_stream, dict(STREAM)),
     ]
     bindings = [

@@ -20,19 +20,24 @@ from asyncinvoke.acks import Acks
 from asyncinvoke.broker import Broker
 from asyncinvoke.consumer import Consumers
 from asyncinvoke.destinations import Destinations
+from asyncinvoke.docstore import DocumentStore
 from asyncinvoke.errors import AsyncInvokeError
 from asyncinvoke.functions import FunctionsFile, FunctionSpec, check_consumer_timeout, load_handler
 from asyncinvoke.journal import Journal
 from asyncinvoke.last_resort import LastResort
+from asyncinvoke.liveconfig.applier import Applier
+from asyncinvoke.liveconfig.live import LiveConfig
 from asyncinvoke.metrics import Metrics, serve_health
 from asyncinvoke.observability import get_logger
 from asyncinvoke.pipeline import Function, Pipeline
 from asyncinvoke.runners import HttpRunner, PythonRunner, Runner, Watchdog
 from asyncinvoke.settings import Settings
+from asyncinvoke.slots import Slots
 from asyncinvoke.system_queues import SystemQueues
 from asyncinvoke.systemd import Notifier, Supervision
 from asyncinvoke.tasks.mode import TaskMode, purge_forever
 from asyncinvoke.tasks.tracker import TaskTracker
+from asyncinvoke.triggers.runtime import Triggers
 
 SYSTEM_PREFETCH = 32
 
@@ -66,6 +71,7 @@ class Worker:
         self.notifier = notifier or Notifier()
         self.supervision = Supervision(self.notifier, self.status)
         self.names = topology.Names(settings.namespace)
+        self.functions_file = functions_file
         self.all_specs = dict(functions_file.functions)
         self.specs = _selected(functions_file, only)
         check_consumer_timeout(
@@ -89,6 +95,19 @@ class Worker:
         )
         self.functions: dict[str, Function] = {}
         self.pipeline: Pipeline | None = None
+        # The namespace's live configuration and triggers, read whole at start.
+        self.store = DocumentStore(self.broker, self.names)
+        self.live: LiveConfig | None = None
+        self.applier: Applier | None = None
+        self.triggers = Triggers(
+            self.broker,
+            self.names,
+            settings,
+            self.metrics,
+            self.all_specs,
+            [trigger for spec in self.all_specs.values() for trigger in spec.triggers],
+            self.store,
+        )
         self._health: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._background: list[asyncio.Task[None]] = []
@@ -110,6 +129,8 @@ class Worker:
         }
         await self.broker.connect()
         await topology.declare(self.broker.publisher, self.names, self.specs.values())
+        await self.store.start()
+        live = self.live = LiveConfig(self.store, self.functions_file)
         self._session = aiohttp.ClientSession()
         destinations = Destinations(self.broker, self.names, self._session)
         pipeline = self.pipeline = Pipeline(
@@ -130,8 +151,15 @@ class Worker:
                 runner = PythonRunner(spec, handlers[name], self._watchdog)
             else:
                 runner = HttpRunner(spec, self._session)
-            self.functions[name] = Function(spec, runner, asyncio.Semaphore(runner.slots))
-        if any(spec.task_mode for spec in self.specs.values()):
+            config = live.effective(name)
+            self.functions[name] = Function(
+                config.spec,
+                runner,
+                Slots(self._slot_limit(name, runner, config.spec.concurrency)),
+                config.version,
+                config.paused,
+            )
+        if any(function.spec.task_mode for function in self.functions.values()):
             await self.tracker.store()  # a bad ASYNCINVOKE_TASK_STORE fails at start
             self._background.append(
                 asyncio.create_task(purge_forever(self.tracker, self.settings.task_retention_s))
@@ -140,14 +168,36 @@ class Worker:
         for name, function in self.functions.items():
             queue = self.names.function_queue(name)
             await self.consumers.consume(
-                queue, prefetch_for(function.runner.slots), pipeline.consumer(function, queue)
+                queue,
+                prefetch_for(function.slots.limit),
+                pipeline.consumer(function, queue),
+                paused=function.paused,
             )
             suspects = self.names.suspect_queue(name)
             await self.consumers.consume(
-                suspects, 1, pipeline.consumer(function, suspects, suspect=True)
+                suspects,
+                1,
+                pipeline.consumer(function, suspects, suspect=True),
+                paused=function.paused,
             )
+        applier = self.applier = Applier(
+            self.functions,
+            self.consumers,
+            self.names,
+            lambda name, concurrency: prefetch_for(
+                self._slot_limit(name, self.functions[name].runner, concurrency)
+            ),
+            lambda name, concurrency: self._slot_limit(
+                name, self.functions[name].runner, concurrency
+            ),
+            lambda: self.store.version,
+        )
+        live.listen(applier.on_change)
+        for name in self.functions:  # what changed while the consumers started
+            applier.on_change(name, live.effective(name))
         await self.consumers.consume(self.names.unrouted, SYSTEM_PREFETCH, system.on_unrouted)
         await self.consumers.consume(self.names.dead, SYSTEM_PREFETCH, system.on_dead)
+        await self.triggers.start()
         if self.metrics_port is not None:
             self._health = await serve_health(
                 self.metrics, self.not_ready, self.metrics_host, self.metrics_port
@@ -162,6 +212,12 @@ class Worker:
             metrics_port=self.metrics_port,
             event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
         )
+
+    def _slot_limit(self, name: str, runner: Runner, concurrency: int) -> int:
+        """A function's slots for a (live) concurrency: its runner's slots scaled by it
+        (the process executor holds a second attempt per process in its pipeline; its pool
+        keeps the size it started with)."""
+        return max(1, runner.slots * concurrency // self.specs[name].concurrency)
 
     def ready(self) -> bool:
         """Consuming, connected, and the task store up: what /readyz reports."""
@@ -178,6 +234,7 @@ class Worker:
             reasons.append("RabbitMQ: not connected")
         if self.tracker.outage is not None:
             reasons.append(f"task store: {self.tracker.outage}")
+        reasons.extend(self.triggers.not_ready())
         return reasons
 
     def status(self) -> str:
@@ -191,7 +248,13 @@ class Worker:
         self.stopping = True
         self.supervision.stopping(f"stopping; {len(self.in_flight)} in flight")
         log.info("worker_stopping", in_flight=len(self.in_flight))
+        if self.live is not None:
+            self.live.close()
+        if self.applier is not None:
+            await self.applier.close()  # before the cancel: no consumer started again
         await self.consumers.cancel()
+        await self.triggers.stop()
+        await self.store.close()
         for task in self._background:
             task.cancel()
         if self.pipeline is not None:

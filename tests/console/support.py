@@ -41,6 +41,9 @@ task_mode = true
 
 [functions.hello]
 handler = "tests.console.handlers:hello"
+
+[functions.choke]
+handler = "tests.console.handlers:choke"
 """
 
 

@@ -153,6 +153,53 @@ def test_live_counters_change_when_invocations_arrive(served: Served, driver: An
     assert status.startswith("Counts as of"), status
 
 
+def test_a_throttle_shows_in_the_functions_row_and_its_chart(
+    served: Served, driver: Any, tmp_path: Path
+) -> None:
+    driver.get(served.url + "/console/functions")
+    counter = driver.find_element(By.CSS_SELECTOR, '[data-live="choke.throttles"]')
+    assert counter.text == "0"
+
+    served.invoke("choke", {"mark": str(tmp_path / "choked")})
+
+    wait_until(lambda: counter.text == "1", 20, "the throttle counted", served.tail)
+    chart = driver.find_element(By.CSS_SELECTOR, '[data-chart="choke"] .throttle')
+    titles = [bar.get_attribute("textContent") for bar in chart.find_elements(By.TAG_NAME, "title")]
+    assert titles == ["1 throttles, this minute"], titles
+    invocations = driver.find_element(By.CSS_SELECTOR, '[data-live="choke.invocations"]')
+    wait_until(lambda: invocations.text == "2", 20, "the attempt after the throttle counted")
+    assert driver.find_element(By.CSS_SELECTOR, '[data-live="choke.failures"]').text == "0"
+
+
+def test_pause_keeps_invocations_waiting_until_resume(served: Served, driver: Any) -> None:
+    def cell(key: str) -> str:
+        return str(driver.find_element(By.CSS_SELECTOR, f'[data-live="hello.{key}"]').text)
+
+    driver.get(served.url + "/console/functions")
+    assert cell("state") == "running"
+    submit(driver, driver.find_element(By.CSS_SELECTOR, "button[aria-label='Pause hello']"))
+    assert cell("state") == "paused"
+    assert not driver.find_elements(By.CSS_SELECTOR, "button[aria-label='Pause hello']")
+    policy = driver.find_element(By.XPATH, "//tr[th[.='hello']]//table[@class='policy']")
+    concurrency = policy.find_element(By.XPATH, ".//tr[th[.='concurrency']]")
+    assert "0 (paused)" in concurrency.get_attribute("textContent")
+    assert "live configuration (version" in concurrency.get_attribute("textContent")
+    # The worker in serve cancels its consumer once it reads the change (milliseconds).
+    wait_until(lambda: cell("consumers") == "0", 20, "hello's consumer gone", served.tail)
+    before = int(cell("invocations"))
+
+    served.invoke_many("hello", 3)
+
+    wait_until(lambda: cell("ready") == "3", 20, "3 invocations waiting in the queue")
+    assert int(cell("invocations")) == before  # none ran
+    submit(driver, driver.find_element(By.CSS_SELECTOR, "button[aria-label='Resume hello']"))
+    assert cell("state") == "running"
+    wait_until(
+        lambda: (cell("ready"), cell("invocations")) == ("0", str(before + 3)), 20,
+        "the 3 run after the resume", served.tail,
+    )
+
+
 def test_without_keys_it_answers_only_loopback_hosts_and_no_foreign_origin(
     served: Served,
 ) -> None:

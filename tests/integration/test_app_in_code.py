@@ -110,6 +110,7 @@ async def test_code_with_a_file_over_it_runs_the_same_handler_whichever_way_it_i
             "task_mode": "default",
             "service": "default",
             "executor": "default",
+            "throttle_budget": "default",
         }
         command = asyncio.create_task(asyncio.to_thread(
             _cli, namespace, "invoke", "shout", "--payload", '{"text": "cli"}'

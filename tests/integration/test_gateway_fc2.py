@@ -500,3 +500,25 @@ async def test_without_keys_the_fc2_paths_are_guarded_like_the_others(tmp_path: 
             assert (status, orjson.loads(body)["ErrorCode"]) == (403, "AccessDenied")
     finally:
         await namespace.cleanup()
+
+
+async def test_fc2_sdk_creates_reads_lists_updates_and_deletes_a_timer_trigger(
+    gateway: Gateway,
+) -> None:
+    client = fc2_client(gateway)
+    config = {"cronExpression": "0 0 2 * * *", "payload": "nightly", "enable": True}
+    created = await call(client.create_trigger, "shop", "echo", "fc2-nightly", "timer", config,
+                         None, None)
+    assert created.data["triggerName"] == "fc2-nightly"
+    assert created.data["triggerConfig"] == config  # an object in 2.0, not a JSON string
+    got = await call(client.get_trigger, "shop", "echo", "fc2-nightly")
+    assert got.data["triggerType"] == "timer"
+    listed = await call(client.list_triggers, "shop", "echo")
+    assert [t["triggerName"] for t in listed.data["triggers"]] == ["fc2-nightly"]
+    updated = await call(client.update_trigger, "shop", "echo", "fc2-nightly",
+                         triggerConfig={**config, "enable": False})
+    assert updated.data["status"] == "Disabled"
+    await call(client.delete_trigger, "shop", "echo", "fc2-nightly")
+    with pytest.raises(fc2.fc_exceptions.FcError) as missing:
+        await call(client.get_trigger, "shop", "echo", "fc2-nightly")
+    assert missing.value.status_code == 404

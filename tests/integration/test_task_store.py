@@ -769,3 +769,32 @@ async def test_a_rerun_of_a_task_without_a_payload_or_of_no_task_is_refused(
         await store.rerun("bad-1", NOW + 5, "rerun")
     with pytest.raises(TaskNotFound):
         await store.rerun("nope", NOW + 5, "rerun")
+
+
+# throttles
+
+
+async def test_a_throttle_is_an_event_that_gives_back_its_attempt_and_the_task_runs_again(
+    store: TaskStore,
+) -> None:
+    await task_in(store, Status.RUNNING)
+
+    throttled = await store.transition(
+        "inv-1", Status.THROTTLED, NOW + 5, "attempt 0 throttled (HTTP429: busy)",
+        error="HTTP429: busy",
+    )
+
+    assert throttled is not None and throttled == await store.get("inv-1")
+    assert (throttled.status, throttled.attempts, throttled.lease_until) == (
+        Status.THROTTLED, 0, None,
+    )
+    assert (throttled.events[-1].status, throttled.events[-1].detail) == (
+        Status.THROTTLED, "attempt 0 throttled (HTTP429: busy)",
+    )
+    listed = await store.list(status=Status.THROTTLED)
+    assert [task.id for task in listed.tasks] == ["inv-1"]
+    again = await store.claim("inv-1", 0, NOW + 1_000, LEASE_MS)
+    assert again.claim is Claim.CLAIMED
+    assert again.task is not None and again.task.attempts == 1
+    stopped = await task_in(store, Status.THROTTLED, "inv-2")
+    assert (await store.request_stop(stopped.id, NOW + 9)).status is Status.STOPPED

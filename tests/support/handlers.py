@@ -10,7 +10,7 @@ import time
 from collections import defaultdict
 from typing import Any
 
-from asyncinvoke import Context, NonRetryableError
+from asyncinvoke import Context, NonRetryableError, Throttled
 from tests.support.poison import POISON_EXIT_STATUS
 
 CALLS: dict[str, list[tuple[str, int, float]]] = defaultdict(list)  # fn -> (id, attempt, t)
@@ -176,6 +176,25 @@ def burn_ms(event: Any, context: Context) -> int:
     return count
 
 
+def batch_numbers(event: Any, context: Context) -> list[Any]:
+    """A RabbitMQ trigger's batch (JSON list of CloudEvents) → each event's ``data["n"]``,
+    or its ``data_base64`` when the body was not JSON: a short record of what arrived."""
+    import json
+
+    return [
+        e["data"]["n"] if isinstance(e.get("data"), dict) else e.get("data_base64")
+        for e in json.loads(event)
+    ]
+
+
+async def throttled_once(event: Any, context: Context) -> str:
+    """Busy (``Throttled``, retry after 1 s) the first time an invocation id comes, then done."""
+    _note(context)
+    if [call[0] for call in CALLS[context.function]].count(context.invocation_id) == 1:
+        raise Throttled("the printer is busy", retry_after=1)
+    return "printed"
+
+
 def scripted(event: Any, context: Context) -> dict[str, Any]:
     """A sync handler for the process executor's pipeline: appends "name pid" to the file
     event["log"] when it starts, then does event["do"] on its first attempt ("spin":
@@ -191,3 +210,8 @@ def scripted(event: Any, context: Context) -> dict[str, Any]:
     elif context.attempt == 0 and event.get("do") == "exit":
         os._exit(3)
     return {"pid": os.getpid(), "given": context.deadline - started}
+
+
+def always_throttled(event: Any, context: Context) -> None:
+    """A sync handler whose resource is always busy (retry after 1 s)."""
+    raise Throttled("the quota is spent", retry_after=1)

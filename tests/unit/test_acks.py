@@ -90,3 +90,26 @@ async def test_a_dead_connection_with_a_full_frame_queue_does_not_hold_back_othe
         await acks.flush()
     await marker
     assert live.queue.get_nowait() == (1, False)
+
+
+async def test_a_second_ack_of_one_delivery_is_not_sent_and_does_not_close_the_channel() -> None:
+    channel = _Channel(frames=100)
+    acks = Acks()
+    acks.ack(_Message(channel, 1))
+    acks.ack(_Message(channel, 1))  # twice in one turn
+    await acks.flush()
+    acks.ack(_Message(channel, 1))  # again, after its ack went out
+    acks.ack(_Message(channel, 3))
+    await acks.flush()
+    sent = [channel.queue.get_nowait() for _ in range(channel.queue.qsize())]
+    assert sent == [(1, False), (3, False)]
+
+
+async def test_an_ack_after_a_nack_of_the_same_delivery_is_not_sent() -> None:
+    channel = _Channel(frames=100)
+    acks = Acks()
+    acks.settled_elsewhere(_Message(channel, 1))  # as a nack does once it is written
+    acks.ack(_Message(channel, 1))
+    acks.ack(_Message(channel, 2))
+    await acks.flush()
+    assert [channel.queue.get_nowait() for _ in range(channel.queue.qsize())] == [(2, False)]

@@ -65,8 +65,12 @@ async def test_an_api_that_does_not_answer_is_reported_and_not_asked_again_at_on
 
 @pytest.fixture
 async def refusing_api() -> AsyncIterator[str]:
+    """401 for user 'app'; for any other user, 200 with what is not the API's answer."""
+
     async def refuse(request: web.Request) -> web.Response:
-        return web.json_response({"error": "not_authorized"}, status=401)
+        if request.headers.get("Authorization") == "Basic YXBwOnB3":  # app:pw
+            return web.json_response({"error": "not_authorized"}, status=401)
+        return web.json_response(["not", "a", "page"])
 
     app = web.Application()
     app.router.add_get("/api/queues/{vhost}", refuse)
@@ -85,6 +89,15 @@ async def test_a_refused_login_names_the_user_and_the_tag_it_needs(refusing_api:
     management = Management(Endpoint(refusing_api, "app", "pw", "/", True))
     try:
         with pytest.raises(ManagementUnavailable, match=r"refused user 'app'.*'monitoring' tag"):
+            await management.unacked("ns.fn.")
+    finally:
+        await management.close()
+
+
+async def test_an_answer_that_is_not_the_apis_is_reported_not_raised(refusing_api: str) -> None:
+    management = Management(Endpoint(refusing_api, "other", "pw", "/", True))
+    try:
+        with pytest.raises(ManagementUnavailable, match="did not answer as RabbitMQ's"):
             await management.unacked("ns.fn.")
     finally:
         await management.close()

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-from asyncinvoke.console.history import FAILURES, INVOCATIONS, MINUTES, History, Totals
-from asyncinvoke.console.policy_sources import BUILT_IN, DEFAULTS, sources
+from asyncinvoke.console.history import (
+    FAILURES,
+    INVOCATIONS,
+    MINUTES,
+    THROTTLES,
+    History,
+    Totals,
+    read_totals,
+)
+from asyncinvoke.console.policy_sources import BUILT_IN, DEFAULTS, sources, with_live
 from asyncinvoke.console.shown import CHART_HEIGHT, bars, parse_when, value_text, when
 from asyncinvoke.contract import pack
+from asyncinvoke.metrics import Metrics
 
 
 def test_each_policy_field_names_the_table_that_set_it() -> None:
@@ -20,6 +29,17 @@ def test_each_policy_field_names_the_table_that_set_it() -> None:
     assert found["backoff"] == DEFAULTS
     assert found["concurrency"] == BUILT_IN
     assert sources(document, "other")["max_retries"] == BUILT_IN
+
+
+def test_fields_live_configuration_sets_name_it_and_its_version() -> None:
+    file_sources = {"max_retries": DEFAULTS, "concurrency": BUILT_IN, "timeout": DEFAULTS}
+    live_sources = {"max_retries": "api", "concurrency": "functions file"}
+    found = with_live(file_sources, live_sources, "api", 7)
+    assert found == {
+        "max_retries": "live configuration (version 7)",
+        "concurrency": BUILT_IN,
+        "timeout": DEFAULTS,
+    }
 
 
 def test_the_history_counts_per_minute_from_cumulative_snapshots() -> None:
@@ -42,6 +62,15 @@ def test_the_history_counts_per_minute_from_cumulative_snapshots() -> None:
     assert sum(history.per_minute("g", INVOCATIONS, start + 150)) == 0
     # An hour later, the old minutes are gone from the chart.
     assert sum(history.per_minute("f", INVOCATIONS, start + 150 + 3600)) == 0
+
+
+def test_the_worker_metrics_give_invocations_failures_and_throttles_per_function() -> None:
+    metrics = Metrics()
+    metrics.throttles.labels("f").inc(2)
+    metrics.failure_records.labels("f", "ThrottleExhausted").inc()
+    totals = read_totals(metrics.registry)
+    assert (totals[("f", THROTTLES)], totals[("f", FAILURES)]) == (2, 1)
+    assert totals.get(("f", INVOCATIONS), 0) == 0
 
 
 def test_bars_scale_to_the_largest_minute() -> None:

@@ -449,4 +449,5 @@ def test_the_conditions_are_those_of_the_spec() -> None:
         "InvalidMessage",
         "UnknownFunction",
         "DeliveryLimitExceeded",
+        "ThrottleExhausted",  # SPEC section 12, throttles
     }

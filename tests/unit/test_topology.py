@@ -9,6 +9,8 @@ from asyncinvoke.functions import FunctionSpec
 
 NAMES = topology.Names("ns")
 RECORD_QUEUES = {NAMES.failed, NAMES.dead, NAMES.unrouted}
+# Queues without a delivery limit that are not record queues: the timers' baton.
+UNLIMITED_QUEUES = {*RECORD_QUEUES, NAMES.trigger_leader}
 
 
 @pytest.mark.parametrize(
@@ -65,7 +67,7 @@ def test_the_function_and_ladder_queues_keep_their_own_arguments_on_4() -> None:
     old = topology.core_plan(NAMES, (3, 10)).queues + topology.functions_plan(NAMES, [spec]).queues
     new = topology.core_plan(NAMES, (4, 1)).queues + topology.functions_plan(NAMES, [spec]).queues
     for before, after in zip(old, new, strict=True):
-        if before.name not in RECORD_QUEUES:
+        if before.name not in UNLIMITED_QUEUES:
             assert before == after
     assert topology.function_queue_arguments(NAMES, spec)["x-delivery-limit"] >= 0
 
@@ -77,3 +79,13 @@ def test_definitions_for_a_4x_broker_carry_the_unlimited_argument() -> None:
     legacy = topology.definitions(NAMES, [])
     failed = next(queue for queue in legacy["queues"] if queue["name"] == NAMES.failed)
     assert "x-delivery-limit" not in failed["arguments"]
+
+
+@pytest.mark.parametrize("version", [(3, 10), (4, 1)])
+def test_the_trigger_leader_queue_has_one_active_consumer_and_never_drops_its_baton(
+    version: tuple[int, int],
+) -> None:
+    plan = topology.core_plan(NAMES, version)
+    leader = next(queue for queue in plan.queues if queue.name == NAMES.trigger_leader)
+    assert leader.arguments["x-single-active-consumer"] is True
+    assert leader.arguments.get("x-delivery-limit", -1) == -1

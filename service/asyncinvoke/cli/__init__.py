@@ -9,10 +9,12 @@ import click
 
 from asyncinvoke.cli._common import run_cli
 from asyncinvoke.cli.dlq import dlq
+from asyncinvoke.cli.function import function
 from asyncinvoke.cli.gateway import gateway, serve
 from asyncinvoke.cli.invoke import invoke
 from asyncinvoke.cli.task import task
 from asyncinvoke.cli.topology import topology
+from asyncinvoke.cli.trigger import trigger
 from asyncinvoke.cli.worker import worker
 
 
@@ -31,8 +33,10 @@ cli.add_command(topology)
 cli.add_command(invoke)
 cli.add_command(dlq)
 cli.add_command(task)
+cli.add_command(function)
 cli.add_command(gateway)
 cli.add_command(serve)
+cli.add_command(trigger)
 
 
 def main() -> None:

@@ -13,10 +13,10 @@ import click
 from rich.console import Console
 from rich.text import Text
 
-from asyncinvoke import functions
+from asyncinvoke import functions, tracing
 from asyncinvoke import settings as settings_module
 from asyncinvoke.errors import AsyncInvokeError
-from asyncinvoke.observability import configure_logging
+from asyncinvoke.observability import configure_logging, get_logger
 
 T = TypeVar("T")
 
@@ -69,6 +69,10 @@ def when(timestamp_ms: int) -> str:
 def load_settings(**overrides: Any) -> settings_module.Settings:
     settings = settings_module.from_env(tty=sys.stderr.isatty()).with_overrides(**overrides)
     configure_logging(settings.log_format)
+    # Traces go where the standard OTEL_* variables say (docs/tracing.md); nothing without them.
+    exporter = tracing.configure_from_env()
+    if exporter is not None:
+        get_logger(component="cli").info("tracing_configured", exporter=exporter)
     return settings
 
 

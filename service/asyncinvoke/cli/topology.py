@@ -20,7 +20,11 @@ from asyncinvoke.cli._common import (
     run,
 )
 from asyncinvoke.cli._common import console as terminal
+from asyncinvoke.docstore import DocumentStore
+from asyncinvoke.functions import FunctionsFile
 from asyncinvoke.gateway.fcapi import shown_policy
+from asyncinvoke.liveconfig import model
+from asyncinvoke.liveconfig.live import LiveConfig, file_sources
 from asyncinvoke.settings import Settings
 
 
@@ -87,10 +91,24 @@ def export(
     output.write(orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n")
 
 
-async def _depths(settings: Settings, queues: list[str]) -> dict[str, int | None]:
+async def _depths_and_live(
+    settings: Settings, queues: list[str], functions_file: FunctionsFile
+) -> tuple[dict[str, int | None], dict[str, model.Effective]]:
+    """Each queue's depth, and each function's configuration in force: the file's, with
+    the live configuration over it when the namespace has its configuration stream."""
+    names = topo.Names(settings.namespace)
     async with Broker(settings, name="asyncinvoke-topology") as broker:
         assert broker.connection is not None
-        return {queue: await topo.queue_depth(broker.connection, queue) for queue in queues}
+        depths = {queue: await topo.queue_depth(broker.connection, queue) for queue in queues}
+        if await topo.queue_depth(broker.connection, names.config_stream) is None:
+            sources = file_sources(functions_file)
+            return depths, {
+                name: model.effective(spec, sources.get(name, {}), None, None)
+                for name, spec in functions_file.functions.items()
+            }
+        async with DocumentStore(broker, names) as store:
+            live = LiveConfig(store, functions_file)
+            return depths, live.all()
 
 
 @topology.command()
@@ -107,7 +125,11 @@ def show(config_path: str | None, app_ref: str | None, as_json: bool) -> None:
     system = [names.failed, names.unrouted, names.dead]
     ladder_queues = [names.level(level) for level in range(17)]
     queues = [names.function_queue(name) for name in specs] + system + ladder_queues
-    depths = run(_depths(settings, queues))
+    depths, live = run(_depths_and_live(settings, queues, functions_file))
+    specs = {name: live[name].spec for name in specs}
+    sources = {
+        name: {**functions_file.sources.get(name, {}), **live[name].sources} for name in specs
+    }
     if as_json:
         document: dict[str, Any] = {
             "namespace": settings.namespace,
@@ -117,11 +139,9 @@ def show(config_path: str | None, app_ref: str | None, as_json: bool) -> None:
                     **shown_policy(spec),
                     "queue": names.function_queue(name),
                     "messages": depths[names.function_queue(name)],
-                    **(
-                        {"sources": dict(functions_file.sources[name])}
-                        if name in functions_file.sources
-                        else {}
-                    ),
+                    "paused": live[name].paused,
+                    "configVersion": live[name].version,
+                    "sources": dict(sorted(sources[name].items())),
                 }
                 for name, spec in specs.items()
             },
@@ -141,6 +161,7 @@ def show(config_path: str | None, app_ref: str | None, as_json: bool) -> None:
         "retries",
         "max age",
         "concurrency",
+        "state",
         "backoff",
         "on_success",
         "on_failure",
@@ -162,6 +183,7 @@ def show(config_path: str | None, app_ref: str | None, as_json: bool) -> None:
                 spec.max_retries,
                 f"{spec.max_event_age_s}s",
                 spec.concurrency,
+                f"paused (v{live[name].version})" if live[name].paused else "running",
                 f"{backoff['initial']:g}s*{backoff['multiplier']:g} max {backoff['max']:g}s"
                 f" ±{backoff['jitter']:.0%}",
                 policy["on_success"] or "-",
@@ -174,8 +196,7 @@ def show(config_path: str | None, app_ref: str | None, as_json: bool) -> None:
         "services (FC 2.0 API): "
         + ", ".join(f"{escape(service)} ({len(names)})" for service, names in services.items())
     )
-    if functions_file.sources:
-        console.print(_sources_table(functions_file.sources))
+    console.print(_sources_table(sources))
     waiting = sum(depths[queue] or 0 for queue in ladder_queues)
     system_table = Table(title="system queues")
     system_table.add_column("queue")
@@ -188,8 +209,11 @@ def show(config_path: str | None, app_ref: str | None, as_json: bool) -> None:
 
 
 def _sources_table(sources: Mapping[str, Mapping[str, str]]) -> Table:
-    """Where each value came from, for functions defined in code (and a file over them)."""
-    table = Table(title=escape("where each value comes from (file over code over [defaults])"))
+    """Where each value came from: the live configuration (api), the functions file, its
+    [defaults], code (--app), or the built-in default."""
+    table = Table(
+        title=escape("where each value comes from (api over file over code over [defaults])")
+    )
     for column in ("function", "key", "from"):
         table.add_column(column)
     for name, keys in sources.items():

@@ -4,6 +4,10 @@
 - ``guard``: what every request passes (session, login, CSRF token, headers);
 - ``sessions``: the signed session cookie and CSRF tokens;
 - ``failure_views``: the failures page and its actions;
+- ``task_views``: the tasks pages, Stop and Re-run;
+- ``function_state``: a function's state and policy in force, pause and resume (live
+  configuration);
+- ``management``: unacknowledged counts from RabbitMQ's management API;
 - ``failures``: the failure queue through the dead-letter tool, and its summary;
 - ``depths``: queue depths and consumers from the broker;
 - ``history``: invocations and failures per minute over the last hour;

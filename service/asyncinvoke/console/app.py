@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from asyncinvoke.console import sessions
 from asyncinvoke.console.depths import Depths
 from asyncinvoke.console.failure_views import FailureViews
 from asyncinvoke.console.failures import FailureQueue
+from asyncinvoke.console.function_state import FunctionState, Shown
 from asyncinvoke.console.guard import (
     CSRF_FIELD,
     PREFIX,
@@ -37,12 +39,13 @@ from asyncinvoke.console.guard import (
     after_login,
     see_other,
 )
-from asyncinvoke.console.history import FAILURES, INVOCATIONS, History, read_totals
+from asyncinvoke.console.history import FAILURES, INVOCATIONS, THROTTLES, History, read_totals
 from asyncinvoke.console.management import Management, endpoint
 from asyncinvoke.console.policy_sources import read_document, sources
 from asyncinvoke.console.shown import bars, when
 from asyncinvoke.console.task_views import TaskViews
 from asyncinvoke.errors import AsyncInvokeError, ManagementUnavailable, QueueBusy
+from asyncinvoke.liveconfig.live import LiveConfig
 from asyncinvoke.metrics import Metrics
 from asyncinvoke.observability import get_logger
 from asyncinvoke.settings import Settings
@@ -64,6 +67,8 @@ class Console:
         metrics: Metrics,
         *,
         counts_worker: bool,
+        live: LiveConfig | None,
+        shown: Shown,
     ):
         self.settings = settings
         self.client = client
@@ -75,7 +80,9 @@ class Console:
         self.counts_worker = counts_worker
         self.metrics = metrics
         document = read_document(config_path)
-        self.sources = {name: sources(document, name) for name in policies}
+        file_sources = {name: sources(document, name) for name in policies}
+        # ``shown``: how the gateway shows a spec's policy (passwords of URLs out).
+        self.state = FunctionState(policies, file_sources, live, shown)
         self.history = History(lambda: read_totals(metrics.registry))
         self.depths = Depths(client.broker, self.names)
         self.management = Management(endpoint(settings))
@@ -108,6 +115,7 @@ class Console:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sampler
         await self.management.close()
+        await self.failures.close()
 
     async def _sample(self) -> None:
         while True:
@@ -123,6 +131,8 @@ class Console:
             web.post(PREFIX + "/login", page(self.login, public=True)),
             web.post(PREFIX + "/logout", page(self.logout)),
             web.get(PREFIX + "/functions", page(self.functions)),
+            web.post(PREFIX + "/functions/{name}/pause", page(self.pause)),
+            web.post(PREFIX + "/functions/{name}/resume", page(self.resume)),
             *self.task_views.routes(page),
             *self.failure_views.routes(page),
             web.get(PREFIX + "/live.json", page(self.live)),
@@ -200,15 +210,16 @@ class Console:
         )
         now_s = time.time()
         rows = []
-        for name, policy in sorted(self.policies.items()):
+        for name in sorted(self.policies):
             queue = self.names.function_queue(name)
             depth = depths.get(queue)
             invocations = self.history.per_minute(name, INVOCATIONS, now_s)
             failures = self.history.per_minute(name, FAILURES, now_s)
+            throttles = self.history.per_minute(name, THROTTLES, now_s)
             rows.append(
                 {
                     "name": name,
-                    "state": self._state(name),
+                    "state": self.state.state(name),
                     "ready": "missing" if depth is None else depth.ready,
                     "consumers": "-" if depth is None else depth.consumers,
                     # The API has no statistics for a queue declared seconds ago: "…".
@@ -217,12 +228,11 @@ class Console:
                     ),
                     "invocations": sum(invocations),
                     "failures": sum(failures),
+                    "throttles": sum(throttles),
                     "invocation_bars": bars(invocations, "invocations"),
                     "failure_bars": bars(failures, "failures"),
-                    "policy": [
-                        (field, _policy_text(value), self.sources[name].get(field, "-"))
-                        for field, value in policy.items()
-                    ],
+                    "throttle_bars": bars(throttles, "throttles"),
+                    "policy": self.state.policy(name),
                 }
             )
         waiting = sum(d.ready for q in ladder if (d := depths.get(q)) is not None)
@@ -254,12 +264,6 @@ class Console:
             "(which refreshes it every few seconds)"
         )
 
-    def _state(self, function: str) -> str:
-        """Nothing pauses a function yet: live configuration (issue 15) will answer
-        "paused" here, and add pause and resume forms to the row (POSTs that carry the
-        CSRF token, as Stop does)."""
-        return "running"
-
     def _in_flight(self, function: str) -> int | str:
         if not self.counts_worker:
             return "-"
@@ -269,8 +273,28 @@ class Console:
         rows, totals = await self._function_rows()
         return self._render(
             "functions.html", visit, title="Functions", rows=rows, totals=totals,
-            counts_worker=self.counts_worker, chart_macro=True,
+            counts_worker=self.counts_worker, chart_macro=True, can_pause=self.state.can_pause,
         )
+
+    async def pause(self, request: web.Request, visit: Visit) -> web.StreamResponse:
+        return await self._pause_or_resume(request, visit, self.state.pause)
+
+    async def resume(self, request: web.Request, visit: Visit) -> web.StreamResponse:
+        return await self._pause_or_resume(request, visit, self.state.resume)
+
+    async def _pause_or_resume(
+        self, request: web.Request, visit: Visit, change: Callable[[str], Awaitable[None]]
+    ) -> web.StreamResponse:
+        name = request.match_info["name"]
+        if name not in self.policies or not self.state.can_pause:
+            return self._render(
+                "message.html", visit, title="Not done", status=404,
+                message=f"No function {name!r} can be paused or resumed here (it is not in "
+                "the functions file, or this console has no live configuration).",
+            )
+        await change(name)  # returns once the configuration store holds the change
+        log.info("console_function_state", function=name, action=request.path.rsplit("/")[-1])
+        return see_other(PREFIX + "/functions")
 
     # -- live --------------------------------------------------------------------------
 
@@ -287,7 +311,9 @@ class Console:
         charts = {}
         chart = self.templates.get_template("chart.html")
         for row in rows:
-            for key in ("state", "ready", "consumers", "unacked", "invocations", "failures"):
+            for key in (
+                "state", "ready", "consumers", "unacked", "invocations", "failures", "throttles"
+            ):
                 values[f"{row['name']}.{key}"] = row[key]
             charts[row["name"]] = chart.render(row=row)
         if request.query.get("page") == "failures":
@@ -319,11 +345,3 @@ def _load_static() -> dict[str, bytes]:
 
 
 STATIC_FILES = _load_static()
-
-
-def _policy_text(value: Any) -> str:
-    if isinstance(value, dict):
-        return ", ".join(f"{key} {item}" for key, item in value.items())
-    if value is None:
-        return "-"
-    return str(value).lower() if isinstance(value, bool) else str(value)

@@ -45,6 +45,7 @@ class FailureViews:
         self, request: web.Request, visit: Visit, notice: str | None = None
     ) -> web.StreamResponse:
         offset = _int(request.query.get("start"), 0)
+        await self.failures.settled()
         # Fresh: a page of records read before is shown again only if the depth is the same.
         depth = (await self.depths.read([self.queue], fresh=True)).get(self.queue)
         in_queue = None if depth is None else depth.ready

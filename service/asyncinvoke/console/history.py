@@ -1,4 +1,5 @@
-"""Invocations and failures per function over the last hour, from this process's metrics.
+"""Invocations, failures and throttles per function over the last hour, from this
+process's metrics.
 
 The counters are the worker's own (``metrics.Metrics``): in ``serve`` they count what the
 worker in this process ran. A gateway alone runs no worker, so its history is empty and
@@ -20,7 +21,12 @@ from prometheus_client import CollectorRegistry
 MINUTES = 60
 INVOCATIONS = "invocations"
 FAILURES = "failures"
-_COUNTERS = {"asyncinvoke_invocations": INVOCATIONS, "asyncinvoke_failure_records": FAILURES}
+THROTTLES = "throttles"
+_COUNTERS = {
+    "asyncinvoke_invocations": INVOCATIONS,
+    "asyncinvoke_failure_records": FAILURES,
+    "asyncinvoke_throttles": THROTTLES,
+}
 
 Totals = dict[tuple[str, str], float]  # (function, kind) → cumulative count
 

@@ -135,8 +135,12 @@ class Management:
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                 reason = str(exc) or type(exc).__name__
                 raise ManagementUnavailable(f"{self.where.base} did not answer: {reason}") from None
-            for item in body.get("items", []):
-                count = item.get("messages_unacknowledged")
+            if not isinstance(body, dict) or not isinstance(body.get("items"), list):
+                raise ManagementUnavailable(
+                    f"{self.where.base} did not answer as RabbitMQ's management API does"
+                )
+            for item in body["items"]:
+                count = item.get("messages_unacknowledged") if isinstance(item, dict) else None
                 if isinstance(count, int):
                     found[str(item.get("name"))] = count
             if page >= int(body.get("page_count", 1)):

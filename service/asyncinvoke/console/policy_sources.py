@@ -1,8 +1,8 @@
 """Where each field of a function's effective policy comes from. Pure.
 
-Today a field is set by the function's own table, by ``[defaults]``, or not at all (the
-built-in default). Live configuration (issue 15) will add a source above these; it
-belongs here, as one more layer.
+A field is set by live configuration (the API or ``asyncinvoke function config``, over
+the file), by the function's own table, by ``[defaults]``, or not at all (the built-in
+default).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 
 BUILT_IN = "built-in default"
 DEFAULTS = "[defaults]"
+LIVE = "live configuration"
 
 # Policy fields (FunctionSpec.policy) and the functions-file key each is read from.
 _FIELD_KEYS = {
@@ -28,6 +29,7 @@ _FIELD_KEYS = {
     "on_success": ("on_success",),
     "on_failure": ("on_failure",),
     "delivery_limit": ("delivery_limit",),
+    "throttle_budget": ("throttle_budget",),
 }
 
 
@@ -43,6 +45,18 @@ def sources(document: Mapping[str, Any], function: str) -> dict[str, str]:
             found[policy_field] = DEFAULTS
         else:
             found[policy_field] = BUILT_IN
+    return found
+
+
+def with_live(
+    file_sources: Mapping[str, str], live_sources: Mapping[str, str], api: str, version: int
+) -> dict[str, str]:
+    """``file_sources`` with the fields live configuration sets (those ``live_sources``
+    says come from ``api``) named as set by it, with the configuration's version."""
+    found = dict(file_sources)
+    for policy_field, source in live_sources.items():
+        if source == api and policy_field in _FIELD_KEYS:
+            found[policy_field] = f"{LIVE} (version {version})"
     return found
 
 

@@ -4,7 +4,9 @@ and FC 2.0's (2016-08-15, 2021-04-06: ``fc2routes``) over the same implementatio
 One ``Client`` (one broker connection) serves every request. Async invocations
 are answered 202 only after the broker confirmed them; sync invocations go through
 RabbitMQ too (``Client.call``, direct reply-to) and the worker that runs one replies.
-What is fixed for the process (functions, their policy, keys) is read once at start.
+What is fixed for the process (functions, keys) is read once at start; the functions'
+policy is the functions file's with the namespace's live configuration over it
+(``liveconfig``, read from the configuration store and followed while it runs).
 """
 
 from __future__ import annotations
@@ -19,26 +21,31 @@ import orjson
 from aiohttp import web
 from prometheus_client import Counter
 
-from asyncinvoke import topology
+from asyncinvoke import topology, tracing
 from asyncinvoke.client import Client
 from asyncinvoke.clock import now_ms
 from asyncinvoke.console.app import Console
+from asyncinvoke.docstore import DocumentStore
 from asyncinvoke.functions import FunctionsFile, FunctionSpec
 from asyncinvoke.gateway import fc2api, fcapi, local
 from asyncinvoke.gateway.auth import SignedRequest, Verifier, refuse_replay
 from asyncinvoke.gateway.auth2 import Fc2Verifier
+from asyncinvoke.gateway.configroutes import ConfigRoutes
 from asyncinvoke.gateway.fc2routes import INVOKE_ROUTES, Fc2Routes
 from asyncinvoke.gateway.fcapi import (
     JSON,
     REQUEST_ID,
     FcError,
 )
-from asyncinvoke.gateway.operations import SYNC_MARGIN_S, Operations
+from asyncinvoke.gateway.operations import SYNC_MARGIN_S, ConfigOperations, Operations
+from asyncinvoke.gateway.triggerroutes import TriggerRoutes
+from asyncinvoke.liveconfig.live import LiveConfig
 from asyncinvoke.metrics import Metrics, health_routes
 from asyncinvoke.observability import get_logger
 from asyncinvoke.settings import Settings
 from asyncinvoke.systemd import Notifier, supervised
 from asyncinvoke.tasks.store import Task
+from asyncinvoke.triggers.stored import TriggerStore
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9000
@@ -63,6 +70,13 @@ class Gateway:
         self.names = topology.Names(settings.namespace)
         self.client = Client(settings=settings)
         self.operations = Operations(self.client, sync_margin_s)
+        # The namespace's live configuration and triggers, read whole at start.
+        self.store = DocumentStore(self.client.broker, self.names)
+        self.live = LiveConfig(self.store, functions_file)
+        self.config = ConfigOperations(self.live)
+        self.triggers = TriggerStore(
+            self.store, [trigger for spec in self.specs.values() for trigger in spec.triggers]
+        )
         self.verifier = Verifier(access_keys) if access_keys else None
         self.fc2_verifier = Fc2Verifier(access_keys) if access_keys else None
         self.config_modified_ms = _modified_ms(functions_file.path)
@@ -86,6 +100,8 @@ class Gateway:
             access_keys,
             self.metrics,
             counts_worker=metrics is not None,  # serve shares its worker's metrics
+            live=self.live,
+            shown=fcapi.shown_policy,
         )
         self._runner: web.AppRunner | None = None
         self.host = ""
@@ -106,6 +122,7 @@ class Gateway:
         await self.client.connect()
         # Declared here too, so invocations are kept even before any worker started.
         await topology.declare(self.client.broker.publisher, self.names, self.specs.values())
+        await self.store.start()
         for name in self.specs:
             await self.client.ensure_function(name)
         # Once, before any request: two first sync calls at once would both subscribe.
@@ -174,6 +191,8 @@ class Gateway:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        self.live.close()
+        await self.store.close()
         await self.client.close()
         log.info("gateway_stopped")
 
@@ -188,6 +207,7 @@ class Gateway:
         app.add_routes(
             [
                 *Fc2Routes(self).routes(),
+                *TriggerRoutes(self, self.triggers).routes(),
                 web.post(base + "/invocations", self.invoke, name="InvokeFunction"),
                 web.get(base + "/async-tasks", self.list_tasks, name="ListAsyncTasks"),
                 web.get(base + "/async-tasks/{task_id}", self.get_task, name="GetAsyncTask"),
@@ -196,11 +216,7 @@ class Gateway:
                 web.post(
                     base + "/async-tasks/{task_id}/rerun", self.rerun_task, name="RerunAsyncTask"
                 ),
-                web.get(
-                    base + "/async-invoke-config",
-                    self.get_async_config,
-                    name="GetAsyncInvokeConfig",
-                ),
+                *ConfigRoutes(self).routes(),
                 *health_routes(self.metrics, self.not_ready),
                 *self.console.routes(),
             ]
@@ -219,7 +235,14 @@ class Gateway:
                 signed = await self._verify(request)
                 if signed is not None:
                     await refuse_replay(await self.client.tasks(), signed, now_ms())
-            response = await handler(request)
+            matched = request.match_info.route
+            if matched.name in INVOKE_ROUTES:
+                # The caller's traceparent header is the parent of what the invocation does.
+                path = matched.resource.canonical if matched.resource else request.path
+                with tracing.serving(request.method, path, request.headers):
+                    response = await handler(request)
+            else:
+                response = await handler(request)
         except web.HTTPException as exc:
             response = self._error_response(
                 request, fcapi.from_http_exception(exc, request.method, request.path)
@@ -246,7 +269,7 @@ class Gateway:
                 request.method, request.path, url.raw_path, url.query.items(),
                 request.headers, await request.read(),
             )
-        if request.path.startswith(fcapi.API_PREFIX):
+        if request.path.startswith(f"/{fcapi.API_VERSION}/"):
             return self.verifier.verify(
                 request.method, url.raw_path, url.query.items(), request.headers,
                 await request.read(),
@@ -274,11 +297,11 @@ class Gateway:
         )
 
     def _spec(self, request: web.Request) -> FunctionSpec:
+        """The function the path names, with the live configuration in force now."""
         name = request.match_info["fn"]
-        spec = self.specs.get(name)
-        if spec is None:
+        if name not in self.specs:
             raise fcapi.function_not_found(name)
-        return spec
+        return self.live.effective(name).spec
 
     # -- InvokeFunction ----------------------------------------------------------------
 
@@ -323,12 +346,6 @@ class Gateway:
         response.set_status(202)
         response.headers[REQUEST_ID] = rerun.id
         return response
-
-    # -- GetAsyncInvokeConfig ----------------------------------------------------------
-
-    async def get_async_config(self, request: web.Request) -> web.Response:
-        spec = self._spec(request)
-        return _json(fcapi.async_config(spec, self.names, self.config_modified_ms))
 
     # -- running -----------------------------------------------------------------------
 

@@ -5,9 +5,11 @@ Each handler finds the function through its service (``fc2api``), then calls wha
 middleware checks the signature (``auth2``) and writes errors in FC 2.0's JSON for these
 paths.
 
-Put/Delete of the async config and the trigger routes join here when live configuration
-and triggers exist: a handler each, over the implementation the 2023-03-30 routes use,
-with the shapes in ``fc2api``.
+Put/Get/Delete/List of the async config are here over the implementation the 2023-03-30
+routes use (``operations.ConfigOperations``), in FC 2.0's shapes (``statefulInvocation``
+is task mode). FC 2.0 has no per-function concurrency config (its on-demand and
+provisioned configs are about instances), so pause and resume are 2023-03-30 routes only.
+The trigger routes are ``triggerroutes``' own, given this face's function lookup.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from aiohttp import web
 from asyncinvoke.functions import FunctionSpec
 from asyncinvoke.gateway import fc2api, fcapi
 from asyncinvoke.gateway.fcapi import JSON
+from asyncinvoke.gateway.triggerroutes import TriggerRoutes
+from asyncinvoke.liveconfig import model
+from asyncinvoke.liveconfig.model import Effective
 from asyncinvoke.tasks.store import Task
 
 if TYPE_CHECKING:
@@ -58,20 +63,40 @@ class Fc2Routes:
                 self.get_async_config,
                 name="FC2.GetFunctionAsyncInvokeConfig",
             ),
+            web.put(
+                base + "/async-invoke-config",
+                self.put_async_config,
+                name="FC2.PutFunctionAsyncInvokeConfig",
+            ),
+            web.delete(
+                base + "/async-invoke-config",
+                self.delete_async_config,
+                name="FC2.DeleteFunctionAsyncInvokeConfig",
+            ),
             web.get(
                 base + "/async-invoke-configs",
                 self.list_async_configs,
                 name="FC2.ListFunctionAsyncInvokeConfigs",
             ),
+            *TriggerRoutes(
+                self.gateway,
+                self.gateway.triggers,
+                base=base + "/triggers",
+                find=self._spec,
+                config_as_text=False,
+                route_prefix="FC2.",
+            ).routes(),
         ]
 
     def _spec(self, request: web.Request) -> FunctionSpec:
+        """The function the path names, with the live configuration in force now."""
         service = fc2api.split_service(
             request.match_info["service"], request.query.get("qualifier")
         )
-        return fc2api.find_function(
+        spec = fc2api.find_function(
             self.gateway.specs, self.services, service, request.match_info["fn"]
         )
+        return self.gateway.live.effective(spec.name).spec
 
     async def _task(self, request: web.Request) -> tuple[FunctionSpec, Task]:
         spec = self._spec(request)
@@ -118,17 +143,39 @@ class Fc2Routes:
 
     # -- Get/ListFunctionAsyncInvokeConfig(s) --------------------------------------------
 
+    def _async_config(self, live: Effective) -> dict[str, object]:
+        gateway = self.gateway
+        file_ms = gateway.live.file_modified_ms
+        config = fc2api.async_config(live.spec, gateway.names, file_ms)
+        config.update(model.times(live.async_config, file_ms))
+        config["asyncinvoke"] = {
+            **config["asyncinvoke"],
+            "configVersion": live.version,
+            "paused": live.paused,
+            "sources": dict(live.sources),
+        }
+        return config
+
     async def get_async_config(self, request: web.Request) -> web.Response:
         spec = self._spec(request)
-        gateway = self.gateway
-        return _json(fc2api.async_config(spec, gateway.names, gateway.config_modified_ms))
+        return _json(self._async_config(self.gateway.config.effective(spec.name)))
+
+    async def put_async_config(self, request: web.Request) -> web.Response:
+        spec = self._spec(request)  # the qualifier was checked with the service
+        live = await self.gateway.config.put_async_config(
+            spec.name, await request.read(), None, stateful_key="statefulInvocation"
+        )
+        return _json(self._async_config(live))
+
+    async def delete_async_config(self, request: web.Request) -> web.Response:
+        spec = self._spec(request)
+        await self.gateway.config.delete_async_config(spec.name, None)
+        return web.Response(status=204)
 
     async def list_async_configs(self, request: web.Request) -> web.Response:
         """A function's configs, one per qualifier: here only LATEST's."""
         spec = self._spec(request)
-        gateway = self.gateway
-        config = fc2api.async_config(spec, gateway.names, gateway.config_modified_ms)
-        return _json({"configs": [config]})
+        return _json({"configs": [self._async_config(self.gateway.config.effective(spec.name))]})
 
 
 def _json(value: object) -> web.Response:

@@ -33,8 +33,10 @@ from asyncinvoke.errors import (
     AsyncInvokeError,
     BrokerUnavailable,
     CallTimeout,
+    InvalidConfig,
     InvalidMessage,
     PublishError,
+    StoreUnavailable,
     TaskExistsError,
     TaskFinished,
     TaskNotEnded,
@@ -160,8 +162,10 @@ def from_error(exc: Exception) -> FcError | None:
         return Conflict(str(exc), code="AsyncTaskNotEnded")
     if isinstance(exc, TaskNotRerunnable):
         return Conflict(str(exc), code="AsyncTaskNotRerunnable")
-    if isinstance(exc, InvalidMessage):
+    if isinstance(exc, InvalidMessage | InvalidConfig):
         return InvalidArgument(str(exc))
+    if isinstance(exc, StoreUnavailable):
+        return ServiceUnavailable(f"{exc}; try again shortly")
     if isinstance(exc, CallTimeout):
         return InvocationTimeout(str(exc))
     if isinstance(exc, PublishError | BrokerUnavailable):

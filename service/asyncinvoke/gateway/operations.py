@@ -1,12 +1,16 @@
 """What both faces of the gateway do, whatever their shapes: InvokeFunction (async through
-the broker, sync through a reply), and finding, listing and stopping the tasks of task
-mode (FC 2.0's stateful async invocations). The 2023-03-30 routes (``app``) and FC 2.0's
-(``fc2routes``) parse their requests, call these, and shape the answers; live
-configuration and triggers will add their operations here, for both faces.
+the broker, sync through a reply), finding, listing and stopping the tasks of task
+mode (FC 2.0's stateful async invocations), and the live configuration's Put, Get, Delete
+and List (``ConfigOperations``). The 2023-03-30 routes (``app``, ``configroutes``) and FC
+2.0's (``fc2routes``) parse their requests, call these, and shape the answers; triggers
+will add their operations here, for both faces.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+import orjson
 from aiohttp import web
 
 from asyncinvoke import contract, record_codec
@@ -17,6 +21,9 @@ from asyncinvoke.errors import PayloadTooLarge
 from asyncinvoke.functions import FunctionSpec
 from asyncinvoke.gateway import fcapi
 from asyncinvoke.gateway.fcapi import ASYNC_TASK_ID, REQUEST_ID, EntityTooLarge
+from asyncinvoke.liveconfig import model
+from asyncinvoke.liveconfig.live import LiveConfig
+from asyncinvoke.liveconfig.model import Effective
 from asyncinvoke.tasks.states import Status
 from asyncinvoke.tasks.store import Page, Task, TaskFinished
 
@@ -141,3 +148,63 @@ class Operations:
         except TaskFinished as exc:
             if exc.task.status is not Status.STOPPED:  # stopping a stopped task is no error
                 raise fcapi.Conflict(str(exc), code=finished_code) from None
+
+
+class ConfigOperations:
+    """Live configuration (async-invoke config, concurrency) for both faces: bodies are
+    validated by ``liveconfig.model`` (an ``InvalidConfig`` is a 400 naming the field and
+    its range), an unknown function is a 404, a store that cannot confirm is a 503."""
+
+    def __init__(self, live: LiveConfig):
+        self.live = live
+
+    def effective(self, function: str) -> Effective:
+        return self.live.effective(function)
+
+    async def put_async_config(
+        self, function: str, body: bytes, qualifier: str | None, *, stateful_key: str = ""
+    ) -> Effective:
+        """PutAsyncInvokeConfig; ``stateful_key``: FC 2.0's name for asyncTask."""
+        document = _json_body(body)
+        if stateful_key and isinstance(document, dict) and stateful_key in document:
+            document = {**document}
+            document[model.ASYNC_TASK] = document.pop(stateful_key)
+        return await self.live.put_async_config(function, document, qualifier)
+
+    async def delete_async_config(self, function: str, qualifier: str | None) -> None:
+        if not await self.live.delete_async_config(function, qualifier):
+            raise fcapi.NotFound(
+                f"function '{function}' has no async invoke config set through the API "
+                "(its functions-file values apply)",
+                code="AsyncConfigNotFound",
+            )
+
+    def list_async_configs(
+        self, function: str | None, limit: str | None, next_token: str | None
+    ) -> tuple[list[Effective], str | None]:
+        return self.live.list_page(function, _limit(limit), next_token)
+
+    async def put_concurrency(self, function: str, body: bytes) -> Effective:
+        return await self.live.put_concurrency(function, _json_body(body))
+
+    async def delete_concurrency(self, function: str) -> None:
+        if not await self.live.delete_concurrency(function):
+            raise fcapi.NotFound(
+                f"function '{function}' has no concurrency config set through the API",
+                code="ConcurrencyConfigNotFound",
+            )
+
+
+def _json_body(body: bytes) -> Any:
+    try:
+        return orjson.loads(body or b"{}")
+    except orjson.JSONDecodeError as exc:
+        raise fcapi.InvalidArgument(f"the body is not JSON: {exc}") from None
+
+
+def _limit(raw: str | None) -> int | None:
+    if raw is None or raw == "":
+        return None
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 6:
+        raise fcapi.InvalidArgument(f"limit must be an integer from 1 to 100, got {raw[:20]!r}")
+    return int(raw)

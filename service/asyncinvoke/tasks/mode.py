@@ -129,10 +129,11 @@ class TaskMode:
     async def before_follow_up(
         self, envelope: Envelope, outcome: Outcome, settlement: policy.Settlement, now: int
     ) -> bool:
-        """A retry is recorded before it is sent, since its copy may be claimed at once and
-        must find the task Retrying (a worker that dies in between leaves it so: it runs
-        again). Whether the task was stopped meanwhile (the retry must not be sent)."""
-        if type(settlement) is not policy.Retry:
+        """A retry (or a throttle) is recorded before it is sent, since its copy may be
+        claimed at once and must find the task Retrying (Throttled); a worker that dies in
+        between leaves it so, and it runs again. Whether the task was stopped meanwhile
+        (the retry must not be sent)."""
+        if not policy.follows_again(settlement):
             return False
         task = await self.tracker.settled(envelope, outcome, settlement, now)
         return task is not None and task.status is Status.STOPPED
@@ -142,7 +143,7 @@ class TaskMode:
     ) -> None:
         """An end state only once its record is confirmed: a worker that dies in between
         leaves the task Running, and the delivery runs again."""
-        if type(settlement) is not policy.Retry:
+        if not policy.follows_again(settlement):
             await self.tracker.settled(envelope, outcome, settlement, now)
 
     async def invalid(self, task_id: str, function: str, now: int, reason: str) -> None:

@@ -3,6 +3,7 @@
     Enqueued ─► Dequeued ─► Running ─► Succeeded
         │           │          ├─────► Failed
         │           │          ├─────► Retrying ─► Dequeued / Running ...
+        │           │          ├─────► Throttled ─► Dequeued / Running ... (no retry spent)
         │           │          └─────► Stopping ─► Stopped
         └───────────┴──(stop before start)──────► Stopped
     (not started in time: Expired; broke the contract: Invalid)
@@ -27,6 +28,9 @@ class Status(StrEnum):
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
     RETRYING = "Retrying"
+    # Our addition to FC's names: the function was busy (HTTP 429/503, no connection,
+    # ``Throttled``); the task waits to try again on its throttle budget.
+    THROTTLED = "Throttled"
     STOPPING = "Stopping"
     STOPPED = "Stopped"
     EXPIRED = "Expired"
@@ -38,7 +42,7 @@ TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.STOPPED, Status.EX
 # Ended without success and not by a stop: a replay makes these Enqueued again.
 REPLAYABLE = frozenset({Status.FAILED, Status.EXPIRED, Status.INVALID})
 # Not started yet: a stop makes these Stopped at once.
-WAITING = frozenset({Status.ENQUEUED, Status.DEQUEUED, Status.RETRYING})
+WAITING = frozenset({Status.ENQUEUED, Status.DEQUEUED, Status.RETRYING, Status.THROTTLED})
 
 _ALLOWED: dict[Status, frozenset[Status]] = {
     Status.ENQUEUED: frozenset({Status.DEQUEUED, Status.RUNNING, Status.STOPPED,
@@ -47,8 +51,10 @@ _ALLOWED: dict[Status, frozenset[Status]] = {
                                 Status.INVALID, Status.FAILED}),
     Status.RETRYING: frozenset({Status.DEQUEUED, Status.RUNNING, Status.STOPPED,
                                 Status.EXPIRED, Status.FAILED}),
+    Status.THROTTLED: frozenset({Status.DEQUEUED, Status.RUNNING, Status.STOPPED,
+                                 Status.EXPIRED, Status.FAILED}),
     Status.RUNNING: frozenset({Status.SUCCEEDED, Status.FAILED, Status.RETRYING,
-                               Status.STOPPING, Status.STOPPED}),
+                               Status.THROTTLED, Status.STOPPING, Status.STOPPED}),
     Status.STOPPING: frozenset({Status.STOPPED}),
 }
 

@@ -271,6 +271,10 @@ def decide_transition(
         changes["error"] = error  # a success clears the error of an earlier attempt
     if target is Status.RUNNING and task.started_at is None:
         changes["started_at"] = now_ms
+    if target is Status.THROTTLED:
+        # A throttle spends no attempt: the claim that counted one gives it back, so that
+        # alreadyRetriedTimes counts only the attempts max_retries counts.
+        changes["attempts"] = max(0, task.attempts - 1)
     return _moved(task, target, now_ms, detail, **changes)
 
 

@@ -20,6 +20,7 @@ from asyncinvoke.tasks import open_store
 from asyncinvoke.tasks.retrying import RetryingTaskStore
 from asyncinvoke.tasks.states import REPLAYABLE, Status
 from asyncinvoke.tasks.store import Claim, ClaimResult, Task, TaskStore
+from asyncinvoke.tasks.traced import traced
 
 # A Running claim outlives its attempt's timeout by this much; a claim whose worker
 # died is taken over by a redelivery once it has run out.
@@ -56,7 +57,7 @@ class TaskTracker:
                     self._retrying = RetryingTaskStore(store, retry_s=self.retry_s)
                 if self._store is None:
                     await self._retrying.open()
-                    self._store = self._retrying
+                    self._store = traced(self._retrying, self.store_url)
         return self._store
 
     @property
@@ -151,9 +152,17 @@ class TaskTracker:
                 status = Status.RETRYING
                 detail = (f"attempt {envelope.attempt} failed ({error}); retry in "
                           f"{backoff_ms / 1000:.3f} s")
+            case policy.Throttle(wait_ms=wait_ms, since=since):
+                status = Status.THROTTLED
+                detail = (f"attempt {envelope.attempt} throttled ({error}); again in "
+                          f"{wait_ms / 1000:.3f} s, throttle {envelope.throttles + 1} in "
+                          f"{(now_ms - since) / 1000:.3f} s")
             case policy.GiveUp(condition):
                 status = Status.FAILED
                 detail = f"{condition} after attempt {envelope.attempt}: {error}"
+                if condition == contract.THROTTLE_EXHAUSTED:
+                    detail = (f"{condition}: throttled {envelope.throttles + 1} times, past "
+                              f"the function's throttle budget; last: {error}")
         if status is Status.SUCCEEDED:
             task = await store.transition(
                 envelope.id, status, now_ms, detail, result=outcome.result
