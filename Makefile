@@ -46,7 +46,7 @@ image: install
 bench: install broker
 	$(BIN)/pip install -q -e '.[test,peers]'
 	$(BIN)/python -m tests.bench.suite
-	$(BIN)/python -m tests.bench.bench_processes
+	$(BIN)/python -m tests.bench.private tests.bench.bench_processes
 	$(BIN)/python -m tests.bench.bench_cluster
 
 # The other benchmarks: worker CPU per message against bare aio-pika (and its profile),

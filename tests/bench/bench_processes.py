@@ -1,7 +1,10 @@
 """processes: per process, per machine, and CPU-bound handlers (issue 18), in one run.
 
     .venv/bin/python -m tests.bench.bench_processes [--rounds 5] [--n 10000]
-        [--parts process,machine,cpu] [--machine-rounds 3] [--cpu-n 2000]
+        [--parts process,machine,cpu] [--machine-rounds 3] [--cpu-n 2000] [--no-pin]
+
+``make bench`` runs it on a private RabbitMQ node (``tests.bench.private``), and then
+part 1 puts the node on the first CPU and the workers on the others (``--no-pin``: not).
 
 1. **Per process, no-op.** One worker process of each system drains N no-op tasks
    (published first): asyncinvoke, bare aiormq and bare aio-pika consume-and-ack,
@@ -9,11 +12,13 @@
    in ``bench_peers``). Rounds alternate the systems (every other round in reverse
    order); the rate of each is the **median of the rounds**, every round shown. Also
    the worker's CPU time per invocation (``time.process_time()`` in the process that
-   ran the tasks, between its first and its last task) against bare aiormq's.
+   ran the tasks, between its first and its last task) against bare aiormq's, which
+   does not depend on the machine's load; and the broker's per task.
 2. **Per machine, no-op.** ``asyncinvoke worker --processes 2`` against ``dramatiq -p 2``
    and Celery's prefork pool ``-c 2``, on this 2-core machine where the broker shares
    the cores. Where the ceiling is: the broker's CPU (the beam process that listens on
-   5672) and the workers' CPU during each drain, in cores.
+   5672) and the workers' CPU during each drain, in cores, and each per task (the
+   worker's whole process tree: supervisor, consumers, pool processes).
 3. **CPU-bound.** A task that burns 2 ms of pure-Python CPU: ours with ``executor =
    "process"`` (one worker process, concurrency 2: two handler processes) against
    Celery prefork ``-c 2`` and Dramatiq ``-p 2 --threads 1``. The ideal is cores ÷ 2 ms
@@ -49,9 +54,10 @@ from urllib.parse import urlsplit
 
 import psutil
 
+from asyncinvoke import topology
 from tests.bench.bench_peers import OURS_CONCURRENCY, PEER_SETTINGS, drain_bare, drain_timeout
 from tests.bench.common import AMQP_URL, LOADS, note_load, say
-from tests.bench.peers import probe
+from tests.bench.peers import classic_worker, probe
 from tests.bench.peers.runner import (
     CELERY,
     DRAMATIQ,
@@ -212,15 +218,31 @@ async def drain(run: Run, n: int, broker: psutil.Process | None) -> Sample:
 
 
 class OursWorker(OursRun):
-    """Our worker with extra arguments (``--processes``)."""
+    """Our worker with extra arguments (``--processes``), on quorum function queues (the
+    product's) or, with ``classic``, on classic ones (``peers.classic_worker``): whether
+    the queue type is what holds a run back."""
 
-    def __init__(self, *args: Any, worker_args: tuple[str, ...] = (), **kwargs: Any):
+    def __init__(
+        self, *args: Any, worker_args: tuple[str, ...] = (), classic: bool = False, **kwargs: Any
+    ):
         super().__init__(*args, **kwargs)
         self.worker_args = worker_args
+        self.classic = classic
+
+    async def declare(self) -> None:
+        if not self.classic:
+            return await super().declare()
+        quorum = topology.function_queue_arguments
+        classic_worker.use_classic_queues()
+        try:
+            await super().declare()
+        finally:
+            topology.function_queue_arguments = quorum  # type: ignore[assignment]
 
     async def start_worker(self) -> None:
         env = self.space.env(**self.probe_env(), **self.extra_env)
-        command = [sys.executable, "-m", "asyncinvoke", "worker", "--config", str(self.config),
+        module = "tests.bench.peers.classic_worker" if self.classic else "asyncinvoke"
+        command = [sys.executable, "-m", module, "worker", "--config", str(self.config),
                    *self.worker_args]  # fmt: skip
         self.worker = await spawn(command, env, self.log)
 
@@ -229,10 +251,12 @@ async def ours(
     workdir: Path, n: int, broker: psutil.Process | None, *, processes: int = 1,
     handler: str = "tests.bench.peers.ours:noop", concurrency: int = OURS_CONCURRENCY,
     extra: str = "", env: dict[str, str] | None = None, label: str = "asyncinvoke",
+    classic: bool = False,
 ) -> Sample:  # fmt: skip
     async with OursWorker(
         workdir, n, label=label, handler=handler, concurrency=concurrency, toml_extra=extra,
         env={**MULTI_ENV, **(env or {})}, worker_args=("--processes", str(processes)),
+        classic=classic,
     ) as run:  # fmt: skip
         assert isinstance(run, OursRun)
         await run.declare()
@@ -279,8 +303,29 @@ async def rounds(
 # -- the parts ---------------------------------------------------------------------------------
 
 
+def pin(broker: psutil.Process | None, apart: bool) -> str:
+    """``apart``: the broker on the first CPU, this process and all it starts from now on
+    (workers, bare consumers) on the others, so that a worker's rate is its own cost and
+    the broker's CPU shows whether it is the ceiling (1.0 core: saturated). Otherwise every
+    CPU for both again. Only a private node is pinned (tests/bench/private.py): the shared
+    one at 5672 serves everyone's tests."""
+    cpus = list(range(os.cpu_count() or 1))
+    if broker is None or not os.environ.get("BENCH_PRIVATE_BROKER") or len(cpus) < 2:
+        return "not pinned (shared broker, or one CPU)"
+    try:
+        for thread in broker.threads():
+            os.sched_setaffinity(thread.id, {cpus[0]} if apart else set(cpus))
+        os.sched_setaffinity(0, set(cpus[1:]) if apart else set(cpus))
+    except (OSError, psutil.Error) as exc:
+        return f"not pinned: {exc}"
+    if apart:
+        return f"pinned: the broker on CPU {cpus[0]}, the workers on CPU {cpus[1:]}"
+    return "not pinned"
+
+
 async def per_process(args: argparse.Namespace, workdir: Path, broker: Any) -> dict[str, Series]:
     series = {key: Series(key, NAMES[key]) for key in PER_PROCESS}
+    say(pin(broker, apart=args.pin))
     attempts: dict[str, Callable[[], Awaitable[Sample]]] = {
         "ours": partial(ours, workdir, args.n, broker),
         "aiormq": partial(bare, "aiormq", args.n, broker),
@@ -289,7 +334,10 @@ async def per_process(args: argparse.Namespace, workdir: Path, broker: Any) -> d
         "celery": partial(peer, "celery", workdir, args.n, broker),
         "taskiq": partial(peer, "taskiq", workdir, args.n, broker),
     }
-    await rounds(series, attempts, args.rounds)
+    try:
+        await rounds(series, attempts, args.rounds)
+    finally:
+        pin(broker, apart=False)
     return series
 
 
@@ -313,14 +361,22 @@ async def cpu_bound(args: argparse.Namespace, workdir: Path, broker: Any) -> dic
     n = args.cpu_n
     burn_env = {"BENCH_TASK": "burn", "BENCH_BURN_MS": str(BURN_MS)}
     series = {
-        "ours": Series("ours", 'asyncinvoke, executor = "process", concurrency 2'),
-        "dramatiq": Series("dramatiq", "Dramatiq -p 2 --threads 1"),
-        "celery": Series("celery", "Celery prefork -c 2"),
+        "ours": Series("ours", 'asyncinvoke, executor = "process", concurrency 2 (quorum queue)'),
+        "classic": Series("classic", "asyncinvoke, as above, on a classic queue"),
+        "dramatiq": Series("dramatiq", "Dramatiq -p 2 --threads 1 (classic queue)"),
+        "celery": Series("celery", "Celery prefork -c 2 (classic queue)"),
     }
     attempts: dict[str, Callable[[], Awaitable[Sample]]] = {
         "ours": partial(
             ours, workdir, n, broker, handler="tests.bench.peers.ours:burn", concurrency=2,
             extra='executor = "process"\n', env=burn_env, label="asyncinvoke cpu",
+        ),
+        # The peers' queues are classic; ours are quorum queues (the product's): the same
+        # worker on a classic queue tells the queue type's share from the worker's.
+        "classic": partial(
+            ours, workdir, n, broker, handler="tests.bench.peers.ours:burn", concurrency=2,
+            extra='executor = "process"\n', env=burn_env, label="asyncinvoke cpu classic",
+            classic=True,
         ),
         "dramatiq": partial(peer, "dramatiq", workdir, n, broker, processes=2, threads=1,
                             env=burn_env),
@@ -525,6 +581,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--machine-n", type=int, default=20_000)
     parser.add_argument("--cpu-n", type=int, default=2_000)
     parser.add_argument("--parts", default="process,machine,cpu")
+    parser.add_argument(
+        "--no-pin", dest="pin", action="store_false",
+        help="part 1 without the broker and the workers on CPUs of their own",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     args.parts = [part.strip() for part in args.parts.split(",")]
     started = datetime.now().astimezone()
@@ -537,7 +597,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench_processes, {started:%Y-%m-%d %H:%M %Z}, {cores} CPUs; "
           f"per-process N = {args.n:,} x {args.rounds} rounds")  # fmt: skip
     if os.environ.get("BENCH_PINNED"):
-        print(f"pinned: {os.environ['BENCH_PINNED']}")
+        print(f"pinned for the whole run: {os.environ['BENCH_PINNED']}")
+    elif "process" in parts and args.pin and os.environ.get("BENCH_PRIVATE_BROKER"):
+        print("part 1 pinned: the broker on the first CPU, the workers on the others")
     print(report(parts, cores))
     if LOADS:
         print(f"1-minute load at the start of each round: {min(LOADS):.2f} .. {max(LOADS):.2f}")

@@ -54,7 +54,7 @@ def main() -> int:
     broker = private_broker.start()
     try:
         print(f"private broker {broker.node} on port {broker.port}", file=sys.stderr)
-        env = {**os.environ, "ASYNCINVOKE_AMQP_URL": broker.url}
+        env = {**os.environ, "ASYNCINVOKE_AMQP_URL": broker.url, "BENCH_PRIVATE_BROKER": "1"}
         if pinned:
             placement = pin(broker)
             print(placement, file=sys.stderr)
