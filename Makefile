@@ -38,13 +38,16 @@ unit: install
 image: install
 	BASE=$(BASE) bash deploy/image.sh
 
-# The benchmark suite (issue 8's six parts, about 15 minutes), summed up in one table;
-# each part also runs alone (see docs/benchmarks.md):
+# The benchmark suite (issue 8's six parts, about 15 minutes), summed up in one table,
+# then worker processes, then scale-out on the local 3-node cluster against one node,
+# asyncinvoke and Dramatiq (bench_cluster, about 5 minutes; it starts the cluster if it
+# is not running, as root). Each part also runs alone (see docs/benchmarks.md):
 #   .venv/bin/python -m tests.bench.bench_peers | tests.bench producer | tests.bench.bench_delay
 bench: install broker
 	$(BIN)/pip install -q -e '.[test,peers]'
 	$(BIN)/python -m tests.bench.suite
 	$(BIN)/python -m tests.bench.private tests.bench.bench_processes
+	$(BIN)/python -m tests.bench.bench_cluster
 
 # The other benchmarks: worker CPU per message against bare aio-pika (and its profile),
 # the HTTP gateway under wrk, and the dead-letter tool's export.

@@ -20,11 +20,11 @@ from typing import Any
 
 import aiormq
 
+from asyncinvoke.frame_room import wait_for_room
 from asyncinvoke.observability import get_logger
 
 log = get_logger(component="acks")
 
-PUT_SLICE_S = 0.5
 
 
 class _ChannelAcks:
@@ -116,22 +116,14 @@ class Acks:
 async def _write(channel: Any, send: Callable[[], Awaitable[None]]) -> None:
     """Queue one frame (``send``) for the connection's writer.
 
-    The connection's frame queue is small and bounded. Once a connection died, its
-    writer is gone, and a channel of it may not be marked closed yet: a put could
-    then wait forever, and hold back the acks of every other channel with it. So the
-    put is retried in short slices (a cancelled put queues nothing), and given up once
-    the channel or its connection is closed. A live but busy connection (flow
-    control) is waited for.
+    Only once the connection's frame queue has room (``frame_room``): a frame that
+    waited in a full queue could reach the broker after the close-ok of a channel it
+    closed meanwhile, and cost the whole connection. Once a connection died, its writer
+    is gone and a channel of it may not be marked closed yet: the wait then ends when
+    the channel or its connection is marked closed, and the frame is given up.
     """
-    while True:
-        if channel.is_closed or channel.connection.is_closed:
-            raise aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
-        try:
-            async with asyncio.timeout(PUT_SLICE_S):
-                await send()
-            return
-        except TimeoutError:
-            continue
+    await wait_for_room(channel)
+    await send()  # a put into a queue with room: no yield between the check and it
 
 
 def _plan(state: _ChannelAcks) -> list[tuple[int, bool]]:

@@ -25,9 +25,7 @@ Two things the broker does to publishers are handled here:
 from __future__ import annotations
 
 import asyncio
-import logging
-import ssl
-import weakref
+import contextlib
 from typing import Any
 from uuid import uuid4
 
@@ -36,7 +34,7 @@ import aiormq
 from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
 
-from asyncinvoke import contract
+from asyncinvoke import alarms, contract, failover
 from asyncinvoke.errors import (
     BrokerBlocked,
     BrokerUnavailable,
@@ -45,12 +43,24 @@ from asyncinvoke.errors import (
     PublishTimeout,
     UnroutableError,
 )
+from asyncinvoke.frame_room import wait_for_room
+from asyncinvoke.nodes import NodeRing, parse_nodes
 from asyncinvoke.observability import get_logger
-from asyncinvoke.settings import Settings, redact_url
+from asyncinvoke.settings import Settings
 
 PERSISTENT = 2
 log = get_logger(component="broker")
 RECONNECT_INTERVAL_S = 2.0  # between attempts while the broker is away
+CLOSED_CHANNEL_RETRY_S = 0.05  # before a publish a closed channel refused is tried again
+# Before a publish the broker refused (basic.nack) is sent again: doubling up to the max.
+NACK_RETRY_S = 0.05
+NACK_RETRY_MAX_S = 0.5
+# How long refusals are retried (within the publish timeout): a quorum queue's leader
+# election after its node died takes a second or two; a queue that is full or has lost
+# its majority refuses for longer, and the caller hears of it after this.
+NACK_RETRY_WINDOW_S = 5.0
+# At most one new publisher channel this often, however many publishes were refused.
+FRESH_PUBLISHER_EVERY_S = 1.0
 ANSWER_POLL_S = 0.1  # how often a timed-out publish is checked for the broker's late answer
 # What a publish meets when the connection drops under it (aiormq's, not ours).
 _CONNECTION_LOST = (
@@ -58,48 +68,6 @@ _CONNECTION_LOST = (
     aiormq.exceptions.ChannelInvalidStateError,
     ConnectionError,
 )
-
-
-class _BlockedWatch(logging.Filter):
-    """Hears aiormq's ``connection.blocked`` / ``unblocked``, which aio-pika does not expose.
-
-    aiormq logs both frames (with the broker's reason) and keeps no callback for them,
-    so its log records are the one place they surface. A logger drops a record below its
-    level before any filter sees it, and quiet commands (the dlq tool) or an operator's
-    logging setup may raise aiormq's level: so ``hear_alarms`` keeps aiormq.connection
-    at WARNING, and this filter lets its other records through only at the level the
-    ``aiormq`` logger above it asks for. The two frames' records are taken here and not
-    passed on: the broker logs its own ``broker_blocked`` / ``broker_unblocked`` lines.
-    """
-
-    brokers: weakref.WeakSet[Broker] = weakref.WeakSet()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = str(record.msg)
-        if message.startswith("Connection %r was") and isinstance(record.args, tuple):
-            connection = record.args[0]
-            if "blocked by" in message and len(record.args) > 1:
-                for broker in list(self.brokers):
-                    broker._on_blocked(connection, str(record.args[1]))
-                return False
-            if message.endswith("was unblocked"):
-                for broker in list(self.brokers):
-                    broker._on_unblocked(connection)
-                return False
-        return record.levelno >= _AIORMQ_LOG.getEffectiveLevel()
-
-
-_WATCH = _BlockedWatch()
-_AIORMQ_LOG = logging.getLogger("aiormq")
-_AIORMQ_CONNECTION_LOG = logging.getLogger("aiormq.connection")
-_AIORMQ_CONNECTION_LOG.addFilter(_WATCH)
-
-
-def hear_alarms() -> None:
-    """Make sure aiormq.connection's WARNING records (the alarm frames) are made at all."""
-    _AIORMQ_CONNECTION_LOG.disabled = False  # dictConfig disables loggers it was not told of
-    if not _AIORMQ_CONNECTION_LOG.isEnabledFor(logging.WARNING):
-        _AIORMQ_CONNECTION_LOG.setLevel(logging.WARNING)
 
 
 class Broker:
@@ -113,11 +81,14 @@ class Broker:
         self.settings = settings
         self.name = name
         self.wait_while_blocked = wait_while_blocked
+        # The cluster's nodes (a bad list is a ConfigError here), and the one in use.
+        self.ring = NodeRing(parse_nodes(settings.amqp_url))
         self.connection: aio_pika.abc.AbstractRobustConnection | None = None
         self._publisher: aio_pika.abc.AbstractChannel | None = None
         # Up from connect until the connection is lost, and again once aio-pika has
         # reconnected and restored every channel and consumer.
         self._up = False
+        self._connected = asyncio.Event()  # set while _up
         # The broker's reason while a resource alarm blocks this connection, else None.
         self.blocked_reason: str | None = None
         self._unblocked = asyncio.Event()
@@ -125,40 +96,38 @@ class Broker:
         self._deadlines: set[asyncio.Timeout] = set()  # of the publishes awaiting a confirm
         self._publishing: dict[str, asyncio.Future[None]] = {}  # message_id → its publish
         self._releasing: set[asyncio.Task[None]] = set()
+        self._fresh_publisher_at = 0.0  # loop time the publisher channel was last replaced
+        self._retiring: set[asyncio.Task[None]] = set()
 
     async def connect(self) -> None:
-        hear_alarms()
-        url = self.settings.amqp_url
-        kwargs: dict[str, Any] = {"client_properties": {"connection_name": self.name}}
-        if url.startswith("amqps://"):
-            kwargs["ssl_context"] = ssl.create_default_context()
-        try:
-            self.connection = await aio_pika.connect_robust(
-                url, timeout=10, reconnect_interval=RECONNECT_INTERVAL_S, **kwargs
-            )
-        except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as exc:
-            raise BrokerUnavailable(
-                f"cannot connect to RabbitMQ at {redact_url(url)}: {exc or type(exc).__name__}; "
-                "start it (make broker) or set ASYNCINVOKE_AMQP_URL"
-            ) from None
+        alarms.hear_alarms()
+        self.connection = await failover.connect(
+            self.ring, name=self.name, reconnect_interval_s=RECONNECT_INTERVAL_S
+        )
+        log.info("broker_connected", node=self.node, nodes=len(self.ring.nodes))
         self._publisher = await self.connection.channel(
             publisher_confirms=True, on_return_raises=True
         )
         self.connection.close_callbacks.add(self._on_lost)
         self.connection.reconnect_callbacks.add(self._on_restored)
-        _BlockedWatch.brokers.add(self)
+        alarms.listen(self)
         self._up = True
+        self._connected.set()
 
     def _on_lost(self, _: object, exc: BaseException | None = None) -> None:
         if self._up:
-            log.warning("broker_connection_lost", error=str(exc) if exc else None)
+            log.warning(
+                "broker_connection_lost", node=self.node, error=str(exc) if exc else None
+            )
         self._up = False
+        self._connected.clear()
         # A new connection starts unblocked; the broker says so again should the alarm last.
         self._set_unblocked()
 
     def _on_restored(self, _: object) -> None:
         self._up = True
-        log.info("broker_reconnected")
+        self._connected.set()
+        log.info("broker_reconnected", node=self.node)
 
     def _is_mine(self, connection: object) -> bool:
         transport = getattr(self.connection, "transport", None)
@@ -200,7 +169,9 @@ class Broker:
 
     async def close(self) -> None:
         self._up = False
-        _BlockedWatch.brokers.discard(self)
+        alarms.forget(self)
+        for retiring in list(self._retiring):
+            retiring.cancel()
         if self.connection is not None:
             await self.connection.close()
             self.connection = None
@@ -215,6 +186,20 @@ class Broker:
     @property
     def is_connected(self) -> bool:
         return self._up
+
+    async def wait_connected(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the connection (a failover takes a second or
+        two); whether it is up."""
+        if not self._up:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._connected.wait()
+        return self._up
+
+    @property
+    def node(self) -> str:
+        """The node in use, or being tried while reconnecting (its URL, password hidden)."""
+        return self.ring.current.shown
 
     @property
     def publisher(self) -> aio_pika.abc.AbstractChannel:
@@ -252,16 +237,48 @@ class Broker:
             correlation_id=correlation_id,
         )
         sent = False
+        nacks = 0  # basic.nack answers so far
+        first_nack_at = 0.0
         try:
             async with asyncio.timeout(self.settings.publish_timeout_s) as deadline:
                 self._deadlines.add(deadline)
                 try:
-                    await self._hold_while_blocked(deadline)
-                    mine = await self._take_message_id(message_id)
-                    sent = True
-                    result = await self._publish_alone(
-                        body, exchange, routing_key, properties, mandatory, mine
-                    )
+                    while True:
+                        # While failing over to another node: wait for it, in the timeout.
+                        await self._connected.wait()
+                        await self._hold_while_blocked(deadline)
+                        mine = await self._take_message_id(message_id)
+                        sent = True
+                        used = self.publisher
+                        try:
+                            result = await self._publish_alone(
+                                used, body, exchange, routing_key, properties, mandatory, mine
+                            )
+                            break
+                        except aiormq.exceptions.ChannelInvalidStateError:
+                            # Refused before it went out: the channel went with its node
+                            # a moment before the connection's loss is known. Once it is,
+                            # the wait above lasts until the next node answers.
+                            sent = False
+                            await asyncio.sleep(CLOSED_CHANNEL_RETRY_S)
+                        except aiormq.exceptions.DeliveryError as exc:
+                            if isinstance(exc, aiormq.exceptions.PublishError):
+                                raise  # returned: unroutable, sending again cannot help
+                            # basic.nack: the broker did not take it. A quorum queue with
+                            # no leader for now (its node just died: the election takes a
+                            # second or so, or a majority is gone) refuses this way, so
+                            # it is sent again within the timeout.
+                            sent = False
+                            now = asyncio.get_running_loop().time()
+                            first_nack_at = first_nack_at or now
+                            refused_for = now - first_nack_at
+                            if refused_for >= NACK_RETRY_WINDOW_S:
+                                raise self._refused_error(
+                                    exchange, routing_key, refused_for
+                                ) from None
+                            await self._fresh_publisher(used)
+                            await asyncio.sleep(min(NACK_RETRY_S * 2**nacks, NACK_RETRY_MAX_S))
+                            nacks += 1
                 finally:
                     self._deadlines.discard(deadline)
         except aiormq.exceptions.ChannelNotFoundEntity:
@@ -278,13 +295,17 @@ class Broker:
             ) from None
         except aiormq.exceptions.DeliveryError as exc:
             raise PublishError(
-                f"the broker refused the message for {exchange!r}/{routing_key!r}: {exc}",
+                f"the publish to {exchange!r}/{routing_key!r} was not confirmed: the broker "
+                f"refused the message: {exc}",
                 exchange=exchange,
                 routing_key=routing_key,
             ) from None
         except _CONNECTION_LOST as exc:
-            raise _lost_error(exchange, routing_key, sent, exc) from None
+            raise _lost_error(exchange, routing_key, sent, exc, self.node) from None
         except TimeoutError:
+            if nacks and not sent:
+                waited = asyncio.get_running_loop().time() - first_nack_at
+                raise self._refused_error(exchange, routing_key, waited) from None
             raise self._timeout_error(exchange, routing_key, sent) from None
         if isinstance(result, DeliveredMessage):  # returned, should on_return_raises be off
             raise UnroutableError(
@@ -313,8 +334,57 @@ class Broker:
         self._publishing[message_id] = mine
         return mine
 
+    async def _fresh_publisher(self, refused: aio_pika.abc.AbstractChannel) -> None:
+        """Publish on a new channel from now on: ``refused`` got a basic.nack.
+
+        RabbitMQ 3.10.8 gives each channel, at its first publish to a quorum queue, a
+        client state that lists the queue's members, its leader as the queue's record
+        names it first; the first publish asks that node, and while it is unreachable
+        the publish is refused and the state stays as it was. A channel whose first
+        publish came between a leader node's death and the new leader's record update
+        is refused every publish to that queue until the dead node is back (measured
+        here for 5 s and more; read from the 3.10.8 ``rabbit_fifo_client:enqueue/3``). A
+        new channel starts from the queue's record as it is now, naming the new leader.
+        """
+        now = asyncio.get_running_loop().time()
+        if (
+            self.connection is None
+            or self._publisher is not refused
+            or now - self._fresh_publisher_at < FRESH_PUBLISHER_EVERY_S
+        ):
+            return
+        self._fresh_publisher_at = now
+        try:
+            fresh = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
+        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+            log.warning("publisher_channel_not_replaced", node=self.node, error=str(exc))
+            return
+        if self._publisher is not refused:  # replaced meanwhile (a reconnect)
+            await fresh.close()
+            return
+        self._publisher = fresh
+        log.warning(
+            "publisher_channel_replaced", node=self.node,
+            reason="the broker refused publishes on it (basic.nack)",
+        )
+        retiring = asyncio.get_running_loop().create_task(self._retire(refused))
+        self._retiring.add(retiring)
+        retiring.add_done_callback(self._retiring.discard)
+
+    async def _retire(self, channel: aio_pika.abc.AbstractChannel) -> None:
+        """Close a replaced publisher channel once the broker answered what went out on
+        it (or the publish timeout passed): closing earlier would fail those publishes."""
+        with contextlib.suppress(Exception):
+            underlay: Any = await channel.get_underlay_channel()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.publish_timeout_s):
+                    while underlay.confirmations and not underlay.is_closed:
+                        await asyncio.sleep(ANSWER_POLL_S)
+            await channel.close()
+
     async def _publish_alone(
         self,
+        publisher: aio_pika.abc.AbstractChannel,
         body: bytes,
         exchange: str,
         routing_key: str,
@@ -328,7 +398,10 @@ class Broker:
         channel: Any = None
         answered = True
         try:
-            channel = await self.publisher.get_underlay_channel()
+            channel = await publisher.get_underlay_channel()
+            # Room in the frame queue first (frame_room.py), so the publish frame
+            # cannot follow the close-ok of a channel the broker closed meanwhile.
+            await wait_for_room(channel)
             return await channel.basic_publish(
                 body,
                 exchange=exchange,
@@ -372,6 +445,17 @@ class Broker:
         finally:
             self._release(message_id, mine)
 
+    def _refused_error(self, exchange: str, routing_key: str, for_s: float) -> PublishError:
+        return PublishError(
+            f"the publish to {exchange!r}/{routing_key!r} was not confirmed: the broker "
+            f"refused it (basic.nack) for {for_s:.1f} s on {self.node}, so it does not have "
+            "the message. A quorum queue it routes to has no leader (a majority of its "
+            "nodes is down?) or is full (overflow reject-publish); try again once "
+            "'rabbitmqctl list_queues name leader messages' shows a leader and room",
+            exchange=exchange,
+            routing_key=routing_key,
+        )
+
     def _timeout_error(self, exchange: str, routing_key: str, sent: bool) -> PublishTimeout:
         if self.blocked_reason is not None:
             outcome = (
@@ -390,27 +474,42 @@ class Broker:
                 exchange=exchange,
                 routing_key=routing_key,
             )
+        if not self._up:
+            outcome = (
+                "the broker may or may not have the message" if sent
+                else "the message was not published"
+            )
+            return PublishTimeout(
+                f"the publish to {exchange!r}/{routing_key!r} was not confirmed: no node "
+                f"of RabbitMQ could be reached within {self.settings.publish_timeout_s:g} s "
+                f"(trying {self.node}); {outcome}",
+                exchange=exchange,
+                routing_key=routing_key,
+            )
         return PublishTimeout(
-            f"no confirm from the broker within {self.settings.publish_timeout_s:g} s "
-            f"for {exchange!r}/{routing_key!r}",
+            f"the publish to {exchange!r}/{routing_key!r} was not confirmed: no confirm "
+            f"from the broker within {self.settings.publish_timeout_s:g} s",
             exchange=exchange,
             routing_key=routing_key,
         )
 
 
 def _lost_error(
-    exchange: str, routing_key: str, sent: bool, exc: BaseException
+    exchange: str, routing_key: str, sent: bool, exc: BaseException, node: str
 ) -> PublishInterrupted | BrokerUnavailable:
     """A dropped connection as one of our errors: in doubt once the message may have gone
-    out, plainly unavailable before that."""
+    out, plainly unavailable before that. Either way the publish was not confirmed."""
     if sent:
         return PublishInterrupted(
-            f"the connection to the broker was lost before it confirmed the message for "
-            f"{exchange!r}/{routing_key!r} ({exc}): it may or may not have it; the client "
-            "reconnects",
+            f"the publish to {exchange!r}/{routing_key!r} was not confirmed: the connection "
+            f"to {node} was lost ({str(exc) or type(exc).__name__}); the broker may or may "
+            "not have the message; the client fails over to the next node",
+            node=node,
             exchange=exchange,
             routing_key=routing_key,
         )
     return BrokerUnavailable(
-        f"not connected to the broker ({exc}); the client reconnects, try again"
+        f"the publish to {exchange!r}/{routing_key!r} was not confirmed: not connected to "
+        f"{node} ({str(exc) or type(exc).__name__}); the message was not published; the "
+        "client reconnects, try again"
     )

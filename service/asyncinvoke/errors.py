@@ -10,6 +10,7 @@
     │       ├── BrokerBlocked  a resource alarm (memory, disk) blocks publishing
     │       └── PublishInterrupted  the connection was lost before the confirm came
     ├── BrokerUnavailable      no connection to the broker could be made
+    ├── PlacementUnknown       rabbitmqctl could not tell the queues' leaders and members
     ├── UnknownFunctionError   the function has no queue in the namespace (Client)
     │   └── FunctionNotConfigured  not in the functions file: no live configuration for it
     ├── FunctionError          a synchronous call's function failed (Client.call)
@@ -173,12 +174,24 @@ class BrokerBlocked(PublishTimeout):
 
 
 class PublishInterrupted(PublishTimeout):
-    """The connection was lost after the message may have gone out and before the broker
-    confirmed it: the broker may or may not have it (transient; the client reconnects)."""
+    """The connection (or channel) to the node was lost after the message may have gone
+    out and before the broker confirmed it: the broker may or may not have it (transient;
+    the client fails over to the next node). ``node``: the node's URL, password hidden."""
+
+    def __init__(
+        self, message: str, *, node: str = "", exchange: str = "", routing_key: str = ""
+    ):
+        super().__init__(message, exchange=exchange, routing_key=routing_key)
+        self.node = node
 
 
 class BrokerUnavailable(AsyncInvokeError):
     """No connection to the broker could be made."""
+
+
+class PlacementUnknown(AsyncInvokeError):
+    """The broker could not be asked where its queues live (``topology show
+    --rabbitmq-node``): no rabbitmqctl here, or the node did not answer."""
 
 
 class UnknownFunctionError(AsyncInvokeError):

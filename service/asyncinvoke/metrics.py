@@ -10,7 +10,7 @@ supervisor), and the supervisor serves their sum (``supervisor.py``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -22,7 +22,9 @@ from prometheus_client import (
     generate_latest,
     values,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 ATTEMPT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 LATENESS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30)
@@ -56,6 +58,62 @@ class SampledGauge(Gauge):
     def sample(self) -> None:
         if self._sample is not None:
             self.set(self._sample())
+
+
+class WatchedBroker(Protocol):
+    @property
+    def is_connected(self) -> bool: ...
+
+    @property
+    def node(self) -> str: ...
+
+
+BROKER_CONNECTED = "asyncinvoke_broker_connected"
+
+
+class _BrokerConnected(Collector):
+    """``asyncinvoke_broker_connected{node=…}``: 1 while connected to that node, 0 while
+    reconnecting (then ``node`` is the one being tried). The label changes with a
+    failover, so the sample is made at scrape time instead of kept in a Gauge.
+
+    In multiprocess mode the supervisor sums files, not collectors: ``sample()`` writes a
+    gauge per node instead, 1 for the node this process is connected to and 0 for every
+    node it used before, so the sum per node is the number of worker processes connected
+    to it (and a process that is reconnecting adds nothing)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.broker: WatchedBroker | None = None
+        self._gauge: Gauge | None = None
+        self._written: set[str] = set()
+        if multiprocess():
+            self._gauge = Gauge(
+                BROKER_CONNECTED,
+                "Worker processes connected to RabbitMQ, by node (no password).",
+                ["node"],
+                registry=registry,
+                multiprocess_mode="livesum",
+            )
+        else:
+            registry.register(self)
+
+    def sample(self) -> None:
+        if self._gauge is None or self.broker is None:
+            return
+        node = self.broker.node
+        for before in self._written - {node}:
+            self._gauge.labels(before).set(0)
+        self._gauge.labels(node).set(float(self.broker.is_connected))
+        self._written.add(node)
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            BROKER_CONNECTED,
+            "1 while the connection to RabbitMQ is up; node: the node in use (no password).",
+            labels=["node"],
+        )
+        if self.broker is not None:
+            family.add_metric([self.broker.node], float(self.broker.is_connected))
+        yield family
 
 
 class Metrics:
@@ -108,12 +166,8 @@ class Metrics:
             buckets=LATENESS_BUCKETS,
             registry=self.registry,
         )
-        self.broker_connected = SampledGauge(
-            "asyncinvoke_broker_connected",
-            "1 while the connection to RabbitMQ is up (of every worker process).",
-            registry=self.registry,
-            multiprocess_mode="livemin",
-        )
+        self._broker_connected = _BrokerConnected(self.registry)
+
         self.trigger_ticks = Counter(
             "asyncinvoke_trigger_ticks",
             "Timer ticks fired, or skipped as older than the catch-up window.",
@@ -152,6 +206,16 @@ class Metrics:
             multiprocess_mode="livemax",
         )
 
+    def watch_broker(self, broker: WatchedBroker) -> None:
+        """Report ``broker``'s connection and node (metric and /readyz)."""
+        self._broker_connected.broker = broker
+
+    @property
+    def broker_node(self) -> str | None:
+        """The node the watched broker uses (password hidden), None if none is watched."""
+        broker = self._broker_connected.broker
+        return None if broker is None else broker.node
+
     def function_label(self, function: str) -> str:
         return function if function in self.functions else OTHER_FUNCTION
 
@@ -161,7 +225,7 @@ class Metrics:
 
     def sample(self) -> None:
         """Write the values read from functions (multiprocess mode; else a no-op)."""
-        self.broker_connected.sample()
+        self._broker_connected.sample()
         self.trigger_leader.sample()
 
     def render(self) -> bytes:
@@ -170,6 +234,9 @@ class Metrics:
 
 class Renders(Protocol):
     def render(self) -> bytes: ...
+
+    @property
+    def broker_node(self) -> str | None: ...
 
 
 def health_routes(metrics: Renders, not_ready: Callable[[], list[str]]) -> list[web.RouteDef]:
@@ -186,9 +253,11 @@ def health_routes(metrics: Renders, not_ready: Callable[[], list[str]]) -> list[
 
     async def readyz(_: web.Request) -> web.Response:
         reasons = not_ready()
+        broker = metrics.broker_node
+        node = {} if broker is None else {"broker": broker}
         if not reasons:
-            return web.json_response({"status": "ready"})
-        return web.json_response({"status": "not ready", "reasons": reasons}, status=503)
+            return web.json_response({"status": "ready", **node})
+        return web.json_response({"status": "not ready", "reasons": reasons, **node}, status=503)
 
     return [
         web.get("/metrics", metrics_view),

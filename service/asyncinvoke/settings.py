@@ -40,7 +40,7 @@ NAMESPACE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    amqp_url: str = DEFAULT_AMQP_URL
+    amqp_url: str = DEFAULT_AMQP_URL  # one URL, or a comma-separated list (see nodes.py)
     namespace: str = DEFAULT_NAMESPACE
     config_path: str = DEFAULT_CONFIG
     task_store: str = DEFAULT_TASK_STORE
@@ -96,6 +96,11 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
 def from_env(env: Mapping[str, str] | None = None, *, tty: bool = False) -> Settings:
     """Read ``ASYNCINVOKE_*`` variables; anything absent keeps its default."""
     env = os.environ if env is None else env
+    from asyncinvoke.nodes import parse_nodes
+
+    amqp_url = env.get("ASYNCINVOKE_AMQP_URL") or DEFAULT_AMQP_URL
+    parse_nodes(amqp_url)  # a bad list is refused at start, before anything connects
+
     namespace = env.get("ASYNCINVOKE_NAMESPACE") or DEFAULT_NAMESPACE
     if not NAMESPACE_RE.fullmatch(namespace):
         raise ConfigError(f"ASYNCINVOKE_NAMESPACE={namespace!r} must match {NAMESPACE_RE.pattern}")
@@ -114,7 +119,7 @@ def from_env(env: Mapping[str, str] | None = None, *, tty: bool = False) -> Sett
             "seconds (its consumer_timeout in rabbitmq.conf divided by 1000)"
         )
     return Settings(
-        amqp_url=env.get("ASYNCINVOKE_AMQP_URL") or DEFAULT_AMQP_URL,
+        amqp_url=amqp_url,
         namespace=namespace,
         config_path=env.get("ASYNCINVOKE_CONFIG") or DEFAULT_CONFIG,
         task_store=env.get("ASYNCINVOKE_TASK_STORE") or DEFAULT_TASK_STORE,

@@ -128,6 +128,11 @@ class SummedMetrics:
     def render(self) -> bytes:
         return generate_latest(self.registry) + generate_latest(self.own)
 
+    @property
+    def broker_node(self) -> str | None:
+        """None: each worker process has a node of its own (the metric counts them)."""
+        return None
+
 
 class Supervisor:
     def __init__(

@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 
 from asyncinvoke.client import DEFAULT_WINDOW, Client
 from asyncinvoke.errors import BrokerUnavailable, SyncClientClosed
+from asyncinvoke.nodes import parse_nodes
 from asyncinvoke.settings import Settings, from_env, loop_factory
 from asyncinvoke.tasks.states import Status
 from asyncinvoke.tasks.store import Page, Task
@@ -133,6 +134,7 @@ class SyncClient:
     ):
         base = settings or from_env()
         self.settings = base.with_overrides(amqp_url=url, namespace=namespace)
+        parse_nodes(self.settings.amqp_url)  # a bad URL list is refused here, not at first use
         self._lock = threading.Lock()
         self._runtime: _Runtime | None = None
         self._closed = False

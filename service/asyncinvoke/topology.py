@@ -28,8 +28,16 @@ import aiormq
 from asyncinvoke import ladder
 from asyncinvoke.errors import ConfigError
 from asyncinvoke.functions import FunctionSpec
+from asyncinvoke.observability import get_logger
 
-QUORUM = {"x-queue-type": "quorum"}
+log = get_logger(component="topology")
+
+# On a cluster, each new queue's leader goes to the node that leads the fewest
+# ("balanced": accepted by 3.10 and later; 3.10's default, client-local, put every leader
+# of a namespace on the node the declaring worker happened to use). The replica count is
+# left to the broker: min(3, cluster nodes) by default, which fits 3 and 5 nodes.
+LEADER_LOCATOR = "x-queue-leader-locator"
+QUORUM = {"x-queue-type": "quorum", LEADER_LOCATOR: "balanced"}
 # No retention arguments: the configuration log is the configuration (docstore.py).
 STREAM = {"x-queue-type": "stream"}
 AT_LEAST_ONCE = {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
@@ -250,6 +258,9 @@ async def apply(channel: aio_pika.abc.AbstractChannel, plan: Plan) -> None:
         try:
             await channel.declare_queue(queue.name, durable=True, arguments=queue.arguments)
         except aiormq.exceptions.ChannelPreconditionFailed as exc:
+            if LEADER_LOCATOR in str(exc):
+                await _declare_as_it_is(channel, queue)
+                continue
             if (
                 "x-delivery-limit" in str(exc)
                 and UNLIMITED_DELIVERIES.items() <= queue.arguments.items()
@@ -268,6 +279,20 @@ async def apply(channel: aio_pika.abc.AbstractChannel, plan: Plan) -> None:
             await underlay.queue_bind(
                 binding.destination, binding.source, routing_key=binding.routing_key
             )
+
+
+async def _declare_as_it_is(channel: aio_pika.abc.AbstractChannel, queue: QueueDecl) -> None:
+    """A queue declared before leaders were placed ("balanced") keeps its leader where it
+    is: the locator only matters when a queue is made, and the broker refuses to change
+    a queue's arguments. Declared without it, the rest is still checked."""
+    await channel.reopen()  # the refusal closed the channel
+    arguments = {key: value for key, value in queue.arguments.items() if key != LEADER_LOCATOR}
+    try:
+        await channel.declare_queue(queue.name, durable=True, arguments=arguments)
+    except aiormq.exceptions.ChannelPreconditionFailed as exc:
+        raise _clash("queue", queue.name, exc) from None
+    log.info("queue_leader_stays", queue=queue.name,
+             reason="declared before asyncinvoke placed leaders; the broker keeps its leader")
 
 
 def _clash(kind: str, name: str, exc: Exception) -> ConfigError:
@@ -344,6 +369,22 @@ def definitions(
             for plan in plans
             for binding in plan.bindings
         ],
+        "policies": [cluster_policy(names, vhost)],
+    }
+
+
+def cluster_policy(names: Names, vhost: str = "/") -> dict[str, Any]:
+    """The namespace's policy for a cluster: quorum queue leaders spread over the nodes
+    ("balanced") for any queue of the namespace, also one declared without the argument
+    (by hand, or by an older asyncinvoke). Priority 0: a policy of your own for these
+    queues with a higher priority replaces it, so add ``queue-leader-locator`` to yours."""
+    return {
+        "name": f"{names.ns}.cluster",
+        "vhost": vhost,
+        "pattern": f"^{re.escape(names.ns)}\\.",
+        "apply-to": "queues",
+        "definition": {"queue-leader-locator": "balanced"},
+        "priority": 0,
     }
 
 

@@ -144,7 +144,7 @@ class Worker:
             self.consumers.barrier,
         )
         system = SystemQueues(pipeline, LastResort(destinations), self.all_specs)
-        self.metrics.broker_connected.set_function(lambda: float(self.broker.is_connected))
+        self.metrics.watch_broker(self.broker)
         for name, spec in self.specs.items():
             runner: Runner
             if spec.handler:
@@ -238,7 +238,7 @@ class Worker:
         return reasons
 
     def status(self) -> str:
-        state = "connected" if self.broker.is_connected else "reconnecting to RabbitMQ"
+        state = f"connected to {self.broker.node}" if self.broker.is_connected else "reconnecting"
         return f"{state}; {len(self.in_flight)} in flight; functions: {', '.join(self.functions)}"
 
     async def stop(self) -> None:

@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from asyncinvoke import Client, contract, topology
 from asyncinvoke import consumer as consumer_module
+from asyncinvoke.settings import redact_url
 from asyncinvoke.worker import Worker
 from tests.conftest import AMQP_URL, Namespace, WorkerProcess, collect, running_worker
 from tests.support import handlers
@@ -131,7 +132,7 @@ async def test_metrics_agree_with_what_was_sent(namespace: Namespace, amqp) -> N
     assert value("asyncinvoke_attempt_duration_seconds_count", function="broken") == 6
     # The delayed invocation and the three retries each started after their due time.
     assert value("asyncinvoke_delay_lateness_seconds_count") == 4
-    assert value("asyncinvoke_broker_connected") == 1
+    assert value("asyncinvoke_broker_connected", node=redact_url(AMQP_URL)) == 1
     assert value("asyncinvoke_in_flight", function="echo") == 0
 
 

@@ -19,7 +19,8 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from asyncinvoke import Client, contract
-from tests.conftest import Namespace, WorkerProcess, collect, declare_queue
+from asyncinvoke.settings import redact_url
+from tests.conftest import AMQP_URL, Namespace, WorkerProcess, collect, declare_queue
 
 CHILD_WATCHDOG_USEC = 1_000_000
 
@@ -109,6 +110,18 @@ async def _until_successes(session: aiohttp.ClientSession, port: int, expected: 
         raise AssertionError(f"/metrics summed {seen} successes, expected {expected}") from None
 
 
+async def _connected(session: aiohttp.ClientSession, port: int) -> dict[str, float]:
+    """asyncinvoke_broker_connected by node, as the supervisor sums it."""
+    async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+        text = await response.text()
+    return {
+        sample.labels.get("node", ""): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "asyncinvoke_broker_connected"
+    }
+
+
 async def _readyz(session: aiohttp.ClientSession, port: int) -> int:
     async with session.get(f"http://127.0.0.1:{port}/readyz") as response:
         return response.status
@@ -152,6 +165,12 @@ async def test_two_worker_processes_under_one_supervisor(
             assert pids <= children
             await _until_successes(session, port, 200)
             assert await _readyz(session, port) == 200
+            # Both worker processes connected to the one node, named without its password.
+            node = redact_url(AMQP_URL)
+            async with asyncio.timeout(10):
+                while (connected := await _connected(session, port)) != {node: 2.0}:
+                    await asyncio.sleep(0.2)
+            assert "guest:guest" not in str(connected)
 
             # kill -9 one child: logged with its signal, restarted, its counts kept.
             victim = sorted(children)[0]

@@ -47,8 +47,9 @@ def test_every_tag_is_acknowledged_exactly_once_whatever_the_order(
 
 
 class _Connection:
-    def __init__(self) -> None:
+    def __init__(self, write_queue: asyncio.Queue[tuple[int, bool]]) -> None:
         self.is_closed = False
+        self.write_queue = write_queue
 
 
 class _Channel:
@@ -56,9 +57,9 @@ class _Channel:
     connection's writer drains (or, once the connection died, nobody does)."""
 
     def __init__(self, frames: int) -> None:
-        self.connection = _Connection()
         self.is_closed = False
         self.queue: asyncio.Queue[tuple[int, bool]] = asyncio.Queue(maxsize=frames)
+        self.connection = _Connection(self.queue)
 
     async def basic_ack(self, tag: int, multiple: bool = False, wait: bool = True) -> None:
         await self.queue.put((tag, multiple))

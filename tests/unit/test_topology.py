@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from asyncinvoke import topology
@@ -48,7 +50,7 @@ def test_on_rabbitmq_4_the_record_queues_are_declared_without_a_delivery_limit(
     plan = topology.core_plan(NAMES, version)
     by_name = {queue.name: queue.arguments for queue in plan.queues}
     for name in RECORD_QUEUES:
-        assert by_name[name] == {"x-queue-type": "quorum", "x-delivery-limit": -1}
+        assert by_name[name] == {**topology.QUORUM, "x-delivery-limit": -1}
 
 
 @pytest.mark.parametrize("version", [(3, 10), (3, 13), None])
@@ -59,7 +61,7 @@ def test_on_rabbitmq_3_or_an_unknown_broker_the_record_queues_get_no_limit_argum
     plan = topology.core_plan(NAMES, version)
     for queue in plan.queues:
         if queue.name in RECORD_QUEUES:
-            assert queue.arguments == {"x-queue-type": "quorum"}
+            assert queue.arguments == topology.QUORUM
 
 
 def test_the_function_and_ladder_queues_keep_their_own_arguments_on_4() -> None:
@@ -79,6 +81,36 @@ def test_definitions_for_a_4x_broker_carry_the_unlimited_argument() -> None:
     legacy = topology.definitions(NAMES, [])
     failed = next(queue for queue in legacy["queues"] if queue["name"] == NAMES.failed)
     assert "x-delivery-limit" not in failed["arguments"]
+
+
+def test_every_queue_places_its_leader_on_the_least_loaded_node() -> None:
+    names = topology.Names("ns")
+    plans = [topology.core_plan(names), topology.functions_plan(names, [FunctionSpec("f")])]
+    # Every quorum queue; the configuration stream (one per namespace, little traffic)
+    # keeps the broker's default.
+    queues = [q for plan in plans for q in plan.queues if q.arguments["x-queue-type"] == "quorum"]
+    assert queues and all(
+        queue.arguments["x-queue-leader-locator"] == "balanced" for queue in queues
+    )
+
+
+def test_rabbitmqctl_placement_is_read_for_quorum_queues_only() -> None:
+    from asyncinvoke.placement import Placement, parse
+
+    listing = (
+        b'[{"name":"ns.failed","leader":"r@b","members":["r@c","r@a","r@b"]},'
+        b'{"name":"classic","leader":"","members":""}]'
+    )
+    assert parse(listing) == {"ns.failed": Placement("r@b", ("r@a", "r@b", "r@c"))}
+    assert parse(b"") == {}
+
+
+def test_definitions_carry_the_namespaces_cluster_policy() -> None:
+    (policy,) = topology.definitions(NAMES, [])["policies"]
+    assert policy["definition"] == {"queue-leader-locator": "balanced"}
+    assert policy["apply-to"] == "queues"
+    assert re.match(policy["pattern"], NAMES.failed)
+    assert not re.match(policy["pattern"], NAMES.ns + "x.failed")  # another namespace
 
 
 @pytest.mark.parametrize("version", [(3, 10), (4, 1)])

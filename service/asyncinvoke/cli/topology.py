@@ -8,6 +8,7 @@ import orjson
 from rich.markup import escape
 from rich.table import Table
 
+from asyncinvoke import placement
 from asyncinvoke import topology as topo
 from asyncinvoke.broker import Broker
 from asyncinvoke.cli._common import (
@@ -25,6 +26,7 @@ from asyncinvoke.functions import FunctionsFile
 from asyncinvoke.gateway.fcapi import shown_policy
 from asyncinvoke.liveconfig import model
 from asyncinvoke.liveconfig.live import LiveConfig, file_sources
+from asyncinvoke.nodes import parse_nodes
 from asyncinvoke.settings import Settings
 
 
@@ -115,7 +117,16 @@ async def _depths_and_live(
 @config_option
 @app_option
 @json_option
-def show(config_path: str | None, app_ref: str | None, as_json: bool) -> None:
+@click.option(
+    "--rabbitmq-node",
+    default=None,
+    metavar="NODE",
+    help="Also show each queue's leader and members, asked of this RabbitMQ node with "
+    "rabbitmqctl (on a host that has it and the node's Erlang cookie), e.g. rabbit@rmq-1.",
+)
+def show(
+    config_path: str | None, app_ref: str | None, as_json: bool, rabbitmq_node: str | None
+) -> None:
     """Show each function's service, queue, depth and effective policy, and the system
     queues."""
     settings = load_settings(config_path=config_path)
@@ -130,6 +141,11 @@ def show(config_path: str | None, app_ref: str | None, as_json: bool) -> None:
     sources = {
         name: {**functions_file.sources.get(name, {}), **live[name].sources} for name in specs
     }
+    where = (
+        placement.queue_placement(rabbitmq_node, parse_nodes(settings.amqp_url)[0].vhost)
+        if rabbitmq_node
+        else None
+    )
     if as_json:
         document: dict[str, Any] = {
             "namespace": settings.namespace,
@@ -147,6 +163,12 @@ def show(config_path: str | None, app_ref: str | None, as_json: bool) -> None:
             },
             "queues": {queue: depths[queue] for queue in system + ladder_queues},
         }
+        if where is not None:
+            document["placement"] = {
+                queue: {"leader": where[queue].leader, "members": list(where[queue].members)}
+                for queue in queues
+                if queue in where
+            }
         click.echo(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
         return
     console = terminal()
@@ -206,6 +228,17 @@ def show(config_path: str | None, app_ref: str | None, as_json: bool) -> None:
         system_table.add_row(*cells(queue, "missing" if depth is None else depth))
     system_table.add_row(*cells(f"{names.ns}.delay.* (17 levels)", waiting))
     console.print(system_table)
+    if where is not None:
+        placement_table = Table(title=f"leaders and members (as {escape(rabbitmq_node or '')} "
+                                      "tells)")
+        for column in ("queue", "leader", "members"):
+            placement_table.add_column(column)
+        for queue in queues:
+            if queue in where:
+                placement_table.add_row(
+                    *cells(queue, where[queue].leader, ", ".join(where[queue].members))
+                )
+        console.print(placement_table)
 
 
 def _sources_table(sources: Mapping[str, Mapping[str, str]]) -> Table:

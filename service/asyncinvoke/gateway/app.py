@@ -82,9 +82,7 @@ class Gateway:
         self.config_modified_ms = _modified_ms(functions_file.path)
         self.metrics = metrics or Metrics()
         if metrics is None:
-            self.metrics.broker_connected.set_function(
-                lambda: float(self.client.broker.is_connected)
-            )
+            self.metrics.watch_broker(self.client.broker)
         self.requests = Counter(
             "asyncinvoke_gateway_requests",
             "HTTP requests by operation and status.",
@@ -362,7 +360,8 @@ class Gateway:
             await self.stop()
 
     def status(self) -> str:
-        state = "connected" if self.client.broker.is_connected else "reconnecting to RabbitMQ"
+        broker = self.client.broker
+        state = f"connected to {broker.node}" if broker.is_connected else "reconnecting to RabbitMQ"
         return f"{state}; listening on {self.url}"
 
 

@@ -17,7 +17,7 @@ from asyncinvoke import contract, record_codec
 from asyncinvoke.client import CallTimeout, Client, FunctionError, TaskExistsError
 from asyncinvoke.clock import new_id
 from asyncinvoke.contract import UNHANDLED, ErrorInfo
-from asyncinvoke.errors import PayloadTooLarge
+from asyncinvoke.errors import PayloadTooLarge, PublishInterrupted
 from asyncinvoke.functions import FunctionSpec
 from asyncinvoke.gateway import fcapi
 from asyncinvoke.gateway.fcapi import ASYNC_TASK_ID, REQUEST_ID, EntityTooLarge
@@ -30,6 +30,8 @@ from asyncinvoke.tasks.store import Page, Task, TaskFinished
 # A sync invocation waits for the function's timeout plus this, for the trip through the
 # broker and the reply; after that it is a FunctionTimeout answer, never a hang.
 SYNC_MARGIN_S = 5.0
+# How long a request waits for the client to fail over to another node before a 503.
+FAILOVER_WAIT_S = 5.0
 
 
 class Operations:
@@ -43,7 +45,8 @@ class Operations:
         self, spec: FunctionSpec, invocation: fcapi.Invocation, body: bytes
     ) -> web.Response:
         """An InvokeFunction of either face: 202 once the broker took it, or the result."""
-        if not self.client.broker.is_connected:
+        # A failover to another node of the cluster takes a second or two: wait it out.
+        if not await self.client.broker.wait_connected(FAILOVER_WAIT_S):
             raise fcapi.ServiceUnavailable("RabbitMQ is not reachable now; try again shortly")
         alarm = self.client.broker.blocked_reason
         if alarm is not None:
@@ -68,19 +71,33 @@ class Operations:
         if invocation.task_id is not None:
             task = True
         try:
-            invocation_id = await self.client.invoke(
-                spec.name,
-                body,
-                delay=invocation.delay_s,
-                id=invocation.task_id,
-                task=task,
-                meta=dict(invocation.meta) or None,
+            invocation_id = await self._invoke_once_more_on_failover(
+                spec.name, body, invocation, task
             )
         except TaskExistsError as exc:
             raise fcapi.Conflict(
                 f"{ASYNC_TASK_ID} '{exc.task_id}': {exc}", code="AsyncTaskAlreadyExists"
             ) from None
         return web.Response(status=202, headers={REQUEST_ID: invocation_id})
+
+    async def _invoke_once_more_on_failover(
+        self, function: str, body: bytes, invocation: fcapi.Invocation, task: bool | None
+    ) -> str:
+        """Invoke; should the connection be lost before the confirm, publish once more,
+        with the same id, on the node the client fails over to. The first copy may have
+        reached the broker: at least once allows that (a task is not sent twice)."""
+        invocation_id = invocation.task_id or new_id()
+        meta = dict(invocation.meta) or None
+        try:
+            return await self.client.invoke(
+                function, body, delay=invocation.delay_s, id=invocation_id, task=task, meta=meta
+            )
+        except PublishInterrupted:
+            if task or not await self.client.broker.wait_connected(FAILOVER_WAIT_S):
+                raise
+        return await self.client.invoke(
+            function, body, delay=invocation.delay_s, id=invocation_id, task=task, meta=meta
+        )
 
     async def _invoke_sync(
         self, spec: FunctionSpec, body: bytes, meta: dict[str, str] | None
