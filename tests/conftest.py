@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import os
 import sys
 import textwrap
@@ -19,6 +20,7 @@ from typing import Any
 
 import aio_pika
 import pytest
+import structlog
 
 from asyncinvoke import contract, functions, topology
 from asyncinvoke.settings import Settings
@@ -85,6 +87,30 @@ class Namespace:
                         await channel.queue_delete(queue)
         finally:
             await connection.close()
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_the_suite_found_it(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A CLI command run in-process (click's CliRunner) configures structlog for the whole
+    process: its level (the dlq tool's is ERROR), its stream (the runner's, gone after
+    the command), the hot path's JSON writer and cached loggers that keep them. Every later test that reads a log
+    line would then find none. Here such a configuration caches nothing, and the
+    configuration before the test comes back after it."""
+    from asyncinvoke import observability
+
+    saved = structlog.get_config()
+    monkeypatch.setattr(observability, "_json_writer", observability._json_writer)
+    for name in ("asyncinvoke.cli._common", "asyncinvoke.cli.dlq"):
+        module = importlib.import_module(name)
+        configure = module.configure_logging
+
+        def uncached(*args: Any, _configure: Any = configure, **kwargs: Any) -> None:
+            _configure(*args, **kwargs)
+            structlog.configure(cache_logger_on_first_use=False)
+
+        monkeypatch.setattr(module, "configure_logging", uncached)
+    yield
+    structlog.configure(**saved)
 
 
 @pytest.fixture
