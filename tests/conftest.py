@@ -93,9 +93,9 @@ class Namespace:
 def _logging_as_the_suite_found_it(monkeypatch: pytest.MonkeyPatch) -> Any:
     """A CLI command run in-process (click's CliRunner) configures structlog for the whole
     process: its level (the dlq tool's is ERROR), its stream (the runner's, gone after
-    the command), the hot path's JSON writer and cached loggers that keep them. Every later test that reads a log
-    line would then find none. Here such a configuration caches nothing, and the
-    configuration before the test comes back after it."""
+    the command), the hot path's JSON writer and cached loggers that keep them. Every
+    later test that reads a log line would then find none. Here such a configuration
+    caches nothing, and the configuration before the test comes back after it."""
     from asyncinvoke import observability
 
     saved = structlog.get_config()
