@@ -43,6 +43,7 @@ from asyncinvoke.errors import (
     PublishTimeout,
     UnroutableError,
 )
+from asyncinvoke.frame_filter import FilteringTransportFactory, FrameFilter
 from asyncinvoke.frame_room import wait_for_room
 from asyncinvoke.nodes import NodeRing, parse_nodes
 from asyncinvoke.observability import get_logger
@@ -98,11 +99,15 @@ class Broker:
         self._releasing: set[asyncio.Task[None]] = set()
         self._fresh_publisher_at = 0.0  # loop time the publisher channel was last replaced
         self._retiring: set[asyncio.Task[None]] = set()
+        self._frames = FilteringTransportFactory() if settings.fast_consume else None
 
     async def connect(self) -> None:
         alarms.hear_alarms()
         self.connection = await failover.connect(
-            self.ring, name=self.name, reconnect_interval_s=RECONNECT_INTERVAL_S
+            self.ring,
+            name=self.name,
+            reconnect_interval_s=RECONNECT_INTERVAL_S,
+            transport_factory=self._frames,
         )
         log.info("broker_connected", node=self.node, nodes=len(self.ring.nodes))
         self._publisher = await self.connection.channel(
@@ -206,6 +211,11 @@ class Broker:
         if self._publisher is None:
             raise BrokerUnavailable("not connected: call connect() first")
         return self._publisher
+
+    def frame_filter(self, channel: aiormq.abc.AbstractChannel) -> FrameFilter | None:
+        """The fast path's reader of ``channel``'s deliveries (frame_filter.py); None
+        when switched off or not certain, and aiormq's reader serves it."""
+        return self._frames.filter_for(channel) if self._frames is not None else None
 
     async def channel(self, prefetch: int | None = None) -> aio_pika.abc.AbstractChannel:
         assert self.connection is not None, "connect() first"

@@ -12,6 +12,11 @@ is held before its attempt starts: its follow-ups could not be confirmed, so it
 would only run and wait. The prefetch bounds what is held; the attempts start once
 the alarm clears.
 
+Where the broker's frame filter can serve a channel (``frame_filter.py``), its
+deliveries are read off the socket there and handed to ``_start`` directly, without
+aiormq's reader, its queues and its task per delivery; aiormq keeps the channel and
+gets any delivery the filter does not take (its callback stays registered).
+
 The robust channel still does the reconnecting: once it is reopened on a new
 connection (its prefetch restored), ``reopen_callbacks`` tell the consumer to
 subscribe again. A consumer the broker cancels (its queue deleted) subscribes again
@@ -93,7 +98,7 @@ class Delivery:
         self.correlation_id: str | None = properties.correlation_id
 
 
-Callback = Callable[[Delivery], Coroutine[Any, Any, None]]
+Callback = Callable[[Message], Coroutine[Any, Any, None]]
 
 
 async def _handed_over() -> None:
@@ -126,14 +131,29 @@ class Consumer:
     async def _subscribe(self) -> None:
         underlay = await self.channel.get_underlay_channel()
         underlay.on_consumer_cancel_callbacks.add(self._on_broker_cancel)
-        ok = await underlay.basic_consume(self.queue, self._deliver, no_ack=False)
+        frames = self.broker.frame_filter(underlay) if self.broker is not None else None
+        # Registered before the basic.consume goes out: its first delivery may follow
+        # the consume-ok in the same read.
+        tag = frames.register(underlay, self._start) if frames is not None else None
+        try:
+            ok = await underlay.basic_consume(
+                self.queue, self._deliver, no_ack=False, consumer_tag=tag
+            )
+        except BaseException:
+            if frames is not None and tag is not None:
+                frames.unregister(underlay, tag)
+            raise
         self.tag = ok.consumer_tag
 
     def _deliver(self, message: DeliveredMessage) -> Coroutine[Any, Any, None]:
+        """A delivery read by aiormq (not through the frame filter)."""
+        self._start(Delivery(message))
+        return _handed_over()
+
+    def _start(self, delivery: Message) -> None:
         # The attempt runs in a task of ours: aiormq cancels the tasks it made for a
         # channel when the channel closes, and a connection drop must not cut a running
         # attempt short (redelivery.py settles its redelivery once it ends).
-        delivery = Delivery(message)
         if self.broker is not None and self.broker.blocked_reason is not None:
             attempt = self._after_alarm(delivery)
         else:
@@ -141,9 +161,8 @@ class Consumer:
         task = asyncio.get_running_loop().create_task(attempt)
         self._running.add(task)
         task.add_done_callback(self._running.discard)
-        return _handed_over()
 
-    async def _after_alarm(self, delivery: Delivery) -> None:
+    async def _after_alarm(self, delivery: Message) -> None:
         assert self.broker is not None
         await self.broker.wait_unblocked()
         await self.callback(delivery)

@@ -24,9 +24,19 @@ CONNECT_TIMEOUT_S = 10.0  # one node's attempt; a dead node's port usually refus
 
 
 class FailoverConnection(aio_pika.RobustConnection):
-    def __init__(self, ring: NodeRing, **kwargs: Any):
+    def __init__(
+        self,
+        ring: NodeRing,
+        *,
+        transport_factory: aiormq.connection.TransportFactory | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(URL(ring.current.url), **kwargs)
         self.ring = ring
+        if transport_factory is not None:
+            # aio-pika passes on to aiormq.connect only the keywords it knows; this one
+            # goes into what it passes on, for every (re)connect.
+            self.kwargs["transport_factory"] = transport_factory
 
     async def _on_connection_close(self, closing: asyncio.Future[Any]) -> None:
         # The close callbacks (the Broker's) still see the node that was lost; the
@@ -41,6 +51,7 @@ async def connect(
     *,
     name: str,
     reconnect_interval_s: float,
+    transport_factory: aiormq.connection.TransportFactory | None = None,
 ) -> FailoverConnection:
     """Connect to the first node that answers, starting at the ring's position.
 
@@ -55,7 +66,7 @@ async def connect(
         }
         if node.url.lower().startswith("amqps://"):
             kwargs["ssl_context"] = ssl.create_default_context()
-        connection = FailoverConnection(ring, **kwargs)
+        connection = FailoverConnection(ring, transport_factory=transport_factory, **kwargs)
         try:
             await connection.connect(timeout=CONNECT_TIMEOUT_S)
         except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as exc:

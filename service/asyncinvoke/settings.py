@@ -60,6 +60,9 @@ class Settings:
     # RabbitMQ's management HTTP API, where the console reads unacknowledged counts;
     # None: derived from amqp_url (console/management.py).
     management_url: str | None = None
+    # The function queues' deliveries read by frame_filter rather than aiormq's reader
+    # (ASYNCINVOKE_FAST_CONSUME=0: aiormq's, the way back should the fast path misbehave).
+    fast_consume: bool = True
 
     def with_overrides(self, **overrides: Any) -> Settings:
         """Flags override the environment: apply those that were given."""
@@ -144,7 +147,19 @@ def from_env(env: Mapping[str, str] | None = None, *, tty: bool = False) -> Sett
             env, "ASYNCINVOKE_TRIGGER_CATCH_UP", DEFAULT_TRIGGER_CATCH_UP_S
         ),
         management_url=_management_url(env),
+        fast_consume=_switch(env, "ASYNCINVOKE_FAST_CONSUME", True),
     )
+
+
+def _switch(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={raw!r}: use 1 (on) or 0 (off)")
 
 
 def _management_url(env: Mapping[str, str]) -> str | None:

@@ -20,6 +20,8 @@ import asyncio
 import json
 import sys
 import time
+from functools import partial
+from typing import Any
 
 import aio_pika
 import aiormq
@@ -109,15 +111,88 @@ async def consume_aiormq(
     return count.result()
 
 
+class _TurnAcks:
+    """Acks noted during a loop turn, sent at its end as one ``multiple`` ack (every
+    delivery of these loops is done as soon as it arrives, so the tags run on)."""
+
+    def __init__(self, channel: aiormq.abc.AbstractChannel, count: _Count):
+        self.channel = channel
+        self.count = count
+        self.highest = 0
+        self.noted = 0
+        self.scheduled = False
+
+    def ack(self, tag: int) -> None:
+        self.highest = tag
+        self.noted += 1
+        if not self.scheduled:
+            self.scheduled = True
+            asyncio.get_running_loop().call_soon(self._send)
+
+    def _send(self) -> None:
+        self.scheduled = False
+        asyncio.get_running_loop().create_task(
+            self.channel.basic_ack(self.highest, multiple=True, wait=False)
+        )
+        for _ in range(self.noted):
+            self.count.acked_one()
+        self.noted = 0
+
+
+async def consume_aiormq_batched(
+    queue_name: str, n: int, prefetch: int, timeout: float, *, fast: bool
+) -> dict[str, float]:
+    """aiormq, with one multiple ack per loop turn (as the worker acks); ``fast``: the
+    deliveries read by ``asyncinvoke.frame_filter`` instead of aiormq's reader."""
+    from asyncinvoke.frame_filter import FilteringTransportFactory
+
+    factory = FilteringTransportFactory()
+    connection = await aiormq.connect(AMQP_URL, transport_factory=factory)
+    count = _Count(n)
+    try:
+        channel = await connection.channel()
+        await channel.basic_qos(prefetch_count=prefetch)
+        acks = _TurnAcks(channel, count)
+
+        def on_delivery(message: Any) -> None:
+            acks.ack(message.delivery_tag)
+
+        async def on_message(message: aiormq.abc.DeliveredMessage) -> None:
+            on_delivery(message)
+
+        frame_filter = factory.filter_for(channel) if fast else None
+        if fast and frame_filter is None:
+            raise SystemExit("the frame filter cannot serve this channel")
+        tag = frame_filter.register(channel, on_delivery) if frame_filter else None
+        await channel.basic_consume(queue_name, on_message, no_ack=False, consumer_tag=tag)
+        try:
+            await asyncio.wait_for(count.done.wait(), timeout)
+        except TimeoutError:
+            print(f"bare consumer: {count.acked} of {n} acked; timeout", file=sys.stderr)
+            raise SystemExit(1) from None
+    finally:
+        await connection.close()
+    return count.result()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.bare_consume")
     parser.add_argument("--queue", required=True)
     parser.add_argument("--n", type=int, required=True)
     parser.add_argument("--prefetch", type=int, default=200)
     parser.add_argument("--timeout", type=float, default=300.0)
-    parser.add_argument("--client", choices=("aio-pika", "aiormq"), default="aio-pika")
+    parser.add_argument(
+        "--client",
+        choices=("aio-pika", "aiormq", "aiormq-batched", "fast"),
+        default="aio-pika",
+    )
     args = parser.parse_args()
-    run = consume if args.client == "aio-pika" else consume_aiormq
+    run: Any = {
+        "aio-pika": consume,
+        "aiormq": consume_aiormq,
+        "aiormq-batched": partial(consume_aiormq_batched, fast=False),
+        "fast": partial(consume_aiormq_batched, fast=True),
+    }[args.client]
     result = asyncio.run(run(args.queue, args.n, args.prefetch, args.timeout))
     print(json.dumps(result), flush=True)
 

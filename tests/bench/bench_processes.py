@@ -398,6 +398,40 @@ async def loops(args: argparse.Namespace, workdir: Path, broker: Any) -> dict[st
     return series
 
 
+FLOOR = {
+    "aiormq": "bare aiormq, an ack per message (wait=True)",
+    "aiormq-batched": "bare aiormq, one multiple ack per loop turn",
+    "fast": "bare frame filter (asyncinvoke.frame_filter), one multiple ack per loop turn",
+    "ours": "asyncinvoke",
+    "ours-slow": "asyncinvoke, ASYNCINVOKE_FAST_CONSUME=0 (aiormq's reader)",
+    "dramatiq": "Dramatiq",
+}
+
+
+async def floor(args: argparse.Namespace, workdir: Path, broker: Any) -> dict[str, Series]:
+    """Where the CPU of a no-op task goes: the bare loops that read deliveries through
+    aiormq (an ack each, or one per loop turn) or through our frame filter, our worker
+    with and without the filter, and Dramatiq; pinned like part 1. The figure to read is
+    the CPU per task."""
+    keys = [key.strip() for key in (args.systems or ",".join(FLOOR)).split(",")]
+    series = {key: Series(key, FLOOR[key]) for key in keys}
+    say(pin(broker, apart=args.pin))
+    every: dict[str, Callable[[], Awaitable[Sample]]] = {
+        "aiormq": partial(bare, "aiormq", args.n, broker),
+        "aiormq-batched": partial(bare, "aiormq-batched", args.n, broker),
+        "fast": partial(bare, "fast", args.n, broker),
+        "ours": partial(ours, workdir, args.n, broker),
+        "ours-slow": partial(ours, workdir, args.n, broker, label="asyncinvoke slow",
+                             env={"ASYNCINVOKE_FAST_CONSUME": "0"}),
+        "dramatiq": partial(peer, "dramatiq", workdir, args.n, broker),
+    }
+    try:
+        await rounds(series, {key: every[key] for key in keys}, args.rounds)
+    finally:
+        pin(broker, apart=False)
+    return series
+
+
 async def metrics_mode(
     args: argparse.Namespace, workdir: Path, broker: Any
 ) -> dict[str, Series]:
@@ -498,6 +532,19 @@ def report(parts: dict[str, dict[str, Series]], cores: int) -> str:
             table(parts["metrics"], "plain", lambda item: _n(item.median("cpu_us"))),
             "",
         ]
+    if "floor" in parts:
+        out += [
+            "### Where a no-op task's CPU goes, pinned (median of the rounds)",
+            "",
+            "| system | tasks/s | the first ÷ this | worker CPU µs/task (median); every round "
+            "| every round, tasks/s |",
+            "|---|---:|---:|---|---|",
+            table(parts["floor"], next(iter(parts["floor"])), lambda item: (
+                f"{_n(item.median('cpu_us'))}; "
+                + " / ".join(_n(sample.cpu_us) for sample in item.samples)
+            )),
+            "",
+        ]
     if "cpu" in parts:
         ideal = cores / (BURN_MS / 1000)
         out += [
@@ -570,6 +617,8 @@ async def run(args: argparse.Namespace) -> dict[str, dict[str, Series]]:
             parts["metrics"] = await metrics_mode(args, workdir, broker)
         if "loops" in args.parts:
             parts["loops"] = await loops(args, workdir, broker)
+        if "floor" in args.parts:
+            parts["floor"] = await floor(args, workdir, broker)
     return parts
 
 
@@ -581,6 +630,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--machine-n", type=int, default=20_000)
     parser.add_argument("--cpu-n", type=int, default=2_000)
     parser.add_argument("--parts", default="process,machine,cpu")
+    parser.add_argument(
+        "--systems", default="", help=f"part 'floor' only: some of {', '.join(FLOOR)}"
+    )
     parser.add_argument(
         "--no-pin", dest="pin", action="store_false",
         help="part 1 without the broker and the workers on CPUs of their own",
