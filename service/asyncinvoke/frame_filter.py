@@ -142,7 +142,7 @@ class FrameFilter(asyncio.Protocol):
         self._fast: dict[int, _Channel] = {}
         self._open: set[int] = set()  # channel numbers the broker confirmed open
         self._last_passed = time.monotonic()
-        self._broken = False  # a frame that does not end right: pass all on, read nothing
+        self._broken = False  # a frame it could not read: the connection is dropped
 
     # -- consumers ---------------------------------------------------------------------
 
@@ -175,8 +175,7 @@ class FrameFilter(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._broken:
-            self.inner.data_received(data)  # type: ignore[attr-defined]
-            return
+            return  # the transport is being aborted
         if self._buffer:
             data = self._buffer + data
         size = len(data)
@@ -184,29 +183,31 @@ class FrameFilter(asyncio.Protocol):
         kept_from = 0  # start of the run of frames passed on, not yet handed over
         kept: list[bytes] = []
         fast = self._fast
-        while position + 7 <= size:
-            frame_type, number, length = _HEADER.unpack_from(data, position)
-            end = position + 8 + length
-            if end > size:
-                break
-            if data[end - 1] != FRAME_END:
-                self._broken = True
-                log.error("frame_filter_bad_frame", channel=number, frame_type=frame_type)
-                break
-            if frame_type == FRAME_METHOD and number and length >= 4:
-                method = _METHOD.unpack_from(data, position + 7)
-                if method != BASIC_DELIVER:
-                    self._on_method(number, method, data, position + 11)
-                    position = end
-                    continue
-            state = fast.get(number) if number else None
-            if state is not None and self._take(state, frame_type, data, position + 7, end - 1):
-                if kept_from < position:
-                    kept.append(data[kept_from:position])
-                kept_from = end
-            position = end
-        if self._broken:
-            position = size
+        try:
+            while position + 7 <= size:
+                frame_type, number, length = _HEADER.unpack_from(data, position)
+                end = position + 8 + length
+                if end > size:
+                    break
+                if data[end - 1] != FRAME_END:
+                    raise ValueError(f"frame type {frame_type} on channel {number} ends wrong")
+                if frame_type == FRAME_METHOD and number and length >= 4:
+                    method = _METHOD.unpack_from(data, position + 7)
+                    if method != BASIC_DELIVER:
+                        self._on_method(number, method, data, position + 11)
+                        position = end
+                        continue
+                state = fast.get(number) if number else None
+                if state is not None and self._take(
+                    state, frame_type, data, position + 7, end - 1
+                ):
+                    if kept_from < position:
+                        kept.append(data[kept_from:position])
+                    kept_from = end
+                position = end
+        except Exception as exc:
+            self._give_up(exc, data[kept_from:position], kept)
+            return
         self._buffer = data[position:] if position < size else b""
         if kept_from == 0 and position == size:
             if size:
@@ -222,6 +223,17 @@ class FrameFilter(asyncio.Protocol):
                 # aiormq reads nothing while deliveries are taken: a heartbeat keeps
                 # its count of the time since the last frame from running out.
                 self._pass(HEARTBEAT_FRAME)
+
+    def _give_up(self, exc: Exception, rest: bytes, kept: list[bytes]) -> None:
+        """A frame this reader cannot read (it never happens with a broker that speaks
+        AMQP 0-9-1): the frames before it go on, and the connection is dropped, so that
+        every delivery it held comes back; the reconnect starts with a fresh filter."""
+        self._broken = True
+        log.error("frame_filter_failed", error=str(exc), error_type=type(exc).__name__)
+        self._fast.clear()
+        kept.append(rest)
+        self._pass(b"".join(kept))
+        self.transport.abort()  # type: ignore[attr-defined]
 
     def _pass(self, data: bytes) -> None:
         self._last_passed = time.monotonic()
