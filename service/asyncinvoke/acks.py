@@ -43,6 +43,12 @@ class Acks:
         )
         self._scheduled = False
         self._sending: set[asyncio.Task[None]] = set()
+        # One flush writes at a time, and plans only once the one before it has
+        # written: a flush can wait between two frames (the connection's frame queue
+        # full), and a later flush's multiple ack written meanwhile would cover tags
+        # planned as single acks before it, whose frames the broker then refuses as
+        # unknown (PRECONDITION_FAILED closes the channel; all in flight run again).
+        self._writing = asyncio.Lock()
 
     def ack(self, message: Any) -> None:
         """Note ``message`` as done; its ack goes out at the end of this loop turn."""
@@ -98,6 +104,10 @@ class Acks:
             await asyncio.gather(*self._sending, return_exceptions=True)
 
     async def _send_all(self) -> None:
+        async with self._writing:
+            await self._send_planned()
+
+    async def _send_planned(self) -> None:
         for channel, state in list(self._channels.items()):
             if not state.done:
                 continue

@@ -114,3 +114,57 @@ async def test_an_ack_after_a_nack_of_the_same_delivery_is_not_sent() -> None:
     acks.ack(_Message(channel, 2))
     await acks.flush()
     assert [channel.queue.get_nowait() for _ in range(channel.queue.qsize())] == [(2, False)]
+
+
+class _Broker:
+    """RabbitMQ's rule for acks on a channel: the tag acknowledged must be outstanding,
+    with ``multiple`` too (a later frame for a tag already covered closes the channel
+    with PRECONDITION_FAILED, unknown delivery tag)."""
+
+    def __init__(self, delivered: int) -> None:
+        self.outstanding = set(range(1, delivered + 1))
+        self.unknown: list[int] = []
+
+    def receive(self, tag: int, multiple: bool) -> None:
+        if tag not in self.outstanding:
+            self.unknown.append(tag)
+            return
+        covered = {t for t in self.outstanding if t <= tag} if multiple else {tag}
+        self.outstanding -= covered
+
+
+async def test_acks_of_several_turns_reach_the_broker_in_the_order_they_were_planned() -> None:
+    """A full frame queue makes a flush wait between two frames; the flush of the next
+    turn must not write a multiple ack past single acks planned before it (it would
+    cover them, and their own frames then name unknown tags: the channel closes and
+    every delivery in flight runs again). Seen with 400 deliveries in flight and
+    handlers that end out of order (a sync handler's threads)."""
+    channel = _Channel(frames=10)  # aiormq's write queue: 10 frames
+    broker = _Broker(delivered=400)
+    acks = Acks()
+
+    async def writer() -> None:  # aiormq's: one frame per loop turn
+        while True:
+            broker.receive(*await channel.queue.get())
+            await asyncio.sleep(0)
+
+    writing = asyncio.create_task(writer())
+    # Turn 1: delivery 1 is still running, 2..120 are done: 119 single acks, more than
+    # the queue holds, so that flush waits for room between frames.
+    for tag in range(2, 121):
+        acks.ack(_Message(channel, tag))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    # Later turns: 1 ends, then the rest, in runs: multiple acks.
+    acks.ack(_Message(channel, 1))
+    for start in range(121, 401, 40):
+        await asyncio.sleep(0)
+        for tag in range(start, start + 40):
+            acks.ack(_Message(channel, tag))
+    async with asyncio.timeout(10):
+        await acks.flush()
+        while not channel.queue.empty():
+            await asyncio.sleep(0)
+    writing.cancel()
+    assert broker.unknown == []
+    assert broker.outstanding == set()
