@@ -50,6 +50,7 @@ def test_every_variable_is_read() -> None:
             "ASYNCINVOKE_TASK_STORE_RETRY": "5",
             "ASYNCINVOKE_EVENT_LOOP": "uvloop",
             "ASYNCINVOKE_BROKER_CONSUMER_TIMEOUT": "7200",
+            "ASYNCINVOKE_FAST_CONSUME": "0",
         }
     )
     assert settings == Settings(
@@ -66,6 +67,7 @@ def test_every_variable_is_read() -> None:
         task_store_retry_s=5.0,
         event_loop="uvloop",
         broker_consumer_timeout_s=7200.0,
+        fast_consume=False,
     )
 
 
@@ -134,6 +136,7 @@ def test_the_longest_delay_is_what_the_ladder_reaches() -> None:
         ("ASYNCINVOKE_NAMESPACE", "n" * 65),
         ("ASYNCINVOKE_LOG_FORMAT", "xml"),
         ("ASYNCINVOKE_EVENT_LOOP", "trio"),
+        ("ASYNCINVOKE_FAST_CONSUME", "maybe"),
         pytest.param(
             "ASYNCINVOKE_SHUTDOWN_GRACE",
             "nan",
@@ -215,6 +218,12 @@ def test_redact_url_hides_a_password_that_holds_an_at_sign() -> None:
 
 def test_redact_url_takes_a_port_that_is_not_a_number() -> None:
     assert redact_url("http://u:secret@host:http/") == "http://u:***@host:http/"
+
+
+def test_the_delivery_fast_path_is_on_unless_switched_off() -> None:
+    assert from_env({}).fast_consume is True
+    assert from_env({"ASYNCINVOKE_FAST_CONSUME": "1"}).fast_consume is True
+    assert from_env({"ASYNCINVOKE_FAST_CONSUME": "off"}).fast_consume is False
 
 
 def test_asyncio_is_the_default_event_loop_and_uvloop_is_opt_in() -> None:
