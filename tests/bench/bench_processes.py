@@ -26,7 +26,11 @@ part 1 puts the node on the first CPU and the workers on the others (``--no-pin`
    to 1,000/s and to the cores the broker left over.
 
 ``--parts loops`` (not in the default run) compares our worker on asyncio's event loop
-and on uvloop, alternating, the same way as part 1.
+and on uvloop, alternating, the same way as part 1. ``--parts floor`` (not in the default
+run either; ``--systems`` picks some) splits a no-op task's CPU: bare aiormq loops (an
+ack per message, or one multiple ack per loop turn), the same loop reading deliveries
+through ``asyncinvoke.frame_filter``, our worker with the filter, without it
+(``ASYNCINVOKE_FAST_CONSUME=0``) and on uvloop, and Dramatiq, pinned as part 1.
 
 Every system's task starts with ``probe.hit`` (``BENCH_MULTI=1``: per-process counters in
 memory-mapped files, read by the harness), so rates are measured the same way for all:
@@ -404,6 +408,7 @@ FLOOR = {
     "fast": "bare frame filter (asyncinvoke.frame_filter), one multiple ack per loop turn",
     "ours": "asyncinvoke",
     "ours-slow": "asyncinvoke, ASYNCINVOKE_FAST_CONSUME=0 (aiormq's reader)",
+    "ours-uvloop": "asyncinvoke, ASYNCINVOKE_EVENT_LOOP=uvloop",
     "dramatiq": "Dramatiq",
 }
 
@@ -423,6 +428,8 @@ async def floor(args: argparse.Namespace, workdir: Path, broker: Any) -> dict[st
         "ours": partial(ours, workdir, args.n, broker),
         "ours-slow": partial(ours, workdir, args.n, broker, label="asyncinvoke slow",
                              env={"ASYNCINVOKE_FAST_CONSUME": "0"}),
+        "ours-uvloop": partial(ours, workdir, args.n, broker, label="asyncinvoke uvloop",
+                               env={"ASYNCINVOKE_EVENT_LOOP": "uvloop"}),
         "dramatiq": partial(peer, "dramatiq", workdir, args.n, broker),
     }
     try:
