@@ -115,6 +115,10 @@ class ExchangeDecl:
 class QueueDecl:
     name: str
     arguments: dict[str, Any]
+    # Holds state by design, so it is never drained: the configuration log (a stream
+    # keeps what it was given) and the timers' leader queue (its baton, for as long as
+    # the namespace lives). Checks that a namespace was left empty skip these.
+    holds_state: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,8 +206,8 @@ def core_plan(names: Names, broker_version: tuple[int, int] | None = None) -> Pl
         QueueDecl(names.dead, dict(system)),
         QueueDecl(names.failed, dict(system)),
         # No delivery limit either: the baton in it returns each time a leader dies.
-        QueueDecl(names.trigger_leader, {**system, **SINGLE_ACTIVE}),
-        QueueDecl(names.config_stream, dict(STREAM)),
+        QueueDecl(names.trigger_leader, {**system, **SINGLE_ACTIVE}, holds_state=True),
+        QueueDecl(names.config_stream, dict(STREAM), holds_state=True),
     ]
     bindings = [
         Binding(names.unrouted, names.unrouted, ""),
