@@ -23,7 +23,7 @@ from asyncinvoke import Client, contract, dlq
 from tests.chaos.conftest import NodeNamespace
 from tests.conftest import WorkerProcess, declare_queue, write_functions
 from tests.support.private_broker import PrivateBroker
-from tests.support.traffic import Planned, Seen, consume, send, until_all_ended
+from tests.support.traffic import Planned, Seen, consume, functions_file, send, until_all_ended
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -112,25 +112,7 @@ async def test_a_broker_restart_mid_traffic_loses_nothing_and_duplicates_no_fail
     space = node_namespace
     node = space.node
     results = space.queue_name("results")
-    config = write_functions(
-        space.tmp_path,
-        f"""
-        [defaults]
-        concurrency = 32
-        backoff = {{ initial = 0.2, multiplier = 1.0, max = 0.5, jitter = 0.1 }}
-
-        [functions.ok]
-        handler = "tests.support.handlers:echo"
-        on_success = "queue:{results}"
-
-        [functions.flaky]
-        handler = "tests.support.handlers:fail_until"
-        on_success = "queue:{results}"
-
-        [functions.doomed]
-        handler = "tests.support.handlers:refuse"
-        """,
-    )
+    config = write_functions(space.tmp_path, functions_file(results))
     space.functions(config.read_text())
     await declare_queue(node_amqp, results)
     workers = [WorkerProcess(space, config) for _ in range(WORKERS)]

@@ -21,7 +21,15 @@ from asyncinvoke import Client, dlq, topology
 from tests.cluster.conftest import ClusterNamespace
 from tests.cluster.helpers import free_port, logged_node, readyz, tail, warnings_seen
 from tests.conftest import WorkerProcess, declare_queue, write_functions
-from tests.support.traffic import Planned, Seen, consume, send, until_all_ended, wait_until
+from tests.support.traffic import (
+    Planned,
+    Seen,
+    consume,
+    functions_file,
+    send,
+    until_all_ended,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -84,29 +92,7 @@ async def test_a_killed_node_loses_nothing_and_the_workers_fail_over(
     space = cluster_namespace
     cluster = space.cluster
     results = space.queue_name("results")
-    config = write_functions(
-        space.tmp_path,
-        f"""
-        [defaults]
-        concurrency = 32
-        backoff = {{ initial = 0.2, multiplier = 1.0, max = 0.5, jitter = 0.1 }}
-
-        [functions.ok]
-        handler = "tests.support.handlers:echo"
-        on_success = "queue:{results}"
-
-        [functions.late]
-        handler = "tests.support.handlers:started_at"
-        on_success = "queue:{results}"
-
-        [functions.flaky]
-        handler = "tests.support.handlers:fail_until"
-        on_success = "queue:{results}"
-
-        [functions.doomed]
-        handler = "tests.support.handlers:refuse"
-        """,
-    )
+    config = write_functions(space.tmp_path, functions_file(results, late="started_at"))
     space.functions(config.read_text())
     await declare_queue(cluster_amqp, results)
     ports = [free_port(), free_port()]

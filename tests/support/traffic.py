@@ -5,6 +5,7 @@ until every one has ended. Shared by the chaos and the cluster suites."""
 from __future__ import annotations
 
 import asyncio
+import textwrap
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
@@ -20,6 +21,29 @@ HAND_OVER_GIVE_UP_S = 120.0
 RECORDS_TIMEOUT_S = 60.0
 # One invocation of a plan: function, payload, delay in seconds.
 Planned = tuple[str, Any, float]
+
+
+def functions_file(results: str, **more: str) -> str:
+    """The functions file of the traffic: ``ok`` (echo), ``flaky`` (fails as often as its
+    payload says) and ``doomed`` (always refuses), with ``more`` functions (name: handler
+    of tests.support.handlers); every success recorded to the queue ``results``."""
+    handlers = {"ok": "echo", **more, "flaky": "fail_until"}
+    succeeding = "".join(
+        f"""
+        [functions.{name}]
+        handler = "tests.support.handlers:{handler}"
+        on_success = "queue:{results}"
+        """
+        for name, handler in handlers.items()
+    )
+    return textwrap.dedent(f"""
+        [defaults]
+        concurrency = 32
+        backoff = {{ initial = 0.2, multiplier = 1.0, max = 0.5, jitter = 0.1 }}
+        {succeeding}
+        [functions.doomed]
+        handler = "tests.support.handlers:refuse"
+        """)
 
 
 @dataclass
