@@ -217,7 +217,7 @@ class Broker:
         when switched off or not certain, and aiormq's reader serves it."""
         return self._frames.filter_for(channel) if self._frames is not None else None
 
-    async def channel(self, prefetch: int | None = None) -> aio_pika.abc.AbstractChannel:
+    async def channel(self, prefetch: int | None = None) -> aio_pika.abc.AbstractRobustChannel:
         assert self.connection is not None, "connect() first"
         channel = await self.connection.channel(publisher_confirms=False)
         if prefetch is not None:
