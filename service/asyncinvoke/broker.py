@@ -78,6 +78,7 @@ class Broker:
         *,
         name: str = "asyncinvoke",
         wait_while_blocked: bool = False,
+        fast_consume: bool = False,
     ):
         self.settings = settings
         self.name = name
@@ -99,7 +100,9 @@ class Broker:
         self._releasing: set[asyncio.Task[None]] = set()
         self._fresh_publisher_at = 0.0  # loop time the publisher channel was last replaced
         self._retiring: set[asyncio.Task[None]] = set()
-        self._frames = FilteringTransportFactory() if settings.fast_consume else None
+        # A worker's connection reads its consumers' deliveries through the frame filter
+        # (``fast_consume``, from ASYNCINVOKE_FAST_CONSUME); others keep aiormq's reader.
+        self._frames = FilteringTransportFactory() if fast_consume else None
 
     async def connect(self) -> None:
         alarms.hear_alarms()

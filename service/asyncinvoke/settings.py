@@ -60,7 +60,7 @@ class Settings:
     # RabbitMQ's management HTTP API, where the console reads unacknowledged counts;
     # None: derived from amqp_url (console/management.py).
     management_url: str | None = None
-    # The function queues' deliveries read by frame_filter rather than aiormq's reader
+    # A worker's deliveries read by frame_filter rather than aiormq's reader
     # (ASYNCINVOKE_FAST_CONSUME=0: aiormq's, the way back should the fast path misbehave).
     fast_consume: bool = True
 

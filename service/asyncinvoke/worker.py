@@ -81,7 +81,10 @@ class Worker:
         # An attempt that ran waits out a resource alarm for its follow-ups, rather than
         # time out and run again.
         self.broker = Broker(
-            settings, name=f"asyncinvoke-worker-{os.getpid()}", wait_while_blocked=True
+            settings,
+            name=f"asyncinvoke-worker-{os.getpid()}",
+            wait_while_blocked=True,
+            fast_consume=settings.fast_consume,
         )
         self.tracker = TaskTracker(
             settings.task_store,

@@ -63,7 +63,7 @@ async def test_the_worker_s_consumers_read_through_the_filter_unless_switched_of
     queue = namespace.queue_name("fast")
     await declare_queue(amqp, queue)
     await publish(amqp, queue, 20, reply_to="replies", correlation_id="c-7")
-    broker = Broker(replace(namespace.settings, fast_consume=fast))
+    broker = Broker(namespace.settings, fast_consume=fast)
     await broker.connect()
     try:
         got, consumers = await consume_some(broker, queue, 20)
@@ -95,7 +95,7 @@ async def test_a_connection_that_only_carries_deliveries_is_not_taken_for_dead(
     queue = namespace.queue_name("steady")
     await declare_queue(amqp, queue)
     url = AMQP_URL + ("&" if "?" in AMQP_URL else "?") + "heartbeat=1"
-    broker = Broker(replace(namespace.settings, amqp_url=url))
+    broker = Broker(replace(namespace.settings, amqp_url=url), fast_consume=True)
     await broker.connect()
     assert broker.connection is not None and broker.connection.transport is not None
     underlay = broker.connection.transport.connection
