@@ -294,7 +294,10 @@ class Pipeline:
             return
         await self._follow_up(envelope, spec, outcome, settlement, finished, version)
         await tasks.after_follow_up(envelope, outcome, settlement, finished)
-        self.acks.ack(message)
+        # The function's prefetch is twice its slots: with fewer acks than slots waiting,
+        # the deliveries it holds still cover them all (acks.py).
+        linger = function.slots.limit if function.runner.ack_linger else 0
+        self.acks.ack(message, linger_below=linger)
         self.journal.settled(envelope, settlement, outcome, config_version=version)
 
     async def _follow_up(
