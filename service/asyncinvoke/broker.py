@@ -207,7 +207,7 @@ class Broker:
             raise BrokerUnavailable("not connected: call connect() first")
         return self._publisher
 
-    async def channel(self, prefetch: int | None = None) -> aio_pika.abc.AbstractChannel:
+    async def channel(self, prefetch: int | None = None) -> aio_pika.abc.AbstractRobustChannel:
         assert self.connection is not None, "connect() first"
         channel = await self.connection.channel(publisher_confirms=False)
         if prefetch is not None:

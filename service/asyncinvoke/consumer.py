@@ -13,9 +13,10 @@ would only run and wait. The prefetch bounds what is held; the attempts start on
 the alarm clears.
 
 The robust channel still does the reconnecting: once it is reopened on a new
-connection (its prefetch restored), ``reopen_callbacks`` tell the consumer to
-subscribe again. A consumer the broker cancels (its queue deleted) subscribes again
-in the background until the queue is back or the consumer is cancelled.
+connection (its prefetch restored), the consumer subscribes again if its queue still
+exists, and never declares it (subscription.py: a namespace deleted while the worker
+ran stays deleted, and readiness says so). A consumer the broker cancels (its queue
+deleted) subscribes again in the background once the queue is back.
 """
 
 from __future__ import annotations
@@ -35,10 +36,10 @@ from asyncinvoke.acks import Acks
 from asyncinvoke.broker import Broker
 from asyncinvoke.errors import AsyncInvokeError
 from asyncinvoke.observability import get_logger
+from asyncinvoke.subscription import FanoutSubscription, Subscription
 
 log = get_logger(component="consumer")
 
-RESUBSCRIBE_PAUSE_S = 5.0
 # A consumer argument that makes a consumer the broker never gives a message (a credit
 # below 1, encoded as a 64-bit 'long', which is what RabbitMQ 3.x reads it as).
 _ZERO_CREDIT: dict[str, FieldValue] = {"x-credit": {"credit": -(2**63), "drain": False}}
@@ -100,34 +101,21 @@ async def _handed_over() -> None:
     """What aiormq's own task for a delivery runs: nothing; the attempt has its task."""
 
 
-class Consumer:
-    """One queue consumed on one robust channel; survives reconnects."""
+class Consumer(Subscription):
+    """One queue consumed on one robust channel for the pipeline; survives reconnects
+    (never re-creating the queue: subscription.py)."""
 
     def __init__(
         self,
-        channel: aio_pika.RobustChannel,
+        channel: aio_pika.abc.AbstractRobustChannel,
         queue: str,
         callback: Callback,
         broker: Broker | None = None,
     ):
-        self.channel = channel
-        self.queue = queue
+        super().__init__(channel, queue, self._deliver)
         self.callback = callback
         self.broker = broker  # whose resource alarms hold deliveries back
-        self.tag: str | None = None
-        self._cancelled = False
-        self._resubscribing: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> None:
-        await self._subscribe()
-        self.channel.reopen_callbacks.add(self._on_reopen)
-
-    async def _subscribe(self) -> None:
-        underlay = await self.channel.get_underlay_channel()
-        underlay.on_consumer_cancel_callbacks.add(self._on_broker_cancel)
-        ok = await underlay.basic_consume(self.queue, self._deliver, no_ack=False)
-        self.tag = ok.consumer_tag
 
     def _deliver(self, message: DeliveredMessage) -> Coroutine[Any, Any, None]:
         # The attempt runs in a task of ours: aiormq cancels the tasks it made for a
@@ -148,41 +136,6 @@ class Consumer:
         await self.broker.wait_unblocked()
         await self.callback(delivery)
 
-    async def _on_reopen(self, _channel: Any = None) -> None:
-        if not self._cancelled:
-            await self._subscribe()
-
-    def _on_broker_cancel(self, frame: aiormq.spec.Basic.Cancel) -> None:
-        if frame.consumer_tag != self.tag or self._cancelled:
-            return
-        log.error("consumer_cancelled_by_broker", queue=self.queue)
-        self.tag = None
-        if self._resubscribing is None or self._resubscribing.done():
-            self._resubscribing = asyncio.get_running_loop().create_task(self._resubscribe())
-
-    async def _resubscribe(self) -> None:
-        while not self._cancelled and self.tag is None:
-            await asyncio.sleep(RESUBSCRIBE_PAUSE_S)
-            try:
-                await self._subscribe()
-                log.info("consumer_resubscribed", queue=self.queue)
-            except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
-                log.warning("consumer_resubscribe_failed", queue=self.queue, error=str(exc))
-                # A failed passive operation closes the channel; the robust channel
-                # reopens it, and the reopen callback subscribes again.
-
-    async def cancel(self) -> None:
-        """Stop receiving; deliveries already received stay with their callbacks."""
-        self._cancelled = True
-        self.channel.reopen_callbacks.discard(self._on_reopen)
-        if self._resubscribing is not None:
-            self._resubscribing.cancel()
-        if self.tag is None:
-            return
-        with contextlib.suppress(aiormq.exceptions.AMQPError, RuntimeError, ConnectionError):
-            underlay = await self.channel.get_underlay_channel()
-            await underlay.basic_cancel(self.tag)
-
 
 class Consumers:
     """Every queue one worker consumes, on channels of one broker connection.
@@ -197,8 +150,8 @@ class Consumers:
         self.acks = acks
         self.barrier_timeout_s = barrier_timeout_s
         self._consumers: list[Consumer] = []
-        self._channels: list[tuple[aio_pika.RobustChannel, str, int]] = []
-        self._control: tuple[aio_pika.abc.AbstractQueue, str] | None = None
+        self._channels: list[tuple[aio_pika.abc.AbstractRobustChannel, str, int]] = []
+        self._control: FanoutSubscription | None = None
 
     def __bool__(self) -> bool:
         """Whether anything is consumed yet."""
@@ -210,7 +163,6 @@ class Consumers:
         """Consume ``queue`` (which must exist) on a channel of its own; ``paused``: make
         the channel, but receive nothing until ``resume``."""
         channel = await self.broker.channel(prefetch=prefetch)
-        assert isinstance(channel, aio_pika.RobustChannel)
         self._channels.append((channel, queue, prefetch))
         underlay = await channel.get_underlay_channel()
         try:
@@ -255,26 +207,35 @@ class Consumers:
             await self.pause(queue)
             await self.resume(queue)
 
+    def problems(self) -> list[str]:
+        """What cannot be consumed now because it was deleted (for readiness)."""
+        subscriptions: list[Subscription] = [*self._consumers]
+        if self._control is not None:
+            subscriptions.append(self._control)
+        return [problem for s in subscriptions if (problem := s.problem) is not None]
+
     async def control(
         self, exchange: str, callback: Callable[[Any], Coroutine[Any, Any, None]], prefetch: int
     ) -> None:
         """This worker's own queue on the fanout ``exchange`` (no acks: a broadcast lost
         with a connection is asked for again by its sender)."""
         channel = await self.broker.channel(prefetch=prefetch)
-        queue = await channel.declare_queue(
-            exclusive=True, auto_delete=True, arguments={"x-queue-type": "classic"}
-        )
-        await queue.bind(exchange)
-        tag = await queue.consume(callback, no_ack=True)
-        self._control = (queue, tag)
+        self._control = FanoutSubscription(channel, exchange, callback)
+        await self._control.start()
 
     async def barrier(self) -> None:
         """Return once the broker applied every ack sent so far on the consuming channels
-        (``settle_barrier`` on each, at once)."""
+        (``settle_barrier`` on each, at once). A queue found deleted has no acks to
+        apply: the barrier's consume would only fail on it."""
         await self.acks.flush()
-        await asyncio.gather(*(self._barrier(*consumed) for consumed in self._channels))
+        missing = {consumer.queue for consumer in self._consumers if consumer.missing}
+        await asyncio.gather(
+            *(self._barrier(*consumed) for consumed in self._channels if consumed[1] not in missing)
+        )
 
-    async def _barrier(self, channel: aio_pika.RobustChannel, queue: str, prefetch: int) -> None:
+    async def _barrier(
+        self, channel: aio_pika.abc.AbstractRobustChannel, queue: str, prefetch: int
+    ) -> None:
         try:
             underlay = await channel.get_underlay_channel()
         except aiormq.exceptions.ChannelInvalidStateError:
@@ -296,9 +257,8 @@ class Consumers:
             with contextlib.suppress(Exception):
                 await consumer.cancel()
         if self._control is not None:
-            queue, tag = self._control
             with contextlib.suppress(Exception):
-                await queue.cancel(tag)
+                await self._control.cancel()
 
 
 async def settle_barrier(

@@ -27,8 +27,10 @@ arguments): the log *is* the state, and a change is a few hundred bytes.
 - **Ready means caught up.** ``start`` reads the log to its end before it returns: a
   stream has no "end" over AMQP 0-9-1 (a stream queue's declare-ok counts 0 messages), so
   the store writes a ``sync`` marker and reads until it sees it.
-- **Reconnects.** aio-pika's robust channel consumes again from the first offset after a
-  reconnect; offsets already applied are skipped.
+- **Reconnects.** The store consumes again from the first offset after a reconnect
+  (offsets already applied are skipped), if the stream still exists: ``start`` declares
+  it once, and a reconnect never does (subscription.py), so a stream deleted with its
+  namespace stays deleted and ``problem`` says so.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from asyncinvoke.broker import Broker
 from asyncinvoke.clock import new_id, now_ms
 from asyncinvoke.errors import InvalidDocument, PublishError, StoreUnavailable
 from asyncinvoke.observability import get_logger
+from asyncinvoke.subscription import Subscription
 from asyncinvoke.topology import STREAM, Names
 
 log = get_logger(component="docstore")
@@ -158,8 +161,7 @@ class DocumentStore:
         self._subscribers: list[Subscriber] = []
         self._waiting: dict[str, asyncio.Future[_ReadBack]] = {}  # by message_id
         self._channel: aio_pika.abc.AbstractChannel | None = None
-        self._queue: aio_pika.abc.AbstractQueue | None = None
-        self._tag: str | None = None
+        self._subscription: Subscription | None = None
 
     @property
     def version(self) -> int:
@@ -169,11 +171,17 @@ class DocumentStore:
     async def start(self, timeout_s: float = DEFAULT_START_TIMEOUT_S) -> None:
         stream = self.names.config_stream
         try:
-            self._channel = await self.broker.channel(prefetch=PREFETCH)
-            self._queue = await self._channel.declare_queue(
-                stream, durable=True, arguments=dict(STREAM)
+            channel = self._channel = await self.broker.channel(prefetch=PREFETCH)
+            underlay = await channel.get_underlay_channel()
+            await underlay.queue_declare(stream, durable=True, arguments=dict(STREAM))
+            subscription = Subscription(
+                channel,
+                stream,
+                lambda message: self._on_message(aio_pika.IncomingMessage(message)),
+                arguments={_OFFSET: "first"},
             )
-            self._tag = await self._queue.consume(self._on_message, arguments={_OFFSET: "first"})
+            await subscription.start()
+            self._subscription = subscription
         except aiormq.exceptions.AMQPError as exc:
             await self.close()
             raise StoreUnavailable(
@@ -188,14 +196,21 @@ class DocumentStore:
             raise
         log.info("docstore_ready", stream=stream, version=self._applied, keys=len(self._state))
 
+    @property
+    def problem(self) -> str | None:
+        """Why the store cannot follow its stream now (deleted), for readiness; or None."""
+        return self._subscription.problem if self._subscription is not None else None
+
     async def close(self) -> None:
         for waiter in self._waiting.values():
             if not waiter.done():
                 waiter.cancel()
+        if self._subscription is not None:
+            self._subscription.forget()
         if self._channel is not None and not self._channel.is_closed:
             with contextlib.suppress(Exception):
                 await self._channel.close()
-        self._channel = self._queue = self._tag = None
+        self._channel = self._subscription = None
 
     async def __aenter__(self) -> DocumentStore:
         await self.start()
@@ -253,7 +268,7 @@ class DocumentStore:
     async def _write(self, body: bytes, timeout_s: float | None) -> _ReadBack:
         """Publish one logged change, confirmed; wait until it was read back and applied."""
         stream = self.names.config_stream
-        if self._queue is None:
+        if self._subscription is None:
             raise StoreUnavailable(
                 "the configuration store is not started: call start() first", stream=stream
             )

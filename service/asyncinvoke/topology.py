@@ -115,6 +115,10 @@ class ExchangeDecl:
 class QueueDecl:
     name: str
     arguments: dict[str, Any]
+    # Holds state by design, so it is never drained: the configuration log (a stream
+    # keeps what it was given) and the timers' leader queue (its baton, for as long as
+    # the namespace lives). Checks that a namespace was left empty skip these.
+    holds_state: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,8 +206,8 @@ def core_plan(names: Names, broker_version: tuple[int, int] | None = None) -> Pl
         QueueDecl(names.dead, dict(system)),
         QueueDecl(names.failed, dict(system)),
         # No delivery limit either: the baton in it returns each time a leader dies.
-        QueueDecl(names.trigger_leader, {**system, **SINGLE_ACTIVE}),
-        QueueDecl(names.config_stream, dict(STREAM)),
+        QueueDecl(names.trigger_leader, {**system, **SINGLE_ACTIVE}, holds_state=True),
+        QueueDecl(names.config_stream, dict(STREAM), holds_state=True),
     ]
     bindings = [
         Binding(names.unrouted, names.unrouted, ""),
@@ -246,17 +250,25 @@ def functions_plan(names: Names, specs: Iterable[FunctionSpec]) -> Plan:
 
 
 async def apply(channel: aio_pika.abc.AbstractChannel, plan: Plan) -> None:
-    """Declare a plan idempotently; a clash with what exists is a ConfigError that says why."""
+    """Declare a plan idempotently; a clash with what exists is a ConfigError that says why.
+
+    Once: everything goes through the aiormq channel under ``channel``, which aio-pika
+    does not track, so a reconnect never declares it again (a robust channel would, and
+    bring back a namespace deleted meanwhile: subscription.py)."""
     for exchange in plan.exchanges:
+        underlay = await channel.get_underlay_channel()
         try:
-            await channel.declare_exchange(
-                exchange.name, exchange.type, durable=True, arguments=exchange.arguments
+            await underlay.exchange_declare(
+                exchange.name,
+                exchange_type=exchange.type,
+                durable=True,
+                arguments=exchange.arguments,
             )
         except aiormq.exceptions.ChannelPreconditionFailed as exc:
             raise _clash("exchange", exchange.name, exc) from None
     for queue in plan.queues:
         try:
-            await channel.declare_queue(queue.name, durable=True, arguments=queue.arguments)
+            await _declare_queue(channel, queue.name, queue.arguments)
         except aiormq.exceptions.ChannelPreconditionFailed as exc:
             if LEADER_LOCATOR in str(exc):
                 await _declare_as_it_is(channel, queue)
@@ -281,6 +293,13 @@ async def apply(channel: aio_pika.abc.AbstractChannel, plan: Plan) -> None:
             )
 
 
+async def _declare_queue(
+    channel: aio_pika.abc.AbstractChannel, name: str, arguments: dict[str, Any]
+) -> None:
+    underlay = await channel.get_underlay_channel()
+    await underlay.queue_declare(name, durable=True, arguments=arguments)
+
+
 async def _declare_as_it_is(channel: aio_pika.abc.AbstractChannel, queue: QueueDecl) -> None:
     """A queue declared before leaders were placed ("balanced") keeps its leader where it
     is: the locator only matters when a queue is made, and the broker refuses to change
@@ -288,7 +307,7 @@ async def _declare_as_it_is(channel: aio_pika.abc.AbstractChannel, queue: QueueD
     await channel.reopen()  # the refusal closed the channel
     arguments = {key: value for key, value in queue.arguments.items() if key != LEADER_LOCATOR}
     try:
-        await channel.declare_queue(queue.name, durable=True, arguments=arguments)
+        await _declare_queue(channel, queue.name, arguments)
     except aiormq.exceptions.ChannelPreconditionFailed as exc:
         raise _clash("queue", queue.name, exc) from None
     log.info("queue_leader_stays", queue=queue.name,
@@ -389,7 +408,7 @@ def cluster_policy(names: Names, vhost: str = "/") -> dict[str, Any]:
 
 
 async def delete(connection: aio_pika.abc.AbstractConnection, plan: Plan) -> None:
-    """Remove what a plan declares (tests and ``topology delete``); missing parts are fine."""
+    """Remove what a plan declares (the tests); missing parts are fine."""
     for queue in plan.queues:
         async with connection.channel() as channel:
             with contextlib.suppress(aiormq.exceptions.AMQPError):

@@ -234,6 +234,9 @@ class Worker:
             reasons.append("RabbitMQ: not connected")
         if self.tracker.outage is not None:
             reasons.append(f"task store: {self.tracker.outage}")
+        reasons.extend(self.consumers.problems())
+        if self.store.problem is not None:
+            reasons.append(f"live configuration: {self.store.problem}")
         reasons.extend(self.triggers.not_ready())
         return reasons
 

@@ -45,7 +45,8 @@ from tempfile import TemporaryDirectory
 import aio_pika
 import psutil
 
-from asyncinvoke import Client
+from asyncinvoke import Client, topology
+from asyncinvoke.functions import FunctionSpec
 from asyncinvoke.settings import Settings
 from tests.support import cluster as local_cluster
 from tests.support import private_broker
@@ -199,10 +200,10 @@ async def drain_ours(target: Target, processes: int, n: int, workdir: Path) -> D
         await _stop(workers)
         for reader in readers:
             reader.cancel()
-        await _delete(target.urls[0], [
-            queue, f"{ns}.failed", f"{ns}.unrouted", f"{ns}.dead", f"{ns}.triggers.leader",
-            f"{ns}.config", *(f"{ns}.delay.{level:02d}" for level in range(17)),
-        ])
+        names = topology.Names(ns)
+        plans = [topology.core_plan(names), topology.functions_plan(names, [FunctionSpec("noop")])]
+        # Every queue, those that hold state by design (QueueDecl.holds_state) too.
+        await _delete(target.urls[0], [q.name for plan in plans for q in plan.queues])
 
 
 async def drain_dramatiq(target: Target, processes: int, n: int, workdir: Path) -> Drain:

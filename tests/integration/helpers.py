@@ -148,14 +148,7 @@ async def assert_namespace_empty(
     catches a delivery it held unacknowledged (closing returns it to its queue)."""
     specs = [FunctionSpec(name) for name in functions]
     plans = (topology.core_plan(names), topology.functions_plan(names, specs))
-    # A stream keeps what it was given (the configuration log): it is never "empty".
-    # The timers' leader queue holds its one baton for as long as the namespace lives.
-    queues = [
-        queue.name
-        for plan in plans
-        for queue in plan.queues
-        if queue.arguments != topology.STREAM and queue.name != names.trigger_leader
-    ]
+    queues = [queue.name for plan in plans for queue in plan.queues if not queue.holds_state]
     depths = {queue: await topology.queue_depth(connection, queue) for queue in queues}
     left = {queue: depth for queue, depth in depths.items() if depth != 0}
     assert not left, f"left behind: {left}"

@@ -73,6 +73,13 @@ async def test_the_cli_sets_pauses_resumes_and_deletes_and_a_running_worker_foll
         assert resumed["paused"] is False and resumed["reservedConcurrency"] == 4
         await wait_for(lambda: not slow.paused, 2, "the worker to resume")
 
+        two = json_of(await cli(namespace, "function", "concurrency", "put", "slow", "2", "--json"))
+        assert (two["reservedConcurrency"], two["sources"]["concurrency"]) == (2, "api")
+        await wait_for(lambda: slow.spec.concurrency == 2, 2, "the worker to take it")
+        back = json_of(await cli(namespace, "function", "concurrency", "delete", "slow", "--json"))
+        assert (back["reservedConcurrency"], back["sources"]["concurrency"]) == (4, path)
+        await wait_for(lambda: slow.spec.concurrency == 4, 2, "the worker to drop it")
+
         deleted = json_of(await cli(namespace, "function", "config", "delete", "slow", "--json"))
         assert deleted["maxAsyncRetryAttempts"] == 2
         assert deleted["sources"]["max_retries"] == f"{path} [defaults]"  # type: ignore[index]

@@ -16,8 +16,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from asyncinvoke import Client, contract, topology
-from asyncinvoke import consumer as consumer_module
+from asyncinvoke import Client, contract, subscription, topology
 from asyncinvoke.settings import redact_url
 from asyncinvoke.worker import Worker
 from tests.conftest import AMQP_URL, Namespace, WorkerProcess, collect, running_worker
@@ -235,7 +234,7 @@ async def test_a_function_queue_deleted_under_the_worker_is_consumed_again_once_
 ) -> None:
     """The broker cancels a consumer whose queue is deleted; once the queue is declared
     again, the worker consumes it again without a restart."""
-    monkeypatch.setattr(consumer_module, "RESUBSCRIBE_PAUSE_S", 0.2)
+    monkeypatch.setattr(subscription, "RESUBSCRIBE_PAUSE_S", 0.2)
     results = namespace.queue_name("results")
     functions_file = namespace.functions(f"""
         [functions.echo]

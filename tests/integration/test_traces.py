@@ -412,3 +412,36 @@ async def test_a_worker_set_up_by_otel_variables_exports_its_spans_over_otlp(
     assert any('"tracing_configured"' in line for line in worker.lines)
     exported = next(body for body in bodies if b"exported_one" in body)
     assert bytes.fromhex(TRACE_ID) in exported and b"otlp-test-worker" in exported
+
+
+async def test_every_write_the_task_store_protocol_marks_is_a_span_and_reads_are_not(
+    spans: InMemorySpanExporter, namespace: Namespace
+) -> None:
+    """tasks/traced.py spans what tasks/store.py marks ``@write``, on a real SQLite store."""
+    from asyncinvoke.tasks import open_store
+    from asyncinvoke.tasks.states import Status
+    from asyncinvoke.tasks.store import writes
+    from asyncinvoke.tasks.traced import traced
+
+    url = f"sqlite:///{namespace.tmp_path / 'traced.db'}"
+    store = traced(open_store(url), url)
+    await store.open()
+    try:
+        with trace.get_tracer("test").start_as_current_span("caller"):
+            await store.create("a", "f", b"x", 1)
+            await store.ensure("b", "f", None, 1)
+            await store.claim("a", 1, 2, 1000)
+            await store.transition("a", Status.FAILED, 3, error="boom")
+            await store.reopen("a", 4, "replayed")
+            await store.request_stop("a", 5)
+            await store.rerun("a", 6, "again")
+            assert (await store.get("a")) is not None
+            await store.list(function="f")
+    finally:
+        await store.close()
+    made = [span.name for span in spans.get_finished_spans() if span.name != "caller"]
+    assert made == [
+        "tasks.create", "tasks.ensure", "tasks.claim", "tasks.transition.Failed",
+        "tasks.reopen", "tasks.request_stop", "tasks.rerun",
+    ]
+    assert {name.split(".")[1] for name in made} == set(writes()), "a marked write untested"

@@ -121,3 +121,12 @@ def test_the_trigger_leader_queue_has_one_active_consumer_and_never_drops_its_ba
     leader = next(queue for queue in plan.queues if queue.name == NAMES.trigger_leader)
     assert leader.arguments["x-single-active-consumer"] is True
     assert leader.arguments.get("x-delivery-limit", -1) == -1
+
+
+def test_the_queues_that_hold_state_are_the_configuration_log_and_the_timers_baton() -> None:
+    plans = [
+        topology.core_plan(NAMES, (4, 1)),
+        topology.functions_plan(NAMES, [FunctionSpec("a"), FunctionSpec("b")]),
+    ]
+    holding = {queue.name for plan in plans for queue in plan.queues if queue.holds_state}
+    assert holding == {NAMES.config_stream, NAMES.trigger_leader}

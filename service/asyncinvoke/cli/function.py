@@ -67,6 +67,22 @@ def _views(
     return run(_with_live(config_path, app_ref, go))
 
 
+def _change(
+    name: str,
+    config_path: str | None,
+    app_ref: str | None,
+    as_json: bool,
+    change: Callable[[LiveConfig], Awaitable[object]],
+) -> None:
+    """Make one change to NAME's live configuration, then print its configuration in force."""
+
+    async def changed(live: LiveConfig) -> list[str]:
+        await change(live)
+        return [name]
+
+    _print(_views(config_path, app_ref, changed), as_json)
+
+
 def _print(views: list[dict[str, Any]], as_json: bool) -> None:
     if as_json:
         for shown in views:  # one document, or JSON lines for a list
@@ -179,11 +195,7 @@ def config_put(
     if not body:
         raise click.UsageError("name at least one field to set (see --help)")
 
-    async def put(live: LiveConfig) -> list[str]:
-        await live.put_async_config(name, body)
-        return [name]
-
-    _print(_views(config_path, app_ref, put), as_json)
+    _change(name, config_path, app_ref, as_json, lambda live: live.put_async_config(name, body))
 
 
 @config.command(name="delete")
@@ -194,11 +206,7 @@ def config_put(
 def config_delete(name: str, config_path: str | None, app_ref: str | None, as_json: bool) -> None:
     """Remove the API config: the functions file's values apply again."""
 
-    async def delete(live: LiveConfig) -> list[str]:
-        await live.delete_async_config(name)
-        return [name]
-
-    _print(_views(config_path, app_ref, delete), as_json)
+    _change(name, config_path, app_ref, as_json, lambda live: live.delete_async_config(name))
 
 
 @function.group()
@@ -218,11 +226,10 @@ def concurrency_put(
 ) -> None:
     """Set the per-worker concurrency (0 pauses)."""
 
-    async def put(live: LiveConfig) -> list[str]:
-        await live.put_concurrency(name, {model.RESERVED: value})
-        return [name]
-
-    _print(_views(config_path, app_ref, put), as_json)
+    _change(
+        name, config_path, app_ref, as_json,
+        lambda live: live.put_concurrency(name, {model.RESERVED: value}),
+    )
 
 
 @concurrency.command(name="delete")
@@ -235,11 +242,7 @@ def concurrency_delete(
 ) -> None:
     """Remove the API concurrency (and a pause): the functions file's applies again."""
 
-    async def delete(live: LiveConfig) -> list[str]:
-        await live.delete_concurrency(name)
-        return [name]
-
-    _print(_views(config_path, app_ref, delete), as_json)
+    _change(name, config_path, app_ref, as_json, lambda live: live.delete_concurrency(name))
 
 
 @function.command()
@@ -251,11 +254,10 @@ def pause(name: str, config_path: str | None, app_ref: str | None, as_json: bool
     """Stop every worker from starting NAME's invocations; they wait in its queue (with the
     delays and retries that come due) until resume. Same as concurrency put NAME 0."""
 
-    async def put(live: LiveConfig) -> list[str]:
-        await live.put_concurrency(name, {model.RESERVED: 0})
-        return [name]
-
-    _print(_views(config_path, app_ref, put), as_json)
+    _change(
+        name, config_path, app_ref, as_json,
+        lambda live: live.put_concurrency(name, {model.RESERVED: 0}),
+    )
 
 
 @function.command()
@@ -267,9 +269,8 @@ def resume(name: str, config_path: str | None, app_ref: str | None, as_json: boo
     """Let NAME's invocations run again: the pause (an API concurrency of 0) is removed and
     the functions file's concurrency applies. A concurrency other than 0 is left alone."""
 
-    async def remove_pause(live: LiveConfig) -> list[str]:
+    async def remove_pause(live: LiveConfig) -> None:
         if live.effective(name).paused:
             await live.delete_concurrency(name)
-        return [name]
 
-    _print(_views(config_path, app_ref, remove_pause), as_json)
+    _change(name, config_path, app_ref, as_json, remove_pause)

@@ -179,6 +179,8 @@ class Gateway:
             reasons.append("RabbitMQ: not connected")
         if self.client.task_store_outage is not None:
             reasons.append(f"task store: {self.client.task_store_outage}")
+        if self.store.problem is not None:
+            reasons.append(f"live configuration: {self.store.problem}")
         if self._also_ready is not None and not self._also_ready():
             reasons.append("worker: not ready")
         return reasons

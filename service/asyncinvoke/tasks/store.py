@@ -9,9 +9,10 @@ Times are integer milliseconds since the Unix epoch.
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import orjson
 
@@ -88,30 +89,65 @@ class Page:
     next_token: str | None
 
 
+Method = TypeVar("Method", bound=Callable[..., Any])
+# Names a write's operation, from the arguments it is called with (task id first).
+Operation = Callable[..., str]
+_WRITE = "__task_store_write__"
+
+
+def write(operation: Operation | None = None) -> Callable[[Method], Method]:
+    """Mark a protocol method as a write of a task (its id the first argument):
+    tasks/traced.py puts a ``tasks.<operation>`` span around every method so marked.
+    ``operation`` names it from the call's arguments; the method's name by default."""
+
+    def mark(method: Method) -> Method:
+        setattr(method, _WRITE, operation or (lambda *_, **__: method.__name__))
+        return method
+
+    return mark
+
+
+def writes() -> dict[str, Operation]:
+    """The protocol's writes (``@write``), by method name."""
+    return {
+        name: getattr(member, _WRITE)
+        for name, member in vars(TaskStore).items()
+        if hasattr(member, _WRITE)
+    }
+
+
+def _transition_operation(task_id: str, target: Status, *_: Any, **__: Any) -> str:
+    return f"transition.{target.value}"
+
+
 class TaskStore(Protocol):
     """What a worker and the gateway ask of a task store.
 
     An outage (the server down or restarting, the connection lost, the file locked) is
     raised as ``errors.TaskStoreUnavailable``, whatever the driver says, so that callers
     can tell "try again" from "this write is wrong" (``tasks.retrying`` tries again).
+    The writes of a task are marked ``@write``: each is traced as a span.
     """
 
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...
 
+    @write()
     async def create(
         self, task_id: str, function: str, payload: bytes | None, now_ms: int, detail: str = ""
     ) -> Task:
         """Insert an Enqueued task; TaskExists if the id is taken."""
         ...
 
+    @write()
     async def ensure(
         self, task_id: str, function: str, payload: bytes | None, now_ms: int
     ) -> Task:
         """The task, inserted as Enqueued if it does not exist yet (a plain AMQP producer's)."""
         ...
 
+    @write()
     async def claim(
         self, task_id: str, attempt: int, now_ms: int, lease_ms: int
     ) -> ClaimResult:
@@ -121,6 +157,7 @@ class TaskStore(Protocol):
         """
         ...
 
+    @write(_transition_operation)
     async def transition(
         self,
         task_id: str,
@@ -136,6 +173,7 @@ class TaskStore(Protocol):
         msgpack and capped at the store's result limit."""
         ...
 
+    @write()
     async def request_stop(self, task_id: str, now_ms: int) -> Task:
         """Waiting → Stopped at once; Running → Stopping. TaskNotFound / TaskFinished."""
         ...
@@ -169,11 +207,13 @@ class TaskStore(Protocol):
         database. Expired nonces are pruned along the way."""
         ...
 
+    @write()
     async def reopen(self, task_id: str, now_ms: int, detail: str) -> Task | None:
         """A replayed task that ended without success (states.REPLAYABLE) is Enqueued
         again; None if it is in any other status."""
         ...
 
+    @write()
     async def rerun(self, task_id: str, now_ms: int, detail: str) -> Task:
         """An ended task (any terminal status) Enqueued again as a new attempt sequence,
         its events kept (``decide_rerun``). TaskNotFound; TaskNotEnded for a task that has

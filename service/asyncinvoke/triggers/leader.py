@@ -29,6 +29,7 @@ from asyncinvoke import contract
 from asyncinvoke.broker import Broker
 from asyncinvoke.errors import AsyncInvokeError
 from asyncinvoke.observability import get_logger
+from asyncinvoke.subscription import Subscription
 from asyncinvoke.topology import Names
 
 BATON_VERSION = 1
@@ -75,33 +76,52 @@ class Leadership:
         self.deposed.set()
         self._held: list[aio_pika.abc.AbstractIncomingMessage] = []
         self._channel: aio_pika.abc.AbstractChannel | None = None
-        self._queue: aio_pika.abc.AbstractQueue | None = None
+        self._subscription: Subscription | None = None
         self._lock = asyncio.Lock()
 
     @property
     def is_leader(self) -> bool:
         return self.elected.is_set()
 
+    @property
+    def problem(self) -> str | None:
+        """Why this worker is no candidate now (the baton queue was deleted), or None."""
+        return self._subscription.problem if self._subscription is not None else None
+
     async def start(self) -> None:
         channel = self._channel = await self.broker.channel(prefetch=PREFETCH)
         channel.close_callbacks.add(self._on_channel_lost)
         assert self.broker.connection is not None
         self.broker.connection.close_callbacks.add(self._on_channel_lost)
-        # Declared (passively) on the robust channel and held here: after a reconnect
-        # aio-pika restores only consumers of queues it declared and that are still
-        # referenced; without it this worker would never be a candidate again.
-        self._queue = await channel.declare_queue(self.names.trigger_leader, passive=True)
-        await self._queue.consume(self._on_baton)
+        # Consumed again after a reconnect while the queue exists (a candidate again);
+        # never declared again: a deleted namespace stays deleted (subscription.py).
+        # A queue declared anew after it was deleted has no baton: this worker gives it one.
+        self._subscription = Subscription(
+            channel,
+            self.names.trigger_leader,
+            lambda message: self._on_baton(aio_pika.IncomingMessage(message)),
+            on_cancelled=self._step_down,  # the queue, and the baton held, are gone
+            on_resumed=self._give_baton_again,
+        )
+        await self._subscription.start()
         await self.broker.publish("", self.names.trigger_leader, encode_baton({}))
+
+    async def _give_baton_again(self) -> None:
+        try:
+            await self.broker.publish("", self.names.trigger_leader, encode_baton({}))
+        except AsyncInvokeError as exc:
+            log.warning("trigger_baton_not_given", error=str(exc))
 
     async def stop(self) -> None:
         """Step down: the held baton goes back to the queue with the last recorded progress."""
         self._step_down()
+        if self._subscription is not None:
+            self._subscription.forget()
         if self._channel is not None:
             self._channel.close_callbacks.discard(self._on_channel_lost)
             with contextlib.suppress(Exception):
                 await self._channel.close()
-            self._channel = self._queue = None
+            self._channel = self._subscription = None
         if self.broker.connection is not None:
             self.broker.connection.close_callbacks.discard(self._on_channel_lost)
 
@@ -159,5 +179,5 @@ def _is_open(message: aio_pika.abc.AbstractIncomingMessage) -> bool:
     lost its transport)."""
     try:
         return not message.channel.is_closed
-    except aiormq.exceptions.AMQPError:
+    except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError):
         return False

@@ -95,12 +95,16 @@ class Triggers:
         await self.leadership.stop()
 
     def not_ready(self) -> list[str]:
-        """The source triggers that cannot consume now, and why."""
-        return [
+        """The source triggers that cannot consume now, and why; and the timers' leader
+        queue, should it be gone."""
+        reasons = [
             f"{consumer.describe()}: {consumer.problem}"
             for consumer, _ in self.sources.values()
             if consumer.problem is not None
         ]
+        if self.leadership.problem is not None:
+            reasons.append(f"timer triggers: {self.leadership.problem}")
+        return reasons
 
     def _on_change(self, change: Change) -> None:
         if change.kind == KIND:
