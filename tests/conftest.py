@@ -33,6 +33,11 @@ from tests.support.ci_skips import (  # noqa: F401  (hooks: a skip fails the run
 from tests.support.poison import POISON_EXIT_STATUS
 
 ROOT = Path(__file__).resolve().parent.parent
+# The suite is an application that configured structlog (at its defaults: console lines on
+# stdout, which tests read from in-process workers), as the commands configure it. Left
+# unconfigured, asyncinvoke would log to the standard library's logging instead, as a
+# library should (tests/integration/test_library_logging.py, in subprocesses).
+structlog.configure()
 AMQP_URL = os.environ.get("ASYNCINVOKE_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
 

@@ -225,9 +225,13 @@ class Consumers:
 
     async def barrier(self) -> None:
         """Return once the broker applied every ack sent so far on the consuming channels
-        (``settle_barrier`` on each, at once)."""
+        (``settle_barrier`` on each, at once). A queue found deleted has no acks to
+        apply: the barrier's consume would only fail on it."""
         await self.acks.flush()
-        await asyncio.gather(*(self._barrier(*consumed) for consumed in self._channels))
+        missing = {consumer.queue for consumer in self._consumers if consumer.missing}
+        await asyncio.gather(
+            *(self._barrier(*consumed) for consumed in self._channels if consumed[1] not in missing)
+        )
 
     async def _barrier(
         self, channel: aio_pika.abc.AbstractRobustChannel, queue: str, prefetch: int

@@ -18,7 +18,10 @@ import orjson
 import structlog
 
 from asyncinvoke import tracing
+from asyncinvoke._loggers import get_logger
 from asyncinvoke.text import escape_surrogates
+
+__all__ = ["configure_logging", "describe_exit", "get_logger", "hot_info", "json_line"]
 
 
 class LoopFlushedLogger:
@@ -54,6 +57,7 @@ class LoopFlushedLogger:
 
 
 _json_writer: LoopFlushedLogger | None = None  # set when the format is JSON
+_hot = get_logger()
 _stamp_second = -1
 _stamp_prefix = ""
 
@@ -91,7 +95,7 @@ def hot_info(event: str, fields: dict[str, object]) -> None:
     otherwise it goes through structlog like any line."""
     writer = _json_writer
     if writer is None:
-        structlog.get_logger().info(event, **fields)
+        _hot.info(event, **fields)
         return
     if tracing.AVAILABLE:
         tracing.add_delivery_ids(fields)
@@ -134,10 +138,6 @@ def configure_logging(log_format: str = "json", level: int = logging.INFO) -> No
     )
     # aio-pika and aiormq log through the standard library; keep their warnings.
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s: %(message)s")
-
-
-def get_logger(**bound: object) -> structlog.typing.FilteringBoundLogger:
-    return structlog.get_logger(**bound)  # type: ignore[no-any-return]
 
 
 def describe_exit(returncode: int) -> str:

@@ -408,7 +408,7 @@ def cluster_policy(names: Names, vhost: str = "/") -> dict[str, Any]:
 
 
 async def delete(connection: aio_pika.abc.AbstractConnection, plan: Plan) -> None:
-    """Remove what a plan declares (tests and ``topology delete``); missing parts are fine."""
+    """Remove what a plan declares (the tests); missing parts are fine."""
     for queue in plan.queues:
         async with connection.channel() as channel:
             with contextlib.suppress(aiormq.exceptions.AMQPError):

@@ -30,9 +30,8 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import structlog
-
 from asyncinvoke import contract
+from asyncinvoke._loggers import get_logger
 from asyncinvoke.clock import now_ms
 from asyncinvoke.contract import Envelope, Outcome
 
@@ -62,8 +61,8 @@ TRACESTATE = contract.META_TRACESTATE
 # Result names of Journal.attempt that are no condition, and the condition they stand for.
 _CONDITION_OF_RESULT = {"success": contract.SUCCESS}
 
-# structlog itself: observability imports this module for its log processor.
-log = structlog.get_logger(component="tracing")
+# From _loggers, not observability, which imports this module for its log processor.
+log = get_logger(component="tracing")
 
 # (span, token of the context attached for it), of the delivery this task handles.
 _PROCESS: contextvars.ContextVar[tuple[Any, Any] | None] = contextvars.ContextVar(

@@ -7,41 +7,33 @@ under CI=true they fail instead: a chaos suite that silently did not run proves 
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aio_pika
 import pytest
 
-from tests.conftest import Namespace
 from tests.support import private_broker
+from tests.support.suite_broker import NamespaceOn, for_the_suite
 
 
 @pytest.fixture(scope="session")
 def broker_node() -> Iterator[private_broker.PrivateBroker]:
-    try:
-        node = private_broker.start()
-    except private_broker.BrokerNotAvailable as exc:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"the chaos suite needs a private RabbitMQ node: {exc}")
-        pytest.skip(f"no private RabbitMQ node: {exc}")
-    try:
-        yield node
-    finally:
-        node.stop()
+    yield from for_the_suite(
+        private_broker.start,
+        private_broker.BrokerNotAvailable,
+        private_broker.PrivateBroker.stop,
+        suite="chaos",
+        needs="a private RabbitMQ node",
+    )
 
 
-class NodeNamespace(Namespace):
+class NodeNamespace(NamespaceOn):
     """A namespace on the private node: clients, workers and subprocesses point at it."""
 
     def __init__(self, tmp_path: Path, node: private_broker.PrivateBroker):
-        super().__init__(tmp_path)
+        super().__init__(tmp_path, node.url)
         self.node = node
-        self.settings = self.settings.with_overrides(amqp_url=node.url)
-
-    def env(self, **extra: str) -> dict[str, str]:
-        return super().env(**{"ASYNCINVOKE_AMQP_URL": self.node.url, **extra})
 
     async def cleanup(self) -> None:
         """Nothing: the node and everything on it is thrown away with the suite."""

@@ -15,56 +15,21 @@ import asyncio
 import json
 import time
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Any
 
 import aio_pika
 import pytest
 
-from asyncinvoke import AsyncInvokeError, Client, InvokeManyError, contract, dlq
+from asyncinvoke import Client, contract, dlq
 from tests.chaos.conftest import NodeNamespace
 from tests.conftest import WorkerProcess, declare_queue, write_functions
 from tests.support.private_broker import PrivateBroker
+from tests.support.traffic import Planned, Seen, consume, functions_file, send, until_all_ended
 
 pytestmark = pytest.mark.timeout(420)
 
 TOTAL = 5000
 WORKERS = 2
 DRAIN_TIMEOUT_S = 240.0
-
-
-@dataclass
-class Seen:
-    """Records as they arrive, by invocation id."""
-
-    successes: Counter[str] = field(default_factory=Counter)
-    failures: Counter[str] = field(default_factory=Counter)
-    conditions: dict[str, str] = field(default_factory=dict)
-    last_at: float = 0.0
-
-    def note(self, record: dict[str, Any], failed: bool) -> None:
-        context = record["requestContext"]
-        (self.failures if failed else self.successes)[context["requestId"]] += 1
-        self.conditions[context["requestId"]] = context["condition"]
-        self.last_at = time.monotonic()
-
-    def ended(self) -> set[str]:
-        return set(self.successes) | set(self.failures)
-
-
-async def _consume(
-    connection: aio_pika.abc.AbstractRobustConnection, queue_name: str, seen: Seen, failed: bool
-) -> tuple[aio_pika.abc.AbstractQueue, str]:
-    channel = await connection.channel()
-    await channel.set_qos(prefetch_count=500)
-    # Declared (passively) on the robust channel: the consumer is restored after the restart.
-    queue = await channel.declare_queue(queue_name, passive=True)
-
-    async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        seen.note(contract.unpack(message.body), failed)
-        await message.ack()
-
-    return queue, await queue.consume(on_message)
 
 
 async def _depth(connection: aio_pika.abc.AbstractConnection, queue_name: str) -> int:
@@ -111,9 +76,9 @@ def _lines_about(workers: list[WorkerProcess], ids: list[str]) -> list[str]:
     return [line for worker in workers for line in worker.lines if any(i in line for i in ids)]
 
 
-def _plan(count: int) -> list[tuple[str, Any, float]]:
+def _plan(count: int) -> list[Planned]:
     """``count`` invocations: 50% at once, 20% delayed 1-3 s, 15% fail once, 15% doomed."""
-    plan: list[tuple[str, Any, float]] = []
+    plan: list[Planned] = []
     for n in range(count):
         kind = n % 20
         if kind < 10:
@@ -125,36 +90,6 @@ def _plan(count: int) -> list[tuple[str, Any, float]]:
         else:
             plan.append(("doomed", {"n": n}, 0))
     return plan
-
-
-async def _send(client: Client, plan: list[tuple[str, Any, float]]) -> dict[str, str]:
-    """Hand ``plan`` over, grouped by (function, delay); id → function."""
-    groups: dict[tuple[str, float], list[Any]] = {}
-    for function, payload, delay in plan:
-        groups.setdefault((function, delay), []).append(payload)
-    by_id: dict[str, str] = {}
-    for (function, delay), payloads in groups.items():
-        ids = await _hand_over_many(client, function, payloads, delay)
-        by_id.update(dict.fromkeys(ids, function))
-    return by_id
-
-
-async def _hand_over_many(
-    client: Client, function: str, payloads: list[Any], delay: float
-) -> list[str]:
-    accepted: list[str] = []
-    pending = payloads
-    while pending:
-        try:
-            accepted += await client.invoke_many([(function, p) for p in pending], delay=delay)
-            pending = []
-        except InvokeManyError as exc:
-            accepted += exc.accepted
-            pending = pending[: len(exc.failed)]
-            await asyncio.sleep(0.5)
-        except AsyncInvokeError:
-            await asyncio.sleep(0.5)
-    return accepted
 
 
 def _state(node: PrivateBroker, workers: list[WorkerProcess]) -> str:
@@ -177,25 +112,7 @@ async def test_a_broker_restart_mid_traffic_loses_nothing_and_duplicates_no_fail
     space = node_namespace
     node = space.node
     results = space.queue_name("results")
-    config = write_functions(
-        space.tmp_path,
-        f"""
-        [defaults]
-        concurrency = 32
-        backoff = {{ initial = 0.2, multiplier = 1.0, max = 0.5, jitter = 0.1 }}
-
-        [functions.ok]
-        handler = "tests.support.handlers:echo"
-        on_success = "queue:{results}"
-
-        [functions.flaky]
-        handler = "tests.support.handlers:fail_until"
-        on_success = "queue:{results}"
-
-        [functions.doomed]
-        handler = "tests.support.handlers:refuse"
-        """,
-    )
+    config = write_functions(space.tmp_path, functions_file(results))
     space.functions(config.read_text())
     await declare_queue(node_amqp, results)
     workers = [WorkerProcess(space, config) for _ in range(WORKERS)]
@@ -207,10 +124,10 @@ async def test_a_broker_restart_mid_traffic_loses_nothing_and_duplicates_no_fail
         # Successes are read as they come (a success seen twice is allowed: at least once).
         # Failure records stay in their queue until the end and are counted there: a
         # record the test read just before the restart would come back to the test too.
-        await _consume(node_amqp, results, seen, failed=False)
+        await consume(node_amqp, results, seen, failed=False)
         async with Client(settings=space.settings) as client:
             started = time.monotonic()
-            sent = await _send(client, plan[: TOTAL // 2])
+            sent = await send(client, plan[: TOTAL // 2])
             # The restart lands while the first half runs, waits in the ladder, retries.
             while len(seen.ended()) < TOTAL // 8:
                 assert time.monotonic() - started < 60, "no progress before the restart"
@@ -229,15 +146,11 @@ async def test_a_broker_restart_mid_traffic_loses_nothing_and_duplicates_no_fail
             recovered_s = time.monotonic() - restarted_at
             while not client.broker.is_connected:
                 await asyncio.sleep(0.1)
-            sent.update(await _send(client, plan[TOTAL // 2 :]))
-        doomed = {i for i, function in sent.items() if function == "doomed"}
-        succeeding = set(sent) - doomed
-        deadline = time.monotonic() + DRAIN_TIMEOUT_S
-        while time.monotonic() < deadline and not (
-            succeeding <= set(seen.successes)
-            and await _depth(node_amqp, space.names.failed) >= len(doomed)
-        ):
-            await asyncio.sleep(0.5)
+            sent.update(await send(client, plan[TOTAL // 2 :]))
+        doomed = await until_all_ended(
+            seen, sent, lambda: _depth(node_amqp, space.names.failed), DRAIN_TIMEOUT_S,
+            lambda missing: f"{missing}\n{_state(node, workers)}",
+        )
         await asyncio.sleep(3)  # late duplicates, if any, arrive now
         # What an operator sees, through the dead-letter tool's own functions.
         tool_stats = await dlq.stats(space.settings)
@@ -284,8 +197,8 @@ async def test_a_broker_restart_mid_traffic_loses_nothing_and_duplicates_no_fail
         overcopied = {i: n for i, n in failure_duplicates.items() if n > max(2, runs[i])}
         assert not overcopied, (overcopied, {i: runs[i] for i in overcopied})
         assert set(seen.failures) >= doomed
-        assert not wrongly_failed, {i: seen.conditions[i] for i in list(wrongly_failed)[:5]}
-        assert all(seen.conditions[i] == contract.NON_RETRYABLE for i in doomed)
+        assert not wrongly_failed, {i: seen.condition(i) for i in list(wrongly_failed)[:5]}
+        assert all(seen.condition(i) == contract.NON_RETRYABLE for i in doomed)
         # The dead-letter tool shows, counts and would replay each failure once.
         assert tool_stats.total == len(doomed), (tool_stats.total, len(doomed))
         assert tool_stats.duplicates == tool_listing.duplicates == raw_copies

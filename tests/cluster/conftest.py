@@ -8,7 +8,6 @@ root) the tests skip, and under CI=true they fail instead.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -16,35 +15,32 @@ import pytest
 
 from asyncinvoke import failover
 from asyncinvoke.nodes import NodeRing, parse_nodes
-from tests.conftest import Namespace
 from tests.support import cluster as local_cluster
+from tests.support.suite_broker import NamespaceOn, for_the_suite
+
+
+def _stop(running: local_cluster.Cluster) -> None:
+    if not local_cluster.keep():
+        running.stop()
 
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[local_cluster.Cluster]:
-    try:
-        running = local_cluster.start()
-    except local_cluster.ClusterNotAvailable as exc:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"the cluster suite needs the local 3-node cluster: {exc}")
-        pytest.skip(f"no local 3-node cluster: {exc}")
-    try:
-        yield running
-    finally:
-        if not local_cluster.keep():
-            running.stop()
+    yield from for_the_suite(
+        local_cluster.start,
+        local_cluster.ClusterNotAvailable,
+        _stop,
+        suite="cluster",
+        needs="the local 3-node cluster",
+    )
 
 
-class ClusterNamespace(Namespace):
+class ClusterNamespace(NamespaceOn):
     """A namespace on the cluster: clients, workers and subprocesses get the URL list."""
 
     def __init__(self, tmp_path: Path, cluster: local_cluster.Cluster):
-        super().__init__(tmp_path)
+        super().__init__(tmp_path, cluster.urls)
         self.cluster = cluster
-        self.settings = self.settings.with_overrides(amqp_url=cluster.urls)
-
-    def env(self, **extra: str) -> dict[str, str]:
-        return super().env(**{"ASYNCINVOKE_AMQP_URL": self.cluster.urls, **extra})
 
     async def cleanup(self) -> None:
         """Every node is up again for the next test; the namespace goes with the cluster."""

@@ -21,9 +21,10 @@ import pytest
 from asyncinvoke import Client, dlq
 from asyncinvoke.tasks.states import Status
 from tests.cluster.conftest import ClusterNamespace
-from tests.cluster.helpers import hand_over_many, tail, wait_until
+from tests.cluster.helpers import tail
 from tests.conftest import ROOT, WorkerProcess, write_functions
 from tests.support.cluster import NODES, node_name
+from tests.support.traffic import hand_over_many, wait_until
 
 pytestmark = pytest.mark.timeout(240)
 

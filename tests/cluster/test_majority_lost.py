@@ -20,8 +20,9 @@ import pytest
 from asyncinvoke import Client, PublishError, dlq
 from asyncinvoke.gateway.app import Gateway
 from tests.cluster.conftest import ClusterNamespace
-from tests.cluster.helpers import Seen, consume, free_port, hand_over_many, tail, wait_until
+from tests.cluster.helpers import free_port, tail
 from tests.conftest import WorkerProcess, declare_queue, write_functions
+from tests.support.traffic import Seen, consume, hand_over_many, wait_until
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -18,9 +18,10 @@ import pytest
 from asyncinvoke import AsyncInvokeError, BrokerUnavailable, Client, PublishError, functions
 from asyncinvoke.gateway.app import Gateway
 from tests.cluster.conftest import ClusterNamespace
-from tests.cluster.helpers import Seen, consume, free_port, tail, wait_until, warnings_seen
+from tests.cluster.helpers import free_port, tail, warnings_seen
 from tests.conftest import WorkerProcess, declare_queue, write_functions
 from tests.support.cluster import amqp_port
+from tests.support.traffic import Seen, consume, wait_until
 
 pytestmark = pytest.mark.timeout(240)
 

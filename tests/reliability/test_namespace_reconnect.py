@@ -1,8 +1,8 @@
 """What a reconnect restores, and what it must not: on the shared broker, only the
 worker's own connection is dropped (found by its client-provided name).
 
-A namespace an operator deleted while a worker ran stays deleted through the worker's
-reconnect, and readiness says what is missing; declared again, it is consumed again.
+A namespace an operator deleted while a worker (or a gateway) ran stays deleted through
+its reconnect, and readiness says what is missing; declared again, it is consumed again.
 With the namespace in place, a reconnect restores the consumers, the timers' leader
 (the baton) and the configuration stream."""
 
@@ -22,6 +22,7 @@ from asyncinvoke import Client, contract, subscription, topology
 from asyncinvoke.broker import Broker
 from asyncinvoke.docstore import DocumentStore
 from asyncinvoke.functions import FunctionsFile
+from asyncinvoke.gateway import Gateway
 from asyncinvoke.liveconfig.live import LiveConfig
 from asyncinvoke.worker import Worker
 from tests.conftest import AMQP_URL, Namespace, collect, declare_queue, records_of, wait_for
@@ -53,15 +54,16 @@ async def named_worker(space: Namespace, functions_file: FunctionsFile) -> Async
         await worker.stop()
 
 
-async def drop_and_reconnect(worker: Worker) -> None:
-    """Close the worker's connection on the broker; return once it is restored."""
-    connection: Any = worker.broker.connection
+async def drop_and_reconnect(process: Worker | Gateway) -> None:
+    """Close the process's connection on the broker; return once it is restored."""
+    broker = process.broker if isinstance(process, Worker) else process.client.broker
+    connection: Any = broker.connection
     before = connection.connection_attempt
-    assert await close_connections_named(worker.broker.name, "asyncinvoke test: drop") == 1
+    assert await close_connections_named(broker.name, "asyncinvoke test: drop") == 1
     await wait_for(
-        lambda: connection.connection_attempt > before and worker.broker.is_connected,
+        lambda: connection.connection_attempt > before and broker.is_connected,
         30,
-        "the worker's connection restored",
+        "the connection restored",
     )
 
 
@@ -191,3 +193,33 @@ async def test_a_reconnect_restores_consumers_the_timers_leader_and_the_configur
         )
         assert not worker.not_ready()
         assert worker.store.problem is None
+
+
+async def test_a_namespace_deleted_under_a_gateway_stays_deleted_through_its_reconnect(
+    namespace: Namespace, connection: aio_pika.abc.AbstractConnection
+) -> None:
+    """The gateway declares the namespace at start too, and follows the config stream."""
+    functions_file = namespace.functions("""
+        [functions.echo]
+        handler = "tests.support.handlers:echo"
+    """)
+    names = namespace.names
+    plans = [
+        topology.core_plan(names),
+        topology.functions_plan(names, functions_file.functions.values()),
+    ]
+    gateway = Gateway(namespace.settings, functions_file, {})
+    gateway.client.broker.name = f"asyncinvoke-test-{namespace.ns}"
+    await gateway.start("127.0.0.1", 0)
+    try:
+        assert not gateway.not_ready()
+        for plan in plans:
+            await topology.delete(connection, plan)
+        await drop_and_reconnect(gateway)
+        assert not await anything_of(connection, plans)
+        await wait_for(lambda: bool(gateway.not_ready()), 10, "the stream reported missing")
+        (reason,) = gateway.not_ready()
+        assert repr(names.config_stream) in reason and "topology declare" in reason, reason
+        assert not await anything_of(connection, plans)
+    finally:
+        await gateway.stop()
