@@ -16,10 +16,10 @@ runs here.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
-import select
 import signal
 import socket
 import struct
@@ -64,8 +64,8 @@ class Requests:
         self.waiting: deque[dict[str, Any]] = deque()
         self.open = True
 
-    def _receive(self) -> None:
-        data = self.sock.recv(1 << 16)
+    def _receive(self, flags: int = 0) -> None:
+        data = self.sock.recv(1 << 16, flags)
         if not data:
             self.open = False
         self.buffer += data
@@ -84,8 +84,9 @@ class Requests:
 
     def next(self) -> dict[str, Any] | None:
         """The next request; None once the worker closed the socket."""
-        while self.open and select.select([self.sock], [], [], 0)[0]:
-            self._receive()
+        with contextlib.suppress(BlockingIOError):  # nothing more has arrived
+            while self.open:
+                self._receive(socket.MSG_DONTWAIT)
         while self.open and not self.waiting:
             self._receive()
         return self.waiting.popleft() if self.open and self.waiting else None

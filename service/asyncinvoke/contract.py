@@ -175,7 +175,7 @@ def pack(value: Any) -> bytes:
     return msgpack.packb(value, use_bin_type=True, datetime=False)  # type: ignore[no-any-return]
 
 
-def unpack(body: bytes) -> Any:
+def unpack(body: bytes | bytearray | memoryview) -> Any:
     return msgpack.unpackb(body, raw=False, strict_map_key=False)
 
 

@@ -61,22 +61,24 @@ class Job:
         return bool(process.alive and process.jobs and process.jobs[0] is self)
 
 
-class HandlerProcess:
-    """One handler process, the socket to it and the attempts it holds."""
+class HandlerProcess(asyncio.Protocol):
+    """One handler process, the socket to it and the attempts it holds.
 
-    def __init__(
-        self,
-        process: asyncio.subprocess.Process,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-    ):
+    The socket is read by this protocol itself: an answer settles its attempt in the
+    same callback that reads it, with no reader task and no stream in between (each
+    would be a turn of the event loop per attempt, which at a CPU-bound handler's rate
+    is one wake-up of the worker process each).
+    """
+
+    def __init__(self, process: asyncio.subprocess.Process):
         self.process = process
-        self.reader = reader
-        self.writer = writer
+        self.transport: asyncio.Transport | None = None
         self.jobs: deque[Job] = deque()
         self.alive = True
         self.on_change: Callable[[], None] | None = None  # a job left, or the process ended
-        self._reading: asyncio.Task[None] | None = None
+        self._rest = b""  # the start of a frame not read whole yet
+        self._hello: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._ending: asyncio.Task[None] | None = None  # finds out how it ended
 
     @classmethod
     async def start(cls, spec: FunctionSpec) -> HandlerProcess:
@@ -100,11 +102,11 @@ class HandlerProcess:
             raise
         finally:
             theirs.close()
-        reader, writer = await asyncio.open_unix_connection(sock=ours)
-        started = cls(process, reader, writer)
+        started = cls(process)
         try:
+            await asyncio.get_running_loop().create_unix_connection(lambda: started, sock=ours)
             async with asyncio.timeout(START_TIMEOUT_S):
-                hello = await started.receive()
+                hello = await started._hello
         except BaseException as exc:
             started.kill()
             if isinstance(exc, TimeoutError):
@@ -115,49 +117,84 @@ class HandlerProcess:
         if not hello.get("ready"):
             started.kill()
             raise HandlerProcessDied(f"could not start: {hello.get('error')}")
-        started._reading = asyncio.get_running_loop().create_task(started._read_answers())
         return started
 
-    async def receive(self) -> Any:
-        """The next frame; HandlerProcessDied when the process ended instead."""
-        try:
-            header = await self.reader.readexactly(FRAME.size)
-            body = await self.reader.readexactly(FRAME.unpack(header)[0])
-        except (asyncio.IncompleteReadError, ConnectionError) as exc:
-            raise HandlerProcessDied(await self._how_it_ended()) from exc
-        return contract.unpack(body)
+    # -- the protocol ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if not self.alive:
+            return
+        if self._rest:
+            data, self._rest = self._rest + data, b""
+        view, offset, end_of_data = memoryview(data), 0, len(data)
+        while end_of_data - offset >= FRAME.size:
+            end = offset + FRAME.size + FRAME.unpack_from(data, offset)[0]
+            if end > end_of_data:
+                break
+            frame = contract.unpack(view[offset + FRAME.size : end])
+            offset = end
+            if not self._hello.done():
+                self._hello.set_result(frame)
+            elif not self._answered(frame):
+                return
+        if offset < end_of_data:
+            self._rest = data[offset:]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.alive:
+            return  # killed: its attempts were told already
+        # It closed its socket, so it ends (or ended): its attempts learn how once it has.
+        self.alive = False
+        self._ending = asyncio.get_running_loop().create_task(self._end())
+
+    def _answered(self, answer: Any) -> bool:
+        """An answer to the first attempt it holds; the one behind begins now. False if
+        the process broke the protocol (an answer nothing asked for): it is killed."""
+        if not self.jobs:
+            log.error("handler_process_unasked_answer", pid=self.process.pid)
+            self.kill()
+            return False
+        job = self.jobs.popleft()
+        if not job.answer.done():
+            job.answer.set_result(answer)
+        elif "skipped" not in answer:
+            log.warning("handler_ran_after_stop", seq=job.seq)
+        if self.jobs:
+            self.jobs[0].begin(time.perf_counter())
+        if self.on_change is not None:
+            self.on_change()
+        return True
+
+    async def _end(self) -> None:
+        how = HandlerProcessDied(await self._how_it_ended())
+        if not self._hello.done():
+            self._hello.set_exception(how)
+        self._ended(how)
+
+    # -- the worker's side -----------------------------------------------------------------
+
+    def _write(self, frame: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(FRAME.pack(len(frame)) + frame)
 
     def submit(self, job: Job, request: bytes) -> None:
         """Send an attempt; it begins now if the process is idle, else after the ones
-        before it. A write the process can no longer take shows as its end, in the reader."""
+        before it. A write the process can no longer take shows as its end."""
         self.jobs.append(job)
         if len(self.jobs) == 1:
             job.begin(time.perf_counter())
-        self.writer.write(FRAME.pack(len(request)) + request)
+        self._write(request)
 
     def skip(self, job: Job) -> None:
         """An attempt stopped while it waited here: the process answers it unrun (or, if
         it took it up already, runs it and its result is dropped)."""
         job.skipped = True
         if self.alive:
-            skip = contract.pack({"skip": job.seq})
-            self.writer.write(FRAME.pack(len(skip)) + skip)
-
-    async def _read_answers(self) -> None:
-        try:
-            while True:
-                answer = await self.receive()
-                job = self.jobs.popleft()
-                if not job.answer.done():
-                    job.answer.set_result(answer)
-                elif "skipped" not in answer:
-                    log.warning("handler_ran_after_stop", seq=job.seq)
-                if self.jobs:
-                    self.jobs[0].begin(time.perf_counter())
-                if self.on_change is not None:
-                    self.on_change()
-        except HandlerProcessDied as exc:
-            self._ended(exc)
+            self._write(contract.pack({"skip": job.seq}))
 
     def _ended(self, exc: HandlerProcessDied) -> None:
         """The first attempt ran and failed with ``exc``; the ones behind never began."""
@@ -174,7 +211,8 @@ class HandlerProcess:
         try:
             returncode = await asyncio.wait_for(self.process.wait(), 5)
         except TimeoutError:
-            self.kill()
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
             return "closed its socket (killed now)"
         return describe_exit(returncode)
 
@@ -183,8 +221,10 @@ class HandlerProcess:
         self.alive = False
         with contextlib.suppress(ProcessLookupError):
             self.process.kill()
-        self.writer.close()
-        if self._reading is not None and self._reading is not asyncio.current_task():
-            self._reading.cancel()
+        if self.transport is not None:
+            self.transport.close()
+        if not self._hello.done():
+            self._hello.set_exception(HandlerProcessDied("was killed"))
+            self._hello.exception()  # retrieved: start() reports its own reason
         if was_alive:
             self._ended(HandlerProcessDied("was killed"))

@@ -32,7 +32,7 @@ from asyncinvoke.functions import FunctionSpec
 from asyncinvoke.gate import Gate
 from asyncinvoke.journal import Journal
 from asyncinvoke.observability import get_logger
-from asyncinvoke.redelivery import Redeliveries
+from asyncinvoke.redelivery import VOUCH_WAIT_S, Redeliveries
 from asyncinvoke.runners import Runner, make_context
 from asyncinvoke.settings import Settings
 from asyncinvoke.slots import Slots
@@ -115,7 +115,7 @@ class Pipeline:
         return on_message
 
     async def _receive(self, message: Message, function: Function, suspect: bool) -> bool:
-        known = None
+        known = None  # True: settled already; False: handled, not settled; None: unknown
         if message.redelivered:
             known = await self.redeliveries.outcome(message, self._running())
             if known:
@@ -123,19 +123,33 @@ class Pipeline:
                 self.acks.ack(message)
                 log.info("redelivery_already_settled", message_id=message.message_id)
                 return True
-        if suspect:
-            async with self.gate.exclusive():
-                # Acknowledgements of the attempts that just ended must reach the broker
-                # before a suspect runs: if it kills the process, they would otherwise be
-                # redelivered and run again.
-                await self.barrier()
-                await self.handle(message, function, suspect=True)
-        elif message.redelivered and known is None:
-            async with self.gate.shared():
-                await self.move_to_suspects(message, function)
-        else:
-            async with self.gate.shared():
-                await self.handle(message, function)
+        vouched = None  # what another worker, alive, said of it (redelivery.py)
+        if known is None and suspect:
+            vouched = self.redeliveries.vouched(message)  # it may come after the move
+            if vouched is None:
+                async with self.gate.exclusive():
+                    # Acknowledgements of the attempts that just ended must reach the
+                    # broker before a suspect runs: if it kills the process, they would
+                    # otherwise be redelivered and run again.
+                    await self.barrier()
+                    await self.handle(message, function, suspect=True)
+                return True
+        elif known is None and message.redelivered:
+            vouched = await self.redeliveries.wait_for_voucher(message, VOUCH_WAIT_S)
+            if vouched is None:
+                async with self.gate.shared():
+                    await self.move_to_suspects(message, function)
+                return True
+        if vouched:
+            # Settled by the worker that held it; its ack was lost with its connection.
+            self.acks.ack(message)
+            log.info("redelivery_settled_elsewhere", message_id=message.message_id)
+            return True
+        if vouched is False:
+            # Handled by a worker that is alive (it said so): no suspect, it runs again.
+            log.info("redelivery_vouched", message_id=message.message_id)
+        async with self.gate.shared():
+            await self.handle(message, function)
         return True
 
     def _running(self) -> Iterable[tuple[asyncio.Task[Any], Message]]:
@@ -294,7 +308,10 @@ class Pipeline:
             return
         await self._follow_up(envelope, spec, outcome, settlement, finished, version)
         await tasks.after_follow_up(envelope, outcome, settlement, finished)
-        self.acks.ack(message)
+        # The function's prefetch is twice its slots: with fewer acks than slots waiting,
+        # the deliveries it holds still cover them all (acks.py).
+        linger = function.slots.limit if function.runner.ack_linger else 0
+        self.acks.ack(message, linger_below=linger)
         self.journal.settled(envelope, settlement, outcome, config_version=version)
 
     async def _follow_up(

@@ -17,7 +17,16 @@ kilobytes, not 2.5 GiB). When one comes back:
   redelivery without running it again;
 - its attempt ended here without settling: run it again as an ordinary delivery, since
   this process is alive and so the message is no suspect;
-- unknown here (another worker had it): a suspect, as before.
+- unknown here (another worker had it): ask the fleet, below; else a suspect.
+
+A worker also tells every other worker what it remembers (``vouch``: a broadcast on the
+namespace's control exchange, once its connection is back). After a broker node dies,
+the deliveries its connections held come back to whichever worker consumes next, and
+that is rarely the worker that held them. Such a redelivery, unknown here, waits up to
+``VOUCH_WAIT_S`` for a voucher: settled elsewhere, it is acknowledged without running;
+handled elsewhere without settling, it runs as an ordinary delivery; with no voucher in
+time (its worker really died, or is still cut off), it is a suspect, as before. A lost
+broadcast only leaves a redelivery a suspect, which is safe.
 
 Only deliveries whose channel is closed when they end are remembered, so the hot path
 pays one attribute read. An attempt that ended just before the drop, with its ack sent
@@ -28,13 +37,26 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
+import uuid
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
+from asyncinvoke import contract
+from asyncinvoke.broker import Broker
 from asyncinvoke.consumer import Message
+from asyncinvoke.observability import get_logger
+
+log = get_logger(component="worker")
 
 REMEMBERED = 10_000  # ended deliveries kept; a drop strands at most the prefetch windows
+# How long a redelivery unknown here waits for another worker's voucher before it becomes
+# a suspect: above the time a worker needs to reconnect to another node (a failover
+# measured 1-3 s on the local cluster).
+VOUCH_WAIT_S = 5.0
+VOUCHES_PER_BROADCAST = 2_000  # a broadcast of 2,000 keys is about 80 KB
+TELL_RETRY_S = 1.0
 
 Key = tuple[str | None, bytes]
 
@@ -49,6 +71,12 @@ class Redeliveries:
     def __init__(self, limit: int = REMEMBERED):
         self._ended: OrderedDict[Key, bool] = OrderedDict()
         self._limit = limit
+        # What other workers vouched for, and the redeliveries waiting for a voucher.
+        self._vouched: OrderedDict[Key, bool] = OrderedDict()
+        self._waiting: dict[Key, asyncio.Future[bool]] = {}
+        # What this worker has yet to tell the others, and the event that wakes the teller.
+        self._untold: OrderedDict[Key, bool] = OrderedDict()
+        self.untold = asyncio.Event()
 
     def ended(self, message: Message, settled: bool) -> None:
         """A delivery's handling ended; remembered only if its channel is gone."""
@@ -59,6 +87,71 @@ class Redeliveries:
         self._ended.move_to_end(key)
         if len(self._ended) > self._limit:
             self._ended.popitem(last=False)
+        self._untold[key] = settled
+        if len(self._untold) > self._limit:
+            self._untold.popitem(last=False)
+        self.untold.set()
+
+    # -- what the workers tell each other ----------------------------------------------
+
+    def to_tell(self) -> list[list[Any]]:
+        """Up to ``VOUCHES_PER_BROADCAST`` vouchers not told yet, as sent: [message id,
+        body digest, settled]; taken (``retell`` puts them back if the send failed)."""
+        taken = list(itertools.islice(self._untold.items(), VOUCHES_PER_BROADCAST))
+        for key, _ in taken:
+            del self._untold[key]
+        if not self._untold:
+            self.untold.clear()
+        return [[message_id, digest, settled] for (message_id, digest), settled in taken]
+
+    def retell(self, vouchers: list[list[Any]]) -> None:
+        for message_id, digest, settled in vouchers:
+            self._untold[(message_id, digest)] = settled
+        self.untold.set()
+
+    def vouch(self, vouchers: Any) -> int:
+        """Another worker's broadcast (``to_tell``'s list); how many were taken. Anything
+        malformed in it is skipped: the redelivery it was for stays a suspect."""
+        taken = 0
+        for voucher in vouchers if isinstance(vouchers, list) else ():
+            if not (isinstance(voucher, list) and len(voucher) == 3):
+                continue
+            message_id, digest, settled = voucher
+            if not (isinstance(message_id, str | None) and isinstance(digest, bytes)
+                    and isinstance(settled, bool)):
+                continue
+            key = (message_id, digest)
+            waiting = self._waiting.pop(key, None)
+            if waiting is not None and not waiting.done():
+                waiting.set_result(settled)
+            else:
+                self._vouched[key] = settled
+                self._vouched.move_to_end(key)
+                if len(self._vouched) > self._limit:
+                    self._vouched.popitem(last=False)
+            taken += 1
+        return taken
+
+    def vouched(self, message: Message) -> bool | None:
+        """What another worker vouched for ``message`` so far (True: settled there;
+        False: handled there without settling), or None."""
+        return self._vouched.pop(key_of(message), None)
+
+    async def wait_for_voucher(self, message: Message, timeout: float) -> bool | None:
+        """``vouched``, waiting up to ``timeout`` s for a voucher to come."""
+        key = key_of(message)
+        if (known := self._vouched.pop(key, None)) is not None:
+            return known
+        waiting = self._waiting.get(key)
+        if waiting is None:
+            waiting = self._waiting[key] = asyncio.get_running_loop().create_future()
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiting), timeout)
+        except TimeoutError:
+            return self._vouched.pop(key, None)
+        finally:
+            if self._waiting.get(key) is waiting:
+                del self._waiting[key]
 
     async def outcome(
         self, message: Message, running: Iterable[tuple[asyncio.Task[Any], Message]]
@@ -77,3 +170,47 @@ class Redeliveries:
                 await asyncio.wait({task})
                 break
         return self._ended.pop(key, None)
+
+
+class Vouching:
+    """The broadcasts of ``Redeliveries``: this worker's vouchers out, other workers' in,
+    on the namespace's control exchange (``{"vouch": [...], "from": sender}``)."""
+
+    def __init__(self, redeliveries: Redeliveries, broker: Broker, exchange: str):
+        self.redeliveries = redeliveries
+        self.broker = broker
+        self.exchange = exchange
+        self.sender = uuid.uuid4().hex  # its own broadcasts come back to it: skipped
+
+    async def tell_forever(self) -> None:
+        """Broadcast what this worker remembers as it is remembered, once connected."""
+        redeliveries = self.redeliveries
+        while True:
+            await redeliveries.untold.wait()
+            if not await self.broker.wait_connected(TELL_RETRY_S):
+                continue
+            vouchers = redeliveries.to_tell()
+            try:
+                await self.broker.publish(
+                    self.exchange, "", contract.pack({"vouch": vouchers, "from": self.sender}),
+                    mandatory=False,
+                )
+            except Exception as exc:  # the connection went again: told once it is back
+                redeliveries.retell(vouchers)
+                log.info("vouch_not_sent", count=len(vouchers), error=str(exc))
+                await asyncio.sleep(TELL_RETRY_S)
+            else:
+                log.info("vouched", count=len(vouchers))
+
+    def on_control(self, body: bytes) -> None:
+        """A broadcast on the control exchange; only vouchers from others are taken."""
+        try:
+            command = contract.unpack(body)
+        except Exception:
+            return  # the task mode's handler logs what it cannot read
+        if not isinstance(command, dict) or "vouch" not in command:
+            return
+        if command.get("from") == self.sender:
+            return
+        taken = self.redeliveries.vouch(command["vouch"])
+        log.info("vouchers_received", count=taken)

@@ -49,6 +49,9 @@ class Runner(Protocol):
     # Attempts that may be in run() at once: the function's concurrency, or more where
     # the runner queues some itself without starting them (the process executor's pipeline).
     slots: int
+    # Whether its attempts' acks may linger to share a frame (acks.py): where attempts
+    # run at a few hundred a second in other processes (the process executor).
+    ack_linger: bool
 
     async def run(self, envelope: Envelope, context: Context) -> Outcome: ...
 
@@ -243,6 +246,7 @@ class PythonRunner:
         )
         self.cancellable = self.is_async
         self.slots = spec.concurrency
+        self.ack_linger = False
         self._processes = None
         if spec.executor == "process":
             from asyncinvoke.process_executor import ProcessExecutor  # it imports this module
@@ -250,6 +254,7 @@ class PythonRunner:
             self._processes = ProcessExecutor(spec, self.is_async)
             self.cancellable = True  # cancelling an attempt ends its process
             self.slots = self._processes.slots
+            self.ack_linger = True
         # A pool of its own: threads held by this function's overrunning handlers must
         # not leave another function's attempts queued until they time out unstarted.
         self._threads = None if self.is_async or self._processes else ThreadPoolExecutor(
@@ -342,6 +347,7 @@ class HttpRunner:
         self.timeout = aiohttp.ClientTimeout(total=spec.timeout_s)
         self.cancellable = True
         self.slots = spec.concurrency
+        self.ack_linger = False
 
     def close(self) -> None:
         """Nothing of its own to release: the session is the worker's."""

@@ -30,6 +30,7 @@ from asyncinvoke.liveconfig.live import LiveConfig
 from asyncinvoke.metrics import Metrics, serve_health
 from asyncinvoke.observability import get_logger
 from asyncinvoke.pipeline import Function, Pipeline
+from asyncinvoke.redelivery import Vouching
 from asyncinvoke.runners import HttpRunner, PythonRunner, Runner, Watchdog
 from asyncinvoke.settings import Settings
 from asyncinvoke.slots import Slots
@@ -167,7 +168,14 @@ class Worker:
             self._background.append(
                 asyncio.create_task(purge_forever(self.tracker, self.settings.task_retention_s))
             )
-        await self.consumers.control(self.names.control, self.tasks.on_control, SYSTEM_PREFETCH)
+        vouching = Vouching(pipeline.redeliveries, self.broker, self.names.control)
+        self._background.append(asyncio.create_task(vouching.tell_forever()))
+
+        async def on_control(message: Any) -> None:
+            vouching.on_control(message.body)
+            await self.tasks.on_control(message)
+
+        await self.consumers.control(self.names.control, on_control, SYSTEM_PREFETCH)
         for name, function in self.functions.items():
             queue = self.names.function_queue(name)
             await self.consumers.consume(

@@ -78,6 +78,9 @@ class Drain:
     n: int
     broker_cpu: float  # share of one core, over the drain
     worker_cpu: float
+    worker_wait: float = 0.0  # share of one core the workers spent runnable, waiting for a CPU
+    worker_sleeps: float = 0.0  # the workers' voluntary context switches per message
+    idle: float = 0.0  # the machine's idle CPU, share of one core (200 % = both idle)
 
     @property
     def rate(self) -> float:
@@ -108,6 +111,36 @@ def _cpu(pids: list[int]) -> float:
     return total
 
 
+def _sched(pids: list[int]) -> tuple[float, int]:
+    """Seconds that the threads of ``pids`` (and their children) spent runnable but waiting
+    for a CPU, and how often they went to sleep on their own (voluntary context switches:
+    an event loop waiting for the socket). Together with the CPU time they say whether a
+    worker is starved of CPU (it waits in the run queue, never sleeps) or starved of work
+    (it sleeps, waiting for the broker)."""
+    waited, sleeps = 0, 0
+    for pid in pids:
+        try:
+            process = psutil.Process(pid)
+            tasks = [process, *process.children(recursive=True)]
+        except psutil.Error:
+            continue
+        for each in tasks:
+            with contextlib.suppress(OSError):
+                for tid in os.listdir(f"/proc/{each.pid}/task"):
+                    base = f"/proc/{each.pid}/task/{tid}"
+                    waited += int(Path(f"{base}/schedstat").read_text().split()[1])
+                    for line in Path(f"{base}/status").read_text().splitlines():
+                        if line.startswith("voluntary_ctxt_switches:"):
+                            sleeps += int(line.split()[1])
+    return waited / 1e9, sleeps
+
+
+def _idle() -> float:
+    """The machine's idle CPU seconds so far (all cores)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    return (int(fields[3]) + int(fields[4])) / os.sysconf("SC_CLK_TCK")
+
+
 async def _drain_clocked(target: Target, queue: str, consumers: int,
                          pids: list[int]) -> Drain | None:
     """Once ``queue`` has ``consumers`` consumers, the time until it holds nothing, and the
@@ -125,6 +158,7 @@ async def _drain_clocked(target: Target, queue: str, consumers: int,
                 await asyncio.sleep(0.02)
         began = time.monotonic()
         cpu_broker, cpu_workers = _cpu(target.beam_pids), _cpu(pids)
+        (waited, sleeps), idle = _sched(pids), _idle()
         n = found.message_count
         async with asyncio.timeout(DRAIN_TIMEOUT_S):
             while True:
@@ -133,8 +167,14 @@ async def _drain_clocked(target: Target, queue: str, consumers: int,
                     seconds = time.monotonic() - began
                     broker_cpu = _cpu(target.beam_pids) - cpu_broker
                     worker_cpu = _cpu(pids) - cpu_workers
+                    (waited_end, sleeps_end), idle_end = _sched(pids), _idle()
                     if (await asyncio.to_thread(_depth, target.ctl, queue))[0] == 0:
-                        return Drain(seconds, n, broker_cpu / seconds, worker_cpu / seconds)
+                        return Drain(
+                            seconds, n, broker_cpu / seconds, worker_cpu / seconds,
+                            worker_wait=(waited_end - waited) / seconds,
+                            worker_sleeps=(sleeps_end - sleeps) / max(n, 1),
+                            idle=(idle_end - idle) / seconds,
+                        )
                 await asyncio.sleep(0.02)
     finally:
         await connection.close()
@@ -298,7 +338,9 @@ async def main() -> None:
                                 f"round {round_number}: {label:18} {target.name:15} "
                                 f"{processes} worker(s): {result.rate:,.0f}/s; broker CPU "
                                 f"{result.broker_cpu:.0%}, workers CPU {result.worker_cpu:.0%} "
-                                "of a core", flush=True,
+                                f"of a core, waiting for a CPU {result.worker_wait:.0%}, "
+                                f"{result.worker_sleeps:.2f} sleeps/message; machine idle "
+                                f"{result.idle:.0%}; load {os.getloadavg()[0]:.1f}", flush=True,
                             )
     finally:
         node.stop()
@@ -313,7 +355,8 @@ def _table(results: dict[tuple[str, int, str], list[Drain]], counts: list[int],
         return max(results[key], key=lambda d: d.rate)
 
     print("\n| system | workers | single node /s | 3-node cluster /s | cluster / single | "
-          "broker CPU (cluster) | workers CPU (cluster) |\n|---|---|---|---|---|---|---|")
+          "broker CPU (cluster) | workers CPU (cluster) | workers waiting for a CPU (cluster) "
+          "| machine idle (cluster) |\n|---|---|---|---|---|---|---|---|---|")
     for system in systems:
         for processes in counts:
             single = best((system, processes, "single node"))
@@ -321,7 +364,8 @@ def _table(results: dict[tuple[str, int, str], list[Drain]], counts: list[int],
             print(
                 f"| {SYSTEMS[system][0]} | {processes} | {single.rate:,.0f} | "
                 f"{on_cluster.rate:,.0f} | {on_cluster.rate / single.rate:.2f} | "
-                f"{on_cluster.broker_cpu:.0%} | {on_cluster.worker_cpu:.0%} |"
+                f"{on_cluster.broker_cpu:.0%} | {on_cluster.worker_cpu:.0%} | "
+                f"{on_cluster.worker_wait:.0%} | {on_cluster.idle:.0%} |"
             )
     print("(best of the rounds; CPU as a share of one core over the drain, 200 % = the "
           "whole 2-core machine; single-node CPU in the lines above)")

@@ -100,6 +100,13 @@ class Sample:
     tree_us: float | None = None
     broker_us: float | None = None  # the broker's CPU per task over the drain
 
+    @property
+    def outside_us(self) -> float | None:
+        """The worker tree's CPU per task outside the processes that ran the tasks."""
+        if self.tree_us is None or self.cpu_us is None:
+            return None
+        return max(0.0, self.tree_us - self.cpu_us)
+
 
 @dataclass
 class Series:
@@ -566,9 +573,9 @@ def report(parts: dict[str, dict[str, Series]], cores: int) -> str:
             "they allow on these cores alone (cores ÷ their sum; ideal "
             f"{ideal:,.0f}/s): the machine's load does not change these much.",
             "",
-            "| system | worker tree µs/task | broker µs/task | capacity, tasks/s "
-            "| ÷ ideal |",
-            "|---|---:|---:|---:|---:|",
+            "| system | worker tree µs/task | of it outside the task processes "
+            "| broker µs/task | capacity, tasks/s | ÷ ideal |",
+            "|---|---:|---:|---:|---:|---:|",
             *(_capacity(item, cores) for item in parts["cpu"].values()),
             "",
         ]
@@ -583,13 +590,18 @@ def _cpu_figures(item: Series) -> str:
 
 
 def _capacity(item: Series, cores: int) -> str:
+    """``outside``: the whole tree's CPU per task less the task-running processes' own
+    (their probes' figure): ours, the worker process that consumes, settles and hands
+    each task to a handler process; Celery's, its consumer (main) process; Dramatiq's
+    processes consume and run their tasks themselves (about 0)."""
     tree, broker = item.median("tree_us"), item.median("broker_us")
+    outside = item.median("outside_us")
     if not tree:
-        return f"| {item.label} | - | {_n(broker)} | - | - |"
+        return f"| {item.label} | - | - | {_n(broker)} | - | - |"
     capacity = cores / ((tree + (broker or 0)) / 1e6)
     ideal = cores / (BURN_MS / 1000)
     return (
-        f"| {item.label} | {tree:,.0f} | {_n(broker)} | {capacity:,.0f} "
+        f"| {item.label} | {tree:,.0f} | {_n(outside)} | {_n(broker)} | {capacity:,.0f} "
         f"| {capacity / ideal:.2f} |"
     )
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from asyncinvoke import acks as acks_module
 from asyncinvoke.acks import Acks, _ChannelAcks, _plan
 
 
@@ -168,3 +170,59 @@ async def test_acks_of_several_turns_reach_the_broker_in_the_order_they_were_pla
     writing.cancel()
     assert broker.unknown == []
     assert broker.outstanding == set()
+
+
+def _sent(channel: _Channel) -> list[tuple[int, bool]]:
+    return [channel.queue.get_nowait() for _ in range(channel.queue.qsize())]
+
+
+async def _turns(count: int) -> None:
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
+async def test_lingering_acks_share_one_frame_within_the_linger(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Long enough that a loaded machine cannot pass it between two turns of this test.
+    monkeypatch.setattr(acks_module, "LINGER_S", 0.3)
+    channel = _Channel(frames=100)
+    acks = Acks()
+    started = asyncio.get_running_loop().time()
+    acks.ack(_Message(channel, 1), linger_below=3)
+    await _turns(5)
+    assert _sent(channel) == []  # a turn later: still waiting for company
+    acks.ack(_Message(channel, 2), linger_below=3)
+    async with asyncio.timeout(5):
+        frame = await channel.queue.get()
+    assert frame == (2, True)  # both in one multiple ack
+    assert asyncio.get_running_loop().time() - started >= 0.25
+
+
+async def test_an_ack_that_would_leave_too_few_deliveries_goes_out_at_the_end_of_the_turn() -> None:
+    channel = _Channel(frames=100)
+    acks = Acks()
+    acks.ack(_Message(channel, 1), linger_below=2)
+    acks.ack(_Message(channel, 2), linger_below=2)  # 2 waiting: no more lingering
+    await _turns(5)
+    assert _sent(channel) == [(2, True)]
+
+
+async def test_an_ack_that_may_not_linger_takes_the_lingering_ones_along() -> None:
+    channel = _Channel(frames=100)
+    acks = Acks()
+    acks.ack(_Message(channel, 1), linger_below=10)
+    acks.ack(_Message(channel, 2))  # the default: this turn
+    await _turns(5)
+    assert _sent(channel) == [(2, True)]
+
+
+async def test_flush_sends_lingering_acks_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(acks_module, "LINGER_S", 0.05)
+    channel = _Channel(frames=100)
+    acks = Acks()
+    acks.ack(_Message(channel, 1), linger_below=10)
+    await acks.flush()
+    assert _sent(channel) == [(1, False)]
+    await asyncio.sleep(0.15)  # past the linger: cancelled, it sends nothing more
+    assert _sent(channel) == []

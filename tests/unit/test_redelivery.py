@@ -101,3 +101,66 @@ def test_remembered_deliveries_keep_no_body() -> None:
         return same, other_body
 
     assert asyncio.run(scenario()) == (True, None)
+
+
+def test_what_ended_on_a_closed_channel_is_told_once_and_retold_if_the_send_failed() -> None:
+    redeliveries = Redeliveries()
+    closed = _Channel(is_closed=True)
+    redeliveries.ended(_Message("i1", b"a", closed), settled=True)
+    redeliveries.ended(_Message("i2", b"b", _Channel()), settled=True)  # its ack went out
+    redeliveries.ended(_Message("i3", b"c", closed), settled=False)
+    assert redeliveries.untold.is_set()
+    told = redeliveries.to_tell()
+    assert [(message_id, settled) for message_id, _, settled in told] == [
+        ("i1", True), ("i3", False)
+    ]
+    assert not redeliveries.untold.is_set() and redeliveries.to_tell() == []
+    redeliveries.retell(told)
+    assert redeliveries.to_tell() == told
+
+
+def test_another_workers_voucher_answers_a_redelivery_waiting_for_it() -> None:
+    async def scenario() -> tuple[bool | None, bool | None, bool | None, float]:
+        teller, listener = Redeliveries(), Redeliveries()
+        closed = _Channel(is_closed=True)
+        teller.ended(_Message("i1", b"a", closed), settled=True)
+        teller.ended(_Message("i2", b"b", closed), settled=False)
+        vouchers = teller.to_tell()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        waiting = asyncio.create_task(listener.wait_for_voucher(_Message("i1", b"a"), 5))
+        await asyncio.sleep(0.01)
+        assert listener.vouch(vouchers) == 2  # i1 answers the wait, i2 is kept
+        first = await waiting
+        waited = loop.time() - started
+        # Kept for one that comes later (after its move to the suspect queue), once.
+        second = listener.vouched(_Message("i2", b"b"))
+        again = listener.vouched(_Message("i2", b"b"))
+        return first, second, again, waited
+
+    first, second, again, waited = asyncio.run(scenario())
+    assert (first, second, again) == (True, False, None)
+    assert waited < 1
+
+
+def test_with_no_voucher_in_time_a_redelivery_stays_unknown() -> None:
+    async def scenario() -> tuple[bool | None, float]:
+        redeliveries = Redeliveries()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        known = await redeliveries.wait_for_voucher(_Message("i1", b"a"), 0.05)
+        return known, loop.time() - started
+
+    known, waited = asyncio.run(scenario())
+    assert known is None and waited >= 0.05
+
+
+def test_a_malformed_voucher_is_skipped_and_the_rest_taken() -> None:
+    redeliveries = Redeliveries()
+    digest = b"\x00" * 16
+    taken = redeliveries.vouch(
+        [["i1", digest, True], ["i2", "not bytes", True], ["i3"], "junk", [3, digest, True],
+         ["i4", digest, "yes"], [None, digest, False]]
+    )
+    assert taken == 2
+    assert redeliveries.vouch("not a list") == 0
