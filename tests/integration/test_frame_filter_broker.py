@@ -22,6 +22,7 @@ from asyncinvoke.broker import Broker
 from asyncinvoke.consumer import Consumers, Delivery, Message
 from asyncinvoke.frame_filter import FastDelivery
 from tests.conftest import AMQP_URL, Namespace, declare_queue
+from tests.support.connections import close_connections_named
 
 
 async def publish(connection: aio_pika.abc.AbstractConnection, queue: str, count: int,
@@ -124,3 +125,42 @@ async def paced(connection: aio_pika.abc.AbstractConnection, queue: str, total: 
                 for _ in range(per_second // 10)
             ))  # fmt: skip
             await asyncio.sleep(0.1)
+
+
+async def test_after_a_reconnect_deliveries_come_through_the_new_connection_s_filter(
+    namespace: Namespace, amqp: aio_pika.abc.AbstractConnection
+) -> None:
+    """The broker closes the worker's connection; aio-pika reconnects, the consumer
+    subscribes again, and its deliveries are read by the filter of the new transport
+    (not by aiormq's reader, which would serve them, slower, had the filter not been
+    found for the new channel)."""
+    queue = namespace.queue_name("reconnect")
+    await declare_queue(amqp, queue)
+    name = f"asyncinvoke-test-{namespace.ns}"
+    broker = Broker(namespace.settings, name=name, fast_consume=True)
+    await broker.connect()
+    acks = Acks()
+    consumers = Consumers(broker, acks, barrier_timeout_s=10)
+    got: list[Message] = []
+
+    async def on_message(message: Message) -> None:
+        got.append(message)
+        acks.ack(message)
+
+    try:
+        await consumers.consume(queue, 50, on_message)
+        await publish(amqp, queue, 5)
+        async with asyncio.timeout(30):
+            while len(got) < 5:
+                await asyncio.sleep(0.05)
+        await consumers.barrier()
+        assert await close_connections_named(name, "asyncinvoke test: reconnect") == 1
+        async with asyncio.timeout(60):
+            while len(got) < 10:  # whenever the consumer is back, these reach it
+                await publish(amqp, queue, 1)
+                await asyncio.sleep(0.5)
+        await consumers.barrier()
+        await consumers.cancel()
+    finally:
+        await broker.close()
+    assert {type(message) for message in got} == {FastDelivery}
