@@ -7,20 +7,22 @@ private node, for asyncinvoke and for Dramatiq, in one run with alternating roun
 
 N no-op tasks are handed over first, by one producer for both systems: each system's own
 message bodies (ours: ``Client.envelope``; Dramatiq: ``Message.encode``), published with
-confirms and ``--fill``'s window of publishes in flight (burst: 1,000; trickle: 10). The
-window matters, for both systems alike: a quorum queue whose backlog was written 10
-publishes at a time drains at about a third of the rate of one written 1,000 at a time
-(measured on the 3-node cluster with a bare aio-pika consumer: 1,500-2,300/s against
-5,600-7,000/s; docs/benchmarks.md). The first version of this bench filled ours with
-``invoke_many`` (its publishes reach the socket a few frames at a time: frame_room.py)
-and Dramatiq's with its unconfirmed ``enqueue``, and so compared a trickled backlog with
-a burst one. Then the worker
-processes are started. The clock runs from the moment the queue has every worker as a
-consumer (a passive declare every 20 ms reads the consumer count) until it holds no
-message, ready or unacknowledged: the drain alone. The rate counts the messages ready
-when the clock starts: the first workers' prefetch taken before the last one subscribed
-is drained in the window too but not counted, which underrates by at most 4 % (4
-workers, 20,000).
+confirms and ``--fill``'s window of publishes in flight (burst: 1,000; trickle: 10, a
+backlog that built up slowly). Then the worker processes are started. The clock runs from
+the moment the queue has every worker as a consumer (a passive declare every 20 ms reads
+the consumer count) until the queue holds no message, ready or unacknowledged, as its
+leader counts them (``_EMPTY_AT``, polled on the broker every 5 ms). The rate counts the
+messages ready when the clock starts: the first workers' prefetch taken before the last
+one subscribed is drained in the window too but not counted, which underrates by at most
+4 % (4 workers, 20,000).
+
+The first version of this bench read the end from ``rabbitmqctl list_queues``. A quorum
+queue publishes its counts there only on its tick (every 5 s on 3.10), so the end was
+read 0-5 s late, depending on where the drain ended in the tick's cycle, and that phase
+followed from how long the backlog took to make: ours was made with ``invoke_many``
+(about 4.7 s for 10,000), Dramatiq's with its unconfirmed ``enqueue`` (about 2 s). A 2 s
+drain of ours read as 5-7 s: "1,800/s whatever the worker count, with idle CPU". Both
+systems now get the same producer and the live end.
 
 Dramatiq declares classic queues; here it runs on quorum queues (``x-queue-type`` added to
 its declarations, ``tests/bench/peers/dramatiq_app.QuorumBroker``), replicated like ours:
