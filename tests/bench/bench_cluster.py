@@ -3,16 +3,26 @@ local 3-node cluster (each worker on a different node, replicas on all three) an
 private node, for asyncinvoke and for Dramatiq, in one run with alternating rounds.
 
     .venv/bin/python -m tests.bench.bench_cluster [--n 20000] [--processes 1,2,4] [--rounds 2]
-        [--only ours,dramatiq]
+        [--only ours,dramatiq] [--fill burst|trickle]
 
-N no-op tasks are handed over first (asyncinvoke: ``invoke_many``, 2,000 at a time,
-confirmed; Dramatiq: ``broker.enqueue``, its default, unconfirmed); then the worker
-processes are started. The clock runs from the moment the queue has every worker as a
-consumer (a passive declare every 20 ms reads the consumer count) until it holds no
-message, ready or unacknowledged: the drain alone, the same for both systems, however
-fast each one's producer is. The rate counts the messages ready when the clock starts:
-the first workers' prefetch (200 each) taken before the last one subscribed is drained
-in the window too but not counted, which underrates by at most 4 % (4 workers, 20,000).
+N no-op tasks are handed over first, by one producer for both systems: each system's own
+message bodies (ours: ``Client.envelope``; Dramatiq: ``Message.encode``), published with
+confirms and ``--fill``'s window of publishes in flight (burst: 1,000; trickle: 10, a
+backlog that built up slowly). Then the worker processes are started. The clock runs from
+the moment the queue has every worker as a consumer (a passive declare every 20 ms reads
+the consumer count) until the queue holds no message, ready or unacknowledged, as its
+leader counts them (``_EMPTY_AT``, polled on the broker every 5 ms). The rate counts the
+messages ready when the clock starts: the first workers' prefetch taken before the last
+one subscribed is drained in the window too but not counted, which underrates by at most
+4 % (4 workers, 20,000).
+
+The first version of this bench read the end from ``rabbitmqctl list_queues``. A quorum
+queue publishes its counts there only on its tick (every 5 s on 3.10), so the end was
+read 0-5 s late, depending on where the drain ended in the tick's cycle, and that phase
+followed from how long the backlog took to make: ours was made with ``invoke_many``
+(4.7 s for 10,000 in one measurement), Dramatiq's with its unconfirmed ``enqueue``, faster. A 2 s
+drain of ours read as 5-7 s: "1,800/s whatever the worker count, with idle CPU". Both
+systems now get the same producer and the live end.
 
 Dramatiq declares classic queues; here it runs on quorum queues (``x-queue-type`` added to
 its declarations, ``tests/bench/peers/dramatiq_app.QuorumBroker``), replicated like ours:
@@ -45,7 +55,7 @@ from tempfile import TemporaryDirectory
 import aio_pika
 import psutil
 
-from asyncinvoke import Client, topology
+from asyncinvoke import Client, clock, contract, topology
 from asyncinvoke.functions import FunctionSpec
 from asyncinvoke.settings import Settings
 from tests.support import cluster as local_cluster
@@ -62,6 +72,9 @@ DRAMATIQ_THREADS = 8
 DRAMATIQ_PREFETCH = 200
 START_TIMEOUT_S = 60.0
 DRAIN_TIMEOUT_S = 300.0
+# Publishes in flight while the backlog is made (--fill): "burst" 1,000, "trickle" 10.
+FILL_WINDOWS = {"burst": 1000, "trickle": 10}
+FILL_WINDOW = FILL_WINDOWS["burst"]
 
 
 @dataclass
@@ -85,16 +98,6 @@ class Drain:
     @property
     def rate(self) -> float:
         return self.n / self.seconds
-
-
-def _depth(ctl: Callable[..., str], queue: str) -> tuple[int, int]:
-    """(messages, consumers) of ``queue``; (-1, 0) while it does not exist."""
-    out = ctl("list_queues", "name", "messages", "consumers", "--no-table-headers")
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) == 3 and parts[0] == queue:
-            return int(parts[1]), int(parts[2])
-    return -1, 0
 
 
 def _cpu(pids: list[int]) -> float:
@@ -141,12 +144,41 @@ def _idle() -> float:
     return (int(fields[3]) + int(fields[4])) / os.sysconf("SC_CLK_TCK")
 
 
+# Run on the broker (rabbitmqctl eval): poll the quorum queue's own count, ready and
+# unacknowledged, every 5 ms on its leader, and give the wall-clock time (µs) at which it
+# first read 0. ``list_queues`` will not do: a quorum queue publishes its counts there
+# once per tick (5 s on 3.10), and an end read that late made a 2 s drain look like 7 s.
+_EMPTY_AT = """
+{ok, Q} = rabbit_amqqueue:lookup(rabbit_misc:r(<<"/">>, queue, <<"QUEUE">>)),
+Server = amqqueue:get_pid(Q),
+Poll = fun Poll(Left) ->
+    {ok, {_, Overview}, _} = ra:local_query(Server, fun rabbit_fifo:overview/1),
+    case maps:get(num_messages, Overview) of
+        0 -> os:system_time(microsecond);
+        _ when Left =< 0 -> timeout;
+        _ -> timer:sleep(5), Poll(Left - 1)
+    end
+end,
+Poll(LIMIT).
+"""
+
+
+def _empty_at(ctl: Callable[..., str], queue: str) -> float:
+    """The wall-clock time at which ``queue`` first held no message, ready or not."""
+    polls = int(DRAIN_TIMEOUT_S / 0.005)
+    code = _EMPTY_AT.replace("QUEUE", queue).replace("LIMIT", str(polls))
+    out = ctl("eval", code, timeout=DRAIN_TIMEOUT_S + 30).strip().splitlines()[-1]
+    if not out.isdigit():
+        raise RuntimeError(f"{queue} not drained within {DRAIN_TIMEOUT_S} s: {out}")
+    return int(out) / 1e6
+
+
 async def _drain_clocked(target: Target, queue: str, consumers: int,
                          pids: list[int]) -> Drain | None:
     """Once ``queue`` has ``consumers`` consumers, the time until it holds nothing, and the
-    CPU the broker and ``pids`` used meanwhile. The queue is polled over AMQP (a passive
-    declare every 20 ms: cheap, unlike a rabbitmqctl run, which costs half a second of
-    CPU); the unacknowledged rest is checked with rabbitmqctl at the end."""
+    CPU the broker and ``pids`` used meanwhile. The consumers are counted over AMQP (a
+    passive declare every 20 ms: cheap, unlike a rabbitmqctl run, which costs half a
+    second of CPU); the end is read on the broker (``_EMPTY_AT``)."""
     connection = await aio_pika.connect(target.urls[0])
     try:
         channel = await connection.channel()
@@ -156,26 +188,23 @@ async def _drain_clocked(target: Target, queue: str, consumers: int,
                 if found.consumer_count >= consumers:
                     break
                 await asyncio.sleep(0.02)
-        began = time.monotonic()
+        began = time.time()
         cpu_broker, cpu_workers = _cpu(target.beam_pids), _cpu(pids)
         (waited, sleeps), idle = _sched(pids), _idle()
         n = found.message_count
-        async with asyncio.timeout(DRAIN_TIMEOUT_S):
-            while True:
-                found = (await channel.declare_queue(queue, passive=True)).declaration_result
-                if found.message_count == 0:
-                    seconds = time.monotonic() - began
-                    broker_cpu = _cpu(target.beam_pids) - cpu_broker
-                    worker_cpu = _cpu(pids) - cpu_workers
-                    (waited_end, sleeps_end), idle_end = _sched(pids), _idle()
-                    if (await asyncio.to_thread(_depth, target.ctl, queue))[0] == 0:
-                        return Drain(
-                            seconds, n, broker_cpu / seconds, worker_cpu / seconds,
-                            worker_wait=(waited_end - waited) / seconds,
-                            worker_sleeps=(sleeps_end - sleeps) / max(n, 1),
-                            idle=(idle_end - idle) / seconds,
-                        )
-                await asyncio.sleep(0.02)
+        ended = await asyncio.to_thread(_empty_at, target.ctl, queue)
+        # The CPU figures end a moment after the drain (the eval's return): a few ms.
+        seconds = ended - began
+        broker_cpu = _cpu(target.beam_pids) - cpu_broker
+        worker_cpu = _cpu(pids) - cpu_workers
+        (waited_end, sleeps_end), idle_end = _sched(pids), _idle()
+        spent = time.time() - began
+        return Drain(
+            seconds, n, broker_cpu / spent, worker_cpu / spent,
+            worker_wait=(waited_end - waited) / spent,
+            worker_sleeps=(sleeps_end - sleeps) / max(n, 1),
+            idle=(idle_end - idle) / spent,
+        )
     finally:
         await connection.close()
 
@@ -221,8 +250,10 @@ async def drain_ours(target: Target, processes: int, n: int, workdir: Path) -> D
     )
     assert declare.returncode == 0, declare.stderr
     async with Client(settings=Settings(amqp_url=all_urls, namespace=ns)) as client:
-        for start in range(0, n, 2000):
-            await client.invoke_many([("noop", None)] * min(2000, n - start))
+        now = clock.now_ms()
+        envelopes = [client.envelope("noop", None, now_ms=now) for _ in range(n)]
+    await _fill(target.urls[0], f"{ns}.invoke", "noop",
+                [(envelope.id, body) for envelope, body in envelopes], contract.CONTENT_TYPE)
     workers = [
         await _spawn(
             [sys.executable, "-m", "asyncinvoke", "worker", "--config", str(config)],
@@ -250,7 +281,8 @@ async def drain_dramatiq(target: Target, processes: int, n: int, workdir: Path) 
     queue = f"bench-dq-{uuid.uuid4().hex[:8]}"
     env = {**os.environ, "BENCH_QUEUE": queue, "BENCH_QUORUM": "1", "PYTHONPATH": str(ROOT),
            "dramatiq_queue_prefetch": str(DRAMATIQ_PREFETCH)}
-    await asyncio.to_thread(_enqueue_dramatiq, target.urls[0], queue, n)
+    messages = await asyncio.to_thread(_dramatiq_messages, target.urls[0], queue, n)
+    await _fill(target.urls[0], "", queue, messages, "application/json")
     workers = [
         await _spawn(
             [str(BIN / "dramatiq"), "tests.bench.peers.dramatiq_app", "--processes", "1",
@@ -271,21 +303,48 @@ async def drain_dramatiq(target: Target, processes: int, n: int, workdir: Path) 
         await _delete(target.urls[0], [queue, f"{queue}.DQ", f"{queue}.XQ"])
 
 
-def _enqueue_dramatiq(url: str, queue: str, n: int) -> None:
-    """N no-op messages for Dramatiq's bench actor, as its own producer sends them."""
+def _dramatiq_messages(url: str, queue: str, n: int) -> list[tuple[str, bytes]]:
+    """Declare Dramatiq's queue as Dramatiq does (quorum, with its delay and dead-letter
+    queues); N no-op messages for its bench actor, encoded as its producer encodes them."""
     import dramatiq
 
     from tests.bench.peers.dramatiq_app import QuorumBroker
 
     broker = QuorumBroker(url=url)
     try:
-        broker.declare_queue(queue)
-        for _ in range(n):
-            broker.enqueue(dramatiq.Message(
-                queue_name=queue, actor_name="bench_noop", args=(0,), kwargs={}, options={},
-            ))
+        broker.declare_queue(queue, ensure=True)
     finally:
         broker.close()
+    messages = [
+        dramatiq.Message(queue_name=queue, actor_name="bench_noop", args=(0,), kwargs={},
+                         options={})
+        for _ in range(n)
+    ]
+    return [(message.message_id, message.encode()) for message in messages]
+
+
+async def _fill(url: str, exchange: str, routing_key: str,
+                messages: list[tuple[str, bytes]], content_type: str) -> None:
+    """Publish ``messages`` (message id, body) persistently, with up to ``FILL_WINDOW``
+    confirms outstanding: the same producer for both systems, so that both queues hold
+    their backlog as the same pattern of writes (see the module's docstring)."""
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        target = (channel.default_exchange if not exchange
+                  else await channel.get_exchange(exchange, ensure=False))
+        room = asyncio.Semaphore(FILL_WINDOW)
+
+        async def one(message_id: str, body: bytes) -> None:
+            async with room:
+                await target.publish(aio_pika.Message(
+                    body, message_id=message_id, content_type=content_type,
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                ), routing_key=routing_key)
+
+        await asyncio.gather(*(one(message_id, body) for message_id, body in messages))
+    finally:
+        await connection.close()
 
 
 async def _read(worker: asyncio.subprocess.Process) -> None:
@@ -309,7 +368,11 @@ async def main() -> None:
     parser.add_argument("--processes", default="1,2,4")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--only", default="ours,dramatiq")
+    parser.add_argument("--fill", choices=sorted(FILL_WINDOWS), default="burst")
     args = parser.parse_args()
+    global FILL_WINDOW
+    FILL_WINDOW = FILL_WINDOWS[args.fill]
+    print(f"backlog made with {FILL_WINDOW} publishes in flight ({args.fill})", flush=True)
     counts = [int(p) for p in args.processes.split(",")]
     systems = args.only.split(",")
     started_here = False

@@ -23,7 +23,9 @@ part 1 puts the node on the first CPU and the workers on the others (``--no-pin`
    "process"`` (one worker process, concurrency 2: two handler processes) against
    Celery prefork ``-c 2`` and Dramatiq ``-p 2 --threads 1``. The ideal is cores ÷ 2 ms
    (1,000/s on 2 cores), less the broker's share; the table gives each system's ratio
-   to 1,000/s and to the cores the broker left over.
+   to 1,000/s and to the cores the broker left over, and the CPU per task of the worker
+   tree, of it outside the processes that ran the tasks (ours: the worker process that
+   hands them over; Celery's main process), and of the broker.
 
 ``--parts loops`` (not in the default run) compares our worker on asyncio's event loop
 and on uvloop, alternating, the same way as part 1. ``--parts floor`` (not in the default
