@@ -9,7 +9,6 @@ With the namespace in place, a reconnect restores the consumers, the timers' lea
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -21,12 +20,11 @@ import pytest
 from asyncinvoke import Client, contract, subscription, topology
 from asyncinvoke.broker import Broker
 from asyncinvoke.docstore import DocumentStore
-from asyncinvoke.functions import FunctionsFile
 from asyncinvoke.gateway import Gateway
 from asyncinvoke.liveconfig.live import LiveConfig
 from asyncinvoke.worker import Worker
 from tests.conftest import AMQP_URL, Namespace, collect, declare_queue, records_of, wait_for
-from tests.support.connections import close_connections_named
+from tests.support.connections import close_connections_named, named_worker
 
 FUNCTIONS = """
     [functions.echo]
@@ -40,18 +38,6 @@ FUNCTIONS = """
     type = "timer"
     cron = "@every 1s"
 """
-
-
-@contextlib.asynccontextmanager
-async def named_worker(space: Namespace, functions_file: FunctionsFile) -> AsyncIterator[Worker]:
-    """A worker in this process whose connection has a name no other test's has."""
-    worker = Worker(space.settings, functions_file)
-    worker.broker.name = f"asyncinvoke-test-{space.ns}"
-    await worker.start()
-    try:
-        yield worker
-    finally:
-        await worker.stop()
 
 
 async def drop_and_reconnect(process: Worker | Gateway) -> None:

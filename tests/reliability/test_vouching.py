@@ -9,21 +9,17 @@ second time. With A's voucher, B acknowledges the ones A settled without running
 
 from __future__ import annotations
 
-import contextlib
 import re
 import socket
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from yarl import URL
 
 from asyncinvoke import Client, pipeline
-from asyncinvoke.functions import FunctionsFile
-from asyncinvoke.worker import Worker
 from tests.conftest import Namespace, wait_for
 from tests.support import handlers
-from tests.support.connections import close_connections_named
+from tests.support.connections import close_connections_named, named_worker
 
 HELD = 8
 FUNCTIONS = f"""
@@ -31,19 +27,6 @@ FUNCTIONS = f"""
     handler = "tests.support.handlers:sleep"
     concurrency = {HELD}
 """
-
-
-@contextlib.asynccontextmanager
-async def named_worker(
-    space: Namespace, functions_file: FunctionsFile, name: str
-) -> AsyncIterator[Worker]:
-    worker = Worker(space.settings, functions_file)
-    worker.broker.name = f"asyncinvoke-test-{space.ns}-{name}"
-    await worker.start()
-    try:
-        yield worker
-    finally:
-        await worker.stop()
 
 
 def closed_port() -> int:

@@ -8,9 +8,17 @@ name is the one given are closed: give the process under test a name of its own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from tests.support.infrastructure import require_tool
+
+if TYPE_CHECKING:
+    from asyncinvoke.functions import FunctionsFile
+    from asyncinvoke.worker import Worker
+    from tests.conftest import Namespace
 
 CTL_TIMEOUT_S = 60.0
 
@@ -34,3 +42,20 @@ async def close_connections_named(name: str, reason: str) -> int:
     for pid in pids:
         await asyncio.to_thread(_ctl, "close_connection", pid, reason)
     return len(pids)
+
+
+@contextlib.asynccontextmanager
+async def named_worker(
+    space: Namespace, functions_file: FunctionsFile, name: str = "worker"
+) -> AsyncIterator[Worker]:
+    """A worker in this process whose connection has a name no other test's has (for
+    ``close_connections_named``)."""
+    from asyncinvoke.worker import Worker
+
+    worker = Worker(space.settings, functions_file)
+    worker.broker.name = f"asyncinvoke-test-{space.ns}-{name}"
+    await worker.start()
+    try:
+        yield worker
+    finally:
+        await worker.stop()
