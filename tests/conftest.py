@@ -80,8 +80,8 @@ class Namespace:
         }
         return env
 
-    async def cleanup(self) -> None:
-        connection = await aio_pika.connect(AMQP_URL)
+    async def cleanup(self, url: str = AMQP_URL) -> None:
+        connection = await aio_pika.connect(url)
         try:
             specs = [functions.FunctionSpec(name) for name in self.function_names]
             await topology.delete(connection, topology.functions_plan(self.names, specs))

@@ -43,9 +43,11 @@ class ClusterNamespace(NamespaceOn):
         self.cluster = cluster
 
     async def cleanup(self) -> None:
-        """Every node is up again for the next test; the namespace goes with the cluster."""
+        """Every node is up again for the next test, and the namespace is deleted (its
+        queues would otherwise weigh on where the next test's leaders are placed)."""
         for n in sorted(self.cluster.down):
             await asyncio.to_thread(self.cluster.restart, n)
+        await super().cleanup(self.url.split(",")[0])
 
 
 @pytest.fixture

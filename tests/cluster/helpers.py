@@ -46,6 +46,24 @@ def tail(workers: list[WorkerProcess], lines: int = 12) -> str:
     )
 
 
+def whereabouts(workers: list[WorkerProcess], ids: set[str], sent: dict[str, str],
+                limit: int = 6) -> str:
+    """For invocations that did not end: how many per function, and for a few of them
+    every worker log line that names them (where each one was last seen)."""
+    by_function = Counter(sent.get(i, "?") for i in ids)
+    out = [f"missing by function: {dict(by_function)}"]
+    for invocation_id in sorted(ids)[:limit]:
+        lines = [
+            f"  worker {n}: {line[:260]}"
+            for n, worker in enumerate(workers)
+            for line in worker.lines
+            if invocation_id in line
+        ]
+        out.append(f"{invocation_id} ({sent.get(invocation_id)}):")
+        out.extend(lines or ["  in no worker's log"])
+    return "\n".join(out)
+
+
 def warnings_seen(workers: list[WorkerProcess]) -> dict[str, int]:
     """How often each warning or error event appears in the workers' logs (diagnostics
     printed with a test's figures: a lost connection, a failed ack, a channel closed by

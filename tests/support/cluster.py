@@ -85,6 +85,46 @@ class Cluster:
         )
         return [q for q in json.loads(out or "[]") if str(q["name"]).startswith(prefix)]
 
+    def dead_letters(self, prefix: str) -> str:
+        """Each quorum queue under ``prefix`` that holds anything, by its own count
+        (``rabbit_fifo``'s overview on its leader): ready, checked out, and dead-lettered
+        but not yet confirmed by the dead-letter target (``num_discarded``, and
+        ``num_discard_checked_out`` held by the queue's dead-letter worker). Those last
+        two are in no column of ``list_queues``."""
+        program = """
+        Qs = [Q || Q <- rabbit_amqqueue:list(<<"/">>),
+                   amqqueue:get_type(Q) =:= rabbit_quorum_queue,
+                   binary:longest_common_prefix([element(4, amqqueue:get_name(Q)),
+                                                 <<"PREFIX">>]) =:= byte_size(<<"PREFIX">>)],
+        Keys = [num_ready_messages, num_checked_out, num_discarded, num_discard_checked_out],
+        lists:flatten([begin
+            Name = element(4, amqqueue:get_name(Q)),
+            case catch ra:local_query(amqqueue:get_pid(Q), fun rabbit_fifo:overview/1) of
+                {ok, {_, Ov}, _} ->
+                    case [{K, maps:get(K, Ov, 0)} || K <- Keys, maps:get(K, Ov, 0) > 0] of
+                        [] -> [];
+                        Held -> io_lib:format("~s ~w; ", [Name, Held])
+                    end;
+                Other -> io_lib:format("~s ~w; ", [Name, Other])
+            end
+        end || Q <- Qs]).
+        """.replace("PREFIX", prefix)
+        return self.ctl("eval", program, timeout=20).strip()
+
+    def end_dead_letter_worker(self, queue: str) -> str:
+        """End ``queue``'s dead-letter worker the way RabbitMQ's supervisor ends one,
+        leaving the queue's leader registered to a process that is gone: the state a
+        node's death left a ladder level in (stranded.py). The node that ran it."""
+        program = """
+        {ok, Q} = rabbit_amqqueue:lookup(rabbit_misc:r(<<"/">>, queue, <<"QUEUE">>)),
+        {ok, {_, State}, _} = ra:local_query(amqqueue:get_pid(Q), fun(S) -> S end),
+        [Dlx] = [F || F <- tuple_to_list(State), is_tuple(F), element(1, F) =:= rabbit_fifo_dlx],
+        Pid = element(2, element(2, Dlx)),
+        ok = rpc:call(node(Pid), supervisor, terminate_child, [rabbit_fifo_dlx_sup, Pid]),
+        node(Pid).
+        """.replace("QUEUE", queue)
+        return self.ctl("eval", program, timeout=20).strip()
+
     def leaders(self, prefix: str) -> Counter[int]:
         """How many queues under ``prefix`` each node leads."""
         by_name = {node_name(n): n for n in NODES}

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -8,7 +9,7 @@ import orjson
 from rich.markup import escape
 from rich.table import Table
 
-from asyncinvoke import placement
+from asyncinvoke import placement, stranded
 from asyncinvoke import topology as topo
 from asyncinvoke.broker import Broker
 from asyncinvoke.cli._common import (
@@ -253,3 +254,82 @@ def _sources_table(sources: Mapping[str, Mapping[str, str]]) -> Table:
         for key, source in keys.items():
             table.add_row(*cells(name, key, source))
     return table
+
+
+@topology.command()
+@config_option
+@app_option
+@json_option
+@click.option(
+    "--rabbitmq-node",
+    required=True,
+    metavar="NODE",
+    help="The RabbitMQ node to ask and act through, with rabbitmqctl and rabbitmq-queues "
+    "(on a host that has them and the node's Erlang cookie), e.g. rabbit@rmq-1.",
+)
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Only report: exit status 1 when a queue holds stranded dead-letters (for a "
+    "monitoring check or a cron job).",
+)
+@click.option(
+    "--settle",
+    "settle_s",
+    type=click.FloatRange(min=0.5),
+    default=10.0,
+    show_default=True,
+    help="Seconds a queue's dead-letter backlog must stay unshrunk to count as stranded.",
+)
+def heal(
+    config_path: str | None,
+    app_ref: str | None,
+    as_json: bool,
+    rabbitmq_node: str,
+    check: bool,
+    settle_s: float,
+) -> None:
+    """Find the namespace's quorum queues whose dead-letters no longer move on (after a
+    node's death RabbitMQ can lose a queue's dead-letter worker: delayed invocations then
+    wait in a ladder level for ever) and set them moving by making each elect a new leader.
+
+    Nothing is lost either way; see docs/cluster.md, "Stranded dead-letters"."""
+    settings = load_settings(config_path=config_path)
+    functions_file = load_functions(settings, config_path, app_ref)
+    names = topo.Names(settings.namespace)
+    vhost = parse_nodes(settings.amqp_url)[0].vhost
+    plans = (topo.core_plan(names), topo.functions_plan(names, functions_file.functions.values()))
+    queues = [queue.name for plan in plans for queue in plan.queues]
+    found = stranded.stranded(rabbitmq_node, vhost, queues, settle_s)
+    healed: dict[str, int] = {}
+    if not check:
+        for item in found:
+            stranded.move_leader(rabbitmq_node, vhost, item.queue, item.leader)
+        healed = _wait_moved(rabbitmq_node, vhost, [item.queue for item in found])
+    if as_json:
+        click.echo(orjson.dumps({
+            "stranded": [{"queue": item.queue, "leader": item.leader, "held": item.held}
+                         for item in found],
+            "healed": check is False,
+            "stillHeld": healed,
+        }, option=orjson.OPT_INDENT_2).decode())
+    elif not found:
+        click.echo(f"no stranded dead-letters in namespace {settings.namespace!r}")
+    for item in [] if as_json else found:
+        click.echo(f"{item.queue}: {item.held} dead-letter(s) stranded (leader {item.leader})"
+                   + ("" if check else f"; leader moved, {healed.get(item.queue, 0)} still held"))
+    if found and (check or any(healed.values())):
+        raise SystemExit(1)
+
+
+HEAL_WAIT_S = 30.0
+
+
+def _wait_moved(node: str, vhost: str, queues: list[str]) -> dict[str, int]:
+    """Wait up to ``HEAL_WAIT_S`` for the queues' backlogs to go; what each still holds."""
+    deadline = time.monotonic() + HEAL_WAIT_S
+    while True:
+        held = stranded.backlog(node, vhost, queues) if queues else {}
+        if not any(held.values()) or time.monotonic() > deadline:
+            return held
+        time.sleep(0.5)

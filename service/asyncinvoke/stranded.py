@@ -1,0 +1,137 @@
+"""Dead-letters that a quorum queue holds but no longer moves, and how to set them moving.
+
+The delay ladder rests on RabbitMQ's at-least-once dead-lettering: a message whose time
+in a level is up stays in that level's queue until its next stop has confirmed it. The
+move is the work of one process on the queue's leader, the queue's dead-letter worker.
+RabbitMQ can lose that process when a node dies: measured here on 3.10.8, after a
+``kill -9`` of one node of three, about one run in three left a ladder level's leader
+registered to a dead-letter worker that no longer ran (RabbitMQ's issues #7677, #15548
+and #16652 describe the same end state). Nothing is lost, but the messages wait in the
+queue, in no column of ``rabbitmqctl list_queues``, until the queue's leader changes;
+on a healthy cluster that may be never. Delayed invocations then simply never arrive.
+
+A new leader starts a new dead-letter worker, which takes the backlog over. So:
+
+- ``backlog`` reads each queue's own count of dead-letters not yet confirmed by their
+  target (``rabbit_fifo``'s overview on the leader, via ``rabbitmqctl eval``; AMQP and
+  ``list_queues`` do not tell);
+- a backlog that did not shrink over an interval is stranded (a healthy worker moves
+  thousands a second; a target that is unavailable stalls it too, and then a new leader
+  does no harm);
+- ``move_leader`` makes the queue elect another leader by removing the leader's replica
+  and adding it back (``rabbitmq-queues delete_member`` / ``add_member``): the replica
+  count is what it was, and the backlog moves within a second.
+
+``asyncinvoke topology heal --rabbitmq-node NODE`` runs these for a namespace; it needs
+``rabbitmqctl`` and the node's Erlang cookie, as ``topology show --rabbitmq-node`` does.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from asyncinvoke.errors import PlacementUnknown
+from asyncinvoke.placement import RABBITMQCTL_TIMEOUT_S, queue_placement
+
+
+@dataclass(frozen=True, slots=True)
+class Stranded:
+    queue: str
+    leader: str
+    held: int  # dead-letters held, not yet confirmed by their target
+
+
+def _binary(text: str) -> str:
+    """``text`` as an Erlang binary literal of its UTF-8 bytes: nothing in a queue's name
+    can reach the program as code."""
+    return "<<" + ",".join(str(byte) for byte in text.encode()) + ">>"
+
+
+def _program(vhost: str, queues: Iterable[str]) -> str:
+    """An Erlang expression that prints ``name<TAB>held`` for each of ``queues`` that is a
+    quorum queue; held = dead-lettered and not yet confirmed by the target, whether still
+    waiting (``num_discarded``) or taken by the dead-letter worker
+    (``num_discard_checked_out``)."""
+    wanted = ",".join(_binary(queue) for queue in queues)
+    return f"""
+    Held = fun(Q) ->
+        case catch ra:local_query(amqqueue:get_pid(Q), fun rabbit_fifo:overview/1) of
+            {{ok, {{_, O}}, _}} ->
+                maps:get(num_discarded, O, 0) + maps:get(num_discard_checked_out, O, 0);
+            _ -> -1
+        end
+    end,
+    VHost = {_binary(vhost)},
+    Lines = [io_lib:format("~s\\t~b~n", [N, Held(Q)])
+             || N <- [{wanted}],
+                {{ok, Q}} <- [rabbit_amqqueue:lookup(rabbit_misc:r(VHost, queue, N))],
+                amqqueue:get_type(Q) =:= rabbit_quorum_queue],
+    io:format("~s", [Lines]).
+    """
+
+
+def _run(argv: list[str], what: str) -> str:
+    if shutil.which(argv[0]) is None:
+        raise PlacementUnknown(f"{argv[0]} is not installed here: {what} unknown")
+    try:
+        done = subprocess.run(argv, capture_output=True, timeout=RABBITMQCTL_TIMEOUT_S,
+                              check=False)
+    except subprocess.TimeoutExpired:
+        raise PlacementUnknown(f"{' '.join(argv[:3])}: no answer within "
+                               f"{RABBITMQCTL_TIMEOUT_S:g} s") from None
+    if done.returncode != 0:
+        reason = (done.stderr or done.stdout).decode(errors="replace").strip().splitlines()
+        raise PlacementUnknown(f"{' '.join(argv[:4])} failed: "
+                               f"{reason[0] if reason else done.returncode}")
+    return done.stdout.decode(errors="replace")
+
+
+def parse_backlog(output: str) -> dict[str, int]:
+    """``name<TAB>held`` lines → by queue name; a queue whose leader did not answer (-1)
+    is left out."""
+    backlog = {}
+    for line in output.splitlines():
+        name, _, held = line.rpartition("\t")
+        if name and held.lstrip("-").isdigit() and int(held) >= 0:
+            backlog[name] = int(held)
+    return backlog
+
+
+def backlog(node: str, vhost: str, queues: Iterable[str]) -> dict[str, int]:
+    """Dead-letters each quorum queue of ``queues`` holds, not yet confirmed by its target."""
+    return parse_backlog(_run(["rabbitmqctl", "-q", "-n", node, "eval", _program(vhost, queues)],
+                              "dead-letter backlogs"))
+
+
+def stranded(
+    node: str,
+    vhost: str,
+    queues: Iterable[str],
+    settle_s: float,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[Stranded]:
+    """The queues whose dead-letter backlog did not shrink over ``settle_s`` seconds."""
+    queues = list(queues)
+    before = {queue: held for queue, held in backlog(node, vhost, queues).items() if held}
+    if not before:
+        return []
+    sleep(settle_s)
+    after = backlog(node, vhost, before)
+    stuck = [queue for queue, held in after.items() if held and held >= before[queue]]
+    if not stuck:
+        return []
+    where = queue_placement(node, vhost)
+    return [Stranded(queue, where[queue].leader if queue in where else "?", after[queue])
+            for queue in stuck]
+
+
+def move_leader(node: str, vhost: str, queue: str, leader: str) -> None:
+    """Make ``queue`` elect a leader other than ``leader``: its replica there is removed
+    and added back (a new, empty replica that catches up from the new leader)."""
+    for action in ("delete_member", "add_member"):
+        _run(["rabbitmq-queues", "-q", "-n", node, action, "-p", vhost, queue, leader],
+             f"{action} of {queue}")

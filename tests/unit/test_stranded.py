@@ -1,0 +1,28 @@
+"""What the dead-letter backlog reader sends to the broker and how it reads the answer
+(the backlog, the stranding and the heal themselves run against the real cluster:
+tests/cluster/test_stranded_dead_letters.py)."""
+
+from __future__ import annotations
+
+import re
+
+from asyncinvoke import stranded
+
+
+def test_a_queue_name_reaches_the_program_as_bytes_only() -> None:
+    name = 'ns.fn."),halt(),io:format("x'
+    program = stranded._program("/", [name])
+    literal = stranded._binary(name)
+    assert re.fullmatch(r"<<(\d+,)*\d+>>", literal)
+    assert bytes(int(b) for b in literal[2:-2].split(",")) == name.encode()
+    assert "halt()" not in program
+    assert literal in program and stranded._binary("/") in program
+
+
+def test_the_backlog_is_read_per_queue_and_a_silent_leader_is_left_out() -> None:
+    output = "ns.delay.00\t218\nns.fn.ok\t0\nns.delay.03\t-1\nnot a line\nok\n"
+    assert stranded.parse_backlog(output) == {"ns.delay.00": 218, "ns.fn.ok": 0}
+
+
+def test_a_name_with_a_tab_keeps_its_count() -> None:
+    assert stranded.parse_backlog("odd\tname\t7\n") == {"odd\tname": 7}
