@@ -377,6 +377,7 @@ async def cpu_bound(args: argparse.Namespace, workdir: Path, broker: Any) -> dic
         "ours": Series("ours", 'asyncinvoke, executor = "process", concurrency 2 (quorum queue)'),
         "classic": Series("classic", "asyncinvoke, as above, on a classic queue"),
         "dramatiq": Series("dramatiq", "Dramatiq -p 2 --threads 1 (classic queue)"),
+        "dramatiq-quorum": Series("dramatiq-quorum", "Dramatiq, as above, on a quorum queue"),
         "celery": Series("celery", "Celery prefork -c 2 (classic queue)"),
     }
     attempts: dict[str, Callable[[], Awaitable[Sample]]] = {
@@ -393,6 +394,10 @@ async def cpu_bound(args: argparse.Namespace, workdir: Path, broker: Any) -> dic
         ),
         "dramatiq": partial(peer, "dramatiq", workdir, n, broker, processes=2, threads=1,
                             env=burn_env),
+        # Each system on each queue type: ours on classic beside Dramatiq's default, and
+        # Dramatiq on quorum beside ours.
+        "dramatiq-quorum": partial(peer, "dramatiq", workdir, n, broker, processes=2,
+                                   threads=1, env={**burn_env, "BENCH_QUORUM": "1"}),
         "celery": partial(peer, "celery", workdir, n, broker, processes=2, env=burn_env),
     }
     await rounds(series, attempts, args.machine_rounds)
