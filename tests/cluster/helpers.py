@@ -3,15 +3,23 @@ and hand-overs are tests/support/traffic.py's)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
+import subprocess
+import sys
+import time
 from collections import Counter
 from typing import Any
 
 import aiohttp
 
-from tests.conftest import WorkerProcess
-from tests.support.cluster import NODES, amqp_port
+from tests.conftest import ROOT, WorkerProcess
+from tests.support.cluster import NODES, amqp_port, node_name
+from tests.support.suite_broker import NamespaceOn
+from tests.support.traffic import Seen
+
+STALL_S = 20.0  # no record for this long with some missing: heal, as an operator would
 
 
 def free_port() -> int:
@@ -80,3 +88,29 @@ def warnings_seen(workers: list[WorkerProcess]) -> dict[str, int]:
             if str(entry.get("level", "")) in ("warning", "error", "critical"):
                 seen[str(entry.get("event", "?"))[:80]] += 1
     return dict(seen)
+
+
+async def healed_if_stranded(
+    space: NamespaceOn, config: Any, seen: Seen, succeeding: set[str]
+) -> dict[str, int]:
+    """What an operator does after a node's death (docs/cluster.md): when invocations stop
+    arriving, ``asyncinvoke topology heal``. RabbitMQ 3.10 can lose a ladder level's
+    dead-letter worker with the node (stranded.py): the delayed invocations in that level
+    then wait for ever, lost to no one but arriving never. Run when nothing has arrived
+    for STALL_S while some are missing; the queues it set moving and what each held."""
+    last, last_change = len(seen.successes), time.monotonic()
+    while not succeeding <= set(seen.successes):
+        if len(seen.successes) != last:
+            last, last_change = len(seen.successes), time.monotonic()
+        elif time.monotonic() - last_change > STALL_S:
+            done = await asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, "-m", "asyncinvoke", "topology", "heal", "--json", "--config",
+                 str(config), "--rabbitmq-node", node_name(1), "--settle", "5"],
+                env=space.env(), capture_output=True, text=True, timeout=120, cwd=str(ROOT),
+            )
+            assert done.returncode == 0, done.stderr + done.stdout
+            report = json.loads(done.stdout)
+            return {item["queue"]: item["held"] for item in report["stranded"]}
+        await asyncio.sleep(0.2)
+    return {}

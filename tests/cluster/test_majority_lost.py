@@ -20,7 +20,7 @@ import pytest
 from asyncinvoke import Client, PublishError, dlq
 from asyncinvoke.gateway.app import Gateway
 from tests.cluster.conftest import ClusterNamespace
-from tests.cluster.helpers import free_port, tail
+from tests.cluster.helpers import free_port, healed_if_stranded, tail
 from tests.conftest import WorkerProcess, declare_queue, write_functions
 from tests.support.traffic import Seen, consume, hand_over_many, wait_until
 
@@ -104,6 +104,7 @@ async def test_a_lost_majority_refuses_publishes_and_loses_nothing_confirmed(
             back_at = time.monotonic()
             await asyncio.gather(*(asyncio.to_thread(cluster.restart, n) for n in lost))
             restart_s = time.monotonic() - back_at
+        healed = await healed_if_stranded(space, config, seen, set(delayed))
         await wait_until(lambda: set(delayed) <= set(seen.successes), 90,
                          "the confirmed invocations to run", lambda: tail([worker]))
         ran_after_s = seen.last_at - back_at
@@ -117,7 +118,8 @@ async def test_a_lost_majority_refuses_publishes_and_loses_nothing_confirmed(
             f"core; nodes back in {restart_s:.1f} s; lost "
             f"{len(set(delayed) - set(seen.successes))} of {DELAYED} confirmed delayed "
             f"invocations, the last ran {ran_after_s:.1f} s after the restart began; dlq "
-            f"lists {stats.total} of {DOOMED} failures ({stats.duplicates} duplicate copies)"
+            f"lists {stats.total} of {DOOMED} failures ({stats.duplicates} duplicate copies); "
+            f"stranded dead-letters set moving by `topology heal`: {healed or 'none'}"
         )
         assert "not confirmed" in str(refused.value)
         assert refused_s < PUBLISH_TIMEOUT_S + 3

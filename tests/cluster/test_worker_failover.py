@@ -11,9 +11,6 @@ bounded time, and once the node is back and has rejoined, nothing is stuck anywh
 from __future__ import annotations
 
 import asyncio
-import json
-import subprocess
-import sys
 import time
 from collections import Counter
 from typing import Any
@@ -24,14 +21,14 @@ from asyncinvoke import Client, dlq, topology
 from tests.cluster.conftest import ClusterNamespace
 from tests.cluster.helpers import (
     free_port,
+    healed_if_stranded,
     logged_node,
     readyz,
     tail,
     warnings_seen,
     whereabouts,
 )
-from tests.conftest import ROOT, WorkerProcess, declare_queue, write_functions
-from tests.support.cluster import node_name
+from tests.conftest import WorkerProcess, declare_queue, write_functions
 from tests.support.traffic import (
     Planned,
     Seen,
@@ -47,7 +44,6 @@ pytestmark = pytest.mark.timeout(300)
 TOTAL = 5000
 RESUME_BOUND_S = 30.0  # from the kill to records flowing again
 DRAIN_TIMEOUT_S = 150.0
-STALL_S = 20.0  # no record for this long with some missing: heal, as an operator would
 
 
 def _plan(count: int) -> list[Planned]:
@@ -105,32 +101,6 @@ async def _start_on_distinct_nodes(
     pytest.fail("8 workers in a row started on the first worker's node")
 
 
-async def _healed_if_stranded(
-    space: ClusterNamespace, config: Any, seen: Seen, succeeding: set[str]
-) -> dict[str, int]:
-    """What an operator does after a node's death (docs/cluster.md): when invocations stop
-    arriving, ``asyncinvoke topology heal``. RabbitMQ 3.10 can lose a ladder level's
-    dead-letter worker with the node (stranded.py): the delayed invocations in that level
-    then wait for ever, lost to no one but arriving never. Run when nothing has arrived
-    for STALL_S while some are missing; the queues it set moving and what each held."""
-    last, last_change = len(seen.successes), time.monotonic()
-    while not succeeding <= set(seen.successes):
-        if len(seen.successes) != last:
-            last, last_change = len(seen.successes), time.monotonic()
-        elif time.monotonic() - last_change > STALL_S:
-            done = await asyncio.to_thread(
-                subprocess.run,
-                [sys.executable, "-m", "asyncinvoke", "topology", "heal", "--json", "--config",
-                 str(config), "--rabbitmq-node", node_name(1), "--settle", "5"],
-                env=space.env(), capture_output=True, text=True, timeout=120, cwd=str(ROOT),
-            )
-            assert done.returncode == 0, done.stderr + done.stdout
-            report = json.loads(done.stdout)
-            return {item["queue"]: item["held"] for item in report["stranded"]}
-        await asyncio.sleep(0.2)
-    return {}
-
-
 async def test_a_killed_node_loses_nothing_and_the_workers_fail_over(
     cluster_namespace: ClusterNamespace, cluster_amqp: Any
 ) -> None:
@@ -178,7 +148,7 @@ async def test_a_killed_node_loses_nothing_and_the_workers_fail_over(
             await restart
             rejoined_s = time.monotonic() - killed_at
         doomed_ids = {i for i, function in sent.items() if function == "doomed"}
-        healed = await _healed_if_stranded(space, config, seen, set(sent) - doomed_ids)
+        healed = await healed_if_stranded(space, config, seen, set(sent) - doomed_ids)
         # The dead-letter tool's view counts the failure records.
         async def recorded() -> int:
             return (await dlq.stats(space.settings)).total
