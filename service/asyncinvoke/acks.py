@@ -15,8 +15,11 @@ function whose runner queues attempts of its own (the process executor's pipelin
 lets its ack wait up to ``LINGER_S`` for others to share a frame, as long as fewer
 than ``linger_below`` of its channel's acks wait: the deliveries the worker holds
 (its prefetch, less the acks not sent) then still cover every slot, so nothing waits
-for the broker because of it. Measured in docs/benchmarks.md (issue 18): the broker's
-CPU per attempt down by a third at 2 ms CPU-bound attempts, the worker's by a tenth.
+for the broker because of it. Measured in docs/benchmarks.md (issue 18): at 2 ms
+CPU-bound attempts, 2 ms and fewer waiting acks than slots took a third off the broker's
+CPU per attempt; 5 ms and up to twice the slots (the prefetch four times the slots)
+another third, and 4-8 % more attempts a second. The price: a worker killed with -9 may
+run again the attempts that ended in its last 5 ms (at least once, as always).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from asyncinvoke.observability import get_logger
 log = get_logger(component="acks")
 
 # How long an ack may wait for others to share its frame (``Acks.ack``'s linger_below).
-LINGER_S = 0.002
+LINGER_S = 0.005
 
 
 

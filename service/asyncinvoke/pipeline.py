@@ -308,9 +308,10 @@ class Pipeline:
             return
         await self._follow_up(envelope, spec, outcome, settlement, finished, version)
         await tasks.after_follow_up(envelope, outcome, settlement, finished)
-        # The function's prefetch is twice its slots: with fewer acks than slots waiting,
-        # the deliveries it holds still cover them all (acks.py).
-        linger = function.slots.limit if function.runner.ack_linger else 0
+        # Where acks linger, the function's prefetch is four times its slots: with fewer
+        # than twice its slots of acks waiting, the deliveries it holds still cover every
+        # slot and as many deliveries waiting out a delay (acks.py, worker.prefetch_for).
+        linger = 2 * function.slots.limit if function.runner.ack_linger else 0
         self.acks.ack(message, linger_below=linger)
         self.journal.settled(envelope, settlement, outcome, config_version=version)
 

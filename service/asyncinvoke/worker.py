@@ -43,12 +43,13 @@ from asyncinvoke.triggers.runtime import Triggers
 SYSTEM_PREFETCH = 32
 
 
-def prefetch_for(concurrency: int) -> int:
+def prefetch_for(concurrency: int, ack_linger: bool = False) -> int:
     """Deliveries a function's consumer may hold: its runner's slots (the attempts that
     run, or wait in the process executor's pipeline: Function.slots caps them) and as
     many again for deliveries waiting out the last fraction of a second of a delay,
-    which must not hold back those due now."""
-    return 2 * concurrency
+    which must not hold back those due now. Where acks linger to share a frame
+    (acks.py), twice as many again: up to ``linger_below(concurrency)`` acks may wait."""
+    return (4 if ack_linger else 2) * concurrency
 
 
 log = get_logger(component="worker")
@@ -180,7 +181,7 @@ class Worker:
             queue = self.names.function_queue(name)
             await self.consumers.consume(
                 queue,
-                prefetch_for(function.slots.limit),
+                prefetch_for(function.slots.limit, function.runner.ack_linger),
                 pipeline.consumer(function, queue),
                 paused=function.paused,
             )
@@ -196,7 +197,8 @@ class Worker:
             self.consumers,
             self.names,
             lambda name, concurrency: prefetch_for(
-                self._slot_limit(name, self.functions[name].runner, concurrency)
+                self._slot_limit(name, self.functions[name].runner, concurrency),
+                self.functions[name].runner.ack_linger,
             ),
             lambda name, concurrency: self._slot_limit(
                 name, self.functions[name].runner, concurrency
