@@ -20,7 +20,8 @@ kilobytes, not 2.5 GiB). When one comes back:
 - unknown here (another worker had it): ask the fleet, below; else a suspect.
 
 A worker also tells every other worker what it remembers (``vouch``: a broadcast on the
-namespace's control exchange, once its connection is back). After a broker node dies,
+namespace's control exchange, once its connection is back; ``vouching.py`` sends and
+takes them, this module only keeps them). After a broker node dies,
 the deliveries its connections held come back to whichever worker consumes next, and
 that is rarely the worker that held them. Such a redelivery, unknown here, waits up to
 ``VOUCH_WAIT_S`` for a voucher: settled elsewhere, it is acknowledged without running;
@@ -38,17 +39,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
-import uuid
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
-from asyncinvoke import contract
-from asyncinvoke.broker import Broker
 from asyncinvoke.consumer import Message
-from asyncinvoke.observability import get_logger
-
-log = get_logger(component="worker")
 
 REMEMBERED = 10_000  # ended deliveries kept; a drop strands at most the prefetch windows
 # How long a redelivery unknown here waits for another worker's voucher before it becomes
@@ -56,7 +51,6 @@ REMEMBERED = 10_000  # ended deliveries kept; a drop strands at most the prefetc
 # measured 1-3 s on the local cluster).
 VOUCH_WAIT_S = 5.0
 VOUCHES_PER_BROADCAST = 2_000  # a broadcast of 2,000 keys is about 80 KB
-TELL_RETRY_S = 1.0
 
 Key = tuple[str | None, bytes]
 
@@ -170,47 +164,3 @@ class Redeliveries:
                 await asyncio.wait({task})
                 break
         return self._ended.pop(key, None)
-
-
-class Vouching:
-    """The broadcasts of ``Redeliveries``: this worker's vouchers out, other workers' in,
-    on the namespace's control exchange (``{"vouch": [...], "from": sender}``)."""
-
-    def __init__(self, redeliveries: Redeliveries, broker: Broker, exchange: str):
-        self.redeliveries = redeliveries
-        self.broker = broker
-        self.exchange = exchange
-        self.sender = uuid.uuid4().hex  # its own broadcasts come back to it: skipped
-
-    async def tell_forever(self) -> None:
-        """Broadcast what this worker remembers as it is remembered, once connected."""
-        redeliveries = self.redeliveries
-        while True:
-            await redeliveries.untold.wait()
-            if not await self.broker.wait_connected(TELL_RETRY_S):
-                continue
-            vouchers = redeliveries.to_tell()
-            try:
-                await self.broker.publish(
-                    self.exchange, "", contract.pack({"vouch": vouchers, "from": self.sender}),
-                    mandatory=False,
-                )
-            except Exception as exc:  # the connection went again: told once it is back
-                redeliveries.retell(vouchers)
-                log.info("vouch_not_sent", count=len(vouchers), error=str(exc))
-                await asyncio.sleep(TELL_RETRY_S)
-            else:
-                log.info("vouched", count=len(vouchers))
-
-    def on_control(self, body: bytes) -> None:
-        """A broadcast on the control exchange; only vouchers from others are taken."""
-        try:
-            command = contract.unpack(body)
-        except Exception:
-            return  # the task mode's handler logs what it cannot read
-        if not isinstance(command, dict) or "vouch" not in command:
-            return
-        if command.get("from") == self.sender:
-            return
-        taken = self.redeliveries.vouch(command["vouch"])
-        log.info("vouchers_received", count=taken)

@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from asyncinvoke import topology
+from asyncinvoke import contract, topology
 from asyncinvoke.acks import Acks
 from asyncinvoke.broker import Broker
 from asyncinvoke.consumer import Consumers
@@ -30,7 +30,6 @@ from asyncinvoke.liveconfig.live import LiveConfig
 from asyncinvoke.metrics import Metrics, serve_health
 from asyncinvoke.observability import get_logger
 from asyncinvoke.pipeline import Function, Pipeline
-from asyncinvoke.redelivery import Vouching
 from asyncinvoke.runners import HttpRunner, PythonRunner, Runner, Watchdog
 from asyncinvoke.settings import Settings
 from asyncinvoke.slots import Slots
@@ -39,6 +38,7 @@ from asyncinvoke.systemd import Notifier, Supervision
 from asyncinvoke.tasks.mode import TaskMode, purge_forever
 from asyncinvoke.tasks.tracker import TaskTracker
 from asyncinvoke.triggers.runtime import Triggers
+from asyncinvoke.vouching import Vouching
 
 SYSTEM_PREFETCH = 32
 
@@ -173,8 +173,20 @@ class Worker:
         self._background.append(asyncio.create_task(vouching.tell_forever()))
 
         async def on_control(message: Any) -> None:
-            vouching.on_control(message.body)
-            await self.tasks.on_control(message)
+            """One broadcast on the control exchange, read once: a task to stop (task
+            mode), or another worker's vouchers (vouching.py)."""
+            try:
+                command = contract.unpack(message.body)
+            except Exception:
+                log.warning("control_message_ignored", reason="not msgpack")
+                return
+            if not isinstance(command, dict):
+                log.warning("control_message_ignored", reason="not a map")
+                return
+            if "stop" in command:
+                self.tasks.stop_requested(command["stop"])
+            if "vouch" in command:
+                vouching.take(command)
 
         await self.consumers.control(self.names.control, on_control, SYSTEM_PREFETCH)
         for name, function in self.functions.items():

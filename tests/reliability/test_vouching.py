@@ -1,5 +1,5 @@
 """A worker cut off from the broker vouches for what it held, and the worker that gets
-those deliveries back does not treat them as suspects (``redelivery.py``).
+those deliveries back does not treat them as suspects (``redelivery.py``, ``vouching.py``).
 
 On the shared broker, only worker A's own connection is closed (found by its name), and
 A's reconnects are pointed at a closed port until the broker has handed what A held to B

@@ -164,3 +164,19 @@ def test_a_malformed_voucher_is_skipped_and_the_rest_taken() -> None:
     )
     assert taken == 2
     assert redeliveries.vouch("not a list") == 0
+
+
+def test_a_worker_takes_other_workers_vouchers_and_skips_its_own() -> None:
+    """vouching.Vouching.take: what the worker's control dispatcher hands it."""
+    from asyncinvoke.vouching import Vouching
+
+    teller = Redeliveries()
+    closed = _Channel(is_closed=True)
+    teller.ended(_Message("i1", b"a", closed), settled=True)
+    vouchers = teller.to_tell()
+    listener = Redeliveries()
+    vouching = Vouching(listener, broker=None, exchange="ns.control")  # type: ignore[arg-type]
+    vouching.take({"vouch": vouchers, "from": vouching.sender})  # its own, come back
+    assert listener.vouched(_Message("i1", b"a")) is None
+    vouching.take({"vouch": vouchers, "from": "another worker"})
+    assert listener.vouched(_Message("i1", b"a")) is True

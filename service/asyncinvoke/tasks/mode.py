@@ -155,15 +155,9 @@ class TaskMode:
             envelope, contract.DELIVERY_LIMIT_EXCEEDED, record.error_message, now_ms()
         )
 
-    async def on_control(self, message: Any) -> None:
-        """A broadcast on the control exchange: ``{"stop": task_id}`` stops the attempt of
-        that task if it runs here (SPEC section 6)."""
-        try:
-            command = contract.unpack(message.body)
-        except Exception:
-            log.warning("control_message_ignored", reason="not msgpack")
-            return
-        task_id = command.get("stop") if isinstance(command, dict) else None
+    def stop_requested(self, task_id: Any) -> None:
+        """A ``{"stop": task_id}`` broadcast on the control exchange (the worker's
+        dispatcher): stops the attempt of that task if it runs here (SPEC section 6)."""
         if isinstance(task_id, str) and self.attempts.stop(task_id):
             log.info("task_stop_requested", invocation_id=task_id)
 
