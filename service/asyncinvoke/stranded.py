@@ -34,6 +34,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import orjson
+
 from asyncinvoke.errors import PlacementUnknown
 from asyncinvoke.placement import RABBITMQCTL_TIMEOUT_S, queue_placement
 
@@ -42,7 +44,20 @@ from asyncinvoke.placement import RABBITMQCTL_TIMEOUT_S, queue_placement
 class Stranded:
     queue: str
     leader: str
+    members: tuple[str, ...]
     held: int  # dead-letters held, not yet confirmed by their target
+
+
+def why_not_movable(item: Stranded, running: set[str]) -> str | None:
+    """Why removing ``item``'s leader replica would be unsafe now, or None. With a node
+    down, a queue of three replicas left with two, one of them down, has no majority
+    until that node is back; a queue of one replica has nowhere else to lead."""
+    if len(item.members) < 2:
+        return "one replica only: restart its node to restart its dead-letter worker"
+    down = sorted(set(item.members) - running)
+    if down:
+        return f"replica node(s) {', '.join(down)} not running: run again once they are back"
+    return None
 
 
 def _binary(text: str) -> str:
@@ -125,8 +140,18 @@ def stranded(
     if not stuck:
         return []
     where = queue_placement(node, vhost)
-    return [Stranded(queue, where[queue].leader if queue in where else "?", after[queue])
-            for queue in stuck]
+    return [
+        Stranded(queue, where[queue].leader, where[queue].members, after[queue])
+        if queue in where else Stranded(queue, "?", (), after[queue])
+        for queue in stuck
+    ]
+
+
+def running_nodes(node: str) -> set[str]:
+    """The cluster's running nodes, as ``node`` sees them."""
+    status = _run(["rabbitmqctl", "-q", "-n", node, "cluster_status", "--formatter", "json"],
+                  "the cluster's running nodes")
+    return {str(name) for name in orjson.loads(status).get("running_nodes", [])}
 
 
 def move_leader(node: str, vhost: str, queue: str, leader: str) -> None:

@@ -11,7 +11,9 @@ supervisor ends one; ``topology heal --check`` must name the level that holds th
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 import subprocess
 import sys
 import time
@@ -74,19 +76,54 @@ async def test_a_ladder_level_without_its_dead_letter_worker_is_found_and_healed
     stuck = {item["queue"]: item["held"] for item in report["stranded"]}
     assert stuck and set(stuck) <= levels and sum(stuck.values()) == COUNT, report
 
-    began = time.monotonic()
-    healed = _heal(space, config)
-    assert healed.returncode == 0, healed.stderr + healed.stdout
-    assert json.loads(healed.stdout)["stillHeld"] == dict.fromkeys(stuck, 0)
-
-    async def arrived() -> bool:
-        return await topology.queue_depth(cluster_amqp, queue) == COUNT
-
-    await wait_until(arrived, 30, f"the {COUNT} invocations to reach {queue}")
-    print(f"healed in {time.monotonic() - began:.1f} s (heal's own 2 s settle included): "
-          f"{COUNT} of {COUNT} arrived")
+    # With another replica's node down, moving the leader would leave the level without
+    # a majority: heal refuses, says why, and removes nothing.
+    leader = report["stranded"][0]["leader"]
+    other = next(n for n in NODES if node_name(n) != leader and n != 1)
+    await asyncio.to_thread(space.cluster.stop_node, other)
+    refused = _heal(space, config)
+    assert refused.returncode == 1, refused.stderr
+    refusal = json.loads(refused.stdout)
+    assert node_name(other) in refusal["skipped"][report["stranded"][0]["queue"]], refusal
+    await asyncio.to_thread(space.cluster.restart, other)
     members = {str(q["name"]): sorted(q["members"])  # type: ignore[call-overload]
                for q in space.cluster.queues(space.ns + ".")}
     assert all(members[level] == sorted(node_name(n) for n in NODES) for level in stuck)
+    # A node's return may itself elect a new leader (and worker) for the level, and so
+    # release the first batch; strand the levels again, with a second batch behind.
+    for level in levels:
+        space.cluster.end_dead_letter_worker(level)
+    async with Client(settings=space.settings) as client:
+        ids += await client.invoke_many([("late", {"n": n}) for n in range(COUNT)], delay=2)
+
+    def held() -> int:
+        return sum(int(n) for n in re.findall(r"num_discard(?:ed|_checked_out),(\d+)",
+                                              space.cluster.dead_letters(space.ns + ".")))
+
+    async def second_batch_stranded() -> bool:
+        depth = await topology.queue_depth(cluster_amqp, queue) or 0
+        waiting = held()
+        return waiting >= COUNT and waiting + depth == 2 * COUNT
+
+    await wait_until(second_batch_stranded, 20, "the second batch to strand")
+    print(f"after the node's return: {2 * COUNT - held()} of the first batch arrived; "
+          f"held {held()}")
+
+    began = time.monotonic()
+    healed = _heal(space, config)
+    assert healed.returncode == 0, healed.stderr + healed.stdout
+    moved = json.loads(healed.stdout)
+    assert moved["stillHeld"] and not any(moved["stillHeld"].values()), moved
+    assert set(moved["stillHeld"]) <= levels
+
+    async def arrived() -> bool:
+        return await topology.queue_depth(cluster_amqp, queue) == 2 * COUNT
+
+    await wait_until(arrived, 30, f"the {2 * COUNT} invocations to reach {queue}")
+    print(f"healed in {time.monotonic() - began:.1f} s (heal's own 2 s settle included): "
+          f"{2 * COUNT} of {2 * COUNT} arrived")
+    members = {str(q["name"]): sorted(q["members"])  # type: ignore[call-overload]
+               for q in space.cluster.queues(space.ns + ".")}
+    assert all(members[level] == sorted(node_name(n) for n in NODES) for level in levels)
     again = _heal(space, config, "--check")
     assert again.returncode == 0 and json.loads(again.stdout)["stranded"] == []

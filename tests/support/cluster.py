@@ -114,13 +114,15 @@ class Cluster:
     def end_dead_letter_worker(self, queue: str) -> str:
         """End ``queue``'s dead-letter worker the way RabbitMQ's supervisor ends one,
         leaving the queue's leader registered to a process that is gone: the state a
-        node's death left a ladder level in (stranded.py). The node that ran it."""
+        node's death left a ladder level in (stranded.py); one already gone stays so. The
+        node that ran it."""
         program = """
         {ok, Q} = rabbit_amqqueue:lookup(rabbit_misc:r(<<"/">>, queue, <<"QUEUE">>)),
         {ok, {_, State}, _} = ra:local_query(amqqueue:get_pid(Q), fun(S) -> S end),
         [Dlx] = [F || F <- tuple_to_list(State), is_tuple(F), element(1, F) =:= rabbit_fifo_dlx],
         Pid = element(2, element(2, Dlx)),
-        ok = rpc:call(node(Pid), supervisor, terminate_child, [rabbit_fifo_dlx_sup, Pid]),
+        _ = rpc:call(node(Pid), supervisor, terminate_child, [rabbit_fifo_dlx_sup, Pid]),
+        false = rpc:call(node(Pid), erlang, is_process_alive, [Pid]),
         node(Pid).
         """.replace("QUEUE", queue)
         return self.ctl("eval", program, timeout=20).strip()

@@ -26,3 +26,13 @@ def test_the_backlog_is_read_per_queue_and_a_silent_leader_is_left_out() -> None
 
 def test_a_name_with_a_tab_keeps_its_count() -> None:
     assert stranded.parse_backlog("odd\tname\t7\n") == {"odd\tname": 7}
+
+
+def test_a_leader_is_moved_only_where_its_queue_keeps_a_majority() -> None:
+    nodes = {"rabbit@a", "rabbit@b", "rabbit@c"}
+    three = stranded.Stranded("ns.delay.00", "rabbit@a", ("rabbit@a", "rabbit@b", "rabbit@c"), 5)
+    assert stranded.why_not_movable(three, nodes) is None
+    reason = stranded.why_not_movable(three, nodes - {"rabbit@c"})
+    assert reason is not None and "rabbit@c" in reason and "back" in reason
+    alone = stranded.Stranded("ns.delay.00", "rabbit@a", ("rabbit@a",), 5)
+    assert "one replica" in str(stranded.why_not_movable(alone, nodes))

@@ -301,24 +301,35 @@ def heal(
     plans = (topo.core_plan(names), topo.functions_plan(names, functions_file.functions.values()))
     queues = [queue.name for plan in plans for queue in plan.queues]
     found = stranded.stranded(rabbitmq_node, vhost, queues, settle_s)
+    running = stranded.running_nodes(rabbitmq_node) if found else set()
+    skipped = {item.queue: reason for item in found
+               if (reason := stranded.why_not_movable(item, running)) is not None}
     healed: dict[str, int] = {}
     if not check:
-        for item in found:
+        movable = [item for item in found if item.queue not in skipped]
+        for item in movable:
             stranded.move_leader(rabbitmq_node, vhost, item.queue, item.leader)
-        healed = _wait_moved(rabbitmq_node, vhost, [item.queue for item in found])
+        healed = _wait_moved(rabbitmq_node, vhost, [item.queue for item in movable])
     if as_json:
         click.echo(orjson.dumps({
             "stranded": [{"queue": item.queue, "leader": item.leader, "held": item.held}
                          for item in found],
             "healed": check is False,
             "stillHeld": healed,
+            "skipped": skipped,
         }, option=orjson.OPT_INDENT_2).decode())
     elif not found:
         click.echo(f"no stranded dead-letters in namespace {settings.namespace!r}")
     for item in [] if as_json else found:
+        if item.queue in skipped:
+            outcome = f"; not moved: {skipped[item.queue]}"
+        elif check:
+            outcome = ""
+        else:
+            outcome = f"; leader moved, {healed.get(item.queue, 0)} still held"
         click.echo(f"{item.queue}: {item.held} dead-letter(s) stranded (leader {item.leader})"
-                   + ("" if check else f"; leader moved, {healed.get(item.queue, 0)} still held"))
-    if found and (check or any(healed.values())):
+                   + outcome)
+    if found and (check or skipped or any(healed.values())):
         raise SystemExit(1)
 
 
