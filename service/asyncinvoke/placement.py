@@ -36,21 +36,26 @@ def parse(listing: bytes) -> dict[str, Placement]:
     return placements
 
 
-def queue_placement(node: str, vhost: str = "/") -> dict[str, Placement]:
-    """Ask ``node`` (rabbitmqctl's -n) for the leader and members of each queue of ``vhost``."""
-    if shutil.which("rabbitmqctl") is None:
-        raise PlacementUnknown("rabbitmqctl is not installed here: leaders and members unknown")
+def run_cli(argv: list[str], what: str) -> str:
+    """Run a RabbitMQ CLI tool (``rabbitmqctl``, ``rabbitmq-queues``) against a node; its
+    output, or a ``PlacementUnknown`` that says why ``what`` is unknown."""
+    if shutil.which(argv[0]) is None:
+        raise PlacementUnknown(f"{argv[0]} is not installed here: {what} unknown")
     try:
-        done = subprocess.run(
-            ["rabbitmqctl", "-q", "-n", node, "list_queues", "-p", vhost,
-             "name", "leader", "members", "--formatter", "json"],
-            capture_output=True, timeout=RABBITMQCTL_TIMEOUT_S, check=False,
-        )
+        done = subprocess.run(argv, capture_output=True, timeout=RABBITMQCTL_TIMEOUT_S,
+                              check=False)
     except subprocess.TimeoutExpired:
-        raise PlacementUnknown(f"rabbitmqctl -n {node}: no answer within "
+        raise PlacementUnknown(f"{' '.join(argv[:4])}: no answer within "
                                f"{RABBITMQCTL_TIMEOUT_S:g} s") from None
     if done.returncode != 0:
         reason = (done.stderr or done.stdout).decode(errors="replace").strip().splitlines()
-        raise PlacementUnknown(f"rabbitmqctl -n {node} list_queues failed: "
+        raise PlacementUnknown(f"{' '.join(argv[:5])} failed: "
                                f"{reason[0] if reason else done.returncode}")
-    return parse(done.stdout)
+    return done.stdout.decode(errors="replace")
+
+
+def queue_placement(node: str, vhost: str = "/") -> dict[str, Placement]:
+    """Ask ``node`` (rabbitmqctl's -n) for the leader and members of each queue of ``vhost``."""
+    return parse(run_cli(["rabbitmqctl", "-q", "-n", node, "list_queues", "-p", vhost,
+                          "name", "leader", "members", "--formatter", "json"],
+                         "leaders and members").encode())

@@ -28,16 +28,13 @@ A new leader starts a new dead-letter worker, which takes the backlog over. So:
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import orjson
 
-from asyncinvoke.errors import PlacementUnknown
-from asyncinvoke.placement import RABBITMQCTL_TIMEOUT_S, queue_placement
+from asyncinvoke.placement import queue_placement, run_cli
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,22 +86,6 @@ def _program(vhost: str, queues: Iterable[str]) -> str:
     """
 
 
-def _run(argv: list[str], what: str) -> str:
-    if shutil.which(argv[0]) is None:
-        raise PlacementUnknown(f"{argv[0]} is not installed here: {what} unknown")
-    try:
-        done = subprocess.run(argv, capture_output=True, timeout=RABBITMQCTL_TIMEOUT_S,
-                              check=False)
-    except subprocess.TimeoutExpired:
-        raise PlacementUnknown(f"{' '.join(argv[:3])}: no answer within "
-                               f"{RABBITMQCTL_TIMEOUT_S:g} s") from None
-    if done.returncode != 0:
-        reason = (done.stderr or done.stdout).decode(errors="replace").strip().splitlines()
-        raise PlacementUnknown(f"{' '.join(argv[:4])} failed: "
-                               f"{reason[0] if reason else done.returncode}")
-    return done.stdout.decode(errors="replace")
-
-
 def parse_backlog(output: str) -> dict[str, int]:
     """``name<TAB>held`` lines → by queue name; a queue whose leader did not answer (-1)
     is left out."""
@@ -118,7 +99,7 @@ def parse_backlog(output: str) -> dict[str, int]:
 
 def backlog(node: str, vhost: str, queues: Iterable[str]) -> dict[str, int]:
     """Dead-letters each quorum queue of ``queues`` holds, not yet confirmed by its target."""
-    return parse_backlog(_run(["rabbitmqctl", "-q", "-n", node, "eval", _program(vhost, queues)],
+    return parse_backlog(run_cli(["rabbitmqctl", "-q", "-n", node, "eval", _program(vhost, queues)],
                               "dead-letter backlogs"))
 
 
@@ -149,7 +130,7 @@ def stranded(
 
 def running_nodes(node: str) -> set[str]:
     """The cluster's running nodes, as ``node`` sees them."""
-    status = _run(["rabbitmqctl", "-q", "-n", node, "cluster_status", "--formatter", "json"],
+    status = run_cli(["rabbitmqctl", "-q", "-n", node, "cluster_status", "--formatter", "json"],
                   "the cluster's running nodes")
     return {str(name) for name in orjson.loads(status).get("running_nodes", [])}
 
@@ -158,5 +139,5 @@ def move_leader(node: str, vhost: str, queue: str, leader: str) -> None:
     """Make ``queue`` elect a leader other than ``leader``: its replica there is removed
     and added back (a new, empty replica that catches up from the new leader)."""
     for action in ("delete_member", "add_member"):
-        _run(["rabbitmq-queues", "-q", "-n", node, action, "-p", vhost, queue, leader],
+        run_cli(["rabbitmq-queues", "-q", "-n", node, action, "-p", vhost, queue, leader],
              f"{action} of {queue}")

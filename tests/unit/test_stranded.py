@@ -36,3 +36,17 @@ def test_a_leader_is_moved_only_where_its_queue_keeps_a_majority() -> None:
     assert reason is not None and "rabbit@c" in reason and "back" in reason
     alone = stranded.Stranded("ns.delay.00", "rabbit@a", ("rabbit@a",), 5)
     assert "one replica" in str(stranded.why_not_movable(alone, nodes))
+
+
+def test_a_missing_or_failing_rabbitmq_tool_is_a_clear_error() -> None:
+    import pytest
+
+    from asyncinvoke.errors import PlacementUnknown
+    from asyncinvoke.placement import run_cli
+
+    with pytest.raises(PlacementUnknown, match="rabbitmqctl-nowhere is not installed here: "
+                                               "the backlog unknown"):
+        run_cli(["rabbitmqctl-nowhere", "-n", "rabbit@x"], "the backlog")
+    with pytest.raises(PlacementUnknown, match="sh -c echo refused >&2; exit 3 failed: refused"):
+        run_cli(["sh", "-c", "echo refused >&2; exit 3"], "the backlog")
+    assert run_cli(["sh", "-c", "printf 'q\\t3\\n'"], "the backlog") == "q\t3\n"

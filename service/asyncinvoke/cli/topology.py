@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import click
@@ -29,6 +29,19 @@ from asyncinvoke.liveconfig import model
 from asyncinvoke.liveconfig.live import LiveConfig, file_sources
 from asyncinvoke.nodes import parse_nodes
 from asyncinvoke.settings import Settings
+
+
+def _rabbitmq_node_option(
+    what: str, *, required: bool
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option(
+        "--rabbitmq-node",
+        required=required,
+        default=None,
+        metavar="NODE",
+        help=f"{what} (on a host that has the tools and the node's Erlang cookie), e.g. "
+        "rabbit@rmq-1.",
+    )
 
 
 @click.group()
@@ -118,12 +131,9 @@ async def _depths_and_live(
 @config_option
 @app_option
 @json_option
-@click.option(
-    "--rabbitmq-node",
-    default=None,
-    metavar="NODE",
-    help="Also show each queue's leader and members, asked of this RabbitMQ node with "
-    "rabbitmqctl (on a host that has it and the node's Erlang cookie), e.g. rabbit@rmq-1.",
+@_rabbitmq_node_option(
+    "Also show each queue's leader and members, asked of this RabbitMQ node with "
+    "rabbitmqctl", required=False,
 )
 def show(
     config_path: str | None, app_ref: str | None, as_json: bool, rabbitmq_node: str | None
@@ -260,12 +270,9 @@ def _sources_table(sources: Mapping[str, Mapping[str, str]]) -> Table:
 @config_option
 @app_option
 @json_option
-@click.option(
-    "--rabbitmq-node",
+@_rabbitmq_node_option(
+    "The RabbitMQ node to ask and act through, with rabbitmqctl and rabbitmq-queues",
     required=True,
-    metavar="NODE",
-    help="The RabbitMQ node to ask and act through, with rabbitmqctl and rabbitmq-queues "
-    "(on a host that has them and the node's Erlang cookie), e.g. rabbit@rmq-1.",
 )
 @click.option(
     "--check",
