@@ -42,6 +42,12 @@ log = get_logger(component="acks")
 LINGER_S = 0.005
 
 
+def lingering_acks(slots: int) -> int:
+    """How many of a function's acks may wait to share a frame, where its runner allows
+    it: twice its slots. Its consumer's prefetch holds that many more deliveries
+    (``worker.prefetch_for``), so the ones held still cover every slot."""
+    return 2 * slots
+
 
 class _ChannelAcks:
     __slots__ = ("done", "floor", "sent_above")

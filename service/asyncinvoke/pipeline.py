@@ -21,7 +21,7 @@ from typing import Any
 import aiormq
 
 from asyncinvoke import _testpoints, contract, dispatch, policy, record_codec, records, tracing
-from asyncinvoke.acks import Acks
+from asyncinvoke.acks import Acks, lingering_acks
 from asyncinvoke.broker import Broker
 from asyncinvoke.clock import now_ms
 from asyncinvoke.consumer import Callback, Message
@@ -308,10 +308,9 @@ class Pipeline:
             return
         await self._follow_up(envelope, spec, outcome, settlement, finished, version)
         await tasks.after_follow_up(envelope, outcome, settlement, finished)
-        # Where acks linger, the function's prefetch is four times its slots: with fewer
-        # than twice its slots of acks waiting, the deliveries it holds still cover every
-        # slot and as many deliveries waiting out a delay (acks.py, worker.prefetch_for).
-        linger = 2 * function.slots.limit if function.runner.ack_linger else 0
+        # Where the runner allows it, the ack may wait to share a frame; the prefetch has
+        # room for those waiting (acks.lingering_acks, worker.prefetch_for).
+        linger = lingering_acks(function.slots.limit) if function.runner.ack_linger else 0
         self.acks.ack(message, linger_below=linger)
         self.journal.settled(envelope, settlement, outcome, config_version=version)
 

@@ -29,7 +29,7 @@ A new leader starts a new dead-letter worker, which takes the backlog over. So:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import orjson
@@ -99,23 +99,17 @@ def parse_backlog(output: str) -> dict[str, int]:
 
 def backlog(node: str, vhost: str, queues: Iterable[str]) -> dict[str, int]:
     """Dead-letters each quorum queue of ``queues`` holds, not yet confirmed by its target."""
-    return parse_backlog(run_cli(["rabbitmqctl", "-q", "-n", node, "eval", _program(vhost, queues)],
-                              "dead-letter backlogs"))
+    program = _program(vhost, queues)
+    return parse_backlog(run_cli(["rabbitmqctl", "-q", "-n", node, "eval", program],
+                                 "dead-letter backlogs"))
 
 
-def stranded(
-    node: str,
-    vhost: str,
-    queues: Iterable[str],
-    settle_s: float,
-    sleep: Callable[[float], None] = time.sleep,
-) -> list[Stranded]:
+def stranded(node: str, vhost: str, queues: Iterable[str], settle_s: float) -> list[Stranded]:
     """The queues whose dead-letter backlog did not shrink over ``settle_s`` seconds."""
-    queues = list(queues)
     before = {queue: held for queue, held in backlog(node, vhost, queues).items() if held}
     if not before:
         return []
-    sleep(settle_s)
+    time.sleep(settle_s)
     after = backlog(node, vhost, before)
     stuck = [queue for queue, held in after.items() if held and held >= before[queue]]
     if not stuck:
@@ -131,7 +125,7 @@ def stranded(
 def running_nodes(node: str) -> set[str]:
     """The cluster's running nodes, as ``node`` sees them."""
     status = run_cli(["rabbitmqctl", "-q", "-n", node, "cluster_status", "--formatter", "json"],
-                  "the cluster's running nodes")
+                     "the cluster's running nodes")
     return {str(name) for name in orjson.loads(status).get("running_nodes", [])}
 
 
@@ -140,4 +134,14 @@ def move_leader(node: str, vhost: str, queue: str, leader: str) -> None:
     and added back (a new, empty replica that catches up from the new leader)."""
     for action in ("delete_member", "add_member"):
         run_cli(["rabbitmq-queues", "-q", "-n", node, action, "-p", vhost, queue, leader],
-             f"{action} of {queue}")
+                f"{action} of {queue}")
+
+
+def wait_drained(node: str, vhost: str, queues: list[str], timeout_s: float) -> dict[str, int]:
+    """Wait up to ``timeout_s`` for the queues' backlogs to go; what each still holds."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        held = backlog(node, vhost, queues) if queues else {}
+        if not any(held.values()) or time.monotonic() > deadline:
+            return held
+        time.sleep(0.5)

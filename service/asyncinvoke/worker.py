@@ -16,7 +16,7 @@ import aiohttp
 from aiohttp import web
 
 from asyncinvoke import contract, topology
-from asyncinvoke.acks import Acks
+from asyncinvoke.acks import Acks, lingering_acks
 from asyncinvoke.broker import Broker
 from asyncinvoke.consumer import Consumers
 from asyncinvoke.destinations import Destinations
@@ -47,9 +47,9 @@ def prefetch_for(concurrency: int, ack_linger: bool = False) -> int:
     """Deliveries a function's consumer may hold: its runner's slots (the attempts that
     run, or wait in the process executor's pipeline: Function.slots caps them) and as
     many again for deliveries waiting out the last fraction of a second of a delay,
-    which must not hold back those due now. Where acks linger to share a frame
-    (acks.py), twice as many again: up to ``linger_below(concurrency)`` acks may wait."""
-    return (4 if ack_linger else 2) * concurrency
+    which must not hold back those due now; and, where acks linger to share a frame,
+    room for the deliveries whose acks wait (``acks.lingering_acks``)."""
+    return 2 * concurrency + (lingering_acks(concurrency) if ack_linger else 0)
 
 
 log = get_logger(component="worker")

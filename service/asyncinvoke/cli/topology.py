@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -266,6 +265,9 @@ def _sources_table(sources: Mapping[str, Mapping[str, str]]) -> Table:
     return table
 
 
+HEAL_WAIT_S = 30.0  # for the backlogs of the queues whose leader moved to go
+
+
 @topology.command()
 @config_option
 @app_option
@@ -300,7 +302,8 @@ def heal(
     node's death RabbitMQ can lose a queue's dead-letter worker: delayed invocations then
     wait in a ladder level for ever) and set them moving by making each elect a new leader.
 
-    Nothing is lost either way; see docs/cluster.md, "Stranded dead-letters"."""
+    Nothing is lost either way; see docs/cluster.md, "A third trap: stranded
+    dead-letters"."""
     settings = load_settings(config_path=config_path)
     functions_file = load_functions(settings, config_path, app_ref)
     names = topo.Names(settings.namespace)
@@ -316,7 +319,8 @@ def heal(
         movable = [item for item in found if item.queue not in skipped]
         for item in movable:
             stranded.move_leader(rabbitmq_node, vhost, item.queue, item.leader)
-        healed = _wait_moved(rabbitmq_node, vhost, [item.queue for item in movable])
+        healed = stranded.wait_drained(rabbitmq_node, vhost, [item.queue for item in movable],
+                                       HEAL_WAIT_S)
     if as_json:
         click.echo(orjson.dumps({
             "stranded": [{"queue": item.queue, "leader": item.leader, "held": item.held}
@@ -338,16 +342,3 @@ def heal(
                    + outcome)
     if found and (check or skipped or any(healed.values())):
         raise SystemExit(1)
-
-
-HEAL_WAIT_S = 30.0
-
-
-def _wait_moved(node: str, vhost: str, queues: list[str]) -> dict[str, int]:
-    """Wait up to ``HEAL_WAIT_S`` for the queues' backlogs to go; what each still holds."""
-    deadline = time.monotonic() + HEAL_WAIT_S
-    while True:
-        held = stranded.backlog(node, vhost, queues) if queues else {}
-        if not any(held.values()) or time.monotonic() > deadline:
-            return held
-        time.sleep(0.5)
