@@ -166,3 +166,31 @@ async def test_the_container_runs_as_non_root_on_a_read_only_root_filesystem(
     # a task-mode worker opened its SQLite file there.
     assert "tasks.db" in podman("exec", worker.name, "ls", "/var/lib/asyncinvoke")
 
+
+
+async def test_a_worker_container_runs_worker_processes_under_its_supervisor(
+    deployment: Deployment, amqp_connection
+) -> None:
+    """``ASYNCINVOKE_PROCESSES=2`` in the container: the image's entrypoint runs the
+    supervisor, ready once both worker processes are, and invocations run."""
+    results = deployment.namespace.queue_name("results")
+    write_functions(deployment, f"""
+        [functions.work]
+        handler = "container_handlers:work"
+        on_success = "queue:{results}"
+    """)
+    worker = deployment.run("worker", ASYNCINVOKE_PROCESSES="2")
+    async with Results(amqp_connection, results) as seen:
+        await worker.ready()
+        logs = worker.logs()
+        ready = [json.loads(line) for line in logs.splitlines()
+                 if '"worker_process_ready"' in line or '"supervisor_ready"' in line]
+        assert sorted(entry["process"] for entry in ready
+                      if entry["event"] == "worker_process_ready") == [0, 1], logs[-3000:]
+        assert [entry["processes"] for entry in ready
+                if entry["event"] == "supervisor_ready"] == [2], logs[-3000:]
+        async with Client(url=deployment.namespace.settings.amqp_url,
+                          namespace=deployment.namespace.ns) as client:
+            ids = await client.invoke_many([("work", {"n": n}) for n in range(20)])
+        await seen.until(set(ids), timeout=30)
+        assert {seen.payloads[i]["n"] for i in ids} == set(range(20))  # type: ignore[index]
